@@ -1,0 +1,3 @@
+//! The sled store (in progress).
+pub mod entry;
+pub use entry::*;
