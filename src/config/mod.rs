@@ -1,1 +1,304 @@
-//! config (in progress)
+//! Configuration: `config.toml` → environment overrides (`DEJA__SECTION__KEY`) → raw serde
+//! structs ([`raw`]) → [`validate`] → a typed [`Config`]. Every problem is reported at once with
+//! its field path. Secrets never live here: providers name the env var that holds their key.
+//! This module never touches the network, the store or the model.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// One problem in a config, with the dotted path of the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is invalid:\n{}", format_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn format_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(v) => v,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+    pub watch_config: bool,
+}
+
+/// Whose answers a client may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantMode {
+    /// Hash of the client's API key (Authorization bearer or x-api-key): the default.
+    ApiKey,
+    /// Everyone shares one namespace (e.g. a single internal chatbot).
+    Shared,
+}
+
+#[derive(Debug, Clone)]
+pub struct ThresholdOverride {
+    pub model_glob: String,
+    pub threshold: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// Cosine similarity in [-1, 1]; higher = stricter.
+    pub threshold: f32,
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub guards: bool,
+    /// Conversations with more messages than this skip the semantic layer (exact only).
+    pub max_turns: usize,
+    pub tenant: TenantMode,
+    pub namespace: String,
+    pub cache_tool_calls: bool,
+    pub flush_interval: Duration,
+    /// How many nearest neighbours the guards may inspect before giving up.
+    pub max_candidates: usize,
+    /// Per-model thresholds (first matching glob wins); routes may also set one.
+    pub thresholds: Vec<ThresholdOverride>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub flat_max: usize,
+    pub hnsw_m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    pub rebuild_tombstone_fraction: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddingConfig {
+    /// A Hugging Face id or a local directory.
+    pub model: String,
+    pub revision: Option<String>,
+    pub device: Device,
+    pub max_tokens: usize,
+    pub sha256: Option<String>,
+    pub threads: usize,
+    pub max_batch: usize,
+    pub lru_capacity: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Azure,
+    Anthropic,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub api_version: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub provider: String,
+    pub model: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub model_glob: String,
+    pub targets: Vec<RouteTarget>,
+    pub threshold: Option<f32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub index: IndexConfig,
+    pub embedding: EmbeddingConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Reads `path`, applies `DEJA__*` overrides from the process environment and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::from_toml_str(&text, std::env::vars(), base)
+    }
+
+    /// Parses TOML text with the given environment (only `DEJA__*` variables are read).
+    /// Relative paths in the file are resolved against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(vec![ConfigIssue {
+                path: "<file>".into(),
+                message: format!("not valid TOML: {}", e.message()),
+            }])
+        })?;
+        let mut issues = Vec::new();
+        apply_env_overrides(&mut value, env, &mut issues);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid(issues));
+        }
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid(vec![ConfigIssue {
+                path: if path == "." { "<root>".into() } else { path },
+                message: e.into_inner().to_string(),
+            }])
+        })?;
+        validate(raw, base_dir)
+    }
+
+    /// The threshold for a model: per-route, then `[[cache.thresholds]]`, then the default.
+    pub fn threshold_for(&self, model: &str) -> f32 {
+        for route in &self.routes {
+            if glob_matches(&route.model_glob, model) {
+                if let Some(t) = route.threshold {
+                    return t;
+                }
+                break;
+            }
+        }
+        for o in &self.cache.thresholds {
+            if glob_matches(&o.model_glob, model) {
+                return o.threshold;
+            }
+        }
+        self.cache.threshold
+    }
+}
+
+/// Shell-style glob match on model names (`*`, `?`, `[...]`); an invalid glob matches nothing
+/// (validation rejects invalid globs up front).
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    globset::Glob::new(glob)
+        .map(|g| g.compile_matcher().is_match(text))
+        .unwrap_or(false)
+}
+
+/// `DEJA__CACHE__THRESHOLD=0.9` sets `cache.threshold`. Values are parsed as TOML scalars
+/// (numbers, booleans, arrays) when they parse, else taken as strings.
+fn apply_env_overrides(
+    value: &mut toml::Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    for (key, raw_value) in env {
+        let Some(rest) = key.strip_prefix("DEJA__") else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            issues.push(ConfigIssue {
+                path: key.clone(),
+                message: "malformed override: expected DEJA__SECTION__KEY".into(),
+            });
+            continue;
+        }
+        let parsed = parse_env_value(&raw_value);
+        let mut cursor = &mut *value;
+        let mut ok = true;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let Some(table) = cursor.as_table_mut() else {
+                issues.push(ConfigIssue {
+                    path: key.clone(),
+                    message: format!("cannot override inside non-table at '{part}'"),
+                });
+                ok = false;
+                break;
+            };
+            if last {
+                table.insert(part.clone(), parsed.clone());
+                break;
+            }
+            cursor = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+        let _ = ok;
+    }
+}
+
+fn parse_env_value(s: &str) -> toml::Value {
+    let wrapped = format!("v = {s}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(s.into())),
+        Err(_) => toml::Value::String(s.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

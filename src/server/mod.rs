@@ -1,1 +1,351 @@
-//! server (in progress)
+//! The HTTP edge: axum router, handlers, health/readiness, metrics endpoint, start-up and
+//! graceful shutdown. Thin by design: the cache flow lives in [`flow`] (which calls `cache`),
+//! wire formats in `api`, upstream calls in `providers`.
+//!
+//! Start-up binds the socket first and loads the model and the store in the background, so
+//! `/healthz` answers at once, `/readyz` says 503 until the cache is ready, and requests that
+//! arrive meanwhile are forwarded uncached (`x-deja-cache: bypass`) instead of failing.
+
+pub mod flow;
+pub mod headers;
+pub mod reload;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use tokio::net::TcpListener;
+
+use crate::api::canonical::ApiKind;
+use crate::api::error::ApiError;
+use crate::cache::{CacheEngine, EngineSettings};
+use crate::config::{Config, ProviderKind as CfgKind};
+use crate::embed::{EmbedPool, Embedder};
+use crate::index::ScopedIndex;
+use crate::metrics::Metrics;
+use crate::providers::{ProviderKind, ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest};
+use crate::store::{Store, StoreConfig};
+pub use state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid provider/route configuration: {0}")]
+    Routes(String),
+    #[error("metrics registry: {0}")]
+    Metrics(String),
+    #[error("cache start-up failed: {0}")]
+    Cache(String),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the provider router from the validated config.
+pub fn build_router(config: &Config) -> Result<Router, ServeError> {
+    let mut providers = Vec::new();
+    for p in &config.providers {
+        let kind = match p.kind {
+            CfgKind::OpenAi => ProviderKind::OpenAi,
+            other => {
+                return Err(ServeError::Routes(format!(
+                    "provider '{}': kind {other:?} is not supported by this build",
+                    p.name
+                )))
+            }
+        };
+        let mut s = ProviderSettings::new(p.name.clone(), kind, p.base_url.clone());
+        s.api_key_env = p.api_key_env.clone();
+        s.connect_timeout = p.connect_timeout;
+        s.request_timeout = p.request_timeout;
+        s.read_timeout = p.read_timeout;
+        s.max_retries = p.max_retries;
+        s.backoff_base = p.backoff_base;
+        s.backoff_max = p.backoff_max;
+        s.breaker_failures = p.breaker_failures;
+        s.breaker_cooldown = p.breaker_cooldown;
+        providers.push(s);
+    }
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| RouteSettings {
+            model_glob: r.model_glob.clone(),
+            targets: r
+                .targets
+                .iter()
+                .map(|t| RouteTarget { provider: t.provider.clone(), model: t.model.clone(), weight: t.weight })
+                .collect(),
+        })
+        .collect();
+    Router::new(providers, routes).map_err(|e| ServeError::Routes(e.to_string()))
+}
+
+/// Opens the store, fills the index from it and wraps the embedder: everything the cache
+/// needs. Blocking (model inference threads start, sled opens, the index is rebuilt): call it
+/// from a blocking thread.
+pub fn open_engine(config: &Config, embedder: Arc<dyn Embedder>) -> Result<CacheEngine, ServeError> {
+    let dim = embedder.dim();
+    let store = Store::open(&StoreConfig {
+        dir: config.cache.dir.clone(),
+        model_id: embedder.model_id().to_string(),
+        dim,
+        max_entries: config.cache.max_entries,
+        flush_every: config.cache.flush_interval,
+    })
+    .map_err(|e| ServeError::Cache(e.to_string()))?;
+    let index = ScopedIndex::new(index_config(config, dim));
+    let pool = Arc::new(EmbedPool::new(embedder, &embed_settings(config)));
+    CacheEngine::open(store, index, pool, engine_settings(config)).map_err(|e| ServeError::Cache(e.to_string()))
+}
+
+pub fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings { guards: config.cache.guards, max_candidates: config.cache.max_candidates }
+}
+
+pub fn index_config(config: &Config, dim: usize) -> crate::index::IndexConfig {
+    crate::index::IndexConfig {
+        dim,
+        flat_max: config.index.flat_max,
+        hnsw_m: config.index.hnsw_m,
+        ef_construction: config.index.ef_construction,
+        ef_search: config.index.ef_search,
+        rebuild_tombstone_fraction: config.index.rebuild_tombstone_fraction,
+    }
+}
+
+pub fn embed_settings(config: &Config) -> crate::embed::EmbedSettings {
+    let e = &config.embedding;
+    crate::embed::EmbedSettings {
+        model: e.model.clone(),
+        revision: e.revision.clone(),
+        device: match e.device {
+            crate::config::Device::Cpu => crate::embed::DeviceKind::Cpu,
+            crate::config::Device::Cuda => crate::embed::DeviceKind::Cuda,
+            crate::config::Device::Metal => crate::embed::DeviceKind::Metal,
+        },
+        max_tokens: e.max_tokens,
+        sha256: e.sha256.clone(),
+        threads: e.threads,
+        max_batch: e.max_batch,
+        lru_capacity: e.lru_capacity,
+        queue_capacity: e.queue_capacity,
+    }
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
+        let router = build_router(&config)?;
+        let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Server { listener, state: AppState::new(config, router, metrics, config_path) })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests, waits (bounded) for
+    /// pending cache inserts and flushes the store.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let state = self.state.clone();
+        let grace = state.config().server.shutdown_grace;
+        let sweeper = tokio::spawn(sweep_loop(state.clone()));
+        let app = app(state.clone());
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        sweeper.abort();
+        state.0.background.close();
+        if tokio::time::timeout(grace, state.0.background.wait()).await.is_err() {
+            tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
+        }
+        if let Some(engine) = state.engine().cloned() {
+            match tokio::task::spawn_blocking(move || engine.flush_blocking()).await {
+                Ok(Ok(())) => tracing::info!("store flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "store flush failed"),
+                Err(e) => tracing::error!(error = %e, "store flush task failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The axum application.
+pub fn app(state: AppState) -> axum::Router {
+    let limit = state.config().server.max_body_bytes;
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/{*rest}", any(passthrough))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::invalid_request(format!("could not read the request body: {e}"), None)
+        }
+    })
+}
+
+async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let limit = state.config().server.max_body_bytes;
+    match body_or_error(body, limit) {
+        Ok(bytes) => flow::handle(state, api, headers, bytes).await,
+        Err(e) => e.into_response_for(api),
+    }
+}
+
+async fn chat(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    cached(s, ApiKind::Chat, h, body).await
+}
+
+async fn completions(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    cached(s, ApiKind::Completions, h, body).await
+}
+
+async fn messages(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    cached(s, ApiKind::Messages, h, body).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine() {
+        Some(_) => (StatusCode::OK, "ready\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "loading model and store\n").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(engine) = state.engine() {
+        state.metrics().entries.set(engine.store().len() as i64);
+    }
+    let mut r = state.metrics().render().into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound.into_response_for(ApiKind::Chat)
+}
+
+/// Other `/v1/*` paths (`GET /v1/models`, embeddings, files, …) go to the first provider of the
+/// matching route, uncached.
+async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
+    let limit = state.config().server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_start_matches("/v1").to_string();
+    let path = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::BodyTooLarge { limit }.into_response_for(ApiKind::Chat),
+    };
+    let model = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    let router = state.router();
+    let mut up = UpstreamRequest::post_bytes(path, bytes, false)
+        .with_client_key(headers::client_key(&parts.headers))
+        .with_headers(headers::forwardable_headers(&parts.headers));
+    up.method = parts.method.clone();
+    if parts.method == Method::GET {
+        up.body = Bytes::new();
+    }
+    match router.send(up, &model).await {
+        Ok(resp) => {
+            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = match resp.body {
+                crate::providers::UpstreamBody::Json(b) => Body::from(b),
+                crate::providers::UpstreamBody::Stream(s) => Body::from_stream(s),
+            };
+            let mut r = Response::new(body);
+            *r.status_mut() = status;
+            for (k, v) in &resp.headers {
+                r.headers_mut().insert(k.clone(), v.clone());
+            }
+            r.headers_mut().insert("x-deja-cache", HeaderValue::from_static("bypass"));
+            r.headers_mut().insert(
+                "x-deja-provider",
+                HeaderValue::from_str(&resp.provider).unwrap_or(HeaderValue::from_static("unknown")),
+            );
+            r
+        }
+        Err(e) => ApiError::from(e).into_response_for(ApiKind::Chat),
+    }
+}
+
+/// Removes expired entries once a minute, off the runtime.
+async fn sweep_loop(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Some(engine) = state.engine().cloned() else { continue };
+        let res = tokio::task::spawn_blocking(move || engine.sweep_expired_blocking(10_000)).await;
+        match res {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired entries swept"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiry sweep failed"),
+            _ => {}
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,298 @@
+//! The cache engine: one object that owns the store, the per-scope index and the embedding
+//! pool, and answers two questions: "is there an answer for this prompt in this scope?" and
+//! "remember this answer". The server and `deja bench` call exactly this code. Index searches
+//! and store writes run on blocking threads, inference on the embedding pool's own threads:
+//! nothing here blocks the async runtime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cache::guards::{Features, GuardVerdict};
+use crate::embed::{EmbedError, EmbedPool};
+use crate::index::{IndexError, ScopedIndex};
+use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+/// Engine-wide knobs that are not per request.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Veto candidates whose negation or numbers differ from the query.
+    pub guards: bool,
+    /// Nearest neighbours inspected per query (the guards may reject the first ones).
+    pub max_candidates: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings { guards: true, max_candidates: 4 }
+    }
+}
+
+/// One nearest neighbour with what the guards said about it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: EntryId,
+    pub similarity: f32,
+    pub guard: GuardVerdict,
+}
+
+/// The hit rule, shared by the server and the bench's threshold sweep: the most similar
+/// candidate at or above the threshold that the guards let through.
+pub fn select(candidates: &[Candidate], threshold: f32, guards: bool) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .filter(|c| c.similarity >= threshold)
+        .find(|c| !guards || c.guard.passed())
+}
+
+/// Result of a lookup.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Exact(Entry),
+    Semantic { entry: Entry, similarity: f32 },
+    /// No usable answer. The embedding (when computed) is handed back so the insert after the
+    /// upstream answer does not pay for the model again; `best` is the top similarity seen.
+    Miss { embedding: Option<Arc<[f32]>>, best: Option<f32> },
+}
+
+/// Where a lookup spent its time (for headers, logs and metrics).
+#[derive(Debug, Clone, Default)]
+pub struct LookupTimings {
+    pub exact: Duration,
+    pub embed: Duration,
+    pub search: Duration,
+}
+
+#[derive(Clone)]
+pub struct CacheEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    index: ScopedIndex,
+    embed: Arc<EmbedPool>,
+    settings: parking_lot::RwLock<EngineSettings>,
+}
+
+impl CacheEngine {
+    /// Wraps an opened store and loads every live entry into the index (blocking: call it at
+    /// start-up, off the runtime).
+    pub fn open(
+        store: Store,
+        index: ScopedIndex,
+        embed: Arc<EmbedPool>,
+        settings: EngineSettings,
+    ) -> Result<CacheEngine, CacheError> {
+        let now = now_ms();
+        let mut result = Ok(());
+        store.for_each_live(now, |entry: &Entry| {
+            if let Some(v) = &entry.embedding {
+                if let Err(e) = index.insert(entry.scope, entry.id, v) {
+                    result = Err(e);
+                }
+            }
+        })?;
+        result?;
+        Ok(CacheEngine {
+            inner: Arc::new(Inner {
+                store,
+                index,
+                embed,
+                settings: parking_lot::RwLock::new(settings),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn index(&self) -> &ScopedIndex {
+        &self.inner.index
+    }
+
+    pub fn embedder(&self) -> &Arc<EmbedPool> {
+        &self.inner.embed
+    }
+
+    pub fn settings(&self) -> EngineSettings {
+        self.inner.settings.read().clone()
+    }
+
+    pub fn set_settings(&self, settings: EngineSettings) {
+        *self.inner.settings.write() = settings;
+    }
+
+    /// Exact lookup → (if `semantic`) embed → search → guards.
+    pub async fn lookup(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        semantic: bool,
+        threshold: f32,
+        timings: &mut LookupTimings,
+    ) -> Result<Lookup, CacheError> {
+        let started = Instant::now();
+        let exact = {
+            let this = self.clone();
+            let prompt = prompt.to_string();
+            blocking(move || this.exact_blocking(scope, &prompt)).await?
+        };
+        timings.exact = started.elapsed();
+        if let Some(entry) = exact {
+            return Ok(Lookup::Exact(entry));
+        }
+        if !semantic {
+            return Ok(Lookup::Miss { embedding: None, best: None });
+        }
+        let started = Instant::now();
+        let embedding = self.inner.embed.embed(prompt).await?;
+        timings.embed = started.elapsed();
+        let started = Instant::now();
+        let this = self.clone();
+        let prompt = prompt.to_string();
+        let vector = embedding.clone();
+        let found =
+            blocking(move || this.semantic_blocking(scope, &prompt, &vector, threshold)).await?;
+        timings.search = started.elapsed();
+        Ok(match found {
+            (Some((entry, similarity)), _) => Lookup::Semantic { entry, similarity },
+            (None, best) => Lookup::Miss { embedding: Some(embedding), best },
+        })
+    }
+
+    /// Exact-key lookup; expired entries count as absent. A hit is recorded.
+    pub fn exact_blocking(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError> {
+        let now = now_ms();
+        match self.inner.store.get_exact(scope, prompt)? {
+            Some(e) if !e.is_expired(now) => {
+                self.inner.store.record_hit(e.id, now);
+                Ok(Some(e))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Nearest live neighbours of `embedding` in `scope` with guard verdicts, most similar
+    /// first. Expired or vanished entries are skipped.
+    pub fn candidates_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        embedding: &[f32],
+    ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
+        let k = self.inner.settings.read().max_candidates.max(1);
+        let neighbours = self.inner.index.search(scope, embedding, k)?;
+        let now = now_ms();
+        let query = Features::of(prompt);
+        let mut out = Vec::with_capacity(neighbours.len());
+        for n in neighbours {
+            let Some(entry) = self.inner.store.get(n.id)? else { continue };
+            if entry.is_expired(now) || entry.scope != scope {
+                continue;
+            }
+            let guard = query.compare(&Features::of(&entry.prompt));
+            out.push((Candidate { id: n.id, similarity: n.similarity, guard }, entry));
+        }
+        Ok(out)
+    }
+
+    /// The semantic step: the selected entry (if any) and the best similarity seen.
+    pub fn semantic_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        embedding: &[f32],
+        threshold: f32,
+    ) -> Result<(Option<(Entry, f32)>, Option<f32>), CacheError> {
+        let guards = self.inner.settings.read().guards;
+        let candidates = self.candidates_blocking(scope, prompt, embedding)?;
+        let best = candidates.first().map(|(c, _)| c.similarity);
+        let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        let chosen = select(&only, threshold, guards).map(|c| c.id);
+        let hit = chosen.and_then(|id| {
+            candidates
+                .into_iter()
+                .find(|(c, _)| c.id == id)
+                .map(|(c, e)| (e, c.similarity))
+        });
+        if let Some((e, _)) = &hit {
+            self.inner.store.record_hit(e.id, now_ms());
+        }
+        Ok((hit, best))
+    }
+
+    /// Stores an answer and indexes its embedding. Replaced and evicted entries leave the index.
+    pub fn insert_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        embedding: Option<&[f32]>,
+        response: CachedResponse,
+        ttl: Duration,
+    ) -> Result<EntryId, CacheError> {
+        let now = now_ms();
+        let outcome = self.inner.store.insert(NewEntry {
+            scope,
+            prompt: prompt.to_string(),
+            embedding: embedding.map(<[f32]>::to_vec),
+            response,
+            created_ms: now,
+            expires_ms: now.saturating_add(ttl.as_millis() as u64),
+        })?;
+        for (old_scope, old_id) in &outcome.removed {
+            self.inner.index.remove(*old_scope, *old_id);
+        }
+        if let Some(v) = embedding {
+            self.inner.index.insert(scope, outcome.id, v)?;
+        }
+        Ok(outcome.id)
+    }
+
+    /// Async wrapper of [`Self::insert_blocking`].
+    pub async fn insert(
+        &self,
+        scope: ScopeId,
+        prompt: String,
+        embedding: Option<Arc<[f32]>>,
+        response: CachedResponse,
+        ttl: Duration,
+    ) -> Result<EntryId, CacheError> {
+        let this = self.clone();
+        blocking(move || this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl))
+            .await
+    }
+
+    /// Removes expired entries from store and index; returns how many went.
+    pub fn sweep_expired_blocking(&self, limit: usize) -> Result<usize, CacheError> {
+        let removed = self.inner.store.sweep_expired(now_ms(), limit)?;
+        for (scope, id) in &removed {
+            self.inner.index.remove(*scope, *id);
+        }
+        Ok(removed.len())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), CacheError> {
+        Ok(self.inner.store.flush()?)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CacheError::Join(e.to_string()))?
+}

@@ -1,0 +1,274 @@
+//! Cache policy: from a canonical request, the client's identity and its `Cache-Control` /
+//! `x-deja-*` headers, decide whether and how the cache takes part: the hard scope, whether the
+//! semantic layer may run, the effective threshold (a client may only tighten it), whether to
+//! read and whether to write, and the TTL. Pure functions: no I/O, no model, no clock.
+
+use std::time::Duration;
+
+use crate::api::canonical::{ApiKind, Bypass, CanonicalRequest};
+use crate::config::{Config, TenantMode};
+use crate::store::ScopeId;
+
+/// Per-request controls taken from headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestControls {
+    /// `Cache-Control: no-cache`: skip the lookup, refresh the entry from upstream.
+    pub no_cache: bool,
+    /// `Cache-Control: no-store`: do not write this answer.
+    pub no_store: bool,
+    /// `x-deja-threshold`: may only tighten the configured threshold.
+    pub threshold: Option<f32>,
+    /// `x-deja-ttl`: lifetime of the entry written by this request.
+    pub ttl: Option<Duration>,
+    /// `x-deja-namespace`: the tenant to file this request under.
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ControlError {
+    #[error("header x-deja-threshold: '{0}' is not a number in [-1, 1]")]
+    Threshold(String),
+    #[error("header x-deja-ttl: '{0}' is not a duration (e.g. \"10m\", \"1d\")")]
+    Ttl(String),
+    #[error("header x-deja-namespace: must be 1 to 128 printable ASCII characters")]
+    Namespace,
+}
+
+impl RequestControls {
+    /// Parses the controls from header values (each already looked up by name).
+    pub fn parse(
+        cache_control: Option<&str>,
+        threshold: Option<&str>,
+        ttl: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<RequestControls, ControlError> {
+        let mut c = RequestControls::default();
+        if let Some(cc) = cache_control {
+            for directive in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+                match directive.as_str() {
+                    "no-cache" => c.no_cache = true,
+                    "no-store" => c.no_store = true,
+                    _ => {}
+                }
+            }
+        }
+        if let Some(t) = threshold {
+            let v: f32 = t
+                .trim()
+                .parse()
+                .map_err(|_| ControlError::Threshold(t.into()))?;
+            if !(-1.0..=1.0).contains(&v) {
+                return Err(ControlError::Threshold(t.into()));
+            }
+            c.threshold = Some(v);
+        }
+        if let Some(t) = ttl {
+            let d = humantime::parse_duration(t.trim()).map_err(|_| ControlError::Ttl(t.into()))?;
+            if d.is_zero() {
+                return Err(ControlError::Ttl(t.into()));
+            }
+            c.ttl = Some(d);
+        }
+        if let Some(ns) = namespace {
+            if ns.is_empty() || ns.len() > 128 || !ns.chars().all(|ch| ch.is_ascii_graphic()) {
+                return Err(ControlError::Namespace);
+            }
+            c.namespace = Some(ns.to_string());
+        }
+        Ok(c)
+    }
+}
+
+/// Who is asking. Isolation by key is the default: two clients with different keys never
+/// share answers unless the config says `tenant = "shared"` or both name the same namespace.
+pub fn tenant(config: &Config, client_key: Option<&str>, controls: &RequestControls) -> String {
+    if let Some(ns) = &controls.namespace {
+        return format!("ns:{ns}");
+    }
+    match config.cache.tenant {
+        TenantMode::Shared => format!("ns:{}", config.cache.namespace),
+        TenantMode::ApiKey => match client_key {
+            // The key itself never leaves this function: only its hash is kept.
+            Some(k) => format!("key:{}", blake3::hash(k.as_bytes()).to_hex()),
+            None => "anonymous".to_string(),
+        },
+    }
+}
+
+/// The hard scope: tenant + API + everything in the request except the prompt.
+pub fn scope_id(tenant: &str, request: &CanonicalRequest) -> ScopeId {
+    let mut material = Vec::with_capacity(tenant.len() + request.scope_material.len() + 16);
+    material.extend_from_slice(tenant.as_bytes());
+    material.push(0);
+    material.extend_from_slice(request.api.as_str().as_bytes());
+    material.push(0);
+    material.extend_from_slice(&request.scope_material);
+    ScopeId::from_bytes(&material)
+}
+
+/// What the cache does for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Forward without reading or writing the cache.
+    Bypass(BypassReason),
+    Use(CachePlan),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BypassReason {
+    Request(Bypass),
+    /// `Cache-Control: no-cache, no-store` together: nothing to read, nothing to write.
+    ClientOptOut,
+    /// The model or store is still loading: forward uncached rather than fail.
+    Warming,
+}
+
+impl BypassReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BypassReason::Request(b) => b.as_str(),
+            BypassReason::ClientOptOut => "client-opt-out",
+            BypassReason::Warming => "warming",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePlan {
+    pub scope: ScopeId,
+    pub prompt: String,
+    /// Whether the semantic layer may run (else exact only).
+    pub semantic: bool,
+    pub threshold: f32,
+    pub read: bool,
+    pub write: bool,
+    pub ttl: Duration,
+    pub api: ApiKind,
+}
+
+pub fn plan(
+    config: &Config,
+    request: &CanonicalRequest,
+    client_key: Option<&str>,
+    controls: &RequestControls,
+) -> Plan {
+    let prompt = match &request.prompt {
+        Ok(p) => p.clone(),
+        Err(b) => return Plan::Bypass(BypassReason::Request(b.clone())),
+    };
+    if controls.no_cache && controls.no_store {
+        return Plan::Bypass(BypassReason::ClientOptOut);
+    }
+    let configured = config.threshold_for(&request.model);
+    let threshold = match controls.threshold {
+        Some(t) => t.max(configured),
+        None => configured,
+    };
+    let tenant = tenant(config, client_key, controls);
+    Plan::Use(CachePlan {
+        scope: scope_id(&tenant, request),
+        semantic: request.turns <= config.cache.max_turns && !prompt.is_empty(),
+        prompt,
+        threshold,
+        read: !controls.no_cache,
+        write: !controls.no_store,
+        ttl: controls.ttl.unwrap_or(config.cache.ttl),
+        api: request.api,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(
+            &format!("[cache]\nthreshold = 0.9\nmax_turns = 3\n{extra}"),
+            Vec::<(String, String)>::new(),
+            Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    fn chat(v: serde_json::Value) -> CanonicalRequest {
+        CanonicalRequest::from_chat(v.as_object().unwrap())
+    }
+
+    fn use_plan(p: Plan) -> CachePlan {
+        match p {
+            Plan::Use(c) => c,
+            Plan::Bypass(b) => panic!("unexpected bypass {b:?}"),
+        }
+    }
+
+    #[test]
+    fn threshold_may_only_be_tightened() {
+        let c = config("");
+        let r = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
+        let loose = RequestControls { threshold: Some(0.5), ..Default::default() };
+        assert_eq!(use_plan(plan(&c, &r, None, &loose)).threshold, 0.9);
+        let tight = RequestControls { threshold: Some(0.97), ..Default::default() };
+        assert_eq!(use_plan(plan(&c, &r, None, &tight)).threshold, 0.97);
+    }
+
+    #[test]
+    fn different_keys_are_different_scopes_unless_shared() {
+        let r = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
+        let none = RequestControls::default();
+        let c = config("");
+        let a = use_plan(plan(&c, &r, Some("sk-a"), &none)).scope;
+        let b = use_plan(plan(&c, &r, Some("sk-b"), &none)).scope;
+        assert_ne!(a, b);
+        let shared = config("tenant = \"shared\"");
+        let a = use_plan(plan(&shared, &r, Some("sk-a"), &none)).scope;
+        let b = use_plan(plan(&shared, &r, Some("sk-b"), &none)).scope;
+        assert_eq!(a, b);
+        let ns = RequestControls { namespace: Some("team".into()), ..Default::default() };
+        let a = use_plan(plan(&c, &r, Some("sk-a"), &ns)).scope;
+        let b = use_plan(plan(&c, &r, Some("sk-b"), &ns)).scope;
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn tenant_never_contains_the_key() {
+        let c = config("");
+        let t = tenant(&c, Some("sk-secret-123"), &RequestControls::default());
+        assert!(!t.contains("sk-secret-123"));
+    }
+
+    #[test]
+    fn long_conversations_are_exact_only() {
+        let c = config("");
+        let short = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
+        assert!(use_plan(plan(&c, &short, None, &RequestControls::default())).semantic);
+        let long = chat(json!({"model":"m","messages":[
+            {"role":"user","content":"a"},{"role":"assistant","content":"b"},
+            {"role":"user","content":"c"},{"role":"assistant","content":"d"},
+            {"role":"user","content":"more"}]}));
+        assert!(!use_plan(plan(&c, &long, None, &RequestControls::default())).semantic);
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let c = RequestControls::parse(Some("No-Cache"), None, None, None).unwrap();
+        assert!(c.no_cache && !c.no_store);
+        let c = RequestControls::parse(Some("max-age=0, no-store"), None, None, None).unwrap();
+        assert!(c.no_store && !c.no_cache);
+        let cfg = config("");
+        let r = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
+        let both = RequestControls { no_cache: true, no_store: true, ..Default::default() };
+        assert_eq!(plan(&cfg, &r, None, &both), Plan::Bypass(BypassReason::ClientOptOut));
+    }
+
+    #[test]
+    fn bad_control_headers_are_errors() {
+        assert!(RequestControls::parse(None, Some("high"), None, None).is_err());
+        assert!(RequestControls::parse(None, Some("1.5"), None, None).is_err());
+        assert!(RequestControls::parse(None, None, Some("forever"), None).is_err());
+        assert!(RequestControls::parse(None, None, None, Some("has space")).is_err());
+        let ok = RequestControls::parse(None, Some("0.95"), Some("10m"), Some("team-a")).unwrap();
+        assert_eq!(ok.ttl, Some(Duration::from_secs(600)));
+    }
+}

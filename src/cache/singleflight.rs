@@ -1,0 +1,109 @@
+//! Singleflight for misses: concurrent identical misses (same scope, same normalized prompt)
+//! make one upstream call. The first request becomes the leader and holds a [`Flight`] until its
+//! answer is stored (or it gives up); the others wait for that and then look the cache up again.
+//! If the leader fails, each follower goes upstream on its own: a failure is never shared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::store::ScopeId;
+
+type Key = (ScopeId, blake3::Hash);
+
+#[derive(Default)]
+pub struct Singleflight {
+    flights: Mutex<HashMap<Key, watch::Receiver<bool>>>,
+}
+
+/// Held by the leader; dropping it releases the followers.
+pub struct Flight {
+    key: Key,
+    owner: Arc<Singleflight>,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.owner.flights.lock().remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+pub enum Role {
+    Leader(Flight),
+    /// Another request is fetching this answer; wait with [`Follower::wait`].
+    Follower(Follower),
+}
+
+pub struct Follower {
+    rx: watch::Receiver<bool>,
+}
+
+impl Follower {
+    /// Waits until the leader is done or `limit` passes. Returns whether the leader finished.
+    pub async fn wait(mut self, limit: Duration) -> bool {
+        let done = tokio::time::timeout(limit, self.rx.wait_for(|d| *d)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+}
+
+impl Singleflight {
+    pub fn new() -> Arc<Singleflight> {
+        Arc::new(Singleflight::default())
+    }
+
+    pub fn join(self: &Arc<Self>, scope: ScopeId, prompt: &str) -> Role {
+        let key = (scope, blake3::hash(prompt.as_bytes()));
+        let mut flights = self.flights.lock();
+        if let Some(rx) = flights.get(&key) {
+            return Role::Follower(Follower { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(false);
+        flights.insert(key, rx);
+        Role::Leader(Flight { key, owner: self.clone(), done: tx })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.flights.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_caller_follows_until_leader_drops() {
+        let sf = Singleflight::new();
+        let scope = ScopeId([1; 16]);
+        let leader = match sf.join(scope, "q") {
+            Role::Leader(f) => f,
+            Role::Follower(_) => panic!("first caller must lead"),
+        };
+        let follower = match sf.join(scope, "q") {
+            Role::Follower(f) => f,
+            Role::Leader(_) => panic!("second caller must follow"),
+        };
+        assert!(matches!(sf.join(scope, "other"), Role::Leader(_)));
+        let waiter = tokio::spawn(follower.wait(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(leader);
+        assert!(waiter.await.unwrap());
+        assert_eq!(sf.in_flight(), 0);
+        assert!(matches!(sf.join(scope, "q"), Role::Leader(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follower_gives_up_after_limit() {
+        let sf = Singleflight::new();
+        let scope = ScopeId([2; 16]);
+        let _leader = sf.join(scope, "q");
+        let Role::Follower(f) = sf.join(scope, "q") else { panic!("must follow") };
+        assert!(!f.wait(Duration::from_millis(50)).await);
+    }
+}

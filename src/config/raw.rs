@@ -1,0 +1,121 @@
+//! The raw, serde-shaped view of `config.toml`: every field optional where a default exists,
+//! unknown fields rejected. Nothing here is trusted; [`super::validate`] turns it into a
+//! [`super::Config`]. Never read raw values elsewhere.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub index: RawIndex,
+    #[serde(default)]
+    pub embedding: RawEmbedding,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub log_format: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub watch_config: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub dir: Option<String>,
+    pub threshold: Option<f64>,
+    pub ttl: Option<String>,
+    pub max_entries: Option<u64>,
+    pub guards: Option<bool>,
+    pub max_turns: Option<u64>,
+    /// `api-key` (default: hash of the client's key) or `shared` (one namespace for everyone).
+    pub tenant: Option<String>,
+    pub namespace: Option<String>,
+    pub cache_tool_calls: Option<bool>,
+    pub flush_interval: Option<String>,
+    pub max_candidates: Option<u64>,
+    #[serde(default)]
+    pub thresholds: Vec<RawThreshold>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreshold {
+    pub model: String,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndex {
+    pub flat_max: Option<u64>,
+    pub hnsw_m: Option<u64>,
+    pub ef_construction: Option<u64>,
+    pub ef_search: Option<u64>,
+    pub rebuild_tombstone_fraction: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedding {
+    pub model: Option<String>,
+    pub revision: Option<String>,
+    pub device: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub sha256: Option<String>,
+    pub threads: Option<u64>,
+    pub max_batch: Option<u64>,
+    pub lru_capacity: Option<u64>,
+    pub queue_capacity: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub max_retries: Option<u64>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_cooldown: Option<String>,
+    pub api_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub model: String,
+    /// Shorthand: provider names in fallback order.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Full form: ordered targets, each may rename the model.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    pub model: Option<String>,
+    pub weight: Option<u32>,
+}

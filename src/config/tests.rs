@@ -1,0 +1,156 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Vec::<(String, String)>::new(), Path::new("/base"))
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9000"
+[cache]
+dir = "./data"
+threshold = 0.93
+ttl = "7d"
+max_entries = 1000
+[[cache.thresholds]]
+model = "gpt-4o*"
+threshold = 0.97
+[embedding]
+model = "sentence-transformers/all-MiniLM-L6-v2"
+device = "cpu"
+max_tokens = 256
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "OPENAI_API_KEY"
+[[routes]]
+model = "claude-*"
+providers = ["openai"]
+threshold = 0.99
+[[routes]]
+model = "*"
+providers = ["openai"]
+"#;
+
+#[test]
+fn valid_config_is_typed() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.server.listen.port(), 9000);
+    assert_eq!(c.cache.dir, PathBuf::from("/base/./data"));
+    assert_eq!(c.cache.ttl, Duration::from_secs(7 * 86400));
+    assert_eq!(c.cache.max_entries, 1000);
+    assert_eq!(c.providers[0].base_url, "https://api.openai.com/v1");
+    assert_eq!(c.providers[0].kind, ProviderKind::OpenAi);
+    assert_eq!(c.routes.len(), 2);
+    assert!(c.cache.guards, "guards are on by default");
+}
+
+#[test]
+fn thresholds_resolve_route_then_model_then_default() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.threshold_for("claude-3-haiku"), 0.99);
+    assert_eq!(c.threshold_for("gpt-4o-mini"), 0.97);
+    assert_eq!(c.threshold_for("llama3"), 0.93);
+}
+
+#[test]
+fn empty_config_uses_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.cache.threshold, validate::DEFAULT_THRESHOLD);
+    assert_eq!(c.embedding.model, validate::DEFAULT_MODEL);
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn unknown_field_names_its_path() {
+    let err = parse("[cache]\nthreshhold = 0.9\n").unwrap_err();
+    let issues = err.issues();
+    assert_eq!(issues.len(), 1);
+    assert!(issues[0].path.contains("cache"), "{issues:?}");
+    assert!(issues[0].message.contains("threshhold"), "{issues:?}");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let err = parse("[cache]\nmax_entries = \"lots\"\n").unwrap_err();
+    assert_eq!(err.issues()[0].path, "cache.max_entries");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let text = r#"
+[server]
+listen = "nowhere"
+[cache]
+threshold = 1.5
+ttl = "seven days"
+[embedding]
+device = "tpu"
+[[providers]]
+name = "a"
+kind = "bard"
+base_url = "ftp://x"
+[[routes]]
+model = "*"
+providers = ["missing"]
+"#;
+    let err = parse(text).unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    for expected in [
+        "server.listen",
+        "cache.threshold",
+        "cache.ttl",
+        "embedding.device",
+        "providers[0].kind",
+        "providers[0].base_url",
+        "routes[0].providers[0]",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+    let shown = err.to_string();
+    assert!(shown.contains("cache.ttl"), "{shown}");
+}
+
+#[test]
+fn env_overrides_win_over_file() {
+    let env = vec![
+        ("DEJA__CACHE__THRESHOLD".to_string(), "0.91".to_string()),
+        ("DEJA__SERVER__LISTEN".to_string(), "127.0.0.1:7777".to_string()),
+        ("DEJA__EMBEDDING__DEVICE".to_string(), "cpu".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let c = Config::from_toml_str(GOOD, env, Path::new("/")).unwrap();
+    assert_eq!(c.cache.threshold, 0.91);
+    assert_eq!(c.server.listen.port(), 7777);
+}
+
+#[test]
+fn env_override_with_unknown_key_is_rejected() {
+    let env = vec![("DEJA__CACHE__NOPE".to_string(), "1".to_string())];
+    let err = Config::from_toml_str(GOOD, env, Path::new("/")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn shipped_config_toml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::from_toml_str(&text, Vec::<(String, String)>::new(), Path::new("/")).unwrap();
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn route_with_both_forms_is_rejected() {
+    let text = r#"
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[[routes]]
+model = "*"
+providers = ["a"]
+targets = [{ provider = "a", model = "x" }]
+"#;
+    assert!(parse(text).is_err());
+}

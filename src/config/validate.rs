@@ -1,0 +1,261 @@
+//! Raw → typed config, collecting every problem with its field path instead of stopping at the
+//! first. Defaults live here and nowhere else.
+
+use super::raw::*;
+use super::*;
+
+/// Default similarity threshold. Chosen from `deja bench` on qqp-pairs (see docs/benchmarks.md).
+pub const DEFAULT_THRESHOLD: f32 = 0.90;
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&str>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(path, format!("invalid duration '{s}': {e} (e.g. \"200ms\", \"30s\", \"7d\")"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn threshold(&mut self, path: &str, v: f64) -> f32 {
+        if !(-1.0..=1.0).contains(&v) || v.is_nan() {
+            self.push(path, format!("{v} is not a cosine similarity in [-1, 1]"));
+        }
+        v as f32
+    }
+
+    fn positive(&mut self, path: &str, v: Option<u64>, default: u64) -> u64 {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            self.push(path, "must be greater than 0");
+        }
+        v
+    }
+
+    fn glob(&mut self, path: &str, glob: &str) {
+        if let Err(e) = globset::Glob::new(glob) {
+            self.push(path, format!("invalid glob '{glob}': {e}"));
+        }
+    }
+}
+
+pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+    let mut is = Issues(Vec::new());
+
+    let listen_str = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen = listen_str.parse::<SocketAddr>().unwrap_or_else(|e| {
+        is.push("server.listen", format!("'{listen_str}' is not host:port ({e})"));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let log_format = match raw.server.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            is.push("server.log_format", format!("'{other}' is not one of: text, json"));
+            LogFormat::Text
+        }
+    };
+    let server = ServerConfig {
+        listen,
+        max_body_bytes: is.positive("server.max_body_bytes", raw.server.max_body_bytes, 4 << 20)
+            as usize,
+        log_format,
+        shutdown_grace: is.duration(
+            "server.shutdown_grace",
+            raw.server.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
+        watch_config: raw.server.watch_config.unwrap_or(true),
+    };
+
+    let c = raw.cache;
+    let dir = PathBuf::from(c.dir.as_deref().unwrap_or("./data"));
+    let dir = if dir.is_relative() { base_dir.join(dir) } else { dir };
+    let tenant = match c.tenant.as_deref().unwrap_or("api-key") {
+        "api-key" => TenantMode::ApiKey,
+        "shared" => TenantMode::Shared,
+        other => {
+            is.push("cache.tenant", format!("'{other}' is not one of: api-key, shared"));
+            TenantMode::ApiKey
+        }
+    };
+    let mut thresholds = Vec::new();
+    for (i, t) in c.thresholds.iter().enumerate() {
+        is.glob(&format!("cache.thresholds[{i}].model"), &t.model);
+        thresholds.push(ThresholdOverride {
+            model_glob: t.model.clone(),
+            threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
+        });
+    }
+    let cache = CacheConfig {
+        dir,
+        threshold: is.threshold("cache.threshold", c.threshold.unwrap_or(DEFAULT_THRESHOLD as f64)),
+        ttl: is.duration("cache.ttl", c.ttl.as_deref(), Duration::from_secs(7 * 86_400)),
+        max_entries: is.positive("cache.max_entries", c.max_entries, 1_000_000) as usize,
+        guards: c.guards.unwrap_or(true),
+        max_turns: is.positive("cache.max_turns", c.max_turns, 16) as usize,
+        tenant,
+        namespace: c.namespace.unwrap_or_else(|| "default".into()),
+        cache_tool_calls: c.cache_tool_calls.unwrap_or(false),
+        flush_interval: is.duration(
+            "cache.flush_interval",
+            c.flush_interval.as_deref(),
+            Duration::from_millis(200),
+        ),
+        max_candidates: is.positive("cache.max_candidates", c.max_candidates, 4) as usize,
+        thresholds,
+    };
+    if cache.ttl.is_zero() {
+        is.push("cache.ttl", "must be greater than 0");
+    }
+
+    let x = raw.index;
+    let fraction = x.rebuild_tombstone_fraction.unwrap_or(0.2);
+    if !(0.0..=1.0).contains(&fraction) || fraction == 0.0 {
+        is.push("index.rebuild_tombstone_fraction", format!("{fraction} is not in (0, 1]"));
+    }
+    let index = IndexConfig {
+        flat_max: x.flat_max.unwrap_or(10_000) as usize,
+        hnsw_m: is.positive("index.hnsw_m", x.hnsw_m, 16) as usize,
+        ef_construction: is.positive("index.ef_construction", x.ef_construction, 200) as usize,
+        ef_search: is.positive("index.ef_search", x.ef_search, 64) as usize,
+        rebuild_tombstone_fraction: fraction as f32,
+    };
+
+    let e = raw.embedding;
+    let device = match e.device.as_deref().unwrap_or("cpu") {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda,
+        "metal" => Device::Metal,
+        other => {
+            is.push("embedding.device", format!("'{other}' is not one of: cpu, cuda, metal"));
+            Device::Cpu
+        }
+    };
+    if device == Device::Cuda && !cfg!(feature = "cuda") {
+        is.push("embedding.device", "'cuda' needs a build with `--features cuda`");
+    }
+    if device == Device::Metal && !cfg!(feature = "metal") {
+        is.push("embedding.device", "'metal' needs a build with `--features metal`");
+    }
+    if let Some(sha) = &e.sha256 {
+        if sha.len() != 64 || !sha.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            is.push("embedding.sha256", "must be 64 hex characters");
+        }
+    }
+    let max_tokens = is.positive("embedding.max_tokens", e.max_tokens, 256) as usize;
+    if max_tokens > 512 {
+        is.push("embedding.max_tokens", "BERT-style models take at most 512 tokens");
+    }
+    let embedding = EmbeddingConfig {
+        model: e.model.unwrap_or_else(|| DEFAULT_MODEL.into()),
+        revision: e.revision,
+        device,
+        max_tokens,
+        sha256: e.sha256.map(|s| s.to_ascii_lowercase()),
+        threads: is.positive("embedding.threads", e.threads, 1) as usize,
+        max_batch: is.positive("embedding.max_batch", e.max_batch, 32) as usize,
+        lru_capacity: e.lru_capacity.unwrap_or(10_000) as usize,
+        queue_capacity: is.positive("embedding.queue_capacity", e.queue_capacity, 1024) as usize,
+    };
+
+    let mut providers = Vec::new();
+    for (i, p) in raw.providers.iter().enumerate() {
+        let path = |f: &str| format!("providers[{i}].{f}");
+        let kind = match p.kind.as_str() {
+            "openai" => ProviderKind::OpenAi,
+            "azure" => ProviderKind::Azure,
+            "anthropic" => ProviderKind::Anthropic,
+            other => {
+                is.push(path("kind"), format!("'{other}' is not one of: openai, azure, anthropic"));
+                ProviderKind::OpenAi
+            }
+        };
+        if p.name.trim().is_empty() {
+            is.push(path("name"), "must not be empty");
+        }
+        if providers.iter().any(|q: &ProviderConfig| q.name == p.name) {
+            is.push(path("name"), format!("duplicate provider name '{}'", p.name));
+        }
+        match reqwest::Url::parse(&p.base_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => is.push(path("base_url"), format!("scheme '{}' is not http(s)", u.scheme())),
+            Err(e) => is.push(path("base_url"), format!("'{}' is not a URL: {e}", p.base_url)),
+        }
+        if let Some(env) = &p.api_key_env {
+            if env.is_empty() || env.contains('=') {
+                is.push(path("api_key_env"), "must be an environment variable name");
+            }
+        }
+        providers.push(ProviderConfig {
+            name: p.name.clone(),
+            kind,
+            base_url: p.base_url.trim_end_matches('/').to_string(),
+            api_key_env: p.api_key_env.clone(),
+            connect_timeout: is.duration(&path("connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(5)),
+            request_timeout: is.duration(&path("request_timeout"), p.request_timeout.as_deref(), Duration::from_secs(60)),
+            read_timeout: is.duration(&path("read_timeout"), p.read_timeout.as_deref(), Duration::from_secs(60)),
+            max_retries: p.max_retries.unwrap_or(2) as u32,
+            backoff_base: is.duration(&path("backoff_base"), p.backoff_base.as_deref(), Duration::from_millis(100)),
+            backoff_max: is.duration(&path("backoff_max"), p.backoff_max.as_deref(), Duration::from_secs(5)),
+            breaker_failures: is.positive(&path("breaker_failures"), p.breaker_failures, 5) as u32,
+            breaker_cooldown: is.duration(&path("breaker_cooldown"), p.breaker_cooldown.as_deref(), Duration::from_secs(30)),
+            api_version: p.api_version.clone(),
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = |f: &str| format!("routes[{i}].{f}");
+        is.glob(&path("model"), &r.model);
+        let mut targets: Vec<RouteTarget> = r
+            .providers
+            .iter()
+            .map(|p| RouteTarget { provider: p.clone(), model: None, weight: None })
+            .collect();
+        if !r.providers.is_empty() && !r.targets.is_empty() {
+            is.push(path("targets"), "give either `providers` or `targets`, not both");
+        }
+        targets.extend(r.targets.iter().map(|t| RouteTarget {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            weight: t.weight,
+        }));
+        if targets.is_empty() {
+            is.push(path("providers"), "a route needs at least one provider");
+        }
+        for (j, t) in targets.iter().enumerate() {
+            if !providers.iter().any(|p| p.name == t.provider) {
+                is.push(
+                    format!("routes[{i}].providers[{j}]"),
+                    format!("unknown provider '{}'", t.provider),
+                );
+            }
+        }
+        routes.push(RouteConfig {
+            model_glob: r.model.clone(),
+            targets,
+            threshold: r.threshold.map(|t| is.threshold(&path("threshold"), t)),
+        });
+    }
+
+    if is.0.is_empty() {
+        Ok(Config { server, cache, index, embedding, providers, routes })
+    } else {
+        Err(ConfigError::Invalid(is.0))
+    }
+}

@@ -1,0 +1,405 @@
+//! The cached endpoints' flow, shared by every inbound API: parse → canonical request → plan →
+//! (exact → semantic) lookup → hit: render the stored answer; miss: singleflight → routed
+//! provider → stream the answer back while teeing it → insert after the response, off the
+//! response path. Handlers stay thin; wire details live in `api`, decisions in `cache`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api::canonical::{ApiKind, CanonicalRequest};
+use crate::api::collect::{self, NotCacheable, StreamCollector};
+use crate::api::error::ApiError;
+use crate::api::render;
+use crate::cache::policy::{self, CachePlan, Plan, RequestControls};
+use crate::cache::singleflight::{Flight, Role};
+use crate::cache::{CacheEngine, Lookup, LookupTimings};
+use crate::providers::{SseParser, UpstreamBody, UpstreamRequest};
+use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
+use crate::server::state::AppState;
+use crate::store::{CachedResponse, Entry};
+
+/// Entry point for `POST /v1/chat/completions`, `/v1/completions` and `/v1/messages`.
+pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    match run(&state, api, &headers, body, started).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            state.metrics().requests.with_label_values(&[api.as_str(), "error"]).inc();
+            if err.status().is_server_error() {
+                tracing::warn!(api = api.as_str(), error = %err.log_detail(), "request failed");
+            } else {
+                tracing::info!(api = api.as_str(), error = %err.log_detail(), "request rejected");
+            }
+            err.into_response_for(api)
+        }
+    }
+}
+
+async fn run(
+    state: &AppState,
+    api: ApiKind,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let map = crate::api::parse_request(api, &body)?;
+    let canonical = match api {
+        ApiKind::Chat => CanonicalRequest::from_chat(&map),
+        ApiKind::Completions => CanonicalRequest::from_completions(&map),
+        ApiKind::Messages => CanonicalRequest::from_messages(&map),
+    };
+    let controls = RequestControls::parse(
+        header_str(headers, "cache-control"),
+        header_str(headers, "x-deja-threshold"),
+        header_str(headers, "x-deja-ttl"),
+        header_str(headers, "x-deja-namespace"),
+    )
+    .map_err(|e| ApiError::invalid_header(e.to_string()))?;
+    let config = state.config();
+    let router = state.router();
+    if router.route(&canonical.model).is_none() {
+        return Err(ApiError::NoRoute { model: canonical.model.clone() });
+    }
+    let key = client_key(headers);
+    let ctx = Ctx { state, api, canonical: &canonical, headers, key: key.clone(), started };
+
+    let plan = match state.engine() {
+        None => Plan::Bypass(policy::BypassReason::Warming),
+        Some(_) => policy::plan(&config, &canonical, key.as_deref(), &controls),
+    };
+    let (engine, plan) = match (state.engine(), plan) {
+        (Some(engine), Plan::Use(p)) => (engine.clone(), p),
+        (_, Plan::Bypass(reason)) => {
+            tracing::debug!(reason = reason.as_str(), "cache bypassed");
+            return ctx.forward(body, None, "bypass", Duration::ZERO, None).await;
+        }
+        (None, Plan::Use(_)) => return ctx.forward(body, None, "bypass", Duration::ZERO, None).await,
+    };
+
+    let mut timings = LookupTimings::default();
+    let mut best = None;
+    let mut embedding = None;
+    if plan.read {
+        let lookup = engine
+            .lookup(plan.scope, &plan.prompt, plan.semantic, plan.threshold, &mut timings)
+            .await;
+        let m = state.metrics();
+        if plan.semantic && !timings.embed.is_zero() {
+            m.embed_seconds.observe(timings.embed.as_secs_f64());
+            m.search_seconds.observe(timings.search.as_secs_f64());
+        }
+        match lookup {
+            Ok(Lookup::Exact(entry)) => return Ok(ctx.hit(entry, "exact-hit", 1.0)),
+            Ok(Lookup::Semantic { entry, similarity }) => {
+                m.similarity.with_label_values(&["hit"]).observe(similarity as f64);
+                return Ok(ctx.hit(entry, "semantic-hit", similarity));
+            }
+            Ok(Lookup::Miss { embedding: e, best: b }) => {
+                if let Some(b) = b {
+                    m.similarity.with_label_values(&["miss"]).observe(b as f64);
+                }
+                embedding = e;
+                best = b;
+            }
+            // A broken cache must not break the chatbot: log it and forward.
+            Err(e) => tracing::error!(error = %e, "cache lookup failed; forwarding uncached"),
+        }
+    }
+    let lookup_time = started.elapsed();
+
+    let mut flight = None;
+    if plan.write {
+        match state.0.singleflight.join(plan.scope, &plan.prompt) {
+            Role::Leader(f) => flight = Some(f),
+            Role::Follower(waiter) => {
+                state.metrics().singleflight_waits.inc();
+                let limit = Duration::from_secs(120);
+                if waiter.wait(limit).await {
+                    let scope = plan.scope;
+                    let prompt = plan.prompt.clone();
+                    let e2 = engine.clone();
+                    let again = tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt)).await;
+                    if let Ok(Ok(Some(entry))) = again {
+                        return Ok(ctx.hit(entry, "exact-hit", 1.0));
+                    }
+                }
+            }
+        }
+    }
+    let job = plan.write.then(|| InsertJob {
+        engine,
+        embedding,
+        flight,
+        plan: plan.clone(),
+        cache_tool_calls: config.cache.cache_tool_calls,
+    });
+    ctx.forward(body, job, "miss", lookup_time, best).await
+}
+
+/// What to store once the upstream answer completed normally.
+struct InsertJob {
+    engine: CacheEngine,
+    plan: CachePlan,
+    embedding: Option<Arc<[f32]>>,
+    /// Released (waking followers) when the insert is done or abandoned.
+    flight: Option<Flight>,
+    cache_tool_calls: bool,
+}
+
+impl InsertJob {
+    async fn run(self, state: AppState, answer: Result<CachedResponse, NotCacheable>) {
+        let answer = match answer {
+            Ok(a) => a,
+            Err(reason) => {
+                state.metrics().not_cached.with_label_values(&[reason.as_str()]).inc();
+                tracing::debug!(reason = reason.as_str(), "answer not cached");
+                return;
+            }
+        };
+        let _ = self.cache_tool_calls;
+        let embedding = match (self.plan.semantic, self.embedding) {
+            (false, _) => None,
+            (true, Some(e)) => Some(e),
+            // `no-cache` skipped the lookup, so the prompt has not been embedded yet.
+            (true, None) => match self.engine.embedder().embed(&self.plan.prompt).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding for insert failed; storing exact-only");
+                    None
+                }
+            },
+        };
+        let res = self
+            .engine
+            .insert(self.plan.scope, self.plan.prompt.clone(), embedding, answer, self.plan.ttl)
+            .await;
+        match res {
+            Ok(id) => {
+                let m = state.metrics();
+                m.inserts.inc();
+                m.entries.set(self.engine.store().len() as i64);
+                tracing::debug!(entry = id, "answer cached");
+            }
+            Err(e) => tracing::error!(error = %e, "cache insert failed"),
+        }
+        drop(self.flight);
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a AppState,
+    api: ApiKind,
+    canonical: &'a CanonicalRequest,
+    headers: &'a HeaderMap,
+    key: Option<String>,
+    started: Instant,
+}
+
+impl Ctx<'_> {
+    fn hit(&self, entry: Entry, outcome: &'static str, similarity: f32) -> Response {
+        let m = self.state.metrics();
+        let usage = entry.response.usage.unwrap_or_default();
+        m.tokens_served.inc_by(usage.total() as u64);
+        let body = render::render_hit(self.api, &entry.response, self.canonical.stream, self.canonical.include_usage);
+        let elapsed = self.started.elapsed();
+        let label = outcome.replace('-', "_");
+        m.requests.with_label_values(&[self.api.as_str(), &label]).inc();
+        m.request_seconds.with_label_values(&[&label]).observe(elapsed.as_secs_f64());
+        tracing::info!(
+            api = self.api.as_str(),
+            outcome,
+            similarity,
+            entry = entry.id,
+            ms = elapsed.as_secs_f64() * 1e3,
+            "request"
+        );
+        let mut deja = DejaHeaders::new(outcome);
+        deja.similarity(similarity);
+        deja.entry(entry.id);
+        deja.overhead(elapsed);
+        deja.tokens_saved(usage.total());
+        let mut resp = match body {
+            render::Rendered::Json(bytes) => json_response(StatusCode::OK, bytes),
+            render::Rendered::Sse(events) => {
+                let stream = futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>));
+                sse_response(Body::from_stream(stream))
+            }
+        };
+        deja.apply(resp.headers_mut());
+        resp
+    }
+
+    /// Sends the request upstream and streams the answer back; `job` stores it afterwards.
+    async fn forward(
+        &self,
+        body: Bytes,
+        job: Option<InsertJob>,
+        outcome: &'static str,
+        lookup_time: Duration,
+        best: Option<f32>,
+    ) -> Result<Response, ApiError> {
+        let state = self.state.clone();
+        let upstream_req = UpstreamRequest::post_bytes(self.api.upstream_path(), body, self.canonical.stream)
+            .with_client_key(self.key.clone())
+            .with_headers(forwardable_headers(self.headers));
+        let router = state.router();
+        let up_started = Instant::now();
+        let resp = router.send(upstream_req, &self.canonical.model).await.inspect_err(|e| {
+            for (provider, kind) in e.attempt_kinds() {
+                state.metrics().upstream_errors.with_label_values(&[&provider, kind]).inc();
+            }
+        })?;
+        let upstream_time = up_started.elapsed();
+        let m = state.metrics();
+        m.upstream_seconds.with_label_values(&[&resp.provider]).observe(upstream_time.as_secs_f64());
+        let label = outcome;
+        m.requests.with_label_values(&[self.api.as_str(), label]).inc();
+        let overhead = self.started.elapsed().saturating_sub(upstream_time);
+        m.request_seconds.with_label_values(&[label]).observe(self.started.elapsed().as_secs_f64());
+        tracing::info!(
+            api = self.api.as_str(),
+            outcome,
+            provider = %resp.provider,
+            status = resp.status,
+            best_similarity = best,
+            lookup_ms = lookup_time.as_secs_f64() * 1e3,
+            upstream_ms = upstream_time.as_secs_f64() * 1e3,
+            "request"
+        );
+
+        let mut deja = DejaHeaders::new(outcome);
+        deja.provider(&resp.provider);
+        deja.overhead(overhead);
+        if let Some(b) = best {
+            deja.nearest(b);
+        }
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let ok = status.is_success();
+        let provider = resp.provider.clone();
+        let mut response = match resp.body {
+            UpstreamBody::Json(bytes) => {
+                if let Some(job) = job {
+                    let answer = if ok {
+                        collect::collect_json(self.api, &bytes, &provider)
+                    } else {
+                        Err(NotCacheable::Status(resp.status))
+                    };
+                    let st = state.clone();
+                    state.0.background.spawn(job.run(st, answer));
+                }
+                let mut r = Response::new(Body::from(bytes));
+                *r.status_mut() = status;
+                copy_upstream_headers(&resp.headers, r.headers_mut());
+                r
+            }
+            UpstreamBody::Stream(upstream) => {
+                let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+                let api = self.api;
+                let st = state.clone();
+                state.0.background.spawn(async move {
+                    tee_stream(st, api, provider, upstream, tx, job).await;
+                });
+                let mut r = sse_response(Body::from_stream(ReceiverStream::new(rx)));
+                *r.status_mut() = status;
+                copy_upstream_headers(&resp.headers, r.headers_mut());
+                r
+            }
+        };
+        deja.apply(response.headers_mut());
+        Ok(response)
+    }
+}
+
+/// Forwards upstream SSE bytes to the client as they arrive while collecting the answer. If the
+/// client goes away the upstream is still read to the end when the answer is to be cached (it
+/// is paid for either way); otherwise reading stops.
+async fn tee_stream(
+    state: AppState,
+    api: ApiKind,
+    provider: String,
+    mut upstream: crate::providers::ByteStream,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    job: Option<InsertJob>,
+) {
+    let mut parser = SseParser::new();
+    let mut collector = job.as_ref().map(|_| StreamCollector::new(api, &provider));
+    let mut client_gone = false;
+    let mut failed = None;
+    while let Some(chunk) = upstream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if let Some(c) = collector.as_mut() {
+                    for event in parser.push(&bytes) {
+                        c.push_event(event.event.as_deref(), &event.data);
+                    }
+                }
+                if !client_gone && tx.send(Ok(bytes)).await.is_err() {
+                    client_gone = true;
+                    if collector.is_none() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider, error = %e, "upstream stream failed");
+                state.metrics().upstream_errors.with_label_values(&[&provider, "stream_cut"]).inc();
+                let _ = tx
+                    .send(Err(std::io::Error::other("upstream stream interrupted")))
+                    .await;
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    if let (Some(job), Some(c)) = (job, collector) {
+        let answer = match failed {
+            Some(_) => Err(NotCacheable::Truncated),
+            None => c.finish(),
+        };
+        job.run(state, answer).await;
+    }
+}
+
+fn json_response(status: StatusCode, bytes: Bytes) -> Response {
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    r
+}
+
+fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        to.insert(k.clone(), v.clone());
+    }
+}
+
+/// Turns a JSON body into an object or the right 400.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid_request("the request body must be a JSON object", None)),
+        Err(e) => Err(ApiError::invalid_json(e.to_string())),
+    }
+}

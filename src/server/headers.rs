@@ -1,0 +1,118 @@
+//! Header plumbing: who the client is (its key, used only hashed), which request headers travel
+//! upstream, and the `x-deja-*` response headers that say what the cache did. API keys never
+//! reach a log line from here.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The client's API key: `Authorization: Bearer …` (OpenAI) or `x-api-key` (Anthropic).
+pub fn client_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(auth) = header_str(headers, "authorization") {
+        let auth = auth.trim();
+        let token = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
+            .unwrap_or(auth)
+            .trim();
+        if !token.is_empty() {
+            return Some(token.to_string());
+        }
+    }
+    header_str(headers, "x-api-key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+/// Request headers worth passing to the provider (beta flags, versions, org/project ids).
+/// Authentication, hop-by-hop and deja's own headers never travel.
+pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        let keep = n.starts_with("openai-")
+            || n.starts_with("anthropic-")
+            || n == "x-stainless-helper-method";
+        if keep {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The `x-deja-*` headers of one response.
+pub struct DejaHeaders {
+    values: Vec<(&'static str, String)>,
+}
+
+impl DejaHeaders {
+    pub fn new(outcome: &str) -> DejaHeaders {
+        DejaHeaders { values: vec![("x-deja-cache", outcome.to_string())] }
+    }
+
+    pub fn similarity(&mut self, s: f32) {
+        self.values.push(("x-deja-similarity", format!("{s:.4}")));
+    }
+
+    /// Best similarity seen on a miss (helps choosing a threshold).
+    pub fn nearest(&mut self, s: f32) {
+        self.values.push(("x-deja-nearest-similarity", format!("{s:.4}")));
+    }
+
+    pub fn entry(&mut self, id: u64) {
+        self.values.push(("x-deja-entry", id.to_string()));
+    }
+
+    pub fn provider(&mut self, p: &str) {
+        self.values.push(("x-deja-provider", p.to_string()));
+    }
+
+    pub fn overhead(&mut self, d: Duration) {
+        self.values.push(("x-deja-overhead-ms", format!("{:.3}", d.as_secs_f64() * 1e3)));
+    }
+
+    pub fn tokens_saved(&mut self, n: u32) {
+        self.values.push(("x-deja-tokens-saved", n.to_string()));
+    }
+
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in self.values {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_key_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        assert_eq!(client_key(&h).as_deref(), Some("sk-1"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("sk-ant"));
+        assert_eq!(client_key(&h).as_deref(), Some("sk-ant"));
+        assert_eq!(client_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn auth_is_never_forwarded_as_is() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        h.insert("openai-beta", HeaderValue::from_static("assistants=v2"));
+        h.insert("x-deja-threshold", HeaderValue::from_static("0.99"));
+        let f = forwardable_headers(&h);
+        assert!(f.get("authorization").is_none());
+        assert!(f.get("x-deja-threshold").is_none());
+        assert_eq!(f.get("openai-beta").unwrap(), "assistants=v2");
+    }
+}

@@ -1,0 +1,128 @@
+//! Hot reload: on SIGHUP or when the config file changes, re-read it; if it is valid, swap in
+//! the new thresholds, guards, routes and providers; if not, keep the running config and log
+//! every problem. Settings that need a restart (listen address, store, model, body limit) are
+//! reported, not silently ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::Config;
+use crate::server::state::AppState;
+use crate::server::{build_router, engine_settings};
+
+/// Re-reads the config file and applies it. Returns the problems when it was rejected.
+pub fn reload(state: &AppState) -> Result<(), String> {
+    let Some(path) = state.0.config_path.clone() else {
+        return Err("no config file to reload".into());
+    };
+    let result = Config::load(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|new| build_router(&new).map(|r| (new, r)).map_err(|e| e.to_string()));
+    match result {
+        Ok((new, router)) => {
+            let old = state.config();
+            for note in restart_only_changes(&old, &new) {
+                tracing::warn!("config reload: {note} changed; it takes effect after a restart");
+            }
+            if let Some(engine) = state.engine() {
+                engine.set_settings(engine_settings(&new));
+            }
+            *state.0.router.write() = Arc::new(router);
+            *state.0.config.write() = Arc::new(new);
+            state.metrics().reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(path = %path.display(), "config reloaded");
+            Ok(())
+        }
+        Err(problems) => {
+            state.metrics().reloads.with_label_values(&["rejected"]).inc();
+            tracing::error!(path = %path.display(), "config reload rejected, keeping the running config: {problems}");
+            Err(problems)
+        }
+    }
+}
+
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.server.listen != new.server.listen {
+        out.push("server.listen");
+    }
+    if old.server.max_body_bytes != new.server.max_body_bytes {
+        out.push("server.max_body_bytes");
+    }
+    if old.cache.dir != new.cache.dir {
+        out.push("cache.dir");
+    }
+    if old.cache.max_entries != new.cache.max_entries {
+        out.push("cache.max_entries");
+    }
+    if old.embedding.model != new.embedding.model || old.embedding.device != new.embedding.device {
+        out.push("embedding");
+    }
+    if old.index.flat_max != new.index.flat_max || old.index.ef_search != new.index.ef_search {
+        out.push("index");
+    }
+    out
+}
+
+/// Reloads on SIGHUP and on changes to the config file (debounced), until the task is dropped.
+pub fn spawn_watchers(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let path = state.0.config_path.clone()?;
+    let watch = state.config().server.watch_config;
+    Some(tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let _watcher = if watch { file_watcher(&path, tx.clone()) } else { None };
+        #[cfg(unix)]
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    if tx.send(()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        while rx.recv().await.is_some() {
+            // Editors write in several steps: let them finish, then reload once.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let st = state.clone();
+            let _ = tokio::task::spawn_blocking(move || reload(&st)).await;
+        }
+    }))
+}
+
+fn file_watcher(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let target: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let dir = target.parent()?.to_path_buf();
+    let name = target.file_name()?.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let relevant = event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            let changes = matches!(
+                event.kind,
+                notify::EventKind::Modify(_) | notify::EventKind::Create(_)
+            );
+            if relevant && changes {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "config file watcher unavailable; SIGHUP still reloads"))
+    .ok()?;
+    // Watch the directory: editors replace files by rename, which a file watch would miss.
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch config directory; SIGHUP still reloads");
+        return None;
+    }
+    Some(watcher)
+}

@@ -1,0 +1,67 @@
+//! Shared server state: `AppState(Arc<Inner>)`, cheap to clone into every handler. The config
+//! and the provider router sit behind locks that hot reload swaps whole; a handler takes one
+//! snapshot at its start and uses it to the end, so a reload never changes a request mid-way.
+//! The cache engine is set once the model is loaded and the store is open (until then requests
+//! are forwarded uncached and `/readyz` says 503).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::singleflight::Singleflight;
+use crate::cache::CacheEngine;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::providers::Router;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: RwLock<Arc<Config>>,
+    pub router: RwLock<Arc<Router>>,
+    pub engine: OnceLock<CacheEngine>,
+    pub metrics: Metrics,
+    pub singleflight: Arc<Singleflight>,
+    /// Cache inserts running after their response was sent; drained on shutdown.
+    pub background: TaskTracker,
+    /// The file hot reload reads, when the config came from one.
+    pub config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        router: Router,
+        metrics: Metrics,
+        config_path: Option<PathBuf>,
+    ) -> AppState {
+        AppState(Arc::new(Inner {
+            config: RwLock::new(Arc::new(config)),
+            router: RwLock::new(Arc::new(router)),
+            engine: OnceLock::new(),
+            metrics,
+            singleflight: Singleflight::new(),
+            background: TaskTracker::new(),
+            config_path,
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.0.config.read().clone()
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.0.router.read().clone()
+    }
+
+    pub fn engine(&self) -> Option<&CacheEngine> {
+        self.0.engine.get()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}

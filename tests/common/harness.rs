@@ -1,0 +1,158 @@
+//! Starts deja in-process on 127.0.0.1:0 with a temp store and a given embedder, pointed at a
+//! mock upstream. Plumbing tests use the tiny deterministic `HashEmbedder`; tests that need
+//! semantics use the real model (resolved once per test binary).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use deja::config::Config;
+use deja::embed::{Embedder, HashEmbedder, ResolveOptions};
+use deja::server::{self, AppState, Server};
+
+pub fn hash_model() -> Arc<dyn Embedder> {
+    Arc::new(HashEmbedder::new(64))
+}
+
+/// all-MiniLM-L6-v2, resolved like the server does (local cache → hf-hub → pip wheel).
+pub fn real_model() -> Arc<dyn Embedder> {
+    static MODEL: OnceLock<Arc<dyn Embedder>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let settings = deja::embed::EmbedSettings::default();
+            deja::embed::load_default(&settings, &ResolveOptions::from_env())
+                .unwrap_or_else(|e| panic!("the real model is needed for this test: {e}"))
+        })
+        .clone()
+}
+
+pub struct Deja {
+    pub base: String,
+    pub state: AppState,
+    pub dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A config for tests: listen on port 0, store in `dir`, one OpenAI-kind provider at `upstream`
+/// (no retries unless the extra TOML says so), then `extra` appended verbatim.
+pub fn config_text(dir: &Path, upstream: &str, cache_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+[cache]
+dir = "{}"
+flush_interval = "50ms"
+{cache_extra}
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "{upstream}"
+max_retries = 0
+{extra}
+[[routes]]
+model = "*"
+providers = ["mock"]
+"#,
+        dir.display()
+    )
+}
+
+impl Deja {
+    pub async fn start(upstream: &str, embedder: Arc<dyn Embedder>) -> Deja {
+        Deja::start_with(upstream, embedder, "", "").await
+    }
+
+    pub async fn start_with(upstream: &str, embedder: Arc<dyn Embedder>, cache_extra: &str, extra: &str) -> Deja {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let text = config_text(&dir.join("store"), upstream, cache_extra, extra);
+        let mut d = Deja::start_config(&text, &dir, embedder, None).await;
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Starts from config text; with `config_file`, the text is written there and hot reload
+    /// watches it.
+    pub async fn start_config(text: &str, dir: &Path, embedder: Arc<dyn Embedder>, config_file: Option<PathBuf>) -> Deja {
+        if let Some(f) = &config_file {
+            std::fs::write(f, text).unwrap();
+        }
+        let config = Config::from_toml_str(text, Vec::<(String, String)>::new(), dir).unwrap();
+        let server = Server::bind(config.clone(), config_file.clone()).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let state = server.state().clone();
+        let engine = tokio::task::spawn_blocking(move || server::open_engine(&config, embedder))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(state.0.engine.set(engine).is_ok());
+        if config_file.is_some() {
+            std::mem::forget(server::reload::spawn_watchers(state.clone()));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Deja {
+            base: format!("http://{addr}"),
+            state,
+            dir: dir.to_path_buf(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _tmp: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn entries(&self) -> usize {
+        self.state.engine().map(|e| e.store().len()).unwrap_or(0)
+    }
+
+    /// Waits until the store holds `n` entries (inserts happen after the response).
+    pub async fn wait_entries(&self, n: usize) {
+        let started = Instant::now();
+        while self.entries() < n {
+            assert!(started.elapsed() < Duration::from_secs(20), "store never reached {n} entries (has {})", self.entries());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for background inserts to settle (no new entries for a moment).
+    pub async fn settle(&self) {
+        self.state.0.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.state.0.background.wait()).await;
+        self.state.0.background.reopen();
+    }
+
+    /// Graceful shutdown: drain, wait for inserts, flush. Keeps the temp dir alive.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        self._tmp.take()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
