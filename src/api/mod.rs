@@ -4,6 +4,7 @@
 //! Serde and bytes only: this layer never decides cacheability policy, talks to the network or
 //! touches the store.
 
+pub mod anthropic;
 // pub mod canonical;
 pub mod collect;
 pub mod error;

@@ -3,6 +3,7 @@
 //! that every OpenAI-compatible server would also fail are made here; value ranges
 //! (temperature, penalties) are left to the upstream, which is the authority on its models.
 
+use super::anthropic::MessagesRequest;
 use super::error::ApiError;
 use super::openai::{ChatCompletionRequest, CompletionRequest, Role};
 use serde::de::DeserializeOwned;
@@ -26,6 +27,25 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest, ApiErr
     let req: CompletionRequest = parse_json(body)?;
     require_model(&req.model)?;
     require_n(req.n)?;
+    Ok(req)
+}
+
+/// Parse and validate a `POST /v1/messages` body (Anthropic).
+pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> {
+    let req: MessagesRequest = parse_json(body)?;
+    require_model(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_request(
+            "messages: at least one message is required",
+            Some("messages".into()),
+        ));
+    }
+    if req.max_tokens == 0 {
+        return Err(ApiError::invalid_request(
+            "max_tokens: must be greater than or equal to 1",
+            Some("max_tokens".into()),
+        ));
+    }
     Ok(req)
 }
 
@@ -314,5 +334,62 @@ mod tests {
         }
         let e = parse_completion_request(br#"{"prompt":"x"}"#).unwrap_err();
         assert!(matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "model"));
+    }
+
+    #[test]
+    fn anthropic_messages_request() {
+        let body = json!({
+            "model": "claude-sonnet-4-20250514",
+            "max_tokens": 1024,
+            "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "checking"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny", "is_error": false},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}},
+                    {"type": "document", "source": {"type": "text", "data": "x"}}
+                ]}
+            ],
+            "temperature": 0.5, "top_k": 40, "stop_sequences": ["###"], "stream": true,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "auto"}, "metadata": {"user_id": "u1"},
+            "thinking": {"type": "enabled", "budget_tokens": 2048}
+        });
+        let req = parse_messages_request(body.to_string().as_bytes()).unwrap();
+        assert!(req.is_stream());
+        assert_eq!(
+            req.system.as_ref().and_then(|s| s.text()).as_deref(),
+            Some("be brief")
+        );
+        assert_eq!(req.messages[0].content.text().as_deref(), Some("weather?"));
+        assert_eq!(req.messages[1].content.text(), None);
+        assert!(req.extra.contains_key("thinking"));
+        assert_eq!(serde_json::to_value(&req).unwrap(), body);
+
+        let e =
+            parse_messages_request(br#"{"model":"c","messages":[{"role":"user","content":"a"}]}"#)
+                .unwrap_err();
+        assert!(matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "max_tokens"));
+        let e = parse_messages_request(
+            br#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"a"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "messages[0].role")
+        );
+        let e = parse_messages_request(
+            br#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"x"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "messages[0].content[0].name")
+        );
+        let e =
+            parse_messages_request(br#"{"model":"c","max_tokens":5,"messages":[]}"#).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "messages"));
     }
 }
