@@ -5,8 +5,10 @@
 //! OpenAI-compatible servers (Ollama, vLLM, TGI) that omit fields or name finish reasons
 //! differently. It never decides policy (TTL, scope) and never blocks: pure CPU on small data.
 
-use super::openai::{ChatCompletion, ChatCompletionChunk, Completion, Usage};
+use super::openai::{ChatCompletion, Completion, Usage};
 use crate::store::{CachedResponse, FinishReason};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Default cap on the text a stream collector accumulates (an answer bigger than this is
@@ -166,6 +168,55 @@ pub fn collect_completion_json(
     })
 }
 
+/// The parts of a stream chunk (chat or legacy) the collectors read. Everything else is skipped
+/// without being built, and `IgnoredAny` marks fields whose presence (non-null) is all that
+/// matters: this is the per-chunk cost of teeing a stream.
+#[derive(Deserialize)]
+struct ChunkIn {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    system_fingerprint: Option<String>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+    #[serde(default)]
+    choices: Vec<ChoiceIn>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn {
+    #[serde(default)]
+    index: u32,
+    /// Chat chunks.
+    #[serde(default)]
+    delta: Option<DeltaIn>,
+    /// Legacy completion chunks.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    logprobs: Option<IgnoredAny>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    function_call: Option<IgnoredAny>,
+    #[serde(default)]
+    audio: Option<IgnoredAny>,
+    #[serde(default)]
+    annotations: Option<Vec<IgnoredAny>>,
+}
+
 /// What both stream collectors accumulate.
 #[derive(Debug)]
 struct StreamState {
@@ -195,8 +246,8 @@ impl StreamState {
         }
     }
 
-    /// Handle the envelope of one payload; returns the parsed JSON when it should be read on.
-    fn accept(&mut self, data: &str) -> Option<Value> {
+    /// Parse one payload; `None` for `[DONE]`, blanks, and anything after the end or a failure.
+    fn accept(&mut self, data: &str) -> Option<ChunkIn> {
         if self.failed.is_some() || self.done {
             return None;
         }
@@ -208,17 +259,30 @@ impl StreamState {
         if data.is_empty() {
             return None;
         }
-        match serde_json::from_str::<Value>(data) {
-            Ok(v) if v.get("error").is_some_and(|e| !e.is_null()) => {
+        match serde_json::from_str::<ChunkIn>(data) {
+            Ok(c) if c.error.is_some() => {
                 self.fail(NotCacheable::UpstreamError);
                 None
             }
-            Ok(v) => Some(v),
+            Ok(c) => {
+                self.meta(&c);
+                Some(c)
+            }
             Err(e) => {
                 self.fail(NotCacheable::Malformed(e.to_string()));
                 None
             }
         }
+    }
+
+    /// Checks shared by both stream kinds; `false` when the choice made the answer uncacheable.
+    fn choice_ok(&mut self, choice: &ChoiceIn) -> bool {
+        if choice.index != 0 {
+            self.fail(NotCacheable::MultipleChoices);
+        } else if choice.logprobs.is_some() {
+            self.fail(NotCacheable::Unrepresentable("logprobs"));
+        }
+        self.failed.is_none()
     }
 
     fn fail(&mut self, why: NotCacheable) {
@@ -229,14 +293,16 @@ impl StreamState {
         self.content = String::new();
     }
 
-    fn meta(&mut self, model: &str, fingerprint: Option<&String>, usage: Option<&Usage>) {
-        if self.model.is_empty() && !model.is_empty() {
-            self.model = model.to_owned();
+    fn meta(&mut self, c: &ChunkIn) {
+        if self.model.is_empty() {
+            if let Some(m) = &c.model {
+                self.model.clone_from(m);
+            }
         }
         if self.system_fingerprint.is_none() {
-            self.system_fingerprint = fingerprint.cloned();
+            self.system_fingerprint.clone_from(&c.system_fingerprint);
         }
-        if let Some(u) = usage {
+        if let Some(u) = &c.usage {
             self.usage = Some(u.into());
         }
     }
@@ -303,39 +369,27 @@ impl ChatStreamCollector {
     /// Feed one `data:` payload (without the `data: ` prefix), `[DONE]` included. Payloads
     /// after `[DONE]` or after the answer became uncacheable are ignored.
     pub fn push_event_data(&mut self, data: &str) {
-        let Some(v) = self.st.accept(data) else {
+        let Some(chunk) = self.st.accept(data) else {
             return;
         };
-        let chunk: ChatCompletionChunk = match serde_json::from_value(v) {
-            Ok(c) => c,
-            Err(e) => return self.st.fail(NotCacheable::Malformed(e.to_string())),
-        };
-        self.st.meta(
-            &chunk.model,
-            chunk.system_fingerprint.as_ref(),
-            chunk.usage.as_usage(),
-        );
         for choice in &chunk.choices {
-            if choice.index != 0 {
-                return self.st.fail(NotCacheable::MultipleChoices);
+            if !self.st.choice_ok(choice) {
+                return;
             }
-            let d = &choice.delta;
-            if non_empty_array(&d.tool_calls) || present(&d.function_call) {
+            let Some(d) = &choice.delta else {
+                continue;
+            };
+            if d.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || d.function_call.is_some() {
                 return self.st.fail(NotCacheable::ToolCalls);
             }
             if d.refusal.as_deref().is_some_and(|r| !r.is_empty()) {
                 return self.st.fail(NotCacheable::Refusal);
             }
-            if present(&choice.logprobs) {
-                return self.st.fail(NotCacheable::Unrepresentable("logprobs"));
-            }
-            if d.extra.get("audio").is_some_and(|a| !a.is_null()) {
+            if d.audio.is_some() {
                 return self.st.fail(NotCacheable::Unrepresentable("audio"));
             }
-            if let Some(Value::Array(a)) = d.extra.get("annotations") {
-                if !a.is_empty() {
-                    return self.st.fail(NotCacheable::Unrepresentable("annotations"));
-                }
+            if d.annotations.as_ref().is_some_and(|a| !a.is_empty()) {
+                return self.st.fail(NotCacheable::Unrepresentable("annotations"));
             }
             if let Some(text) = &d.content {
                 self.st.text(text);
@@ -374,26 +428,16 @@ impl CompletionStreamCollector {
 
     /// See [`ChatStreamCollector::push_event_data`].
     pub fn push_event_data(&mut self, data: &str) {
-        let Some(v) = self.st.accept(data) else {
+        let Some(chunk) = self.st.accept(data) else {
             return;
         };
-        let chunk: Completion = match serde_json::from_value(v) {
-            Ok(c) => c,
-            Err(e) => return self.st.fail(NotCacheable::Malformed(e.to_string())),
-        };
-        self.st.meta(
-            &chunk.model,
-            chunk.system_fingerprint.as_ref(),
-            chunk.usage.as_usage(),
-        );
         for choice in &chunk.choices {
-            if choice.index != 0 {
-                return self.st.fail(NotCacheable::MultipleChoices);
+            if !self.st.choice_ok(choice) {
+                return;
             }
-            if present(&choice.logprobs) {
-                return self.st.fail(NotCacheable::Unrepresentable("logprobs"));
+            if let Some(text) = &choice.text {
+                self.st.text(text);
             }
-            self.st.text(&choice.text);
             self.st.finish_reason(choice.finish_reason.as_ref());
         }
     }

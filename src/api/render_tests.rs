@@ -226,3 +226,44 @@ fn ids_are_fresh_and_prefixed() {
     assert!(new_completion_id().starts_with("cmpl-"));
     assert!(unix_now() > 1_700_000_000);
 }
+
+#[test]
+fn piece_template_matches_struct_serialization() {
+    let resp = cached("x");
+    let make = |piece: &str| {
+        let mut c = ChatCompletionChunk {
+            id: "chatcmpl-\"a\"".into(),
+            object: "chat.completion.chunk".into(),
+            created: 1,
+            model: "a".into(),
+            service_tier: None,
+            system_fingerprint: resp.system_fingerprint.clone(),
+            choices: vec![],
+            usage: UsageField::Null,
+        };
+        c.choices.push(ChunkChoice {
+            index: 0,
+            delta: ChunkDelta {
+                content: Some(piece.to_owned()),
+                ..ChunkDelta::default()
+            },
+            logprobs: None,
+            finish_reason: None,
+        });
+        c
+    };
+    let t = PieceTemplate::new(make).expect("template");
+    for piece in [
+        "",
+        "a",
+        "b",
+        "quote \" back \\ nl \n",
+        "😀 中文 \u{7f}\u{1}",
+    ] {
+        assert_eq!(t.event(piece), sse::data_event(&make(piece)), "{piece:?}");
+    }
+    // A placeholder that is not one quoted letter (or appears twice) gives no template.
+    assert!(PieceTemplate::new(|p: &str| format!("{p}{p}")).is_none());
+    assert!(PieceTemplate::new(|p: &str| vec![p.to_owned(), p.to_owned()]).is_none());
+    assert!(PieceTemplate::new(|_: &str| 5).is_none());
+}

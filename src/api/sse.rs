@@ -45,6 +45,12 @@ pub struct SseEvent {
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buf: Vec<u8>,
+    pending: Pending,
+}
+
+/// Fields of the event being read (apart from `buf`, so a line can borrow the buffer).
+#[derive(Debug, Default)]
+struct Pending {
     event: Option<String>,
     data: Option<String>,
 }
@@ -61,7 +67,7 @@ impl SseDecoder {
         let mut start = 0;
         loop {
             let rest = &self.buf[start..];
-            let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(pos) = memchr::memchr2(b'\n', b'\r', rest) else {
                 break;
             };
             let terminator_len = if rest[pos] == b'\r' {
@@ -74,11 +80,11 @@ impl SseDecoder {
             } else {
                 1
             };
-            let line = String::from_utf8_lossy(&rest[..pos]).into_owned();
-            start += pos + terminator_len;
-            if let Some(ev) = self.line(&line) {
+            let line = String::from_utf8_lossy(&rest[..pos]);
+            if let Some(ev) = self.pending.line(&line) {
                 out.push(ev);
             }
+            start += pos + terminator_len;
         }
         self.buf.drain(..start);
         out
@@ -93,11 +99,13 @@ impl SseDecoder {
         let line = rest.trim_end_matches('\r');
         let mut out = None;
         if !line.is_empty() {
-            out = self.line(line);
+            out = self.pending.line(line);
         }
-        out.or_else(|| self.line(""))
+        out.or_else(|| self.pending.line(""))
     }
+}
 
+impl Pending {
     fn line(&mut self, line: &str) -> Option<SseEvent> {
         if line.is_empty() {
             let data = self.data.take();
