@@ -1,2 +1,28 @@
-//! Wire formats: what clients and providers send and expect, and the canonical request.
+//! The wire-format layer: OpenAI (and Anthropic) request/response types, request parsing with
+//! field-precise errors, rendering a cached answer as a real response (JSON or SSE replay), and
+//! collecting an upstream answer (JSON or SSE) into a cacheable [`crate::store::CachedResponse`].
+//! Serde and bytes only: this layer never decides cacheability policy, talks to the network or
+//! touches the store.
+//!
+//! # Layout (in request order)
+//! - [`parse`]: body bytes → [`openai::ChatCompletionRequest`] / [`openai::CompletionRequest`] /
+//!   [`anthropic::MessagesRequest`], or an [`ApiError`] naming the field (`messages[2].role`).
+//! - [`openai`], [`anthropic`]: lossless wire types (unknown fields kept in `extra`).
+//! - [`render`] (and `anthropic::render_*`): a cache hit → JSON body or SSE replay events.
+//! - [`sse`]: SSE framing, and the incremental decoder a miss's upstream stream is teed through.
+//! - [`collect`] (and `anthropic::collect_*`): upstream answer → `CachedResponse` or the
+//!   [`collect::NotCacheable`] reason.
+//! - [`error`]: [`ApiError`], its status codes and both error body shapes.
+
+pub mod anthropic;
 pub mod canonical;
+pub mod collect;
+pub mod error;
+pub mod inbound;
+pub mod openai;
+pub mod parse;
+pub mod render;
+pub mod sse;
+
+pub use collect::NotCacheable;
+pub use error::{ApiError, Dialect};
