@@ -203,7 +203,10 @@ mod tests {
         b.acquire().unwrap().failure();
         tokio::time::advance(Duration::from_secs(1)).await;
         drop(b.acquire().unwrap());
-        assert!(b.acquire().is_some(), "a cancelled probe must not wedge the breaker");
+        assert!(
+            b.acquire().is_some(),
+            "a cancelled probe must not wedge the breaker"
+        );
     }
 
     #[tokio::test]

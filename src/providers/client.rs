@@ -4,10 +4,14 @@
 //! logged.
 
 use crate::providers::breaker::{CircuitBreaker, Permit};
-use crate::providers::error::{is_retryable_status, ProviderError, ProviderErrorKind, RouterConfigError};
+use crate::providers::error::{
+    is_retryable_status, ProviderError, ProviderErrorKind, RouterConfigError,
+};
 use crate::providers::settings::{ProviderKind, ProviderSettings};
 use crate::providers::stats::ProviderStats;
-use crate::providers::types::{keep_response_header, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use crate::providers::types::{
+    keep_response_header, UpstreamBody, UpstreamRequest, UpstreamResponse,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -126,10 +130,11 @@ impl Provider {
         let url = match self.settings.kind {
             ProviderKind::OpenAi => {
                 if let Some(key) = key {
-                    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                        self.error(ProviderErrorKind::Protocol)
-                            .with_detail("API key is not a valid header value")
-                    })?;
+                    let mut value =
+                        HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                            self.error(ProviderErrorKind::Protocol)
+                                .with_detail("API key is not a valid header value")
+                        })?;
                     value.set_sensitive(true);
                     headers.insert(AUTHORIZATION, value);
                 }
@@ -139,7 +144,10 @@ impl Provider {
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        let mut builder = self.client.request(req.method.clone(), url).headers(headers);
+        let mut builder = self
+            .client
+            .request(req.method.clone(), url)
+            .headers(headers);
         if !body.is_empty() {
             builder = builder.body(body);
         }
@@ -154,7 +162,9 @@ impl Provider {
         body: Bytes,
         model: Option<String>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        let key = self.api_key(req).inspect_err(|e| self.stats.record_error(&e.kind))?;
+        let key = self
+            .api_key(req)
+            .inspect_err(|e| self.stats.record_error(&e.kind))?;
         let Some(permit) = self.breaker.acquire() else {
             let err = self.error(ProviderErrorKind::CircuitOpen);
             self.stats.record_error(&err.kind);

@@ -180,7 +180,7 @@ pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+        if (0.0..1e9).contains(&secs) {
             return Some(Duration::from_secs_f64(secs));
         }
         return None;
@@ -327,7 +327,15 @@ mod tests {
 
     #[test]
     fn retryable_classification() {
-        let st = |s| ProviderError::new("p", ProviderErrorKind::Status { status: s, body: "".into() });
+        let st = |s| {
+            ProviderError::new(
+                "p",
+                ProviderErrorKind::Status {
+                    status: s,
+                    body: "".into(),
+                },
+            )
+        };
         assert!(st(429).retryable());
         assert!(st(500).retryable());
         assert!(st(503).retryable());
@@ -343,12 +351,21 @@ mod tests {
     #[test]
     fn aggregate_status() {
         let e = |k| ("p".to_string(), ProviderError::new("p", k));
-        let rl = || ProviderErrorKind::Status { status: 429, body: String::new() };
+        let rl = || ProviderErrorKind::Status {
+            status: 429,
+            body: String::new(),
+        };
         let all = |v| RouterError::AllFailed { attempts: v };
         assert_eq!(all(vec![e(rl()), e(rl())]).status(), 429);
-        assert_eq!(all(vec![e(rl()), e(ProviderErrorKind::CircuitOpen)]).status(), 429);
+        assert_eq!(
+            all(vec![e(rl()), e(ProviderErrorKind::CircuitOpen)]).status(),
+            429
+        );
         assert_eq!(all(vec![e(ProviderErrorKind::Timeout)]).status(), 504);
-        assert_eq!(all(vec![e(rl()), e(ProviderErrorKind::Timeout)]).status(), 502);
+        assert_eq!(
+            all(vec![e(rl()), e(ProviderErrorKind::Timeout)]).status(),
+            502
+        );
         assert_eq!(all(vec![e(ProviderErrorKind::CircuitOpen)]).status(), 503);
         assert_eq!(RouterError::NoRoute { model: "m".into() }.status(), 404);
     }

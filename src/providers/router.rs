@@ -106,7 +106,11 @@ impl Router {
             if r.targets.is_empty() {
                 return Err(RouterConfigError::EmptyRoute { glob: r.model_glob });
             }
-            if let Some(t) = r.targets.iter().find(|t| !self.providers.contains_key(&t.provider)) {
+            if let Some(t) = r
+                .targets
+                .iter()
+                .find(|t| !self.providers.contains_key(&t.provider))
+            {
                 return Err(RouterConfigError::UnknownProvider {
                     glob: r.model_glob.clone(),
                     provider: t.provider.clone(),
@@ -161,8 +165,7 @@ impl Router {
                 Some(rename) => (rename_model(&req.body, rename), Some(rename.clone())),
                 None => (req.body.clone(), Some(model.to_string())),
             };
-            if let Some(resp) =
-                try_provider(provider, &req, body, sent_model, &mut attempts).await
+            if let Some(resp) = try_provider(provider, &req, body, sent_model, &mut attempts).await
             {
                 return Ok(resp);
             }
@@ -349,9 +352,15 @@ mod tests {
             ],
             vec![],
         );
-        assert_eq!(dup.unwrap_err(), RouterConfigError::DuplicateProvider("a".into()));
+        assert_eq!(
+            dup.unwrap_err(),
+            RouterConfigError::DuplicateProvider("a".into())
+        );
         let bad = Router::new(vec![ProviderSettings::openai("a", "not a url")], vec![]);
-        assert!(matches!(bad.unwrap_err(), RouterConfigError::BadBaseUrl { .. }));
+        assert!(matches!(
+            bad.unwrap_err(),
+            RouterConfigError::BadBaseUrl { .. }
+        ));
     }
 
     #[test]

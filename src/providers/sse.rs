@@ -160,7 +160,11 @@ mod tests {
     #[test]
     fn openai_chunks_and_done() {
         let input = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n";
-        let expected = vec![ev(None, "{\"a\":1}"), ev(None, "{\"b\":2}"), ev(None, "[DONE]")];
+        let expected = vec![
+            ev(None, "{\"a\":1}"),
+            ev(None, "{\"b\":2}"),
+            ev(None, "[DONE]"),
+        ];
         assert_split_invariant(input, &expected);
         assert!(expected[2].is_done());
         assert!(!expected[0].is_done());

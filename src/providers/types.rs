@@ -79,7 +79,10 @@ impl fmt::Debug for UpstreamRequest {
             .field("method", &self.method)
             .field("body_len", &self.body.len())
             .field("stream", &self.stream)
-            .field("client_key", &self.client_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
