@@ -1,0 +1,175 @@
+//! Plain settings for upstream providers and model routes. The config layer maps `config.toml`
+//! into these; nothing here reads files or validates beyond what the router needs to build.
+//! Secrets never live here: a provider names the environment variable that holds its key, and
+//! the key is read at request time so that rotating it needs no restart.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Which wire dialect a provider speaks. Each variant decides how a request is addressed and
+/// authenticated (see `client::Provider::build_request`); new dialects (Azure OpenAI,
+/// Anthropic) slot in as variants there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp, LiteLLM, ...):
+    /// `POST {base_url}/chat/completions` with `Authorization: Bearer <key>`.
+    #[default]
+    OpenAi,
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+}
+
+/// One upstream endpoint. Field docs say what the vendor SDK would call them.
+#[derive(Clone)]
+pub struct ProviderSettings {
+    /// Name used in routes, logs, metrics and `x-deja-provider`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL as the vendor SDK takes it, e.g. `https://api.openai.com/v1`; request paths
+    /// (`/chat/completions`) are appended to it.
+    pub base_url: String,
+    /// Environment variable holding this provider's API key. `None` forwards the client's own
+    /// bearer token instead (or none, for keyless local servers).
+    pub api_key_env: Option<String>,
+    /// TCP + TLS connect limit.
+    pub connect_timeout: Duration,
+    /// Per attempt: from sending the request until the response headers arrive (for a JSON
+    /// answer, until its whole body has arrived, since nothing reaches the client before).
+    pub request_timeout: Duration,
+    /// Streams only: the longest silence tolerated between two body chunks.
+    pub read_timeout: Duration,
+    /// Retries on this provider after the first attempt (so `max_retries + 1` attempts).
+    pub max_retries: u32,
+    /// First backoff ceiling; doubles per retry (full jitter draws below it).
+    pub backoff_base: Duration,
+    /// Ceiling on any single backoff, `Retry-After` included.
+    pub backoff_max: Duration,
+    /// Consecutive retryable failures that open the breaker; 0 disables the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker rejects before letting one probe through.
+    pub breaker_cooldown: Duration,
+    /// Headers added to every request (e.g. `OpenAI-Organization`). Values are redacted in
+    /// `Debug` since some vendors put credentials here.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl ProviderSettings {
+    /// Settings with the defaults documented on each field.
+    pub fn new(
+        name: impl Into<String>,
+        kind: ProviderKind,
+        base_url: impl Into<String>,
+    ) -> ProviderSettings {
+        ProviderSettings {
+            name: name.into(),
+            kind,
+            base_url: base_url.into(),
+            api_key_env: None,
+            connect_timeout: Duration::from_secs(10),
+            // OpenAI's own SDK waits 600 s: a long non-streaming answer sends no header before
+            // it is complete.
+            request_timeout: Duration::from_secs(600),
+            read_timeout: Duration::from_secs(120),
+            max_retries: 2,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// OpenAI-compatible provider with defaults.
+    pub fn openai(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
+        ProviderSettings::new(name, ProviderKind::OpenAi, base_url)
+    }
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .extra_headers
+            .iter()
+            .map(|(k, _)| (k.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("ProviderSettings")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key_env", &self.api_key_env)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("extra_headers", &headers)
+            .finish()
+    }
+}
+
+/// Where requests whose model matches `model_glob` go. Routes are matched in order, first match
+/// wins; `*` matches every model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSettings {
+    pub model_glob: String,
+    /// Tried in order (see [`RouteTarget::weight`] for load spreading).
+    pub targets: Vec<RouteTarget>,
+}
+
+/// One provider in a route's fallback chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// A [`ProviderSettings::name`].
+    pub provider: String,
+    /// Model name to send this provider instead of the client's (rename); `None` keeps it.
+    pub model: Option<String>,
+    /// Targets with a positive weight are shuffled to the front of the chain per request,
+    /// each drawn first with probability proportional to its weight; targets without a weight
+    /// (or weight 0) follow in listed order as pure fallbacks.
+    pub weight: Option<u32>,
+}
+
+impl RouteTarget {
+    pub fn new(provider: impl Into<String>) -> RouteTarget {
+        RouteTarget {
+            provider: provider.into(),
+            model: None,
+            weight: None,
+        }
+    }
+}
+
+impl RouteSettings {
+    /// Route `model_glob` to `providers` in order, without renames or weights.
+    pub fn new(model_glob: impl Into<String>, providers: &[&str]) -> RouteSettings {
+        RouteSettings {
+            model_glob: model_glob.into(),
+            targets: providers.iter().map(|p| RouteTarget::new(*p)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_extra_header_values() {
+        let mut s = ProviderSettings::openai("a", "http://x/v1");
+        s.extra_headers
+            .push(("api-key".to_string(), "sk-secret-value".to_string()));
+        let shown = format!("{s:?}");
+        assert!(shown.contains("api-key"));
+        assert!(!shown.contains("sk-secret-value"));
+    }
+}

@@ -1,0 +1,485 @@
+//! An in-process OpenAI-compatible upstream for integration tests: an axum server on
+//! `127.0.0.1:0` that speaks OpenAI's real wire formats (chat completions and legacy
+//! completions, JSON and SSE, `GET /v1/models`, OpenAI-shaped errors), counts and records every
+//! call, and can be told to be slow, fail, rate limit, or cut a stream. Replies are
+//! deterministic ("Answer #<call number> to: <last user message>") so a test can tell a fresh
+//! upstream answer from a cached one. It never touches the network beyond loopback.
+//!
+//! ```ignore
+//! let up = MockUpstream::builder().fail_n_times(2, 500).start().await;
+//! let url = up.base_url(); // http://127.0.0.1:PORT/v1
+//! assert_eq!(up.calls_for("/chat/completions"), 3);
+//! ```
+#![allow(dead_code)]
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod openai;
+use openai::{all_prompt_text, last_user_text, words, Ctx};
+
+/// Custom reply text from the request body.
+pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
+
+/// Models listed by `GET /v1/models` unless overridden.
+pub const DEFAULT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct"];
+
+#[derive(Clone)]
+struct Behaviour {
+    latency: Duration,
+    chunk_delay: Duration,
+    fail_remaining: u64,
+    fail_status: u16,
+    retry_after: Option<String>,
+    retry_after_ms: Option<u64>,
+    cut_stream_after: Option<usize>,
+    reply: Option<ReplyFn>,
+    tool_call: Option<(String, String)>,
+    models: Vec<String>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            latency: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            fail_remaining: 0,
+            fail_status: 500,
+            retry_after: None,
+            retry_after_ms: None,
+            cut_stream_after: None,
+            reply: None,
+            tool_call: None,
+            models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+/// One call as the mock saw it, with what it answered.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// 1-based, over all paths.
+    pub call: u64,
+    pub method: Method,
+    /// Full path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    pub headers: HeaderMap,
+    /// The body parsed as JSON (`Value::Null` when empty or not JSON).
+    pub body: Value,
+    pub raw_body: Bytes,
+    pub status: u16,
+    /// Every byte of the response body the mock produced (for a cut stream: what it sent).
+    pub response_body: Bytes,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// The `Authorization` header, e.g. `Bearer sk-...`.
+    pub fn authorization(&self) -> Option<String> {
+        self.header("authorization")
+    }
+}
+
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    calls: AtomicU64,
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+/// Builder: `MockUpstream::builder().with_latency(..).fail_n_times(..).start().await`.
+#[derive(Default)]
+pub struct MockUpstreamBuilder {
+    behaviour: Behaviour,
+}
+
+impl MockUpstreamBuilder {
+    /// Wait this long before answering any call (failures included).
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.behaviour.latency = latency;
+        self
+    }
+
+    /// Pause between SSE events of a stream.
+    pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
+        self.behaviour.chunk_delay = delay;
+        self
+    }
+
+    /// The next `n` calls (any path) fail with `status` and an OpenAI-shaped error body.
+    pub fn fail_n_times(mut self, n: u64, status: u16) -> Self {
+        self.behaviour.fail_remaining = n;
+        self.behaviour.fail_status = status;
+        self
+    }
+
+    /// Every call fails with `status`.
+    pub fn always_fail(self, status: u16) -> Self {
+        self.fail_n_times(u64::MAX, status)
+    }
+
+    /// Failures carry `Retry-After: <secs>`.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.behaviour.retry_after = Some(secs.to_string());
+        self
+    }
+
+    /// Failures carry `Retry-After: <value>` verbatim (e.g. an HTTP date).
+    pub fn with_retry_after_value(mut self, value: impl Into<String>) -> Self {
+        self.behaviour.retry_after = Some(value.into());
+        self
+    }
+
+    /// Failures carry `retry-after-ms: <ms>` (as OpenAI and Azure send).
+    pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
+        self.behaviour.retry_after_ms = Some(ms);
+        self
+    }
+
+    /// Streams send this many events (role chunk and content chunks; capped before the finish
+    /// chunk) and then drop the connection: no finish_reason, no `[DONE]`.
+    pub fn cut_stream_after(mut self, chunks: usize) -> Self {
+        self.behaviour.cut_stream_after = Some(chunks);
+        self
+    }
+
+    /// Reply text computed from the request body instead of the default.
+    pub fn reply_with(mut self, f: impl Fn(&Value) -> String + Send + Sync + 'static) -> Self {
+        self.behaviour.reply = Some(Arc::new(f));
+        self
+    }
+
+    /// Chat replies are one tool call (`finish_reason: "tool_calls"`) instead of text.
+    pub fn with_tool_call(mut self, name: &str, arguments_json: &str) -> Self {
+        self.behaviour.tool_call = Some((name.to_string(), arguments_json.to_string()));
+        self
+    }
+
+    /// Model ids listed by `GET /v1/models`.
+    pub fn with_models(mut self, models: &[&str]) -> Self {
+        self.behaviour.models = models.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    pub async fn start(self) -> MockUpstream {
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(self.behaviour),
+            calls: AtomicU64::new(0),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock upstream");
+        let addr = listener.local_addr().expect("mock upstream address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockUpstream { addr, shared, task }
+    }
+}
+
+/// A running mock upstream; stops when dropped.
+pub struct MockUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    pub fn builder() -> MockUpstreamBuilder {
+        MockUpstreamBuilder::default()
+    }
+
+    /// A mock with default behaviour.
+    pub async fn start() -> MockUpstream {
+        MockUpstream::builder().start().await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, as an OpenAI SDK's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Calls on any path.
+    pub fn calls(&self) -> u64 {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls on `path`, given with or without the `/v1` prefix.
+    pub fn calls_for(&self, path: &str) -> u64 {
+        let full = format!("/v1{path}");
+        self.shared
+            .requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == path || r.path == full)
+            .count() as u64
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.shared.requests.lock().last().cloned()
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.requests.lock().clone()
+    }
+
+    pub fn set_failures(&self, n: u64, status: u16) {
+        let mut b = self.shared.behaviour.lock();
+        b.fail_remaining = n;
+        b.fail_status = status;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.behaviour.lock().latency = latency;
+    }
+
+    pub fn set_cut_stream_after(&self, chunks: Option<usize>) {
+        self.shared.behaviour.lock().cut_stream_after = chunks;
+    }
+
+    pub fn set_reply(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
+        self.shared.behaviour.lock().reply = Some(Arc::new(f));
+    }
+
+    /// Forget recorded calls and reset the counter (behaviour is kept).
+    pub fn reset_calls(&self) {
+        self.shared.requests.lock().clear();
+        self.shared.calls.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What one call produces before it is sent.
+struct Planned {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    /// One element per SSE event for streams, a single element for JSON.
+    chunks: Vec<Bytes>,
+    stream: bool,
+    /// Stream: send this many chunks, then break the connection.
+    cut_after: Option<usize>,
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw_body: Bytes,
+) -> Response {
+    let call = shared.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let body: Value = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
+    let path = uri.path().to_string();
+    let behaviour = {
+        let mut b = shared.behaviour.lock();
+        let snapshot = b.clone();
+        if b.fail_remaining > 0 {
+            b.fail_remaining -= 1;
+        }
+        snapshot
+    };
+    let planned = plan(&behaviour, call, &method, &path, &body);
+    let sent: Vec<Bytes> = match planned.cut_after {
+        Some(k) => planned.chunks.iter().take(k).cloned().collect(),
+        None => planned.chunks.clone(),
+    };
+    shared.requests.lock().push(RecordedRequest {
+        call,
+        method,
+        path,
+        headers,
+        body,
+        raw_body,
+        status: planned.status,
+        response_body: Bytes::from(sent.concat()),
+    });
+    if !behaviour.latency.is_zero() {
+        tokio::time::sleep(behaviour.latency).await;
+    }
+    respond(planned, behaviour.chunk_delay)
+}
+
+fn respond(planned: Planned, chunk_delay: Duration) -> Response {
+    let body = if planned.stream {
+        let cut_after = planned.cut_after;
+        let chunks = planned.chunks;
+        let stream = futures::stream::unfold(0usize, move |i| {
+            let chunks = chunks.clone();
+            async move {
+                // Returning Pending once lets hyper flush what it has, so each event (and the
+                // headers before a cut) leaves as its own write, as from a real upstream.
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                if cut_after == Some(i) {
+                    let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut");
+                    return Some((Err(cut), usize::MAX));
+                }
+                let chunk = chunks.get(i)?.clone();
+                if i > 0 && !chunk_delay.is_zero() {
+                    tokio::time::sleep(chunk_delay).await;
+                }
+                Some((Ok::<Bytes, std::io::Error>(chunk), i + 1))
+            }
+        });
+        Body::from_stream(stream)
+    } else {
+        Body::from(planned.chunks.concat())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(planned.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in planned.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
+}
+
+fn plan(b: &Behaviour, call: u64, method: &Method, path: &str, body: &Value) -> Planned {
+    let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    let mut headers = vec![
+        ("x-request-id", request_id),
+        ("openai-version", "2020-10-01".to_string()),
+        ("openai-organization", "deja-mock".to_string()),
+        ("openai-processing-ms", "1".to_string()),
+        ("x-ratelimit-limit-requests", "10000".to_string()),
+    ];
+    if b.fail_remaining > 0 {
+        if let Some(v) = &b.retry_after {
+            headers.push(("retry-after", v.clone()));
+        }
+        if let Some(ms) = b.retry_after_ms {
+            headers.push(("retry-after-ms", ms.to_string()));
+        }
+        return error(
+            headers,
+            b.fail_status,
+            &failure_message(b.fail_status),
+            None,
+        );
+    }
+    let route = (method.as_str(), path);
+    if method == Method::POST && matches!(route.1, "/v1/chat/completions" | "/v1/completions") {
+        if !body.is_object() {
+            let msg = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)";
+            return error(headers, 400, msg, None);
+        }
+        let Some(model) = body.get("model").and_then(Value::as_str) else {
+            return error(headers, 400, "you must provide a model parameter", None);
+        };
+        let chat = route.1 == "/v1/chat/completions";
+        let reply = match &b.reply {
+            Some(f) => f(body),
+            None => format!("Answer #{call} to: {}", last_user_text(body, chat)),
+        };
+        let mut ctx = Ctx::new(b.tool_call.as_ref(), body, model, reply, chat);
+        ctx.prompt_tokens = words(&all_prompt_text(body, chat)).max(1);
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        return if stream {
+            headers.push((
+                "content-type",
+                "text/event-stream; charset=utf-8".to_string(),
+            ));
+            let chunks = ctx.sse_chunks();
+            let cut_after = b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events));
+            Planned {
+                status: 200,
+                headers,
+                chunks,
+                stream: true,
+                cut_after,
+            }
+        } else {
+            headers.push(("content-type", "application/json".to_string()));
+            Planned {
+                status: 200,
+                headers,
+                chunks: vec![Bytes::from(ctx.json_body().to_string())],
+                stream: false,
+                cut_after: None,
+            }
+        };
+    }
+    if route == ("GET", "/v1/models") {
+        let data: Vec<Value> = b
+            .models
+            .iter()
+            .map(|m| json!({"id": m, "object": "model", "created": 1_686_935_002, "owned_by": "openai"}))
+            .collect();
+        headers.push(("content-type", "application/json".to_string()));
+        let body = json!({"object": "list", "data": data}).to_string();
+        return Planned {
+            status: 200,
+            headers,
+            chunks: vec![Bytes::from(body)],
+            stream: false,
+            cut_after: None,
+        };
+    }
+    let msg = format!("Invalid URL ({} {})", method, path);
+    error(headers, 404, &msg, None)
+}
+
+fn error(
+    mut headers: Vec<(&'static str, String)>,
+    status: u16,
+    message: &str,
+    param: Option<&str>,
+) -> Planned {
+    let (kind, code) = match status {
+        401 => ("invalid_request_error", json!("invalid_api_key")),
+        404 => ("invalid_request_error", Value::Null),
+        429 => ("requests", json!("rate_limit_exceeded")),
+        s if s >= 500 => ("server_error", Value::Null),
+        _ => ("invalid_request_error", Value::Null),
+    };
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    headers.push(("content-type", "application/json".to_string()));
+    Planned {
+        status,
+        headers,
+        chunks: vec![Bytes::from(body.to_string())],
+        stream: false,
+        cut_after: None,
+    }
+}
+
+fn failure_message(status: u16) -> String {
+    match status {
+        400 => "Invalid request (mock failure).".to_string(),
+        401 => "Incorrect API key provided.".to_string(),
+        429 => "Rate limit reached for requests. Please try again later.".to_string(),
+        s if s >= 500 => {
+            "The server had an error while processing your request. Sorry about that!".to_string()
+        }
+        s => format!("Mock failure with status {s}."),
+    }
+}
