@@ -95,7 +95,6 @@ pub struct CacheConfig {
     pub max_turns: usize,
     pub tenant: TenantMode,
     pub namespace: String,
-    pub cache_tool_calls: bool,
     pub flush_interval: Duration,
     /// How many nearest neighbours the guards may inspect before giving up.
     pub max_candidates: usize,

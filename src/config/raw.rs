@@ -43,7 +43,6 @@ pub struct RawCache {
     /// `api-key` (default: hash of the client's key) or `shared` (one namespace for everyone).
     pub tenant: Option<String>,
     pub namespace: Option<String>,
-    pub cache_tool_calls: Option<bool>,
     pub flush_interval: Option<String>,
     pub max_candidates: Option<u64>,
     #[serde(default)]

@@ -110,7 +110,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         max_turns: is.positive("cache.max_turns", c.max_turns, 16) as usize,
         tenant,
         namespace: c.namespace.unwrap_or_else(|| "default".into()),
-        cache_tool_calls: c.cache_tool_calls.unwrap_or(false),
         flush_interval: is.duration(
             "cache.flush_interval",
             c.flush_interval.as_deref(),

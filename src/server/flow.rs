@@ -11,18 +11,17 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::canonical::{ApiKind, CanonicalRequest};
-use crate::api::collect::{self, NotCacheable, StreamCollector};
+use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
-use crate::api::render;
+use crate::api::inbound::{self, not_cacheable_label, Rendered, StreamCollector};
 use crate::cache::policy::{self, CachePlan, Plan, RequestControls};
 use crate::cache::singleflight::{Flight, Role};
 use crate::cache::{CacheEngine, Lookup, LookupTimings};
-use crate::providers::{SseParser, UpstreamBody, UpstreamRequest};
+use crate::providers::{ProviderErrorKind, RouterError, SseParser, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
 use crate::server::state::AppState;
 use crate::store::{CachedResponse, Entry};
@@ -35,11 +34,11 @@ pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Byt
         Err(err) => {
             state.metrics().requests.with_label_values(&[api.as_str(), "error"]).inc();
             if err.status().is_server_error() {
-                tracing::warn!(api = api.as_str(), error = %err.log_detail(), "request failed");
+                tracing::warn!(api = api.as_str(), error = %err, "request failed");
             } else {
-                tracing::info!(api = api.as_str(), error = %err.log_detail(), "request rejected");
+                tracing::info!(api = api.as_str(), error = %err, "request rejected");
             }
-            err.into_response_for(api)
+            err.into_response_for(api.dialect())
         }
     }
 }
@@ -51,7 +50,7 @@ async fn run(
     body: Bytes,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let map = crate::api::parse_request(api, &body)?;
+    let map = inbound::parse_request(api, &body)?;
     let canonical = match api {
         ApiKind::Chat => CanonicalRequest::from_chat(&map),
         ApiKind::Completions => CanonicalRequest::from_completions(&map),
@@ -63,7 +62,7 @@ async fn run(
         header_str(headers, "x-deja-ttl"),
         header_str(headers, "x-deja-namespace"),
     )
-    .map_err(|e| ApiError::invalid_header(e.to_string()))?;
+    .map_err(|e| ApiError::invalid_request(e.to_string(), None))?;
     let config = state.config();
     let router = state.router();
     if router.route(&canonical.model).is_none() {
@@ -140,7 +139,6 @@ async fn run(
         embedding,
         flight,
         plan: plan.clone(),
-        cache_tool_calls: config.cache.cache_tool_calls,
     });
     ctx.forward(body, job, "miss", lookup_time, best).await
 }
@@ -152,7 +150,6 @@ struct InsertJob {
     embedding: Option<Arc<[f32]>>,
     /// Released (waking followers) when the insert is done or abandoned.
     flight: Option<Flight>,
-    cache_tool_calls: bool,
 }
 
 impl InsertJob {
@@ -160,12 +157,11 @@ impl InsertJob {
         let answer = match answer {
             Ok(a) => a,
             Err(reason) => {
-                state.metrics().not_cached.with_label_values(&[reason.as_str()]).inc();
-                tracing::debug!(reason = reason.as_str(), "answer not cached");
+                state.metrics().not_cached.with_label_values(&[not_cacheable_label(&reason)]).inc();
+                tracing::debug!(reason = %reason, "answer not cached");
                 return;
             }
         };
-        let _ = self.cache_tool_calls;
         let embedding = match (self.plan.semantic, self.embedding) {
             (false, _) => None,
             (true, Some(e)) => Some(e),
@@ -209,7 +205,13 @@ impl Ctx<'_> {
         let m = self.state.metrics();
         let usage = entry.response.usage.unwrap_or_default();
         m.tokens_served.inc_by(usage.total() as u64);
-        let body = render::render_hit(self.api, &entry.response, self.canonical.stream, self.canonical.include_usage);
+        let body = inbound::render_hit(
+            self.api,
+            &entry.response,
+            self.canonical.stream,
+            self.canonical.include_usage,
+            &self.canonical.model,
+        );
         let elapsed = self.started.elapsed();
         let label = outcome.replace('-', "_");
         m.requests.with_label_values(&[self.api.as_str(), &label]).inc();
@@ -228,8 +230,8 @@ impl Ctx<'_> {
         deja.overhead(elapsed);
         deja.tokens_saved(usage.total());
         let mut resp = match body {
-            render::Rendered::Json(bytes) => json_response(StatusCode::OK, bytes),
-            render::Rendered::Sse(events) => {
+            Rendered::Json(bytes) => json_response(StatusCode::OK, bytes),
+            Rendered::Sse(events) => {
                 let stream = futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>));
                 sse_response(Body::from_stream(stream))
             }
@@ -248,13 +250,14 @@ impl Ctx<'_> {
         best: Option<f32>,
     ) -> Result<Response, ApiError> {
         let state = self.state.clone();
-        let upstream_req = UpstreamRequest::post_bytes(self.api.upstream_path(), body, self.canonical.stream)
-            .with_client_key(self.key.clone())
-            .with_headers(forwardable_headers(self.headers));
+        let mut upstream_req =
+            UpstreamRequest::post_bytes(self.api.upstream_path(), body, self.canonical.stream)
+                .with_client_key(self.key.clone());
+        upstream_req.headers = forwardable_headers(self.headers);
         let router = state.router();
         let up_started = Instant::now();
         let resp = router.send(upstream_req, &self.canonical.model).await.inspect_err(|e| {
-            for (provider, kind) in e.attempt_kinds() {
+            for (provider, kind) in attempt_labels(e) {
                 state.metrics().upstream_errors.with_label_values(&[&provider, kind]).inc();
             }
         })?;
@@ -289,9 +292,9 @@ impl Ctx<'_> {
             UpstreamBody::Json(bytes) => {
                 if let Some(job) = job {
                     let answer = if ok {
-                        collect::collect_json(self.api, &bytes, &provider)
+                        inbound::collect_json(self.api, &bytes, &provider)
                     } else {
-                        Err(NotCacheable::Status(resp.status))
+                        Err(NotCacheable::UpstreamError)
                     };
                     let st = state.clone();
                     state.0.background.spawn(job.run(st, answer));
@@ -338,8 +341,8 @@ async fn tee_stream(
         match chunk {
             Ok(bytes) => {
                 if let Some(c) = collector.as_mut() {
-                    for event in parser.push(&bytes) {
-                        c.push_event(event.event.as_deref(), &event.data);
+                    for event in parser.feed(&bytes) {
+                        c.push_event_data(&event.data);
                     }
                 }
                 if !client_gone && tx.send(Ok(bytes)).await.is_err() {
@@ -395,11 +398,40 @@ fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Turns a JSON body into an object or the right 400.
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::invalid_request("the request body must be a JSON object", None)),
-        Err(e) => Err(ApiError::invalid_json(e.to_string())),
+/// Client-facing error for a failed upstream call: names each attempt's provider and cause
+/// (status, timeout, connect failure), never upstream URLs or bodies.
+impl From<RouterError> for ApiError {
+    fn from(e: RouterError) -> ApiError {
+        match e {
+            RouterError::NoRoute { model } => ApiError::NoRoute { model },
+            RouterError::UnknownProvider { provider } => {
+                ApiError::internal(format!("route names unknown provider {provider}"))
+            }
+            RouterError::AllFailed { ref attempts } => {
+                let causes: Vec<String> = attempts
+                    .iter()
+                    .map(|(p, err)| match &err.kind {
+                        ProviderErrorKind::Status { status, .. } => format!("{p}: HTTP {status}"),
+                        other => format!("{p}: {}", other.label()),
+                    })
+                    .collect();
+                let message = format!("every upstream attempt failed ({})", causes.join("; "));
+                let retry_after_s = e.retry_after().map(|d| d.as_secs().max(1));
+                match e.status() {
+                    429 => ApiError::RateLimited { retry_after_s },
+                    504 => ApiError::UpstreamTimeout,
+                    503 => ApiError::Overloaded { retry_after_s },
+                    _ => ApiError::UpstreamUnavailable { message },
+                }
+            }
+        }
+    }
+}
+
+/// (provider, error label) of every failed attempt, for metrics.
+fn attempt_labels(e: &RouterError) -> Vec<(String, &'static str)> {
+    match e {
+        RouterError::AllFailed { attempts } => attempts.iter().map(|(p, err)| (p.clone(), err.kind.label())).collect(),
+        _ => Vec::new(),
     }
 }

@@ -220,7 +220,7 @@ async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Result<
     let limit = state.config().server.max_body_bytes;
     match body_or_error(body, limit) {
         Ok(bytes) => flow::handle(state, api, headers, bytes).await,
-        Err(e) => e.into_response_for(api),
+        Err(e) => e.into_response_for(api.dialect()),
     }
 }
 
@@ -259,8 +259,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     r
 }
 
-async fn not_found() -> Response {
-    ApiError::NotFound.into_response_for(ApiKind::Chat)
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
 }
 
 /// Other `/v1/*` paths (`GET /v1/models`, embeddings, files, …) go to the first provider of the
@@ -275,7 +275,7 @@ async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
     };
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => return ApiError::BodyTooLarge { limit }.into_response_for(ApiKind::Chat),
+        Err(_) => return ApiError::BodyTooLarge { limit }.into_response(),
     };
     let model = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -283,8 +283,8 @@ async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or_default();
     let router = state.router();
     let mut up = UpstreamRequest::post_bytes(path, bytes, false)
-        .with_client_key(headers::client_key(&parts.headers))
-        .with_headers(headers::forwardable_headers(&parts.headers));
+        .with_client_key(headers::client_key(&parts.headers));
+    up.headers = headers::forwardable_headers(&parts.headers);
     up.method = parts.method.clone();
     if parts.method == Method::GET {
         up.body = Bytes::new();
@@ -308,7 +308,7 @@ async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
             );
             r
         }
-        Err(e) => ApiError::from(e).into_response_for(ApiKind::Chat),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
