@@ -2,3 +2,5 @@
 #![allow(dead_code)]
 
 pub mod mock_upstream;
+pub mod binary;
+pub mod harness;

@@ -1,0 +1,354 @@
+//! The proxy's cache behaviour through HTTP: miss → hit, exact and semantic, every scope
+//! dimension, stream ↔ JSON, what is never cached, singleflight, request controls.
+
+mod common;
+
+use std::time::Duration;
+
+use common::harness::{client, hash_model, real_model, Deja, Reply};
+use common::mock_upstream::MockUpstream;
+use serde_json::{json, Value};
+
+fn chat(text: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+}
+
+async fn post(d: &Deja, body: &Value, key: &str) -> Reply {
+    let r = client().post(d.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap();
+    Reply::read(r).await
+}
+
+async fn post_with(d: &Deja, body: &Value, headers: &[(&str, &str)]) -> Reply {
+    let mut req = client().post(d.url("/v1/chat/completions")).bearer_auth("k").json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Reply::read(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn paraphrase_is_a_semantic_hit_with_zero_upstream_calls() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start_with(&mock.base_url(), real_model(), "threshold = 0.85", "").await;
+    let r1 = post(&d, &chat("How do I reset my password?"), "k").await;
+    assert_eq!(r1.header("x-deja-cache"), "miss");
+    assert_eq!(r1.header("x-deja-provider"), "mock");
+    d.wait_entries(1).await;
+    let r2 = post(&d, &chat("How can I reset my password?"), "k").await;
+    assert_eq!(r2.header("x-deja-cache"), "semantic-hit");
+    let sim: f32 = r2.header("x-deja-similarity").parse().unwrap();
+    assert!((0.85..1.0).contains(&sim), "{sim}");
+    assert_eq!(r2.content(), r1.content());
+    assert_ne!(r2.body["id"], r1.body["id"], "a hit gets a fresh id");
+    assert_eq!(mock.calls(), 1, "a hit costs zero upstream calls");
+    let r3 = post(&d, &chat("What is the capital of France?"), "k").await;
+    assert_eq!(r3.header("x-deja-cache"), "miss");
+    assert!(!r3.header("x-deja-nearest-similarity").is_empty());
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn negated_question_is_not_served_the_positive_answer() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start_with(&mock.base_url(), real_model(), "threshold = 0.85", "").await;
+    post(&d, &chat("How do I reset my password?"), "k").await;
+    d.wait_entries(1).await;
+    let r = post(&d, &chat("How do I NOT reset my password?"), "k").await;
+    assert_eq!(r.header("x-deja-cache"), "miss", "the negation guard must veto this");
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn exact_repeat_is_an_exact_hit() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let r1 = post(&d, &chat("Tell me a joke"), "k").await;
+    d.wait_entries(1).await;
+    let r2 = post(&d, &chat("  Tell me   a joke "), "k").await;
+    assert_eq!(r2.header("x-deja-cache"), "exact-hit");
+    assert_eq!(r2.header("x-deja-similarity"), "1.0000");
+    assert!(!r2.header("x-deja-entry").is_empty());
+    assert!(r2.header("x-deja-overhead-ms").parse::<f64>().unwrap() >= 0.0);
+    assert_eq!(r2.content(), r1.content());
+    assert_eq!(r2.body["object"], "chat.completion");
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn every_scope_dimension_separates_entries() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let base = chat("What is deja?");
+    post(&d, &base, "key-a").await;
+    d.wait_entries(1).await;
+    assert_eq!(post(&d, &base, "key-a").await.header("x-deja-cache"), "exact-hit");
+
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let variants: Vec<(&str, Value, &str)> = vec![
+        ("tenant", base.clone(), "key-b"),
+        ("model", with("model", json!("gpt-4o")), "key-a"),
+        (
+            "system prompt",
+            json!({"model":"gpt-4o-mini","messages":[{"role":"system","content":"Answer in French."},{"role":"user","content":"What is deja?"}]}),
+            "key-a",
+        ),
+        (
+            "earlier turns",
+            json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"What is deja?"}]}),
+            "key-a",
+        ),
+        ("temperature", with("temperature", json!(1.5)), "key-a"),
+        (
+            "tools",
+            with("tools", json!([{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}])),
+            "key-a",
+        ),
+        ("max_tokens", with("max_tokens", json!(7)), "key-a"),
+    ];
+    let mut expected_calls = 1;
+    for (dimension, body, key) in variants {
+        let r = post(&d, &body, key).await;
+        expected_calls += 1;
+        assert_eq!(r.header("x-deja-cache"), "miss", "{dimension} must separate scopes");
+        assert_eq!(mock.calls(), expected_calls, "{dimension}");
+    }
+}
+
+#[tokio::test]
+async fn namespace_header_shares_answers_across_keys() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let send = |key: &'static str| {
+        let url = d.url("/v1/chat/completions");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(key)
+                .header("x-deja-namespace", "team-a")
+                .json(&chat("shared question"))
+                .send()
+                .await
+                .unwrap();
+            Reply::read(r).await
+        }
+    };
+    assert_eq!(send("key-1").await.header("x-deja-cache"), "miss");
+    d.wait_entries(1).await;
+    assert_eq!(send("key-2").await.header("x-deja-cache"), "exact-hit");
+    assert_eq!(mock.calls(), 1);
+}
+
+/// Reads an SSE response: (reply, concatenated delta text, usage chunk if any).
+async fn stream_text(d: &Deja, body: &Value) -> (Reply, String, Option<Value>) {
+    let r = post(d, body, "k").await;
+    assert!(r.header("content-type").starts_with("text/event-stream"), "{:?}", r.headers);
+    let mut text = String::new();
+    let mut usage = None;
+    let mut done = false;
+    for line in r.text.lines() {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        if let Some(c) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(c);
+        }
+        if chunk["usage"].is_object() {
+            usage = Some(chunk["usage"].clone());
+        }
+    }
+    assert!(done, "stream must end with [DONE]: {}", r.text);
+    (r, text, usage)
+}
+
+#[tokio::test]
+async fn json_answer_serves_a_stream_and_a_stream_serves_json() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let first = post(&d, &chat("first question"), "k").await;
+    d.wait_entries(1).await;
+    let mut body = chat("first question");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (r, text, usage) = stream_text(&d, &body).await;
+    assert_eq!(r.header("x-deja-cache"), "exact-hit");
+    assert_eq!(text, first.content());
+    assert_eq!(usage.unwrap()["total_tokens"], first.body["usage"]["total_tokens"]);
+
+    let mut body = chat("second question");
+    body["stream"] = json!(true);
+    let (r, text, usage) = stream_text(&d, &body).await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
+    assert!(usage.is_none(), "no usage chunk unless asked");
+    d.wait_entries(2).await;
+    let r = post(&d, &chat("second question"), "k").await;
+    assert_eq!(r.header("x-deja-cache"), "exact-hit");
+    assert_eq!(r.content(), text);
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn upstream_error_is_not_cached() {
+    let mock = MockUpstream::builder().fail_n_times(1, 500).start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let r = post(&d, &chat("q"), "k").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body["error"]["type"], "api_error", "{}", r.text);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("HTTP 500"), "{}", r.text);
+    d.settle().await;
+    assert_eq!(d.entries(), 0);
+    let r = post(&d, &chat("q"), "k").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-deja-cache"), "miss");
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn upstream_4xx_passes_through_uncached() {
+    let mock = MockUpstream::builder().fail_n_times(1, 400).start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let r = post(&d, &chat("q"), "k").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"]["message"].is_string(), "{}", r.text);
+    d.settle().await;
+    assert_eq!(d.entries(), 0);
+}
+
+#[tokio::test]
+async fn stream_cut_midway_is_not_cached() {
+    let mock = MockUpstream::builder().cut_stream_after(2).start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let mut body = chat("q");
+    body["stream"] = json!(true);
+    let r = client().post(d.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    if let Ok(text) = r.text().await {
+        assert!(!text.contains("[DONE]"), "a cut stream must not look complete: {text}");
+    }
+    d.settle().await;
+    assert_eq!(d.entries(), 0, "a truncated answer must never be cached");
+    mock.set_cut_stream_after(None);
+    let r = post(&d, &chat("q"), "k").await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
+}
+
+#[tokio::test]
+async fn tool_call_answers_are_not_cached() {
+    let mock = MockUpstream::builder().with_tool_call("lookup", "{\"q\":1}").start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let r = post(&d, &chat("call the tool"), "k").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["choices"][0]["message"]["tool_calls"].is_array(), "{}", r.text);
+    d.settle().await;
+    assert_eq!(d.entries(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_call() {
+    let mock = MockUpstream::builder().with_latency(Duration::from_millis(300)).start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = d.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let r = client().post(url).bearer_auth("k").json(&chat("same question")).send().await.unwrap();
+            let r = Reply::read(r).await;
+            (r.header("x-deja-cache").to_string(), r.content().to_string())
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(mock.calls(), 1, "singleflight: {results:?}");
+    assert_eq!(results.iter().filter(|(o, _)| o == "miss").count(), 1, "{results:?}");
+    assert!(results.iter().all(|(_, c)| c == &results[0].1));
+}
+
+#[tokio::test]
+async fn cache_control_no_store_and_no_cache() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let body = chat("controlled");
+    let r = post_with(&d, &body, &[("cache-control", "no-store")]).await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
+    d.settle().await;
+    assert_eq!(d.entries(), 0, "no-store must not write");
+    let first = post_with(&d, &body, &[]).await;
+    d.wait_entries(1).await;
+    assert_eq!(post_with(&d, &body, &[]).await.header("x-deja-cache"), "exact-hit");
+    // no-cache skips the lookup and refreshes the entry.
+    let refreshed = post_with(&d, &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(refreshed.header("x-deja-cache"), "miss");
+    assert_ne!(refreshed.content(), first.content(), "the mock numbers its answers");
+    d.settle().await;
+    let now = post_with(&d, &body, &[]).await;
+    assert_eq!(now.header("x-deja-cache"), "exact-hit");
+    assert_eq!(now.content(), refreshed.content());
+    assert_eq!(d.entries(), 1, "a refresh replaces, it does not duplicate");
+}
+
+#[tokio::test]
+async fn threshold_header_only_tightens() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start_with(&mock.base_url(), hash_model(), "threshold = 0.5", "").await;
+    post(&d, &chat("how to bake sourdough bread at home"), "k").await;
+    d.wait_entries(1).await;
+    let q = chat("how to bake sourdough bread at home quickly");
+    let r = post_with(&d, &q, &[("x-deja-threshold", "0.1")]).await;
+    assert_eq!(r.header("x-deja-cache"), "semantic-hit", "a looser threshold is ignored");
+    let r = post_with(&d, &q, &[("x-deja-threshold", "0.999")]).await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
+    let r = post_with(&d, &q, &[("x-deja-threshold", "lots")]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn ttl_header_expires_the_entry() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let body = chat("short lived");
+    post_with(&d, &body, &[("x-deja-ttl", "300ms")]).await;
+    d.wait_entries(1).await;
+    assert_eq!(post(&d, &body, "k").await.header("x-deja-cache"), "exact-hit");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(post(&d, &body, "k").await.header("x-deja-cache"), "miss");
+}
+
+#[tokio::test]
+async fn image_content_is_forwarded_uncached() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let body = json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":[
+        {"type":"text","text":"what is in this image?"},
+        {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]});
+    for _ in 0..2 {
+        let r = post(&d, &body, "k").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-deja-cache"), "bypass");
+    }
+    assert_eq!(mock.calls(), 2);
+    assert_eq!(mock.last_request().unwrap().body["messages"][0]["content"][1]["type"], "image_url");
+}
+
+#[tokio::test]
+async fn legacy_completions_are_cached() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let body = json!({"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"});
+    let r1 = Reply::read(client().post(d.url("/v1/completions")).json(&body).send().await.unwrap()).await;
+    assert_eq!(r1.header("x-deja-cache"), "miss");
+    d.wait_entries(1).await;
+    let r2 = Reply::read(client().post(d.url("/v1/completions")).json(&body).send().await.unwrap()).await;
+    assert_eq!(r2.header("x-deja-cache"), "exact-hit");
+    assert_eq!(r2.body["object"], "text_completion");
+    assert_eq!(r2.body["choices"][0]["text"], r1.body["choices"][0]["text"]);
+    assert_eq!(mock.calls(), 1);
+}

@@ -1,0 +1,114 @@
+//! Operating deja: restart keeps entries, hot reload changes the threshold (and rejects a bad
+//! file), health/readiness, metrics, and the uncached `/v1/*` pass-through.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::harness::{client, config_text, hash_model, Deja, Reply};
+use common::mock_upstream::MockUpstream;
+use serde_json::{json, Value};
+
+fn chat(text: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+}
+
+async fn ask(d: &Deja, text: &str) -> Reply {
+    Reply::read(client().post(d.url("/v1/chat/completions")).bearer_auth("k").json(&chat(text)).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn restart_keeps_entries() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(&tmp.path().join("store"), &mock.base_url(), "", "");
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let first = ask(&d, "remember me").await;
+    ask(&d, "and me too").await;
+    d.wait_entries(2).await;
+    d.stop().await;
+
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    assert_eq!(d.entries(), 2);
+    let again = ask(&d, "remember me").await;
+    assert_eq!(again.header("x-deja-cache"), "exact-hit");
+    assert_eq!(again.content(), first.content());
+    // The index was rebuilt from the store: a near-duplicate is still a semantic hit.
+    let near = ask(&d, "remember me too").await;
+    assert_ne!(near.header("x-deja-cache"), "miss", "index must be reloaded: {:?}", near.headers);
+    assert_eq!(mock.calls(), 2);
+    d.stop().await;
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_changes_the_threshold_and_rejects_a_bad_file() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.toml");
+    let strict = config_text(&tmp.path().join("store"), &mock.base_url(), "threshold = 0.999", "");
+    let d = Deja::start_config(&strict, tmp.path(), hash_model(), Some(path.clone())).await;
+    ask(&d, "how to bake sourdough bread at home").await;
+    d.wait_entries(1).await;
+    let near = "how to bake sourdough bread at home quickly";
+    assert_eq!(ask(&d, near).await.header("x-deja-cache"), "miss");
+
+    let loose = config_text(&tmp.path().join("store"), &mock.base_url(), "threshold = 0.5", "");
+    std::fs::write(&path, &loose).unwrap();
+    wait_until("the new threshold", || d.state.config().cache.threshold == 0.5).await;
+    assert_eq!(ask(&d, near).await.header("x-deja-cache"), "semantic-hit");
+
+    // An invalid file keeps the running config.
+    std::fs::write(&path, "[cache]\nthreshold = 7\n").unwrap();
+    wait_until("the rejected reload", || {
+        d.state.metrics().reloads.with_label_values(&["rejected"]).get() >= 1
+    })
+    .await;
+    assert_eq!(d.state.config().cache.threshold, 0.5);
+    assert_eq!(ask(&d, near).await.header("x-deja-cache"), "semantic-hit");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let r = client().get(d.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(d.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    ask(&d, "count me").await;
+    d.wait_entries(1).await;
+    ask(&d, "count me").await;
+    let text = client().get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "deja_requests_total{api=\"chat\",outcome=\"miss\"} 1",
+        "deja_requests_total{api=\"chat\",outcome=\"exact_hit\"} 1",
+        "deja_cache_entries 1",
+        "deja_cache_inserts_total 1",
+        "deja_upstream_duration_seconds_count{provider=\"mock\"} 1",
+        "deja_tokens_served_from_cache_total",
+        "deja_embed_duration_seconds",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn models_list_is_passed_through_uncached() {
+    let mock = MockUpstream::builder().with_models(&["gpt-4o-mini", "gpt-4o"]).start().await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    for _ in 0..2 {
+        let r = Reply::read(client().get(d.url("/v1/models")).bearer_auth("k").send().await.unwrap()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-deja-cache"), "bypass");
+        assert_eq!(r.body["data"].as_array().map(Vec::len), Some(2), "{}", r.text);
+    }
+    assert_eq!(mock.calls_for("/v1/models"), 2);
+}
