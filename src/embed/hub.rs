@@ -123,8 +123,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let err = fetch("acme/model", None, &opts(tmp.path(), format!("http://{addr}"), false))
-            .unwrap_err();
+        let err = fetch(
+            "acme/model",
+            None,
+            &opts(tmp.path(), format!("http://{addr}"), false),
+        )
+        .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(err.contains("no answer"), "{err}");
         drop(listener);
@@ -133,10 +137,17 @@ mod tests {
     #[test]
     fn refused_connection_fails_fast_with_a_reason() {
         // Bind then drop: the port is (very likely) closed, so connect is refused at once.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch("acme/model", None, &opts(tmp.path(), format!("http://{addr}"), false))
-            .unwrap_err();
+        let err = fetch(
+            "acme/model",
+            None,
+            &opts(tmp.path(), format!("http://{addr}"), false),
+        )
+        .unwrap_err();
         assert!(err.contains("config.json"), "{err}");
     }
 

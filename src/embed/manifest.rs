@@ -84,7 +84,9 @@ mod tests {
         assert_eq!(model.dim, 384);
         let sha = model.weights_sha256().unwrap();
         assert_eq!(sha.len(), 64);
-        assert!(sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(sha
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         let pip = model.sources.pip.as_ref().unwrap();
         assert!(pip.dir_in_wheel.ends_with('/'));
     }

@@ -8,12 +8,12 @@
 
 mod bert;
 mod hashing;
+mod hub;
 mod manifest;
 mod pool;
 mod resolve;
-mod hub;
-mod wheel;
 mod verify;
+mod wheel;
 
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
@@ -245,6 +245,9 @@ mod tests {
             hint: "place files".into(),
         };
         let text = err.to_string();
-        assert!(text.contains("  - a: no\n  - b: nope\nplace files"), "{text}");
+        assert!(
+            text.contains("  - a: no\n  - b: nope\nplace files"),
+            "{text}"
+        );
     }
 }

@@ -70,7 +70,8 @@ pub struct EmbedPool {
 impl EmbedPool {
     /// Starts `settings.threads` workers (at least one) over a queue of `queue_capacity` jobs.
     pub fn new(embedder: Arc<dyn Embedder>, settings: &EmbedSettings) -> Self {
-        let lru = NonZeroUsize::new(settings.lru_capacity).map(|cap| Mutex::new(LruCache::new(cap)));
+        let lru =
+            NonZeroUsize::new(settings.lru_capacity).map(|cap| Mutex::new(LruCache::new(cap)));
         let shared = Arc::new(Shared {
             embedder,
             lru,
@@ -192,8 +193,9 @@ impl Shared {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batched_texts
             .fetch_add(texts.len() as u64, Ordering::Relaxed);
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.embedder.embed_batch(texts)))
-            .map_err(|_| EmbedError::Internal("the embedder panicked".into()))?;
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.embedder.embed_batch(texts)))
+                .map_err(|_| EmbedError::Internal("the embedder panicked".into()))?;
         let vecs = result?;
         check_shape(&vecs, texts.len(), self.embedder.dim())?;
         Ok(vecs)
@@ -296,7 +298,11 @@ fn process(shared: &Shared, jobs: Vec<Job>) {
             Some(Ok(v)) => Ok(Arc::clone(v)),
             // The first job gets the original error; a duplicate of the same text gets its text.
             Some(entry) => {
-                let text = entry.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                let text = entry
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 std::mem::replace(entry, Err(EmbedError::Internal(text)))
             }
             None => Err(EmbedError::Internal("missing result".into())),

@@ -86,7 +86,9 @@ async fn until(cond: impl Fn() -> bool) {
 async fn concurrent_requests_are_batched_and_deduplicated() {
     let probe = Probe::new(true);
     let pool = Arc::new(EmbedPool::new(probe.clone(), &settings(1, 16, 1000, 128)));
-    let texts: Vec<String> = (0..64).map(|i| format!("question number {}", i % 48)).collect();
+    let texts: Vec<String> = (0..64)
+        .map(|i| format!("question number {}", i % 48))
+        .collect();
     let tasks: Vec<_> = texts
         .iter()
         .cloned()
@@ -107,7 +109,10 @@ async fn concurrent_requests_are_batched_and_deduplicated() {
     let calls = probe.calls.load(Ordering::SeqCst);
     assert_eq!(stats.batches as usize, calls);
     // One held call, then the other 63 jobs in batches of at most 16.
-    assert!(calls <= 1 + 63usize.div_ceil(16), "{calls} batches for 64 requests");
+    assert!(
+        calls <= 1 + 63usize.div_ceil(16),
+        "{calls} batches for 64 requests"
+    );
     assert!(calls < 64);
     // 16 repeats: deduplicated in a batch or answered from the LRU, never embedded twice.
     assert_eq!(probe.texts.load(Ordering::SeqCst), 48);
@@ -146,7 +151,10 @@ async fn full_queue_is_overloaded_not_a_wait() {
         async move { pool.embed("two").await }
     });
     until(|| pool.stats().queued == 1).await;
-    assert!(matches!(pool.embed("three").await, Err(EmbedError::Overloaded)));
+    assert!(matches!(
+        pool.embed("three").await,
+        Err(EmbedError::Overloaded)
+    ));
     assert_eq!(pool.stats().rejected, 1);
     probe.open();
     assert!(first.await.unwrap().is_ok());
@@ -160,7 +168,10 @@ async fn a_bad_input_fails_alone_and_panics_are_contained() {
     let (good, bad) = tokio::join!(pool.embed("fine text"), pool.embed("poison"));
     assert!(good.is_ok());
     assert!(matches!(bad, Err(EmbedError::Tokenizer(_))), "{bad:?}");
-    assert!(matches!(pool.embed("panic").await, Err(EmbedError::Internal(_))));
+    assert!(matches!(
+        pool.embed("panic").await,
+        Err(EmbedError::Internal(_))
+    ));
     assert!(pool.embed("still works").await.is_ok());
 }
 

