@@ -17,9 +17,9 @@ mod wheel;
 
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
-pub use manifest::{KnownModel, Manifest, PipSource};
+pub use manifest::{HfSource, KnownModel, Manifest, PipSource, Sources};
 pub use pool::{EmbedPool, PoolStats};
-pub use resolve::{resolve_model, ModelFiles, ModelSource, ResolveOptions};
+pub use resolve::{default_cache_dir, resolve_model, ModelFiles, ModelSource, ResolveOptions};
 
 use std::path::PathBuf;
 use std::sync::Arc;
