@@ -348,8 +348,8 @@ mod tests {
             assert!((dot(&u, &u) - 1.0).abs() < 1e-4);
         }
         assert_eq!(fresh.tombstone_count(), 0);
-        for id in 100..300usize {
-            assert_eq!(fresh.search(&vecs[id], 1).unwrap()[0].id, id as u64);
+        for (id, v) in vecs.iter().enumerate().skip(100) {
+            assert_eq!(fresh.search(v, 1).unwrap()[0].id, id as u64);
         }
         assert!(HnswIndex::new(&small_cfg(dim), 0).live_nodes().is_empty());
         assert!(HnswIndex::new(&small_cfg(dim), 0)
