@@ -1,0 +1,255 @@
+//! Background builds of one scope's index: promotion (flat → HNSW once a scope outgrows
+//! [`IndexConfig::flat_max`]) and rebuilds (a fresh graph without tombstones). A build works on
+//! a snapshot taken under the scope's lock, on its own std thread; writes that land meanwhile are
+//! applied to the old index *and* logged in [`ScopeState::pending`], then replayed onto the new
+//! one before the swap, so none is lost. Searches keep using the old index throughout.
+//!
+//! It must never hold a scope's lock while building, and never leave `pending` set when a
+//! build ends (a panic included), or that scope's writes would be logged forever.
+
+use super::flat::FlatIndex;
+use super::hnsw::{GraphNode, HnswIndex};
+use super::{IndexConfig, ScopeIndex, VectorSearch, VectorWrite};
+use crate::store::EntryId;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// Replays at most this many logged writes while holding the scope's write lock; a longer log
+/// is replayed outside the lock first (catch-up rounds), so a burst of inserts during a long
+/// build never blocks the scope's searches for long.
+const REPLAY_UNDER_LOCK: usize = 256;
+
+/// How often a build checks whether the index it works for was dropped.
+const CANCEL_CHECK_EVERY: usize = 256;
+
+/// One scope: its index and, while a build runs, the log of writes the build must replay.
+pub(crate) struct ScopeState {
+    pub(crate) index: ScopeIndex,
+    pub(crate) pending: Option<Vec<PendingOp>>,
+    /// Set when the empty scope was dropped from the map; a writer still holding it retries.
+    pub(crate) retired: bool,
+}
+
+impl ScopeState {
+    pub(crate) fn new(dim: usize) -> Self {
+        ScopeState {
+            index: ScopeIndex::Flat(FlatIndex::new(dim)),
+            pending: None,
+            retired: false,
+        }
+    }
+}
+
+/// A write made while a build was running (vectors already normalized).
+pub(crate) enum PendingOp {
+    Insert(EntryId, Vec<f32>),
+    Remove(EntryId),
+}
+
+pub(crate) type Slot = Arc<RwLock<ScopeState>>;
+
+/// Bookkeeping shared by the index and its build threads.
+#[derive(Default)]
+pub(crate) struct Background {
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+    pub(crate) cancelled: AtomicBool,
+    pub(crate) promotions: AtomicU64,
+    pub(crate) rebuilds: AtomicU64,
+    pub(crate) demotions: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) replayed_ops: AtomicU64,
+    /// Tests hold this to keep builds from starting until they have raced writes against them.
+    #[cfg(test)]
+    pub(crate) gate: Mutex<()>,
+}
+
+impl Background {
+    pub(crate) fn in_flight(&self) -> usize {
+        *self.in_flight.lock()
+    }
+
+    /// Waits until no build runs; false on timeout.
+    pub(crate) fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut n = self.in_flight.lock();
+        while *n > 0 {
+            if self.idle.wait_until(&mut n, deadline).timed_out() {
+                return *n == 0;
+            }
+        }
+        true
+    }
+
+    fn finished(&self) {
+        let mut n = self.in_flight.lock();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+}
+
+enum Job {
+    Promote(FlatIndex),
+    Rebuild(Vec<GraphNode>),
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Promoted,
+    Rebuilt,
+    Demoted,
+}
+
+/// Starts a build for this scope if it needs one and none is running. Called with the scope's
+/// write lock held (`st` is its guarded state).
+pub(crate) fn maybe_start(
+    cfg: &Arc<IndexConfig>,
+    bg: &Arc<Background>,
+    slot: &Slot,
+    st: &mut ScopeState,
+) {
+    if st.pending.is_some() || bg.cancelled.load(Ordering::Relaxed) {
+        return;
+    }
+    let job = match &st.index {
+        ScopeIndex::Flat(f) if f.len() > cfg.flat_max => Job::Promote(f.clone()),
+        ScopeIndex::Hnsw(h) if h.tombstone_fraction() > cfg.rebuild_tombstone_fraction => {
+            Job::Rebuild(h.live_nodes())
+        }
+        _ => return,
+    };
+    st.pending = Some(Vec::new());
+    *bg.in_flight.lock() += 1;
+    let (weak, cfg2, bg2) = (Arc::downgrade(slot), Arc::clone(cfg), Arc::clone(bg));
+    let spawned = std::thread::Builder::new()
+        .name("deja-index-build".to_string())
+        .spawn(move || run(weak, job, cfg2, bg2));
+    if let Err(e) = spawned {
+        // The scope keeps its current index; the next write tries again.
+        st.pending = None;
+        bg.failed.fetch_add(1, Ordering::Relaxed);
+        bg.finished();
+        tracing::warn!(error = %e, "could not start an index build thread");
+    }
+}
+
+/// Ends a build however it ends: clears `pending` unless the swap happened, and counts it.
+struct Guard {
+    slot: Weak<RwLock<ScopeState>>,
+    bg: Arc<Background>,
+    swapped: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.swapped {
+            if let Some(slot) = self.slot.upgrade() {
+                slot.write().pending = None;
+                if !self.bg.cancelled.load(Ordering::Relaxed) {
+                    self.bg.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("an index build ended without swapping in its result");
+                }
+            }
+        }
+        self.bg.finished();
+    }
+}
+
+fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: Arc<Background>) {
+    let mut guard = Guard {
+        slot: weak.clone(),
+        bg: Arc::clone(&bg),
+        swapped: false,
+    };
+    #[cfg(test)]
+    drop(bg.gate.lock());
+    let Some((mut fresh, outcome)) = build(job, &cfg, &bg) else {
+        return;
+    };
+    loop {
+        let Some(slot) = weak.upgrade() else {
+            return;
+        };
+        let mut st = slot.write();
+        let ops = match st.pending.as_mut() {
+            Some(log) => std::mem::take(log),
+            None => return,
+        };
+        if ops.len() <= REPLAY_UNDER_LOCK {
+            replay(&mut fresh, ops, &bg);
+            let old = std::mem::replace(&mut st.index, fresh);
+            st.pending = None;
+            guard.swapped = true;
+            let counter = match outcome {
+                Outcome::Promoted => &bg.promotions,
+                Outcome::Rebuilt => &bg.rebuilds,
+                Outcome::Demoted => &bg.demotions,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // Writes replayed just now may already call for the next build.
+            maybe_start(&cfg, &bg, &slot, &mut st);
+            drop(st);
+            // Dropping a large graph takes a while: not under the lock.
+            drop(old);
+            return;
+        }
+        drop(st);
+        replay(&mut fresh, ops, &bg);
+    }
+}
+
+/// The new index from a snapshot; `None` if the owning index was dropped meanwhile.
+fn build(job: Job, cfg: &IndexConfig, bg: &Background) -> Option<(ScopeIndex, Outcome)> {
+    let cancelled = |i: usize| i % CANCEL_CHECK_EVERY == 0 && bg.cancelled.load(Ordering::Relaxed);
+    match job {
+        Job::Promote(flat) => {
+            let mut h = HnswIndex::new(cfg, flat.len());
+            for (i, (id, v)) in flat.iter().enumerate() {
+                if cancelled(i) {
+                    return None;
+                }
+                // Ids in a flat index are unique, so this cannot fail.
+                let _ = h.insert_prepared(id, v);
+            }
+            Some((ScopeIndex::Hnsw(h), Outcome::Promoted))
+        }
+        Job::Rebuild(nodes) if nodes.len() <= cfg.flat_max / 2 => {
+            let mut f = FlatIndex::new(cfg.dim);
+            for n in &nodes {
+                let _ = f.push_prepared(n.id(), &n.unit_vector());
+            }
+            Some((ScopeIndex::Flat(f), Outcome::Demoted))
+        }
+        Job::Rebuild(nodes) => {
+            let mut h = HnswIndex::new(cfg, nodes.len());
+            for (i, n) in nodes.iter().enumerate() {
+                if cancelled(i) {
+                    return None;
+                }
+                let _ = h.insert_graph_scaled(n.id(), n.graph_vector());
+            }
+            Some((ScopeIndex::Hnsw(h), Outcome::Rebuilt))
+        }
+    }
+}
+
+fn replay(index: &mut ScopeIndex, ops: Vec<PendingOp>, bg: &Background) {
+    bg.replayed_ops
+        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+    for op in ops {
+        match op {
+            PendingOp::Insert(id, v) => {
+                // The old index already accepted this id, so it is new to the snapshot too.
+                if let Err(e) = index.insert_prepared(id, &v) {
+                    tracing::warn!(id, error = %e, "replaying an insert onto a rebuilt index");
+                }
+            }
+            PendingOp::Remove(id) => {
+                index.remove(id);
+            }
+        }
+    }
+}

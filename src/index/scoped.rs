@@ -1,0 +1,222 @@
+//! [`ScopedIndex`]: the index the cache talks to. One [`ScopeIndex`] per [`ScopeId`], each behind
+//! its own lock, so a search never sees another scope's vectors and a write to one scope never
+//! waits on another. It owns the scope map and the decision to promote or rebuild (run by
+//! [`super::build`]); it never touches the store, and never blocks on a background build.
+
+use super::build::{self, Background, ScopeState, Slot};
+use super::vector::prepare;
+use super::{IndexConfig, IndexError, Neighbor, ScopeIndex, VectorSearch, VectorWrite};
+use crate::store::{EntryId, ScopeId};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-scope vector indexes. `Send + Sync`; share it in an `Arc`. Every method is synchronous
+/// and may take milliseconds (an HNSW insert, a flat scan): call it off the async runtime.
+pub struct ScopedIndex {
+    cfg: Arc<IndexConfig>,
+    scopes: RwLock<HashMap<ScopeId, Slot>>,
+    live: AtomicUsize,
+    bg: Arc<Background>,
+}
+
+/// A snapshot of the index's shape, for the admin API and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub scopes: usize,
+    pub flat_scopes: usize,
+    pub hnsw_scopes: usize,
+    /// Live vectors in flat scopes.
+    pub flat_vectors: usize,
+    /// Live vectors in HNSW scopes.
+    pub hnsw_vectors: usize,
+    /// Removed vectors still held by HNSW graphs (filtered at search).
+    pub tombstones: usize,
+    pub builds_in_flight: usize,
+    pub promotions: u64,
+    pub rebuilds: u64,
+    /// Rebuilds that went back to a flat index because the scope shrank.
+    pub demotions: u64,
+    pub failed_builds: u64,
+    /// Writes that arrived during builds and were replayed onto the new index.
+    pub replayed_writes: u64,
+}
+
+impl ScopedIndex {
+    pub fn new(cfg: IndexConfig) -> Result<Self, IndexError> {
+        cfg.validate()?;
+        Ok(ScopedIndex {
+            cfg: Arc::new(cfg),
+            scopes: RwLock::new(HashMap::new()),
+            live: AtomicUsize::new(0),
+            bg: Arc::new(Background::default()),
+        })
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.cfg
+    }
+
+    /// Adds `vector` for entry `id` to `scope`. Wrong dimension, NaN/inf, a zero vector or an id
+    /// already in the scope is an error and changes nothing.
+    pub fn insert(&self, scope: ScopeId, id: EntryId, vector: &[f32]) -> Result<(), IndexError> {
+        let v = prepare(vector, self.cfg.dim)?.into_owned();
+        loop {
+            let slot = self.slot_or_create(scope);
+            let mut st = slot.write();
+            if st.retired {
+                continue;
+            }
+            st.index.insert_prepared(id, &v)?;
+            self.live.fetch_add(1, Ordering::Relaxed);
+            match st.pending.as_mut() {
+                Some(log) => log.push(build::PendingOp::Insert(id, v)),
+                None => build::maybe_start(&self.cfg, &self.bg, &slot, &mut st),
+            }
+            return Ok(());
+        }
+    }
+
+    /// Makes `id` unsearchable in `scope`; false if it was not there.
+    pub fn remove(&self, scope: ScopeId, id: EntryId) -> bool {
+        let Some(slot) = self.slot(scope) else {
+            return false;
+        };
+        let mut st = slot.write();
+        if st.retired || !st.index.remove(id) {
+            return false;
+        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        match st.pending.as_mut() {
+            Some(log) => log.push(build::PendingOp::Remove(id)),
+            None => build::maybe_start(&self.cfg, &self.bg, &slot, &mut st),
+        }
+        let empty = st.index.is_empty() && st.pending.is_none();
+        drop(st);
+        if empty {
+            self.retire_if_empty(scope);
+        }
+        true
+    }
+
+    /// The `k` most similar live entries of `scope`, most similar first; empty for a scope
+    /// that holds nothing.
+    pub fn search(
+        &self,
+        scope: ScopeId,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<Neighbor>, IndexError> {
+        let q = prepare(query, self.cfg.dim)?;
+        let Some(slot) = self.slot(scope) else {
+            return Ok(Vec::new());
+        };
+        let st = slot.read();
+        Ok(st.index.search_prepared(&q, k))
+    }
+
+    /// Live vectors across all scopes.
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn scope_count(&self) -> usize {
+        self.scopes.read().len()
+    }
+
+    /// Live vectors in one scope.
+    pub fn scope_len(&self, scope: ScopeId) -> usize {
+        self.slot(scope).map_or(0, |s| s.read().index.len())
+    }
+
+    /// `"flat"` or `"hnsw"`, `None` for a scope that holds nothing.
+    pub fn scope_kind(&self, scope: ScopeId) -> Option<&'static str> {
+        self.slot(scope).map(|s| s.read().index.kind())
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let slots: Vec<Slot> = self.scopes.read().values().cloned().collect();
+        let mut s = IndexStats {
+            scopes: slots.len(),
+            builds_in_flight: self.bg.in_flight(),
+            promotions: self.bg.promotions.load(Ordering::Relaxed),
+            rebuilds: self.bg.rebuilds.load(Ordering::Relaxed),
+            demotions: self.bg.demotions.load(Ordering::Relaxed),
+            failed_builds: self.bg.failed.load(Ordering::Relaxed),
+            replayed_writes: self.bg.replayed_ops.load(Ordering::Relaxed),
+            ..IndexStats::default()
+        };
+        for slot in slots {
+            let st = slot.read();
+            match &st.index {
+                ScopeIndex::Flat(f) => {
+                    s.flat_scopes += 1;
+                    s.flat_vectors += f.len();
+                }
+                ScopeIndex::Hnsw(h) => {
+                    s.hnsw_scopes += 1;
+                    s.hnsw_vectors += h.len();
+                    s.tombstones += h.tombstone_count();
+                }
+            }
+        }
+        s
+    }
+
+    /// Waits until no promotion or rebuild is running (tests, shutdown, benchmarks); false if
+    /// `timeout` passed first.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        self.bg.wait_idle(timeout)
+    }
+
+    fn slot(&self, scope: ScopeId) -> Option<Slot> {
+        self.scopes.read().get(&scope).cloned()
+    }
+
+    fn slot_or_create(&self, scope: ScopeId) -> Slot {
+        if let Some(slot) = self.slot(scope) {
+            return slot;
+        }
+        let dim = self.cfg.dim;
+        Arc::clone(
+            self.scopes
+                .write()
+                .entry(scope)
+                .or_insert_with(|| Arc::new(RwLock::new(ScopeState::new(dim)))),
+        )
+    }
+
+    /// Drops an empty scope from the map, so per-conversation scopes do not accumulate. Lock
+    /// order is map, then scope; writers never hold a scope while taking the map.
+    fn retire_if_empty(&self, scope: ScopeId) {
+        let mut map = self.scopes.write();
+        let Some(slot) = map.get(&scope) else {
+            return;
+        };
+        let mut st = slot.write();
+        if st.index.is_empty() && st.pending.is_none() {
+            st.retired = true;
+            drop(st);
+            map.remove(&scope);
+        }
+    }
+}
+
+impl Drop for ScopedIndex {
+    fn drop(&mut self) {
+        // Builds notice within a few hundred inserts and discard their work.
+        self.bg
+            .cancelled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+#[path = "scoped_tests.rs"]
+mod tests;
