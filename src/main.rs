@@ -1,6 +1,8 @@
 //! The `deja` command: `serve` runs the proxy, `model fetch` obtains and verifies the embedding
 //! model, `bench` measures hit rate and false hits on labeled data to choose a threshold.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -48,11 +50,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Model { command: ModelCommand::Fetch { config } } => {
+        Command::Model {
+            command: ModelCommand::Fetch { config },
+        } => {
             init_tracing(LogFormat::Text);
             let cfg = load_config_or_default(&config)?;
-            let files = embed::resolve_model(&server::embed_settings(&cfg), &ResolveOptions::from_env())
-                .context("could not obtain the embedding model")?;
+            let files =
+                embed::resolve_model(&server::embed_settings(&cfg), &ResolveOptions::from_env())
+                    .context("could not obtain the embedding model")?;
             println!("model ready: {} ({:?})", files.dir.display(), files.source);
             Ok(())
         }
@@ -64,11 +69,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `model fetch` works without a config file (the Dockerfile runs it before one exists).
-fn load_config_or_default(path: &PathBuf) -> anyhow::Result<Config> {
+fn load_config_or_default(path: &std::path::Path) -> anyhow::Result<Config> {
     if path.exists() {
         Ok(Config::load(path)?)
     } else {
-        Ok(Config::from_toml_str("", std::env::vars(), std::path::Path::new("."))?)
+        Ok(Config::from_toml_str(
+            "",
+            std::env::vars(),
+            std::path::Path::new("."),
+        )?)
     }
 }
 
@@ -91,16 +100,22 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let cfg = loader_state.config();
-            let loaded = embed::load_default(&server::embed_settings(&cfg), &ResolveOptions::from_env())
-                .map_err(|e| anyhow::anyhow!(e))
-                .and_then(|embedder| {
-                    server::open_engine(&cfg, embedder as Arc<dyn deja::embed::Embedder>).map_err(|e| anyhow::anyhow!(e))
-                });
+            let loaded =
+                embed::load_default(&server::embed_settings(&cfg), &ResolveOptions::from_env())
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .and_then(|embedder| {
+                        server::open_engine(&cfg, embedder as Arc<dyn deja::embed::Embedder>)
+                            .map_err(|e| anyhow::anyhow!(e))
+                    });
             match loaded {
                 Ok(engine) => {
                     let entries = engine.store().len();
                     let _ = loader_state.0.engine.set(engine);
-                    tracing::info!(entries, secs = started.elapsed().as_secs_f64(), "cache ready");
+                    tracing::info!(
+                        entries,
+                        secs = started.elapsed().as_secs_f64(),
+                        "cache ready"
+                    );
                 }
                 Err(e) => {
                     tracing::error!("cache start-up failed: {e:#}");
@@ -117,7 +132,9 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEJA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

@@ -44,37 +44,81 @@ impl Metrics {
                 &["api", "outcome"],
             )?,
             request_seconds: HistogramVec::new(
-                HistogramOpts::new("deja_request_duration_seconds", "Time to response headers (hits: whole response), by outcome.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "deja_request_duration_seconds",
+                    "Time to response headers (hits: whole response), by outcome.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["outcome"],
             )?,
             embed_seconds: Histogram::with_opts(
-                HistogramOpts::new("deja_embed_duration_seconds", "Embedding time per lookup (queueing included).")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "deja_embed_duration_seconds",
+                    "Embedding time per lookup (queueing included).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             search_seconds: Histogram::with_opts(
-                HistogramOpts::new("deja_search_duration_seconds", "Index search + candidate fetch + guards per lookup.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "deja_search_duration_seconds",
+                    "Index search + candidate fetch + guards per lookup.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             upstream_seconds: HistogramVec::new(
-                HistogramOpts::new("deja_upstream_duration_seconds", "Upstream time to response headers, by provider.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "deja_upstream_duration_seconds",
+                    "Upstream time to response headers, by provider.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["provider"],
             )?,
             similarity: HistogramVec::new(
-                HistogramOpts::new("deja_similarity", "Best similarity per semantic lookup: hits and near-misses.")
-                    .buckets(vec![0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]),
+                HistogramOpts::new(
+                    "deja_similarity",
+                    "Best similarity per semantic lookup: hits and near-misses.",
+                )
+                .buckets(vec![
+                    0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98,
+                    0.99, 1.0,
+                ]),
                 &["result"],
             )?,
-            tokens_served: IntCounter::new("deja_tokens_served_from_cache_total", "Completion + prompt tokens of answers served from cache (not paid upstream).")?,
-            tokens_upstream: counter_vec("deja_tokens_upstream_total", "Tokens reported by upstream answers.", &["provider", "kind"])?,
+            tokens_served: IntCounter::new(
+                "deja_tokens_served_from_cache_total",
+                "Completion + prompt tokens of answers served from cache (not paid upstream).",
+            )?,
+            tokens_upstream: counter_vec(
+                "deja_tokens_upstream_total",
+                "Tokens reported by upstream answers.",
+                &["provider", "kind"],
+            )?,
             entries: IntGauge::new("deja_cache_entries", "Entries in the store.")?,
             inserts: IntCounter::new("deja_cache_inserts_total", "Answers written to the cache.")?,
-            not_cached: counter_vec("deja_not_cached_total", "Upstream answers not written, by reason.", &["reason"])?,
-            guard_vetoes: counter_vec("deja_guard_vetoes_total", "Semantic candidates above threshold vetoed by a precision guard.", &["guard"])?,
-            upstream_errors: counter_vec("deja_upstream_errors_total", "Failed upstream calls by provider and kind.", &["provider", "kind"])?,
-            singleflight_waits: IntCounter::new("deja_singleflight_waits_total", "Misses that waited for an identical in-flight request.")?,
-            reloads: counter_vec("deja_config_reloads_total", "Config reloads by result.", &["result"])?,
+            not_cached: counter_vec(
+                "deja_not_cached_total",
+                "Upstream answers not written, by reason.",
+                &["reason"],
+            )?,
+            guard_vetoes: counter_vec(
+                "deja_guard_vetoes_total",
+                "Semantic candidates above threshold vetoed by a precision guard.",
+                &["guard"],
+            )?,
+            upstream_errors: counter_vec(
+                "deja_upstream_errors_total",
+                "Failed upstream calls by provider and kind.",
+                &["provider", "kind"],
+            )?,
+            singleflight_waits: IntCounter::new(
+                "deja_singleflight_waits_total",
+                "Misses that waited for an identical in-flight request.",
+            )?,
+            reloads: counter_vec(
+                "deja_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -90,13 +134,17 @@ impl Metrics {
         m.registry.register(Box::new(m.not_cached.clone()))?;
         m.registry.register(Box::new(m.guard_vetoes.clone()))?;
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
-        m.registry.register(Box::new(m.singleflight_waits.clone()))?;
+        m.registry
+            .register(Box::new(m.singleflight_waits.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
         Ok(m)
     }
 
     /// Registers an extra collector (e.g. provider/breaker gauges).
-    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), prometheus::Error> {
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
         self.registry.register(c)
     }
 
@@ -120,10 +168,18 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.requests.with_label_values(&["chat", "miss"]).inc();
         m.similarity.with_label_values(&["hit"]).observe(0.97);
-        m.upstream_errors.with_label_values(&["openai", "timeout"]).inc();
+        m.upstream_errors
+            .with_label_values(&["openai", "timeout"])
+            .inc();
         let text = m.render();
-        assert!(text.contains("deja_requests_total{api=\"chat\",outcome=\"miss\"} 1"), "{text}");
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(
+            text.contains("deja_requests_total{api=\"chat\",outcome=\"miss\"} 1"),
+            "{text}"
+        );
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             assert!(line.starts_with("deja_"), "{line}");
         }
     }

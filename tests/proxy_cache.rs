@@ -14,12 +14,21 @@ fn chat(text: &str) -> Value {
 }
 
 async fn post(d: &Deja, body: &Value, key: &str) -> Reply {
-    let r = client().post(d.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap();
+    let r = client()
+        .post(d.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     Reply::read(r).await
 }
 
 async fn post_with(d: &Deja, body: &Value, headers: &[(&str, &str)]) -> Reply {
-    let mut req = client().post(d.url("/v1/chat/completions")).bearer_auth("k").json(body);
+    let mut req = client()
+        .post(d.url("/v1/chat/completions"))
+        .bearer_auth("k")
+        .json(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -54,7 +63,11 @@ async fn negated_question_is_not_served_the_positive_answer() {
     post(&d, &chat("How do I reset my password?"), "k").await;
     d.wait_entries(1).await;
     let r = post(&d, &chat("How do I NOT reset my password?"), "k").await;
-    assert_eq!(r.header("x-deja-cache"), "miss", "the negation guard must veto this");
+    assert_eq!(
+        r.header("x-deja-cache"),
+        "miss",
+        "the negation guard must veto this"
+    );
     assert_eq!(mock.calls(), 2);
 }
 
@@ -81,7 +94,10 @@ async fn every_scope_dimension_separates_entries() {
     let base = chat("What is deja?");
     post(&d, &base, "key-a").await;
     d.wait_entries(1).await;
-    assert_eq!(post(&d, &base, "key-a").await.header("x-deja-cache"), "exact-hit");
+    assert_eq!(
+        post(&d, &base, "key-a").await.header("x-deja-cache"),
+        "exact-hit"
+    );
 
     let with = |k: &str, v: Value| {
         let mut b = base.clone();
@@ -104,7 +120,10 @@ async fn every_scope_dimension_separates_entries() {
         ("temperature", with("temperature", json!(1.5)), "key-a"),
         (
             "tools",
-            with("tools", json!([{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}])),
+            with(
+                "tools",
+                json!([{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}]),
+            ),
             "key-a",
         ),
         ("max_tokens", with("max_tokens", json!(7)), "key-a"),
@@ -113,7 +132,11 @@ async fn every_scope_dimension_separates_entries() {
     for (dimension, body, key) in variants {
         let r = post(&d, &body, key).await;
         expected_calls += 1;
-        assert_eq!(r.header("x-deja-cache"), "miss", "{dimension} must separate scopes");
+        assert_eq!(
+            r.header("x-deja-cache"),
+            "miss",
+            "{dimension} must separate scopes"
+        );
         assert_eq!(mock.calls(), expected_calls, "{dimension}");
     }
 }
@@ -145,12 +168,18 @@ async fn namespace_header_shares_answers_across_keys() {
 /// Reads an SSE response: (reply, concatenated delta text, usage chunk if any).
 async fn stream_text(d: &Deja, body: &Value) -> (Reply, String, Option<Value>) {
     let r = post(d, body, "k").await;
-    assert!(r.header("content-type").starts_with("text/event-stream"), "{:?}", r.headers);
+    assert!(
+        r.header("content-type").starts_with("text/event-stream"),
+        "{:?}",
+        r.headers
+    );
     let mut text = String::new();
     let mut usage = None;
     let mut done = false;
     for line in r.text.lines() {
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if data == "[DONE]" {
             done = true;
             continue;
@@ -179,7 +208,10 @@ async fn json_answer_serves_a_stream_and_a_stream_serves_json() {
     let (r, text, usage) = stream_text(&d, &body).await;
     assert_eq!(r.header("x-deja-cache"), "exact-hit");
     assert_eq!(text, first.content());
-    assert_eq!(usage.unwrap()["total_tokens"], first.body["usage"]["total_tokens"]);
+    assert_eq!(
+        usage.unwrap()["total_tokens"],
+        first.body["usage"]["total_tokens"]
+    );
 
     let mut body = chat("second question");
     body["stream"] = json!(true);
@@ -200,7 +232,14 @@ async fn upstream_error_is_not_cached() {
     let r = post(&d, &chat("q"), "k").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.body["error"]["type"], "api_error", "{}", r.text);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("HTTP 500"), "{}", r.text);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500"),
+        "{}",
+        r.text
+    );
     d.settle().await;
     assert_eq!(d.entries(), 0);
     let r = post(&d, &chat("q"), "k").await;
@@ -226,10 +265,18 @@ async fn stream_cut_midway_is_not_cached() {
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let mut body = chat("q");
     body["stream"] = json!(true);
-    let r = client().post(d.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    let r = client()
+        .post(d.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     if let Ok(text) = r.text().await {
-        assert!(!text.contains("[DONE]"), "a cut stream must not look complete: {text}");
+        assert!(
+            !text.contains("[DONE]"),
+            "a cut stream must not look complete: {text}"
+        );
     }
     d.settle().await;
     assert_eq!(d.entries(), 0, "a truncated answer must never be cached");
@@ -240,26 +287,45 @@ async fn stream_cut_midway_is_not_cached() {
 
 #[tokio::test]
 async fn tool_call_answers_are_not_cached() {
-    let mock = MockUpstream::builder().with_tool_call("lookup", "{\"q\":1}").start().await;
+    let mock = MockUpstream::builder()
+        .with_tool_call("lookup", "{\"q\":1}")
+        .start()
+        .await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let r = post(&d, &chat("call the tool"), "k").await;
     assert_eq!(r.status, 200);
-    assert!(r.body["choices"][0]["message"]["tool_calls"].is_array(), "{}", r.text);
+    assert!(
+        r.body["choices"][0]["message"]["tool_calls"].is_array(),
+        "{}",
+        r.text
+    );
     d.settle().await;
     assert_eq!(d.entries(), 0);
 }
 
 #[tokio::test]
 async fn concurrent_identical_misses_make_one_upstream_call() {
-    let mock = MockUpstream::builder().with_latency(Duration::from_millis(300)).start().await;
+    let mock = MockUpstream::builder()
+        .with_latency(Duration::from_millis(300))
+        .start()
+        .await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let url = d.url("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
-            let r = client().post(url).bearer_auth("k").json(&chat("same question")).send().await.unwrap();
+            let r = client()
+                .post(url)
+                .bearer_auth("k")
+                .json(&chat("same question"))
+                .send()
+                .await
+                .unwrap();
             let r = Reply::read(r).await;
-            (r.header("x-deja-cache").to_string(), r.content().to_string())
+            (
+                r.header("x-deja-cache").to_string(),
+                r.content().to_string(),
+            )
         }));
     }
     let mut results = Vec::new();
@@ -267,7 +333,11 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
         results.push(t.await.unwrap());
     }
     assert_eq!(mock.calls(), 1, "singleflight: {results:?}");
-    assert_eq!(results.iter().filter(|(o, _)| o == "miss").count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|(o, _)| o == "miss").count(),
+        1,
+        "{results:?}"
+    );
     assert!(results.iter().all(|(_, c)| c == &results[0].1));
 }
 
@@ -282,11 +352,18 @@ async fn cache_control_no_store_and_no_cache() {
     assert_eq!(d.entries(), 0, "no-store must not write");
     let first = post_with(&d, &body, &[]).await;
     d.wait_entries(1).await;
-    assert_eq!(post_with(&d, &body, &[]).await.header("x-deja-cache"), "exact-hit");
+    assert_eq!(
+        post_with(&d, &body, &[]).await.header("x-deja-cache"),
+        "exact-hit"
+    );
     // no-cache skips the lookup and refreshes the entry.
     let refreshed = post_with(&d, &body, &[("cache-control", "no-cache")]).await;
     assert_eq!(refreshed.header("x-deja-cache"), "miss");
-    assert_ne!(refreshed.content(), first.content(), "the mock numbers its answers");
+    assert_ne!(
+        refreshed.content(),
+        first.content(),
+        "the mock numbers its answers"
+    );
     d.settle().await;
     let now = post_with(&d, &body, &[]).await;
     assert_eq!(now.header("x-deja-cache"), "exact-hit");
@@ -302,7 +379,11 @@ async fn threshold_header_only_tightens() {
     d.wait_entries(1).await;
     let q = chat("how to bake sourdough bread at home quickly");
     let r = post_with(&d, &q, &[("x-deja-threshold", "0.1")]).await;
-    assert_eq!(r.header("x-deja-cache"), "semantic-hit", "a looser threshold is ignored");
+    assert_eq!(
+        r.header("x-deja-cache"),
+        "semantic-hit",
+        "a looser threshold is ignored"
+    );
     let r = post_with(&d, &q, &[("x-deja-threshold", "0.999")]).await;
     assert_eq!(r.header("x-deja-cache"), "miss");
     let r = post_with(&d, &q, &[("x-deja-threshold", "lots")]).await;
@@ -317,7 +398,10 @@ async fn ttl_header_expires_the_entry() {
     let body = chat("short lived");
     post_with(&d, &body, &[("x-deja-ttl", "300ms")]).await;
     d.wait_entries(1).await;
-    assert_eq!(post(&d, &body, "k").await.header("x-deja-cache"), "exact-hit");
+    assert_eq!(
+        post(&d, &body, "k").await.header("x-deja-cache"),
+        "exact-hit"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(post(&d, &body, "k").await.header("x-deja-cache"), "miss");
 }
@@ -335,7 +419,10 @@ async fn image_content_is_forwarded_uncached() {
         assert_eq!(r.header("x-deja-cache"), "bypass");
     }
     assert_eq!(mock.calls(), 2);
-    assert_eq!(mock.last_request().unwrap().body["messages"][0]["content"][1]["type"], "image_url");
+    assert_eq!(
+        mock.last_request().unwrap().body["messages"][0]["content"][1]["type"],
+        "image_url"
+    );
 }
 
 #[tokio::test]
@@ -343,10 +430,26 @@ async fn legacy_completions_are_cached() {
     let mock = MockUpstream::start().await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let body = json!({"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"});
-    let r1 = Reply::read(client().post(d.url("/v1/completions")).json(&body).send().await.unwrap()).await;
+    let r1 = Reply::read(
+        client()
+            .post(d.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r1.header("x-deja-cache"), "miss");
     d.wait_entries(1).await;
-    let r2 = Reply::read(client().post(d.url("/v1/completions")).json(&body).send().await.unwrap()).await;
+    let r2 = Reply::read(
+        client()
+            .post(d.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r2.header("x-deja-cache"), "exact-hit");
     assert_eq!(r2.body["object"], "text_completion");
     assert_eq!(r2.body["choices"][0]["text"], r1.body["choices"][0]["text"]);

@@ -23,24 +23,47 @@ fn assert_openai_error(r: &Reply, status: u16, needle: &str) {
     let err = &r.body["error"];
     assert!(err.is_object(), "not OpenAI-shaped: {}", r.text);
     let message = err["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "message {message:?} lacks {needle:?}");
-    assert!(err.get("type").is_some() && err.get("param").is_some() && err.get("code").is_some(), "{}", r.text);
+    assert!(
+        message.contains(needle),
+        "message {message:?} lacks {needle:?}"
+    );
+    assert!(
+        err.get("type").is_some() && err.get("param").is_some() && err.get("code").is_some(),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_400_and_never_reach_upstream() {
     let mock = MockUpstream::start().await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
-    let r = raw(&d, br#"{"model":"gpt-4o-mini","messages":[{"role":"user","#.to_vec()).await;
+    let r = raw(
+        &d,
+        br#"{"model":"gpt-4o-mini","messages":[{"role":"user","#.to_vec(),
+    )
+    .await;
     assert_openai_error(&r, 400, "");
     assert_eq!(r.body["error"]["type"], "invalid_request_error");
-    let r = raw(&d, br#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#.to_vec()).await;
+    let r = raw(
+        &d,
+        br#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+    )
+    .await;
     assert_openai_error(&r, 400, "model");
     let r = raw(&d, br#"{"model":"m","messages":[]}"#.to_vec()).await;
     assert_openai_error(&r, 400, "messages");
-    let r = raw(&d, br#"{"messages":[{"role":"user","content":"hi"}]}"#.to_vec()).await;
+    let r = raw(
+        &d,
+        br#"{"messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+    )
+    .await;
     assert_openai_error(&r, 400, "model");
-    let r = raw(&d, br#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#.to_vec()).await;
+    let r = raw(
+        &d,
+        br#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#.to_vec(),
+    )
+    .await;
     assert_openai_error(&r, 400, "role");
     assert_eq!(r.body["error"]["param"], "messages[0].role");
     let r = raw(&d, b"[1,2,3]".to_vec()).await;
@@ -59,7 +82,8 @@ async fn huge_body_is_413() {
     let mock = MockUpstream::start().await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let big = "x".repeat(5 << 20);
-    let body = serde_json::to_vec(&json!({"model":"m","messages":[{"role":"user","content":big}]})).unwrap();
+    let body = serde_json::to_vec(&json!({"model":"m","messages":[{"role":"user","content":big}]}))
+        .unwrap();
     let r = raw(&d, body).await;
     assert_openai_error(&r, 413, "");
     assert_eq!(mock.calls(), 0);
@@ -103,7 +127,11 @@ providers = ["mock"]
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_unknown_path_404() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let d = Deja::start(&format!("http://127.0.0.1:{port}/v1"), hash_model()).await;
     let r = Reply::read(
         client()
@@ -135,5 +163,9 @@ async fn api_key_never_appears_in_error_bodies() {
     .await;
     assert!(r.status >= 500, "{}", r.text);
     assert!(!r.text.contains("sk-very-secret-key"));
-    assert!(!r.text.contains(&mock.base_url()), "no upstream URL in client errors: {}", r.text);
+    assert!(
+        !r.text.contains(&mock.base_url()),
+        "no upstream URL in client errors: {}",
+        r.text
+    );
 }

@@ -14,14 +14,28 @@ fn chat(text: &str) -> Value {
 }
 
 async fn ask(d: &Deja, text: &str) -> Reply {
-    Reply::read(client().post(d.url("/v1/chat/completions")).bearer_auth("k").json(&chat(text)).send().await.unwrap()).await
+    Reply::read(
+        client()
+            .post(d.url("/v1/chat/completions"))
+            .bearer_auth("k")
+            .json(&chat(text))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn restart_keeps_entries() {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let text = config_text(&tmp.path().join("store"), &mock.base_url(), "", "");
+    let text = config_text(
+        &tmp.path().join("store"),
+        &mock.base_url(),
+        "threshold = 0.8",
+        "",
+    );
     let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
     let first = ask(&d, "remember me").await;
     ask(&d, "and me too").await;
@@ -35,7 +49,12 @@ async fn restart_keeps_entries() {
     assert_eq!(again.content(), first.content());
     // The index was rebuilt from the store: a near-duplicate is still a semantic hit.
     let near = ask(&d, "remember me too").await;
-    assert_ne!(near.header("x-deja-cache"), "miss", "index must be reloaded: {:?}", near.headers);
+    assert_ne!(
+        near.header("x-deja-cache"),
+        "miss",
+        "index must be reloaded: {:?}",
+        near.headers
+    );
     assert_eq!(mock.calls(), 2);
     d.stop().await;
 }
@@ -43,7 +62,10 @@ async fn restart_keeps_entries() {
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
     while !f() {
-        assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -53,22 +75,52 @@ async fn hot_reload_changes_the_threshold_and_rejects_a_bad_file() {
     let mock = MockUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("config.toml");
-    let strict = config_text(&tmp.path().join("store"), &mock.base_url(), "threshold = 0.999", "");
+    let strict = config_text(
+        &tmp.path().join("store"),
+        &mock.base_url(),
+        "threshold = 0.999",
+        "",
+    );
     let d = Deja::start_config(&strict, tmp.path(), hash_model(), Some(path.clone())).await;
     ask(&d, "how to bake sourdough bread at home").await;
     d.wait_entries(1).await;
     let near = "how to bake sourdough bread at home quickly";
-    assert_eq!(ask(&d, near).await.header("x-deja-cache"), "miss");
+    // no-store: this miss must not insert `near` itself, or the next ask would be an exact hit.
+    let r = Reply::read(
+        client()
+            .post(d.url("/v1/chat/completions"))
+            .bearer_auth("k")
+            .header("cache-control", "no-store")
+            .json(&chat(near))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
 
-    let loose = config_text(&tmp.path().join("store"), &mock.base_url(), "threshold = 0.5", "");
+    let loose = config_text(
+        &tmp.path().join("store"),
+        &mock.base_url(),
+        "threshold = 0.5",
+        "",
+    );
     std::fs::write(&path, &loose).unwrap();
-    wait_until("the new threshold", || d.state.config().cache.threshold == 0.5).await;
+    wait_until("the new threshold", || {
+        d.state.config().cache.threshold == 0.5
+    })
+    .await;
     assert_eq!(ask(&d, near).await.header("x-deja-cache"), "semantic-hit");
 
     // An invalid file keeps the running config.
     std::fs::write(&path, "[cache]\nthreshold = 7\n").unwrap();
     wait_until("the rejected reload", || {
-        d.state.metrics().reloads.with_label_values(&["rejected"]).get() >= 1
+        d.state
+            .metrics()
+            .reloads
+            .with_label_values(&["rejected"])
+            .get()
+            >= 1
     })
     .await;
     assert_eq!(d.state.config().cache.threshold, 0.5);
@@ -86,7 +138,14 @@ async fn health_readiness_and_metrics() {
     ask(&d, "count me").await;
     d.wait_entries(1).await;
     ask(&d, "count me").await;
-    let text = client().get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = client()
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "deja_requests_total{api=\"chat\",outcome=\"miss\"} 1",
         "deja_requests_total{api=\"chat\",outcome=\"exact_hit\"} 1",
@@ -102,13 +161,29 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn models_list_is_passed_through_uncached() {
-    let mock = MockUpstream::builder().with_models(&["gpt-4o-mini", "gpt-4o"]).start().await;
+    let mock = MockUpstream::builder()
+        .with_models(&["gpt-4o-mini", "gpt-4o"])
+        .start()
+        .await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     for _ in 0..2 {
-        let r = Reply::read(client().get(d.url("/v1/models")).bearer_auth("k").send().await.unwrap()).await;
+        let r = Reply::read(
+            client()
+                .get(d.url("/v1/models"))
+                .bearer_auth("k")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.header("x-deja-cache"), "bypass");
-        assert_eq!(r.body["data"].as_array().map(Vec::len), Some(2), "{}", r.text);
+        assert_eq!(
+            r.body["data"].as_array().map(Vec::len),
+            Some(2),
+            "{}",
+            r.text
+        );
     }
     assert_eq!(mock.calls_for("/v1/models"), 2);
 }

@@ -325,13 +325,19 @@ mod tests {
         streamed["stream"] = json!(true);
         streamed["stream_options"] = json!({"include_usage": true});
         streamed["user"] = json!("u-42");
-        assert_eq!(chat(base.clone()).scope_material, chat(streamed).scope_material);
+        assert_eq!(
+            chat(base.clone()).scope_material,
+            chat(streamed).scope_material
+        );
         for (k, v) in [
             ("temperature", json!(0.2)),
             ("top_p", json!(0.5)),
             ("max_tokens", json!(5)),
             ("seed", json!(1)),
-            ("tools", json!([{"type":"function","function":{"name":"f"}}])),
+            (
+                "tools",
+                json!([{"type":"function","function":{"name":"f"}}]),
+            ),
             ("response_format", json!({"type":"json_object"})),
             ("some_future_param", json!(true)),
         ] {
@@ -357,18 +363,36 @@ mod tests {
 
     #[test]
     fn key_order_does_not_change_scope() {
-        let a: Value = serde_json::from_str(r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"q"}]}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"messages":[{"content":"q","role":"user"}],"temperature":0,"model":"m"}"#).unwrap();
+        let a: Value = serde_json::from_str(
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"q"}]}"#,
+        )
+        .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{"messages":[{"content":"q","role":"user"}],"temperature":0,"model":"m"}"#,
+        )
+        .unwrap();
         assert_eq!(chat(a).scope_material, chat(b).scope_material);
     }
 
     #[test]
     fn completions_prompt_forms() {
         let c = |v: Value| CanonicalRequest::from_completions(v.as_object().unwrap());
-        assert_eq!(c(json!({"model":"m","prompt":"Say hi"})).prompt.unwrap(), "Say hi");
-        assert_eq!(c(json!({"model":"m","prompt":["Say hi"]})).prompt.unwrap(), "Say hi");
-        assert_eq!(c(json!({"model":"m","prompt":[1,2,3]})).prompt, Err(Bypass::UnsupportedPrompt));
-        assert_eq!(c(json!({"model":"m","prompt":"x","best_of":3})).prompt, Err(Bypass::MultipleChoices));
+        assert_eq!(
+            c(json!({"model":"m","prompt":"Say hi"})).prompt.unwrap(),
+            "Say hi"
+        );
+        assert_eq!(
+            c(json!({"model":"m","prompt":["Say hi"]})).prompt.unwrap(),
+            "Say hi"
+        );
+        assert_eq!(
+            c(json!({"model":"m","prompt":[1,2,3]})).prompt,
+            Err(Bypass::UnsupportedPrompt)
+        );
+        assert_eq!(
+            c(json!({"model":"m","prompt":"x","best_of":3})).prompt,
+            Err(Bypass::MultipleChoices)
+        );
     }
 
     #[test]

@@ -45,8 +45,13 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<Map<String, Value>, Ap
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::invalid_request("the request body must be a JSON object", None)),
-        Err(e) => Err(ApiError::InvalidJson { message: e.to_string() }),
+        Ok(_) => Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+            None,
+        )),
+        Err(e) => Err(ApiError::InvalidJson {
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -58,14 +63,34 @@ pub enum Rendered {
 }
 
 /// Renders a stored answer as this API's response, with a fresh id and timestamp.
-pub fn render_hit(api: ApiKind, resp: &CachedResponse, stream: bool, include_usage: bool, model_requested: &str) -> Rendered {
+pub fn render_hit(
+    api: ApiKind,
+    resp: &CachedResponse,
+    stream: bool,
+    include_usage: bool,
+    model_requested: &str,
+) -> Rendered {
     let model = Some(model_requested);
     match (api, stream) {
-        (ApiKind::Chat, false) => Rendered::Json(render::render_chat_json(resp, &render::new_chat_id(), render::unix_now(), model)),
-        (ApiKind::Chat, true) => Rendered::Sse(render::render_chat_sse(resp, &render::new_chat_id(), render::unix_now(), model, include_usage)),
-        (ApiKind::Completions, false) => {
-            Rendered::Json(render::render_completion_json(resp, &render::new_completion_id(), render::unix_now(), model))
-        }
+        (ApiKind::Chat, false) => Rendered::Json(render::render_chat_json(
+            resp,
+            &render::new_chat_id(),
+            render::unix_now(),
+            model,
+        )),
+        (ApiKind::Chat, true) => Rendered::Sse(render::render_chat_sse(
+            resp,
+            &render::new_chat_id(),
+            render::unix_now(),
+            model,
+            include_usage,
+        )),
+        (ApiKind::Completions, false) => Rendered::Json(render::render_completion_json(
+            resp,
+            &render::new_completion_id(),
+            render::unix_now(),
+            model,
+        )),
         (ApiKind::Completions, true) => Rendered::Sse(render::render_completion_sse(
             resp,
             &render::new_completion_id(),
@@ -73,13 +98,25 @@ pub fn render_hit(api: ApiKind, resp: &CachedResponse, stream: bool, include_usa
             model,
             include_usage,
         )),
-        (ApiKind::Messages, false) => Rendered::Json(anthropic::render_messages_json(resp, &anthropic::new_message_id(), model)),
-        (ApiKind::Messages, true) => Rendered::Sse(anthropic::render_messages_sse(resp, &anthropic::new_message_id(), model)),
+        (ApiKind::Messages, false) => Rendered::Json(anthropic::render_messages_json(
+            resp,
+            &anthropic::new_message_id(),
+            model,
+        )),
+        (ApiKind::Messages, true) => Rendered::Sse(anthropic::render_messages_sse(
+            resp,
+            &anthropic::new_message_id(),
+            model,
+        )),
     }
 }
 
 /// Collects a buffered (non-streaming) upstream answer.
-pub fn collect_json(api: ApiKind, body: &[u8], provider: &str) -> Result<CachedResponse, NotCacheable> {
+pub fn collect_json(
+    api: ApiKind,
+    body: &[u8],
+    provider: &str,
+) -> Result<CachedResponse, NotCacheable> {
     match api {
         ApiKind::Chat => collect::collect_chat_json(body, provider),
         ApiKind::Completions => collect::collect_completion_json(body, provider),
@@ -98,7 +135,9 @@ impl StreamCollector {
     pub fn new(api: ApiKind, provider: &str) -> StreamCollector {
         match api {
             ApiKind::Chat => StreamCollector::Chat(ChatStreamCollector::new(provider)),
-            ApiKind::Completions => StreamCollector::Completions(CompletionStreamCollector::new(provider)),
+            ApiKind::Completions => {
+                StreamCollector::Completions(CompletionStreamCollector::new(provider))
+            }
             ApiKind::Messages => StreamCollector::Messages(MessagesStreamCollector::new(provider)),
         }
     }

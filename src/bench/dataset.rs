@@ -66,14 +66,16 @@ pub fn load(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset> {
         let value: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
         if value.get("a").is_some() {
-            let mut row: PairRow = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}:{}: not a pairs row: {e}", path.display(), i + 1))?;
+            let mut row: PairRow = serde_json::from_value(value).map_err(|e| {
+                anyhow::anyhow!("{}:{}: not a pairs row: {e}", path.display(), i + 1)
+            })?;
             row.a = normalize(&row.a);
             row.b = normalize(&row.b);
             pairs.push(row);
         } else {
-            let mut row: StreamRow = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("{}:{}: not a stream row: {e}", path.display(), i + 1))?;
+            let mut row: StreamRow = serde_json::from_value(value).map_err(|e| {
+                anyhow::anyhow!("{}:{}: not a stream row: {e}", path.display(), i + 1)
+            })?;
             row.text = normalize(&row.text);
             stream.push(row);
         }
@@ -115,7 +117,9 @@ pub struct SameClasses {
 
 impl SameClasses {
     pub fn new(n: usize) -> SameClasses {
-        SameClasses { parent: (0..n).collect() }
+        SameClasses {
+            parent: (0..n).collect(),
+        }
     }
 
     pub fn find(&mut self, mut x: usize) -> usize {
@@ -151,7 +155,11 @@ mod tests {
             Dataset::Stream(_) => panic!("pairs expected"),
         }
         let s = dir.path().join("s.jsonl");
-        std::fs::write(&s, "{\"text\":\"hi\",\"class\":null}\n{\"text\":\"yo\",\"class\":\"greet\"}\n").unwrap();
+        std::fs::write(
+            &s,
+            "{\"text\":\"hi\",\"class\":null}\n{\"text\":\"yo\",\"class\":\"greet\"}\n",
+        )
+        .unwrap();
         assert!(matches!(load(&s, Some(1)).unwrap(), Dataset::Stream(r) if r.len() == 1));
         std::fs::write(&s, "{\"text\":1}\n").unwrap();
         assert!(load(&s, None).is_err());

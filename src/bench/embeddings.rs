@@ -28,10 +28,20 @@ impl Vectors {
 pub fn default_dir() -> PathBuf {
     std::env::var_os("DEJA_BENCH_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("deja").join("bench-embeddings"))
+        .unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("deja")
+                .join("bench-embeddings")
+        })
 }
 
-pub fn embed_dataset(embedder: &dyn Embedder, data: &Dataset, cache_dir: &Path, max_tokens: usize) -> anyhow::Result<Vectors> {
+pub fn embed_dataset(
+    embedder: &dyn Embedder,
+    data: &Dataset,
+    cache_dir: &Path,
+    max_tokens: usize,
+) -> anyhow::Result<Vectors> {
     let mut texts = Texts::default();
     match data {
         Dataset::Pairs(rows) => {
@@ -56,7 +66,11 @@ pub fn embed_dataset(embedder: &dyn Embedder, data: &Dataset, cache_dir: &Path, 
     }
     let file = cache_dir.join(format!("{}.f32", &key.finalize().to_hex()[..32]));
     if let Some(data) = read_cached(&file, texts.list.len() * dim) {
-        eprintln!("embeddings: {} texts from cache {}", texts.list.len(), file.display());
+        eprintln!(
+            "embeddings: {} texts from cache {}",
+            texts.list.len(),
+            file.display()
+        );
         return Ok(Vectors { dim, texts, data });
     }
 
@@ -83,7 +97,11 @@ pub fn embed_dataset(embedder: &dyn Embedder, data: &Dataset, cache_dir: &Path, 
             last_report = Instant::now();
         }
     }
-    eprintln!("embeddings: {} texts in {:.1}s", texts.list.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "embeddings: {} texts in {:.1}s",
+        texts.list.len(),
+        started.elapsed().as_secs_f64()
+    );
     if let Err(e) = write_cached(&file, &data) {
         eprintln!("embeddings: could not cache to {}: {e}", file.display());
     }
@@ -92,11 +110,19 @@ pub fn embed_dataset(embedder: &dyn Embedder, data: &Dataset, cache_dir: &Path, 
 
 fn read_cached(path: &Path, expected: usize) -> Option<Vec<f32>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
     if bytes.len() != expected * 4 {
         return None;
     }
-    Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 fn write_cached(path: &Path, data: &[f32]) -> std::io::Result<()> {

@@ -71,7 +71,9 @@ pub struct BenchArgs {
 pub fn parse_thresholds(spec: &str) -> anyhow::Result<Vec<f32>> {
     let parts: Vec<&str> = spec.split(':').collect();
     let parse = |s: &str| -> anyhow::Result<f64> {
-        s.trim().parse::<f64>().map_err(|_| anyhow::anyhow!("--thresholds: '{s}' is not a number"))
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--thresholds: '{s}' is not a number"))
     };
     let (start, end, step) = match parts.as_slice() {
         [single] => {
@@ -79,9 +81,12 @@ pub fn parse_thresholds(spec: &str) -> anyhow::Result<Vec<f32>> {
             (v, v, 1.0)
         }
         [a, b, c] => (parse(a)?, parse(b)?, parse(c)?),
-        _ => anyhow::bail!("--thresholds must be start:end:step (e.g. 0.70:0.99:0.01) or one value"),
+        _ => {
+            anyhow::bail!("--thresholds must be start:end:step (e.g. 0.70:0.99:0.01) or one value")
+        }
     };
-    if !(-1.0..=1.0).contains(&start) || !(-1.0..=1.0).contains(&end) || start > end || step <= 0.0 {
+    if !(-1.0..=1.0).contains(&start) || !(-1.0..=1.0).contains(&end) || start > end || step <= 0.0
+    {
         anyhow::bail!("--thresholds: need -1 ≤ start ≤ end ≤ 1 and step > 0");
     }
     let n = ((end - start) / step + 1e-9).floor() as usize + 1;
@@ -98,33 +103,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let data = dataset::load(&args.dataset, args.limit)?;
     match (args.protocol, &data) {
-        (Protocol::Replay, dataset::Dataset::Pairs(_)) => anyhow::bail!("the replay protocol needs a stream dataset"),
+        (Protocol::Replay, dataset::Dataset::Pairs(_)) => {
+            anyhow::bail!("the replay protocol needs a stream dataset")
+        }
         (Protocol::Pairwise | Protocol::Cache, dataset::Dataset::Stream(_)) => {
-            anyhow::bail!("the {} protocol needs a pairs dataset", args.protocol.as_str())
+            anyhow::bail!(
+                "the {} protocol needs a pairs dataset",
+                args.protocol.as_str()
+            )
         }
         _ => {}
     }
-    eprintln!("deja bench: {} rows of {} ({}), protocol {}", data.len(), args.dataset.display(), data.kind(), args.protocol.as_str());
+    eprintln!(
+        "deja bench: {} rows of {} ({}), protocol {}",
+        data.len(),
+        args.dataset.display(),
+        data.kind(),
+        args.protocol.as_str()
+    );
     let settings = crate::server::embed_settings(&config);
     let embedder = crate::embed::load_default(&settings, &ResolveOptions::from_env())?;
-    let cache_dir = args.embedding_cache.clone().unwrap_or_else(embeddings::default_dir);
+    let cache_dir = args
+        .embedding_cache
+        .clone()
+        .unwrap_or_else(embeddings::default_dir);
     let embed_started = Instant::now();
     let vectors = embeddings::embed_dataset(&*embedder, &data, &cache_dir, settings.max_tokens)?;
     let embed_seconds = embed_started.elapsed().as_secs_f64();
     let guards = !args.no_guards;
     let (rows, ceiling) = match (&data, args.protocol) {
-        (dataset::Dataset::Pairs(p), Protocol::Pairwise) => (protocols::pairwise(p, &vectors, &thresholds, guards), None),
-        (dataset::Dataset::Pairs(p), Protocol::Cache) => {
-            (protocols::cache(p, &vectors, &thresholds, guards, &config, embedder.clone())?, None)
+        (dataset::Dataset::Pairs(p), Protocol::Pairwise) => {
+            (protocols::pairwise(p, &vectors, &thresholds, guards), None)
         }
+        (dataset::Dataset::Pairs(p), Protocol::Cache) => (
+            protocols::cache(p, &vectors, &thresholds, guards, &config, embedder.clone())?,
+            None,
+        ),
         (dataset::Dataset::Stream(s), Protocol::Replay) => {
-            let (rows, ceiling) = protocols::replay(s, &vectors, &thresholds, guards, &config, embedder.clone())?;
+            let (rows, ceiling) =
+                protocols::replay(s, &vectors, &thresholds, guards, &config, embedder.clone())?;
             (rows, Some(ceiling))
         }
         _ => anyhow::bail!("protocol and dataset do not match"),
     };
     let report = report::Report {
-        dataset: args.dataset.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        dataset: args
+            .dataset
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         protocol: args.protocol.as_str().into(),
         model: embedder.model_id().into(),
         guards,

@@ -37,7 +37,11 @@ pub fn pairwise(rows: &[PairRow], v: &Vectors, thresholds: &[f32], use_guards: b
     thresholds
         .iter()
         .map(|&t| {
-            let mut tally = Tally { queries: rows.len() as u64, positives, ..Default::default() };
+            let mut tally = Tally {
+                queries: rows.len() as u64,
+                positives,
+                ..Default::default()
+            };
             for &(sim, pass, same) in &scored {
                 if sim >= t && (!use_guards || pass) {
                     tally.hits += 1;
@@ -50,7 +54,10 @@ pub fn pairwise(rows: &[PairRow], v: &Vectors, thresholds: &[f32], use_guards: b
 }
 
 /// An engine on a temporary store, configured like the server's.
-fn temp_engine(config: &Config, embedder: Arc<dyn Embedder>) -> anyhow::Result<(CacheEngine, tempfile::TempDir)> {
+fn temp_engine(
+    config: &Config,
+    embedder: Arc<dyn Embedder>,
+) -> anyhow::Result<(CacheEngine, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let mut cfg = config.clone();
     cfg.cache.dir = dir.path().to_path_buf();
@@ -118,10 +125,17 @@ pub fn cache(
         entry_text.insert(id, ai);
         inserted += 1;
         if inserted % 10_000 == 0 {
-            eprintln!("cache: {inserted} entries inserted ({:.0}s)", started.elapsed().as_secs_f64());
+            eprintln!(
+                "cache: {inserted} entries inserted ({:.0}s)",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
-    eprintln!("cache: {inserted} distinct entries in {:.1}s; querying {} rows", started.elapsed().as_secs_f64(), rows.len());
+    eprintln!(
+        "cache: {inserted} distinct entries in {:.1}s; querying {} rows",
+        started.elapsed().as_secs_f64(),
+        rows.len()
+    );
 
     let mut classes = SameClasses::new(v.texts.list.len());
     for r in rows.iter().filter(|r| r.same) {
@@ -130,23 +144,48 @@ pub fn cache(
         }
     }
     let positives = rows.iter().filter(|r| r.same).count() as u64;
-    let mut tallies = vec![Tally { queries: rows.len() as u64, positives, ..Default::default() }; thresholds.len()];
+    let mut tallies = vec![
+        Tally {
+            queries: rows.len() as u64,
+            positives,
+            ..Default::default()
+        };
+        thresholds.len()
+    ];
     let started = Instant::now();
     for (n, r) in rows.iter().enumerate() {
-        let (Some(bi), Some(ai)) = (v.texts.id(&r.b), v.texts.id(&r.a)) else { continue };
+        let (Some(bi), Some(ai)) = (v.texts.id(&r.b), v.texts.id(&r.a)) else {
+            continue;
+        };
         let found = find(&engine, scope, &r.b, v.get(bi))?;
         for (tally, &t) in tallies.iter_mut().zip(thresholds) {
-            let Some(id) = chosen(&found, t, use_guards) else { continue };
-            let Some(&got) = entry_text.get(&id) else { continue };
+            let Some(id) = chosen(&found, t, use_guards) else {
+                continue;
+            };
+            let Some(&got) = entry_text.get(&id) else {
+                continue;
+            };
             tally.hits += 1;
-            let correct = if got == ai { r.same } else { classes.find(got) == classes.find(bi) };
+            let correct = if got == ai {
+                r.same
+            } else {
+                classes.find(got) == classes.find(bi)
+            };
             tally.correct_hits += correct as u64;
         }
         if (n + 1) % 20_000 == 0 {
-            eprintln!("cache: {} queries ({:.0}s)", n + 1, started.elapsed().as_secs_f64());
+            eprintln!(
+                "cache: {} queries ({:.0}s)",
+                n + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
-    Ok(tallies.iter().zip(thresholds).map(|(t, &th)| t.row(th)).collect())
+    Ok(tallies
+        .iter()
+        .zip(thresholds)
+        .map(|(t, &th)| t.row(th))
+        .collect())
 }
 
 /// Returns the rows and the ceiling (share of prompts whose class was seen before).
@@ -170,7 +209,11 @@ pub fn replay(
     let ceiling = repeats as f64 / rows.len().max(1) as f64;
     let started = Instant::now();
     // Each threshold replays through its own cold cache; two workers share the machine's cores.
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(thresholds.len()).max(1);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(thresholds.len())
+        .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = parking_lot::Mutex::new(vec![None; thresholds.len()]);
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -179,16 +222,22 @@ pub fn replay(
             handles.push(s.spawn(|| -> anyhow::Result<()> {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&t) = thresholds.get(i) else { return Ok(()) };
+                    let Some(&t) = thresholds.get(i) else {
+                        return Ok(());
+                    };
                     let mut tally = replay_one(rows, v, t, use_guards, config, embedder.clone())?;
                     tally.positives = repeats;
                     results.lock()[i] = Some(tally.row(t));
-                    eprintln!("replay: threshold {t:.2} done ({:.0}s)", started.elapsed().as_secs_f64());
+                    eprintln!(
+                        "replay: threshold {t:.2} done ({:.0}s)",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
             }));
         }
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("replay worker panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("replay worker panicked"))??;
         }
         Ok(())
     })?;
@@ -207,9 +256,14 @@ fn replay_one(
     let (engine, _dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
     let mut class_of: HashMap<EntryId, Option<&str>> = HashMap::new();
-    let mut tally = Tally { queries: rows.len() as u64, ..Default::default() };
+    let mut tally = Tally {
+        queries: rows.len() as u64,
+        ..Default::default()
+    };
     for r in rows {
-        let Some(i) = v.texts.id(&r.text) else { continue };
+        let Some(i) = v.texts.id(&r.text) else {
+            continue;
+        };
         let found = find(&engine, scope, &r.text, v.get(i))?;
         match chosen(&found, t, use_guards) {
             Some(id) => {

@@ -20,9 +20,21 @@ impl Tally {
     pub fn row(&self, threshold: f32) -> Row {
         let q = self.queries.max(1) as f64;
         let false_hits = self.hits - self.correct_hits;
-        let precision = if self.hits == 0 { 1.0 } else { self.correct_hits as f64 / self.hits as f64 };
-        let recall = if self.positives == 0 { 0.0 } else { self.correct_hits as f64 / self.positives as f64 };
-        let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+        let precision = if self.hits == 0 {
+            1.0
+        } else {
+            self.correct_hits as f64 / self.hits as f64
+        };
+        let recall = if self.positives == 0 {
+            0.0
+        } else {
+            self.correct_hits as f64 / self.positives as f64
+        };
+        let f1 = if precision + recall == 0.0 {
+            0.0
+        } else {
+            2.0 * precision * recall / (precision + recall)
+        };
         Row {
             threshold: (threshold as f64 * 1000.0).round() / 1000.0,
             hit_rate: self.hits as f64 / q,
@@ -87,7 +99,11 @@ pub fn recommend(rows: &[Row], target: f64) -> Option<Recommended> {
             break;
         }
         if r.hits > 0 {
-            best = Some(Recommended { threshold: r.threshold, precision: r.precision, hit_rate: r.hit_rate });
+            best = Some(Recommended {
+                threshold: r.threshold,
+                precision: r.precision,
+                hit_rate: r.hit_rate,
+            });
         }
     }
     best
@@ -99,9 +115,15 @@ impl Report {
         let _ = writeln!(
             s,
             "dataset {} · protocol {} · model {} · guards {}",
-            self.dataset, self.protocol, self.model, if self.guards { "on" } else { "off" }
+            self.dataset,
+            self.protocol,
+            self.model,
+            if self.guards { "on" } else { "off" }
         );
-        let _ = writeln!(s, "threshold  hit_rate  precision  recall     f1  false_hits/1k     hits");
+        let _ = writeln!(
+            s,
+            "threshold  hit_rate  precision  recall     f1  false_hits/1k     hits"
+        );
         for r in &self.rows {
             let _ = writeln!(
                 s,
@@ -121,22 +143,40 @@ impl Report {
                 );
             }
             None => {
-                let _ = writeln!(s, "no threshold reaches precision ≥ {}", self.target_precision);
+                let _ = writeln!(
+                    s,
+                    "no threshold reaches precision ≥ {}",
+                    self.target_precision
+                );
             }
         }
-        let _ = writeln!(s, "wall time {:.1}s (embedding {:.1}s)", self.wall_seconds, self.embed_seconds);
+        let _ = writeln!(
+            s,
+            "wall time {:.1}s (embedding {:.1}s)",
+            self.wall_seconds, self.embed_seconds
+        );
         s
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
-        let mut csv = String::from("threshold,hit_rate,precision,recall,f1,false_hits_per_1k,hits,false_hits,queries\n");
+        let mut csv = String::from(
+            "threshold,hit_rate,precision,recall,f1,false_hits_per_1k,hits,false_hits,queries\n",
+        );
         for r in &self.rows {
             let _ = writeln!(
                 csv,
                 "{},{:.6},{:.6},{:.6},{:.6},{:.4},{},{},{}",
-                r.threshold, r.hit_rate, r.precision, r.recall, r.f1, r.false_hits_per_1k, r.hits, r.false_hits, r.queries
+                r.threshold,
+                r.hit_rate,
+                r.precision,
+                r.recall,
+                r.f1,
+                r.false_hits_per_1k,
+                r.hits,
+                r.false_hits,
+                r.queries
             );
         }
         std::fs::write(dir.join("report.csv"), csv)?;
@@ -149,15 +189,17 @@ impl Report {
         let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 170.0, 40.0, 60.0);
         let pw = w - left - right;
         let ph = h - top - bottom;
-        let (tmin, tmax) = self
-            .rows
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r.threshold), hi.max(r.threshold)));
+        let (tmin, tmax) = self.rows.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| {
+            (lo.min(r.threshold), hi.max(r.threshold))
+        });
         let span = if tmax > tmin { tmax - tmin } else { 1.0 };
         let x = |t: f64| left + (t - tmin) / span * pw;
         let y = |v: f64| top + (1.0 - v.clamp(0.0, 1.0)) * ph;
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             s,
@@ -170,28 +212,80 @@ impl Report {
         );
         for i in 0..=10 {
             let v = i as f64 / 10.0;
-            let _ = writeln!(s, r##"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/>"##, left + pw, y(v), y(v));
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{v:.1}</text>"#, left - 6.0, y(v) + 4.0);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/>"##,
+                left + pw,
+                y(v),
+                y(v)
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{v:.1}</text>"#,
+                left - 6.0,
+                y(v) + 4.0
+            );
         }
         for r in self.rows.iter().step_by((self.rows.len() / 10).max(1)) {
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#, x(r.threshold), top + ph + 18.0, r.threshold);
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{:.2}</text>"#,
+                x(r.threshold),
+                top + ph + 18.0,
+                r.threshold
+            );
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">threshold (cosine similarity; higher = stricter)</text>"#, left + pw / 2.0, h - 15.0);
-        let series: [(&str, &str, Box<dyn Fn(&Row) -> f64>); 3] = [
-            ("hit rate", "#1f77b4", Box::new(|r: &Row| r.hit_rate)),
-            ("precision", "#2ca02c", Box::new(|r: &Row| r.precision)),
-            ("false-hit rate", "#d62728", Box::new(|r: &Row| r.false_hits_per_1k / 1000.0)),
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">threshold (cosine similarity; higher = stricter)</text>"#,
+            left + pw / 2.0,
+            h - 15.0
+        );
+        type Series = (&'static str, &'static str, fn(&Row) -> f64);
+        let series: [Series; 3] = [
+            ("hit rate", "#1f77b4", |r| r.hit_rate),
+            ("precision", "#2ca02c", |r| r.precision),
+            ("false-hit rate", "#d62728", |r| r.false_hits_per_1k / 1000.0),
         ];
         for (i, (name, color, f)) in series.iter().enumerate() {
-            let pts: Vec<String> = self.rows.iter().map(|r| format!("{:.1},{:.1}", x(r.threshold), y(f(r)))).collect();
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+            let pts: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| format!("{:.1},{:.1}", x(r.threshold), y(f(r))))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
             let ly = top + 20.0 + i as f64 * 20.0;
-            let _ = writeln!(s, r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#, left + pw + 15.0, left + pw + 40.0);
-            let _ = writeln!(s, r#"<text x="{}" y="{}">{name}</text>"#, left + pw + 46.0, ly + 4.0);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
+                left + pw + 15.0,
+                left + pw + 40.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">{name}</text>"#,
+                left + pw + 46.0,
+                ly + 4.0
+            );
         }
         if let Some(rec) = &self.recommended {
-            let _ = writeln!(s, r##"<line x1="{0}" x2="{0}" y1="{top}" y2="{1}" stroke="#555" stroke-dasharray="4 3"/>"##, x(rec.threshold), top + ph);
-            let _ = writeln!(s, r#"<text x="{}" y="{}">recommended {:.2}</text>"#, left + pw + 15.0, top + 100.0, rec.threshold);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{0}" x2="{0}" y1="{top}" y2="{1}" stroke="#555" stroke-dasharray="4 3"/>"##,
+                x(rec.threshold),
+                top + ph
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">recommended {:.2}</text>"#,
+                left + pw + 15.0,
+                top + 100.0,
+                rec.threshold
+            );
         }
         s.push_str("</svg>\n");
         s
@@ -199,7 +293,9 @@ impl Report {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -207,12 +303,28 @@ mod tests {
     use super::*;
 
     fn row(t: f64, precision: f64, hits: u64) -> Row {
-        Row { threshold: t, hit_rate: hits as f64 / 100.0, precision, recall: 0.0, f1: 0.0, false_hits_per_1k: 0.0, hits, false_hits: 0, queries: 100 }
+        Row {
+            threshold: t,
+            hit_rate: hits as f64 / 100.0,
+            precision,
+            recall: 0.0,
+            f1: 0.0,
+            false_hits_per_1k: 0.0,
+            hits,
+            false_hits: 0,
+            queries: 100,
+        }
     }
 
     #[test]
     fn tally_rates() {
-        let r = Tally { queries: 1000, hits: 100, correct_hits: 90, positives: 300 }.row(0.9);
+        let r = Tally {
+            queries: 1000,
+            hits: 100,
+            correct_hits: 90,
+            positives: 300,
+        }
+        .row(0.9);
         assert!((r.precision - 0.9).abs() < 1e-9);
         assert!((r.recall - 0.3).abs() < 1e-9);
         assert!((r.false_hits_per_1k - 10.0).abs() < 1e-9);
@@ -221,9 +333,18 @@ mod tests {
 
     #[test]
     fn recommendation_never_sits_in_a_dip() {
-        let rows = vec![row(0.8, 0.95, 50), row(0.85, 0.995, 40), row(0.9, 0.98, 30), row(0.95, 0.999, 10), row(0.99, 1.0, 2)];
+        let rows = vec![
+            row(0.8, 0.95, 50),
+            row(0.85, 0.995, 40),
+            row(0.9, 0.98, 30),
+            row(0.95, 0.999, 10),
+            row(0.99, 1.0, 2),
+        ];
         let rec = recommend(&rows, 0.99).unwrap();
-        assert_eq!(rec.threshold, 0.95, "0.85 passes but 0.90 above it does not");
+        assert_eq!(
+            rec.threshold, 0.95,
+            "0.85 passes but 0.90 above it does not"
+        );
         assert!(recommend(&[row(0.9, 0.5, 10)], 0.99).is_none());
     }
 
@@ -231,14 +352,32 @@ mod tests {
     fn files_are_written() {
         let dir = tempfile::tempdir().unwrap();
         let rep = Report {
-            dataset: "d".into(), protocol: "pairwise".into(), model: "m".into(), guards: true,
-            target_precision: 0.99, rows: vec![row(0.9, 1.0, 3), row(0.95, 1.0, 1)],
-            recommended: None, ceiling: None, rows_in_dataset: 10, wall_seconds: 1.0, embed_seconds: 0.5,
+            dataset: "d".into(),
+            protocol: "pairwise".into(),
+            model: "m".into(),
+            guards: true,
+            target_precision: 0.99,
+            rows: vec![row(0.9, 1.0, 3), row(0.95, 1.0, 1)],
+            recommended: None,
+            ceiling: None,
+            rows_in_dataset: 10,
+            wall_seconds: 1.0,
+            embed_seconds: 0.5,
         };
         rep.write(dir.path()).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap())
+                .unwrap();
         assert_eq!(json["rows"][0]["threshold"], 0.9);
-        assert!(std::fs::read_to_string(dir.path().join("report.svg")).unwrap().contains("<polyline"));
-        assert!(std::fs::read_to_string(dir.path().join("report.csv")).unwrap().lines().count() == 3);
+        assert!(std::fs::read_to_string(dir.path().join("report.svg"))
+            .unwrap()
+            .contains("<polyline"));
+        assert!(
+            std::fs::read_to_string(dir.path().join("report.csv"))
+                .unwrap()
+                .lines()
+                .count()
+                == 3
+        );
     }
 }

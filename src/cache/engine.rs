@@ -35,7 +35,10 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { guards: true, max_candidates: 4 }
+        EngineSettings {
+            guards: true,
+            max_candidates: 4,
+        }
     }
 }
 
@@ -60,11 +63,21 @@ pub fn select(candidates: &[Candidate], threshold: f32, guards: bool) -> Option<
 #[derive(Debug, Clone)]
 pub enum Lookup {
     Exact(Entry),
-    Semantic { entry: Entry, similarity: f32 },
+    Semantic {
+        entry: Entry,
+        similarity: f32,
+    },
     /// No usable answer. The embedding (when computed) is handed back so the insert after the
     /// upstream answer does not pay for the model again; `best` is the top similarity seen.
-    Miss { embedding: Option<Arc<[f32]>>, best: Option<f32> },
+    Miss {
+        embedding: Option<Arc<[f32]>>,
+        best: Option<f32>,
+    },
 }
+
+/// The semantic step's result: the selected entry with its similarity (if any), and the best
+/// similarity seen (for near-miss metrics).
+pub type SemanticOutcome = (Option<(Entry, f32)>, Option<f32>);
 
 /// Where a lookup spent its time (for headers, logs and metrics).
 #[derive(Debug, Clone, Default)]
@@ -155,7 +168,10 @@ impl CacheEngine {
             return Ok(Lookup::Exact(entry));
         }
         if !semantic {
-            return Ok(Lookup::Miss { embedding: None, best: None });
+            return Ok(Lookup::Miss {
+                embedding: None,
+                best: None,
+            });
         }
         let started = Instant::now();
         let embedding = self.inner.embed.embed(prompt).await?;
@@ -169,16 +185,26 @@ impl CacheEngine {
         timings.search = started.elapsed();
         Ok(match found {
             (Some((entry, similarity)), _) => Lookup::Semantic { entry, similarity },
-            (None, best) => Lookup::Miss { embedding: Some(embedding), best },
+            (None, best) => Lookup::Miss {
+                embedding: Some(embedding),
+                best,
+            },
         })
     }
 
     /// Exact-key lookup; expired entries count as absent. A hit is recorded.
-    pub fn exact_blocking(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError> {
+    pub fn exact_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+    ) -> Result<Option<Entry>, CacheError> {
         let now = now_ms();
         match self.inner.store.get_exact(scope, prompt)? {
             Some(e) if !e.is_expired(now) => {
-                self.inner.store.record_hit(e.id, now);
+                // Recency is bookkeeping for eviction: a failed write must not fail the hit.
+                if let Err(err) = self.inner.store.record_hit(e.id, now) {
+                    tracing::debug!(error = %err, "recording a hit failed");
+                }
                 Ok(Some(e))
             }
             _ => Ok(None),
@@ -199,12 +225,21 @@ impl CacheEngine {
         let query = Features::of(prompt);
         let mut out = Vec::with_capacity(neighbours.len());
         for n in neighbours {
-            let Some(entry) = self.inner.store.get(n.id)? else { continue };
+            let Some(entry) = self.inner.store.get(n.id)? else {
+                continue;
+            };
             if entry.is_expired(now) || entry.scope != scope {
                 continue;
             }
             let guard = query.compare(&Features::of(&entry.prompt));
-            out.push((Candidate { id: n.id, similarity: n.similarity, guard }, entry));
+            out.push((
+                Candidate {
+                    id: n.id,
+                    similarity: n.similarity,
+                    guard,
+                },
+                entry,
+            ));
         }
         Ok(out)
     }
@@ -216,7 +251,7 @@ impl CacheEngine {
         prompt: &str,
         embedding: &[f32],
         threshold: f32,
-    ) -> Result<(Option<(Entry, f32)>, Option<f32>), CacheError> {
+    ) -> Result<SemanticOutcome, CacheError> {
         let guards = self.inner.settings.read().guards;
         let candidates = self.candidates_blocking(scope, prompt, embedding)?;
         let best = candidates.first().map(|(c, _)| c.similarity);
@@ -229,7 +264,9 @@ impl CacheEngine {
                 .map(|(c, e)| (e, c.similarity))
         });
         if let Some((e, _)) = &hit {
-            self.inner.store.record_hit(e.id, now_ms());
+            if let Err(err) = self.inner.store.record_hit(e.id, now_ms()) {
+                tracing::debug!(error = %err, "recording a hit failed");
+            }
         }
         Ok((hit, best))
     }

@@ -1,9 +1,9 @@
 //! The heart of deja: policy (scope, cacheability, thresholds), precision guards, and the engine
 //! that orchestrates exact lookup → embedding → index search → guards, and inserts answers after
 //! they were served. Unit-testable without HTTP; the server and `deja bench` both call it.
+pub mod engine;
 pub mod guards;
 pub mod policy;
-pub mod engine;
 pub mod singleflight;
 
 pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTimings};

@@ -207,9 +207,15 @@ mod tests {
     fn threshold_may_only_be_tightened() {
         let c = config("");
         let r = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
-        let loose = RequestControls { threshold: Some(0.5), ..Default::default() };
+        let loose = RequestControls {
+            threshold: Some(0.5),
+            ..Default::default()
+        };
         assert_eq!(use_plan(plan(&c, &r, None, &loose)).threshold, 0.9);
-        let tight = RequestControls { threshold: Some(0.97), ..Default::default() };
+        let tight = RequestControls {
+            threshold: Some(0.97),
+            ..Default::default()
+        };
         assert_eq!(use_plan(plan(&c, &r, None, &tight)).threshold, 0.97);
     }
 
@@ -225,7 +231,10 @@ mod tests {
         let a = use_plan(plan(&shared, &r, Some("sk-a"), &none)).scope;
         let b = use_plan(plan(&shared, &r, Some("sk-b"), &none)).scope;
         assert_eq!(a, b);
-        let ns = RequestControls { namespace: Some("team".into()), ..Default::default() };
+        let ns = RequestControls {
+            namespace: Some("team".into()),
+            ..Default::default()
+        };
         let a = use_plan(plan(&c, &r, Some("sk-a"), &ns)).scope;
         let b = use_plan(plan(&c, &r, Some("sk-b"), &ns)).scope;
         assert_eq!(a, b);
@@ -258,8 +267,15 @@ mod tests {
         assert!(c.no_store && !c.no_cache);
         let cfg = config("");
         let r = chat(json!({"model":"m","messages":[{"role":"user","content":"q"}]}));
-        let both = RequestControls { no_cache: true, no_store: true, ..Default::default() };
-        assert_eq!(plan(&cfg, &r, None, &both), Plan::Bypass(BypassReason::ClientOptOut));
+        let both = RequestControls {
+            no_cache: true,
+            no_store: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&cfg, &r, None, &both),
+            Plan::Bypass(BypassReason::ClientOptOut)
+        );
     }
 
     #[test]

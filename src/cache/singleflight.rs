@@ -64,7 +64,11 @@ impl Singleflight {
         }
         let (tx, rx) = watch::channel(false);
         flights.insert(key, rx);
-        Role::Leader(Flight { key, owner: self.clone(), done: tx })
+        Role::Leader(Flight {
+            key,
+            owner: self.clone(),
+            done: tx,
+        })
     }
 
     pub fn in_flight(&self) -> usize {
@@ -103,7 +107,9 @@ mod tests {
         let sf = Singleflight::new();
         let scope = ScopeId([2; 16]);
         let _leader = sf.join(scope, "q");
-        let Role::Follower(f) = sf.join(scope, "q") else { panic!("must follow") };
+        let Role::Follower(f) = sf.join(scope, "q") else {
+            panic!("must follow")
+        };
         assert!(!f.wait(Duration::from_millis(50)).await);
     }
 }

@@ -294,7 +294,9 @@ fn apply_env_overrides(
 fn parse_env_value(s: &str) -> toml::Value {
     let wrapped = format!("v = {s}");
     match toml::from_str::<toml::Table>(&wrapped) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(s.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(s.into())),
         Err(_) => toml::Value::String(s.into()),
     }
 }

@@ -116,7 +116,10 @@ providers = ["missing"]
 fn env_overrides_win_over_file() {
     let env = vec![
         ("DEJA__CACHE__THRESHOLD".to_string(), "0.91".to_string()),
-        ("DEJA__SERVER__LISTEN".to_string(), "127.0.0.1:7777".to_string()),
+        (
+            "DEJA__SERVER__LISTEN".to_string(),
+            "127.0.0.1:7777".to_string(),
+        ),
         ("DEJA__EMBEDDING__DEVICE".to_string(), "cpu".to_string()),
         ("UNRELATED".to_string(), "x".to_string()),
     ];

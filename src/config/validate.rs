@@ -24,7 +24,10 @@ impl Issues {
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.push(path, format!("invalid duration '{s}': {e} (e.g. \"200ms\", \"30s\", \"7d\")"));
+                    self.push(
+                        path,
+                        format!("invalid duration '{s}': {e} (e.g. \"200ms\", \"30s\", \"7d\")"),
+                    );
                     default
                 }
             },
@@ -58,14 +61,20 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
 
     let listen_str = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = listen_str.parse::<SocketAddr>().unwrap_or_else(|e| {
-        is.push("server.listen", format!("'{listen_str}' is not host:port ({e})"));
+        is.push(
+            "server.listen",
+            format!("'{listen_str}' is not host:port ({e})"),
+        );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     let log_format = match raw.server.log_format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
-            is.push("server.log_format", format!("'{other}' is not one of: text, json"));
+            is.push(
+                "server.log_format",
+                format!("'{other}' is not one of: text, json"),
+            );
             LogFormat::Text
         }
     };
@@ -84,12 +93,19 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
 
     let c = raw.cache;
     let dir = PathBuf::from(c.dir.as_deref().unwrap_or("./data"));
-    let dir = if dir.is_relative() { base_dir.join(dir) } else { dir };
+    let dir = if dir.is_relative() {
+        base_dir.join(dir)
+    } else {
+        dir
+    };
     let tenant = match c.tenant.as_deref().unwrap_or("api-key") {
         "api-key" => TenantMode::ApiKey,
         "shared" => TenantMode::Shared,
         other => {
-            is.push("cache.tenant", format!("'{other}' is not one of: api-key, shared"));
+            is.push(
+                "cache.tenant",
+                format!("'{other}' is not one of: api-key, shared"),
+            );
             TenantMode::ApiKey
         }
     };
@@ -103,8 +119,15 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     }
     let cache = CacheConfig {
         dir,
-        threshold: is.threshold("cache.threshold", c.threshold.unwrap_or(DEFAULT_THRESHOLD as f64)),
-        ttl: is.duration("cache.ttl", c.ttl.as_deref(), Duration::from_secs(7 * 86_400)),
+        threshold: is.threshold(
+            "cache.threshold",
+            c.threshold.unwrap_or(DEFAULT_THRESHOLD as f64),
+        ),
+        ttl: is.duration(
+            "cache.ttl",
+            c.ttl.as_deref(),
+            Duration::from_secs(7 * 86_400),
+        ),
         max_entries: is.positive("cache.max_entries", c.max_entries, 1_000_000) as usize,
         guards: c.guards.unwrap_or(true),
         max_turns: is.positive("cache.max_turns", c.max_turns, 16) as usize,
@@ -125,7 +148,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let x = raw.index;
     let fraction = x.rebuild_tombstone_fraction.unwrap_or(0.2);
     if !(0.0..=1.0).contains(&fraction) || fraction == 0.0 {
-        is.push("index.rebuild_tombstone_fraction", format!("{fraction} is not in (0, 1]"));
+        is.push(
+            "index.rebuild_tombstone_fraction",
+            format!("{fraction} is not in (0, 1]"),
+        );
     }
     let index = IndexConfig {
         flat_max: x.flat_max.unwrap_or(10_000) as usize,
@@ -141,15 +167,24 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         "cuda" => Device::Cuda,
         "metal" => Device::Metal,
         other => {
-            is.push("embedding.device", format!("'{other}' is not one of: cpu, cuda, metal"));
+            is.push(
+                "embedding.device",
+                format!("'{other}' is not one of: cpu, cuda, metal"),
+            );
             Device::Cpu
         }
     };
     if device == Device::Cuda && !cfg!(feature = "cuda") {
-        is.push("embedding.device", "'cuda' needs a build with `--features cuda`");
+        is.push(
+            "embedding.device",
+            "'cuda' needs a build with `--features cuda`",
+        );
     }
     if device == Device::Metal && !cfg!(feature = "metal") {
-        is.push("embedding.device", "'metal' needs a build with `--features metal`");
+        is.push(
+            "embedding.device",
+            "'metal' needs a build with `--features metal`",
+        );
     }
     if let Some(sha) = &e.sha256 {
         if sha.len() != 64 || !sha.chars().all(|ch| ch.is_ascii_hexdigit()) {
@@ -158,7 +193,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     }
     let max_tokens = is.positive("embedding.max_tokens", e.max_tokens, 256) as usize;
     if max_tokens > 512 {
-        is.push("embedding.max_tokens", "BERT-style models take at most 512 tokens");
+        is.push(
+            "embedding.max_tokens",
+            "BERT-style models take at most 512 tokens",
+        );
     }
     let embedding = EmbeddingConfig {
         model: e.model.unwrap_or_else(|| DEFAULT_MODEL.into()),
@@ -180,7 +218,10 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             "azure" => ProviderKind::Azure,
             "anthropic" => ProviderKind::Anthropic,
             other => {
-                is.push(path("kind"), format!("'{other}' is not one of: openai, azure, anthropic"));
+                is.push(
+                    path("kind"),
+                    format!("'{other}' is not one of: openai, azure, anthropic"),
+                );
                 ProviderKind::OpenAi
             }
         };
@@ -188,12 +229,21 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             is.push(path("name"), "must not be empty");
         }
         if providers.iter().any(|q: &ProviderConfig| q.name == p.name) {
-            is.push(path("name"), format!("duplicate provider name '{}'", p.name));
+            is.push(
+                path("name"),
+                format!("duplicate provider name '{}'", p.name),
+            );
         }
         match reqwest::Url::parse(&p.base_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => is.push(path("base_url"), format!("scheme '{}' is not http(s)", u.scheme())),
-            Err(e) => is.push(path("base_url"), format!("'{}' is not a URL: {e}", p.base_url)),
+            Ok(u) => is.push(
+                path("base_url"),
+                format!("scheme '{}' is not http(s)", u.scheme()),
+            ),
+            Err(e) => is.push(
+                path("base_url"),
+                format!("'{}' is not a URL: {e}", p.base_url),
+            ),
         }
         if let Some(env) = &p.api_key_env {
             if env.is_empty() || env.contains('=') {
@@ -205,14 +255,38 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             kind,
             base_url: p.base_url.trim_end_matches('/').to_string(),
             api_key_env: p.api_key_env.clone(),
-            connect_timeout: is.duration(&path("connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(5)),
-            request_timeout: is.duration(&path("request_timeout"), p.request_timeout.as_deref(), Duration::from_secs(60)),
-            read_timeout: is.duration(&path("read_timeout"), p.read_timeout.as_deref(), Duration::from_secs(60)),
+            connect_timeout: is.duration(
+                &path("connect_timeout"),
+                p.connect_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            request_timeout: is.duration(
+                &path("request_timeout"),
+                p.request_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
+            read_timeout: is.duration(
+                &path("read_timeout"),
+                p.read_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
             max_retries: p.max_retries.unwrap_or(2) as u32,
-            backoff_base: is.duration(&path("backoff_base"), p.backoff_base.as_deref(), Duration::from_millis(100)),
-            backoff_max: is.duration(&path("backoff_max"), p.backoff_max.as_deref(), Duration::from_secs(5)),
+            backoff_base: is.duration(
+                &path("backoff_base"),
+                p.backoff_base.as_deref(),
+                Duration::from_millis(100),
+            ),
+            backoff_max: is.duration(
+                &path("backoff_max"),
+                p.backoff_max.as_deref(),
+                Duration::from_secs(5),
+            ),
             breaker_failures: is.positive(&path("breaker_failures"), p.breaker_failures, 5) as u32,
-            breaker_cooldown: is.duration(&path("breaker_cooldown"), p.breaker_cooldown.as_deref(), Duration::from_secs(30)),
+            breaker_cooldown: is.duration(
+                &path("breaker_cooldown"),
+                p.breaker_cooldown.as_deref(),
+                Duration::from_secs(30),
+            ),
             api_version: p.api_version.clone(),
         });
     }
@@ -224,10 +298,17 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         let mut targets: Vec<RouteTarget> = r
             .providers
             .iter()
-            .map(|p| RouteTarget { provider: p.clone(), model: None, weight: None })
+            .map(|p| RouteTarget {
+                provider: p.clone(),
+                model: None,
+                weight: None,
+            })
             .collect();
         if !r.providers.is_empty() && !r.targets.is_empty() {
-            is.push(path("targets"), "give either `providers` or `targets`, not both");
+            is.push(
+                path("targets"),
+                "give either `providers` or `targets`, not both",
+            );
         }
         targets.extend(r.targets.iter().map(|t| RouteTarget {
             provider: t.provider.clone(),
@@ -253,7 +334,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     }
 
     if is.0.is_empty() {
-        Ok(Config { server, cache, index, embedding, providers, routes })
+        Ok(Config {
+            server,
+            cache,
+            index,
+            embedding,
+            providers,
+            routes,
+        })
     } else {
         Err(ConfigError::Invalid(is.0))
     }

@@ -32,7 +32,11 @@ pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Byt
     match run(&state, api, &headers, body, started).await {
         Ok(resp) => resp,
         Err(err) => {
-            state.metrics().requests.with_label_values(&[api.as_str(), "error"]).inc();
+            state
+                .metrics()
+                .requests
+                .with_label_values(&[api.as_str(), "error"])
+                .inc();
             if err.status().is_server_error() {
                 tracing::warn!(api = api.as_str(), error = %err, "request failed");
             } else {
@@ -66,10 +70,19 @@ async fn run(
     let config = state.config();
     let router = state.router();
     if router.route(&canonical.model).is_none() {
-        return Err(ApiError::NoRoute { model: canonical.model.clone() });
+        return Err(ApiError::NoRoute {
+            model: canonical.model.clone(),
+        });
     }
     let key = client_key(headers);
-    let ctx = Ctx { state, api, canonical: &canonical, headers, key: key.clone(), started };
+    let ctx = Ctx {
+        state,
+        api,
+        canonical: &canonical,
+        headers,
+        key: key.clone(),
+        started,
+    };
 
     let plan = match state.engine() {
         None => Plan::Bypass(policy::BypassReason::Warming),
@@ -79,9 +92,15 @@ async fn run(
         (Some(engine), Plan::Use(p)) => (engine.clone(), p),
         (_, Plan::Bypass(reason)) => {
             tracing::debug!(reason = reason.as_str(), "cache bypassed");
-            return ctx.forward(body, None, "bypass", Duration::ZERO, None).await;
+            return ctx
+                .forward(body, None, "bypass", Duration::ZERO, None)
+                .await;
         }
-        (None, Plan::Use(_)) => return ctx.forward(body, None, "bypass", Duration::ZERO, None).await,
+        (None, Plan::Use(_)) => {
+            return ctx
+                .forward(body, None, "bypass", Duration::ZERO, None)
+                .await
+        }
     };
 
     let mut timings = LookupTimings::default();
@@ -89,7 +108,13 @@ async fn run(
     let mut embedding = None;
     if plan.read {
         let lookup = engine
-            .lookup(plan.scope, &plan.prompt, plan.semantic, plan.threshold, &mut timings)
+            .lookup(
+                plan.scope,
+                &plan.prompt,
+                plan.semantic,
+                plan.threshold,
+                &mut timings,
+            )
             .await;
         let m = state.metrics();
         if plan.semantic && !timings.embed.is_zero() {
@@ -99,10 +124,15 @@ async fn run(
         match lookup {
             Ok(Lookup::Exact(entry)) => return Ok(ctx.hit(entry, "exact-hit", 1.0)),
             Ok(Lookup::Semantic { entry, similarity }) => {
-                m.similarity.with_label_values(&["hit"]).observe(similarity as f64);
+                m.similarity
+                    .with_label_values(&["hit"])
+                    .observe(similarity as f64);
                 return Ok(ctx.hit(entry, "semantic-hit", similarity));
             }
-            Ok(Lookup::Miss { embedding: e, best: b }) => {
+            Ok(Lookup::Miss {
+                embedding: e,
+                best: b,
+            }) => {
                 if let Some(b) = b {
                     m.similarity.with_label_values(&["miss"]).observe(b as f64);
                 }
@@ -126,7 +156,9 @@ async fn run(
                     let scope = plan.scope;
                     let prompt = plan.prompt.clone();
                     let e2 = engine.clone();
-                    let again = tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt)).await;
+                    let again =
+                        tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt))
+                            .await;
                     if let Ok(Ok(Some(entry))) = again {
                         return Ok(ctx.hit(entry, "exact-hit", 1.0));
                     }
@@ -157,7 +189,11 @@ impl InsertJob {
         let answer = match answer {
             Ok(a) => a,
             Err(reason) => {
-                state.metrics().not_cached.with_label_values(&[not_cacheable_label(&reason)]).inc();
+                state
+                    .metrics()
+                    .not_cached
+                    .with_label_values(&[not_cacheable_label(&reason)])
+                    .inc();
                 tracing::debug!(reason = %reason, "answer not cached");
                 return;
             }
@@ -176,7 +212,13 @@ impl InsertJob {
         };
         let res = self
             .engine
-            .insert(self.plan.scope, self.plan.prompt.clone(), embedding, answer, self.plan.ttl)
+            .insert(
+                self.plan.scope,
+                self.plan.prompt.clone(),
+                embedding,
+                answer,
+                self.plan.ttl,
+            )
             .await;
         match res {
             Ok(id) => {
@@ -214,8 +256,12 @@ impl Ctx<'_> {
         );
         let elapsed = self.started.elapsed();
         let label = outcome.replace('-', "_");
-        m.requests.with_label_values(&[self.api.as_str(), &label]).inc();
-        m.request_seconds.with_label_values(&[&label]).observe(elapsed.as_secs_f64());
+        m.requests
+            .with_label_values(&[self.api.as_str(), &label])
+            .inc();
+        m.request_seconds
+            .with_label_values(&[&label])
+            .observe(elapsed.as_secs_f64());
         tracing::info!(
             api = self.api.as_str(),
             outcome,
@@ -256,18 +302,31 @@ impl Ctx<'_> {
         upstream_req.headers = forwardable_headers(self.headers);
         let router = state.router();
         let up_started = Instant::now();
-        let resp = router.send(upstream_req, &self.canonical.model).await.inspect_err(|e| {
-            for (provider, kind) in attempt_labels(e) {
-                state.metrics().upstream_errors.with_label_values(&[&provider, kind]).inc();
-            }
-        })?;
+        let resp = router
+            .send(upstream_req, &self.canonical.model)
+            .await
+            .inspect_err(|e| {
+                for (provider, kind) in attempt_labels(e) {
+                    state
+                        .metrics()
+                        .upstream_errors
+                        .with_label_values(&[&provider, kind])
+                        .inc();
+                }
+            })?;
         let upstream_time = up_started.elapsed();
         let m = state.metrics();
-        m.upstream_seconds.with_label_values(&[&resp.provider]).observe(upstream_time.as_secs_f64());
+        m.upstream_seconds
+            .with_label_values(&[&resp.provider])
+            .observe(upstream_time.as_secs_f64());
         let label = outcome;
-        m.requests.with_label_values(&[self.api.as_str(), label]).inc();
+        m.requests
+            .with_label_values(&[self.api.as_str(), label])
+            .inc();
         let overhead = self.started.elapsed().saturating_sub(upstream_time);
-        m.request_seconds.with_label_values(&[label]).observe(self.started.elapsed().as_secs_f64());
+        m.request_seconds
+            .with_label_values(&[label])
+            .observe(self.started.elapsed().as_secs_f64());
         tracing::info!(
             api = self.api.as_str(),
             outcome,
@@ -354,7 +413,11 @@ async fn tee_stream(
             }
             Err(e) => {
                 tracing::warn!(provider = %provider, error = %e, "upstream stream failed");
-                state.metrics().upstream_errors.with_label_values(&[&provider, "stream_cut"]).inc();
+                state
+                    .metrics()
+                    .upstream_errors
+                    .with_label_values(&[&provider, "stream_cut"])
+                    .inc();
                 let _ = tx
                     .send(Err(std::io::Error::other("upstream stream interrupted")))
                     .await;
@@ -386,9 +449,18 @@ fn json_response(status: StatusCode, bytes: Bytes) -> Response {
 fn sse_response(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-    h.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     r
 }
 
@@ -431,7 +503,10 @@ impl From<RouterError> for ApiError {
 /// (provider, error label) of every failed attempt, for metrics.
 fn attempt_labels(e: &RouterError) -> Vec<(String, &'static str)> {
     match e {
-        RouterError::AllFailed { attempts } => attempts.iter().map(|(p, err)| (p.clone(), err.kind.label())).collect(),
+        RouterError::AllFailed { attempts } => attempts
+            .iter()
+            .map(|(p, err)| (p.clone(), err.kind.label()))
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -52,7 +52,9 @@ pub struct DejaHeaders {
 
 impl DejaHeaders {
     pub fn new(outcome: &str) -> DejaHeaders {
-        DejaHeaders { values: vec![("x-deja-cache", outcome.to_string())] }
+        DejaHeaders {
+            values: vec![("x-deja-cache", outcome.to_string())],
+        }
     }
 
     pub fn similarity(&mut self, s: f32) {
@@ -61,7 +63,8 @@ impl DejaHeaders {
 
     /// Best similarity seen on a miss (helps choosing a threshold).
     pub fn nearest(&mut self, s: f32) {
-        self.values.push(("x-deja-nearest-similarity", format!("{s:.4}")));
+        self.values
+            .push(("x-deja-nearest-similarity", format!("{s:.4}")));
     }
 
     pub fn entry(&mut self, id: u64) {
@@ -73,7 +76,10 @@ impl DejaHeaders {
     }
 
     pub fn overhead(&mut self, d: Duration) {
-        self.values.push(("x-deja-overhead-ms", format!("{:.3}", d.as_secs_f64() * 1e3)));
+        self.values.push((
+            "x-deja-overhead-ms",
+            format!("{:.3}", d.as_secs_f64() * 1e3),
+        ));
     }
 
     pub fn tokens_saved(&mut self, n: u32) {

@@ -31,14 +31,19 @@ use crate::config::{Config, ProviderKind as CfgKind};
 use crate::embed::{EmbedPool, Embedder};
 use crate::index::ScopedIndex;
 use crate::metrics::Metrics;
-use crate::providers::{ProviderKind, ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest};
+use crate::providers::{
+    ProviderKind, ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest,
+};
 use crate::store::{Store, StoreConfig};
 pub use state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid provider/route configuration: {0}")]
     Routes(String),
     #[error("metrics registry: {0}")]
@@ -82,7 +87,11 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
             targets: r
                 .targets
                 .iter()
-                .map(|t| RouteTarget { provider: t.provider.clone(), model: t.model.clone(), weight: t.weight })
+                .map(|t| RouteTarget {
+                    provider: t.provider.clone(),
+                    model: t.model.clone(),
+                    weight: t.weight,
+                })
                 .collect(),
         })
         .collect();
@@ -92,7 +101,10 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
 /// Opens the store, fills the index from it and wraps the embedder: everything the cache
 /// needs. Blocking (model inference threads start, sled opens, the index is rebuilt): call it
 /// from a blocking thread.
-pub fn open_engine(config: &Config, embedder: Arc<dyn Embedder>) -> Result<CacheEngine, ServeError> {
+pub fn open_engine(
+    config: &Config,
+    embedder: Arc<dyn Embedder>,
+) -> Result<CacheEngine, ServeError> {
     let dim = embedder.dim();
     let store = Store::open(&StoreConfig {
         dir: config.cache.dir.clone(),
@@ -102,13 +114,18 @@ pub fn open_engine(config: &Config, embedder: Arc<dyn Embedder>) -> Result<Cache
         flush_every: config.cache.flush_interval,
     })
     .map_err(|e| ServeError::Cache(e.to_string()))?;
-    let index = ScopedIndex::new(index_config(config, dim));
+    let index = ScopedIndex::new(index_config(config, dim))
+        .map_err(|e| ServeError::Cache(e.to_string()))?;
     let pool = Arc::new(EmbedPool::new(embedder, &embed_settings(config)));
-    CacheEngine::open(store, index, pool, engine_settings(config)).map_err(|e| ServeError::Cache(e.to_string()))
+    CacheEngine::open(store, index, pool, engine_settings(config))
+        .map_err(|e| ServeError::Cache(e.to_string()))
 }
 
 pub fn engine_settings(config: &Config) -> EngineSettings {
-    EngineSettings { guards: config.cache.guards, max_candidates: config.cache.max_candidates }
+    EngineSettings {
+        guards: config.cache.guards,
+        max_candidates: config.cache.max_candidates,
+    }
 }
 
 pub fn index_config(config: &Config, dim: usize) -> crate::index::IndexConfig {
@@ -155,7 +172,10 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Server { listener, state: AppState::new(config, router, metrics, config_path) })
+        Ok(Server {
+            listener,
+            state: AppState::new(config, router, metrics, config_path),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -168,15 +188,23 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains in-flight requests, waits (bounded) for
     /// pending cache inserts and flushes the store.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let state = self.state.clone();
         let grace = state.config().server.shutdown_grace;
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
         let app = app(state.clone());
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         sweeper.abort();
         state.0.background.close();
-        if tokio::time::timeout(grace, state.0.background.wait()).await.is_err() {
+        if tokio::time::timeout(grace, state.0.background.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
         }
         if let Some(engine) = state.engine().cloned() {
@@ -216,7 +244,12 @@ fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
     })
 }
 
-async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn cached(
+    state: AppState,
+    api: ApiKind,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let limit = state.config().server.max_body_bytes;
     match body_or_error(body, limit) {
         Ok(bytes) => flow::handle(state, api, headers, bytes).await,
@@ -224,15 +257,27 @@ async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Result<
     }
 }
 
-async fn chat(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     cached(s, ApiKind::Chat, h, body).await
 }
 
-async fn completions(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn completions(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     cached(s, ApiKind::Completions, h, body).await
 }
 
-async fn messages(State(s): State<AppState>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn messages(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     cached(s, ApiKind::Messages, h, body).await
 }
 
@@ -260,7 +305,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
-    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response()
 }
 
 /// Other `/v1/*` paths (`GET /v1/models`, embeddings, files, …) go to the first provider of the
@@ -301,10 +350,12 @@ async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
             for (k, v) in &resp.headers {
                 r.headers_mut().insert(k.clone(), v.clone());
             }
-            r.headers_mut().insert("x-deja-cache", HeaderValue::from_static("bypass"));
+            r.headers_mut()
+                .insert("x-deja-cache", HeaderValue::from_static("bypass"));
             r.headers_mut().insert(
                 "x-deja-provider",
-                HeaderValue::from_str(&resp.provider).unwrap_or(HeaderValue::from_static("unknown")),
+                HeaderValue::from_str(&resp.provider)
+                    .unwrap_or(HeaderValue::from_static("unknown")),
             );
             r
         }
@@ -317,7 +368,9 @@ async fn sweep_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let Some(engine) = state.engine().cloned() else { continue };
+        let Some(engine) = state.engine().cloned() else {
+            continue;
+        };
         let res = tokio::task::spawn_blocking(move || engine.sweep_expired_blocking(10_000)).await;
         match res {
             Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired entries swept"),

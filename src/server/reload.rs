@@ -20,7 +20,11 @@ pub fn reload(state: &AppState) -> Result<(), String> {
     };
     let result = Config::load(&path)
         .map_err(|e| e.to_string())
-        .and_then(|new| build_router(&new).map(|r| (new, r)).map_err(|e| e.to_string()));
+        .and_then(|new| {
+            build_router(&new)
+                .map(|r| (new, r))
+                .map_err(|e| e.to_string())
+        });
     match result {
         Ok((new, router)) => {
             let old = state.config();
@@ -37,7 +41,11 @@ pub fn reload(state: &AppState) -> Result<(), String> {
             Ok(())
         }
         Err(problems) => {
-            state.metrics().reloads.with_label_values(&["rejected"]).inc();
+            state
+                .metrics()
+                .reloads
+                .with_label_values(&["rejected"])
+                .inc();
             tracing::error!(path = %path.display(), "config reload rejected, keeping the running config: {problems}");
             Err(problems)
         }
@@ -73,7 +81,11 @@ pub fn spawn_watchers(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let watch = state.config().server.watch_config;
     Some(tokio::spawn(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-        let _watcher = if watch { file_watcher(&path, tx.clone()) } else { None };
+        let _watcher = if watch {
+            file_watcher(&path, tx.clone())
+        } else {
+            None
+        };
         #[cfg(unix)]
         {
             let tx = tx.clone();
@@ -101,13 +113,19 @@ pub fn spawn_watchers(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-fn file_watcher(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn file_watcher(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     let target: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let dir = target.parent()?.to_path_buf();
     let name = target.file_name()?.to_os_string();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let relevant = event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            let relevant = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()));
             let changes = matches!(
                 event.kind,
                 notify::EventKind::Modify(_) | notify::EventKind::Create(_)
@@ -117,7 +135,9 @@ fn file_watcher(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify
             }
         }
     })
-    .map_err(|e| tracing::warn!(error = %e, "config file watcher unavailable; SIGHUP still reloads"))
+    .map_err(
+        |e| tracing::warn!(error = %e, "config file watcher unavailable; SIGHUP still reloads"),
+    )
     .ok()?;
     // Watch the directory: editors replace files by rename, which a file watch would miss.
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {

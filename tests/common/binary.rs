@@ -27,7 +27,10 @@ impl DejaProcess {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines.next().expect("deja exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("deja exited before listening")
+                .expect("read stdout");
             if let Some(url) = line.strip_prefix("deja listening on ") {
                 break url.trim().to_string();
             }
@@ -44,7 +47,10 @@ impl DejaProcess {
                     break;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(180), "deja not ready after 180 s");
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "deja not ready after 180 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         DejaProcess { base, child }
@@ -52,7 +58,10 @@ impl DejaProcess {
 
     /// SIGTERM and wait: exercises graceful shutdown.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let started = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -84,7 +93,13 @@ pub fn python_with_sdks() -> PathBuf {
     let venv = root.join("target").join("e2e-venv");
     let python = venv.join("bin").join("python");
     if !has_sdks(&python) {
-        let ok = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         assert!(ok, "could not create a venv at {}", venv.display());
         let ok = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])

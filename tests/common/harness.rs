@@ -67,7 +67,12 @@ impl Deja {
         Deja::start_with(upstream, embedder, "", "").await
     }
 
-    pub async fn start_with(upstream: &str, embedder: Arc<dyn Embedder>, cache_extra: &str, extra: &str) -> Deja {
+    pub async fn start_with(
+        upstream: &str,
+        embedder: Arc<dyn Embedder>,
+        cache_extra: &str,
+        extra: &str,
+    ) -> Deja {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let text = config_text(&dir.join("store"), upstream, cache_extra, extra);
@@ -78,12 +83,19 @@ impl Deja {
 
     /// Starts from config text; with `config_file`, the text is written there and hot reload
     /// watches it.
-    pub async fn start_config(text: &str, dir: &Path, embedder: Arc<dyn Embedder>, config_file: Option<PathBuf>) -> Deja {
+    pub async fn start_config(
+        text: &str,
+        dir: &Path,
+        embedder: Arc<dyn Embedder>,
+        config_file: Option<PathBuf>,
+    ) -> Deja {
         if let Some(f) = &config_file {
             std::fs::write(f, text).unwrap();
         }
         let config = Config::from_toml_str(text, Vec::<(String, String)>::new(), dir).unwrap();
-        let server = Server::bind(config.clone(), config_file.clone()).await.unwrap();
+        let server = Server::bind(config.clone(), config_file.clone())
+            .await
+            .unwrap();
         let addr = server.local_addr().unwrap();
         let state = server.state().clone();
         let engine = tokio::task::spawn_blocking(move || server::open_engine(&config, embedder))
@@ -125,7 +137,11 @@ impl Deja {
     pub async fn wait_entries(&self, n: usize) {
         let started = Instant::now();
         while self.entries() < n {
-            assert!(started.elapsed() < Duration::from_secs(20), "store never reached {n} entries (has {})", self.entries());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "store never reached {n} entries (has {})",
+                self.entries()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -154,7 +170,10 @@ pub fn client() -> reqwest::Client {
 }
 
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// A response read to the end: status, headers and the body (JSON when it parses).
@@ -172,14 +191,24 @@ impl Reply {
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Reply { status, headers, body, text }
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub fn content(&self) -> &str {
-        self.body["choices"][0]["message"]["content"].as_str().unwrap_or_default()
+        self.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
     }
 }
