@@ -21,7 +21,10 @@
 //! Prometheus counters; [`bench`] replays labeled datasets through the same [`cache`] code to
 //! choose a threshold.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod api;
 pub mod bench;

@@ -152,7 +152,7 @@ async fn health_readiness_and_metrics() {
         "deja_cache_entries 1",
         "deja_cache_inserts_total 1",
         "deja_upstream_duration_seconds_count{provider=\"mock\"} 1",
-        "deja_tokens_served_from_cache_total",
+        "deja_tokens_saved_total",
         "deja_embed_duration_seconds",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
@@ -186,4 +186,70 @@ async fn models_list_is_passed_through_uncached() {
         );
     }
     assert_eq!(mock.calls_for("/v1/models"), 2);
+}
+
+#[tokio::test]
+async fn tokens_and_cost_are_accounted_per_model_and_tenant() {
+    let mock = MockUpstream::start().await;
+    let prices =
+        "\n[[prices]]\nmodel = \"gpt-4o-mini*\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.60\n";
+    let d = Deja::start_with(&mock.base_url(), hash_model(), "", prices).await;
+    let first = ask(&d, "what does it cost").await;
+    d.wait_entries(1).await;
+    let hit = ask(&d, "what does it cost").await;
+    assert_eq!(hit.header("x-deja-cache"), "exact-hit");
+    let usage = &first.body["usage"];
+    assert_eq!(
+        hit.header("x-deja-tokens-saved"),
+        usage["total_tokens"].to_string()
+    );
+    let m = d.state.metrics();
+    let tenant = deja::metrics::cost::tenant_label(&format!("key:{}", blake3::hash(b"k").to_hex()));
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert_eq!(
+        m.tokens_upstream
+            .with_label_values(&["gpt-4o-mini", &tenant, "prompt"])
+            .get(),
+        prompt
+    );
+    assert_eq!(
+        m.tokens_saved
+            .with_label_values(&["gpt-4o-mini", &tenant, "completion"])
+            .get(),
+        completion
+    );
+    let expected = (prompt as f64 * 0.15 + completion as f64 * 0.60) / 1e6;
+    let saved = m
+        .cost_saved
+        .with_label_values(&["gpt-4o-mini", &tenant])
+        .get();
+    assert!((saved - expected).abs() < 1e-12, "{saved} vs {expected}");
+    assert!(
+        (m.cost_upstream
+            .with_label_values(&["gpt-4o-mini", &tenant])
+            .get()
+            - expected)
+            .abs()
+            < 1e-12
+    );
+
+    // A stream without a usage chunk gets its tokens estimated, and the entry keeps them.
+    let body = json!({"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"estimate me"}]});
+    let r = client()
+        .post(d.url("/v1/chat/completions"))
+        .bearer_auth("k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    d.wait_entries(2).await;
+    assert_eq!(m.tokens_estimated.get(), 1);
+    let hit = ask(&d, "estimate me").await;
+    assert!(
+        hit.body["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{}",
+        hit.text
+    );
 }

@@ -245,7 +245,9 @@ impl Report {
         let series: [Series; 3] = [
             ("hit rate", "#1f77b4", |r| r.hit_rate),
             ("precision", "#2ca02c", |r| r.precision),
-            ("false-hit rate", "#d62728", |r| r.false_hits_per_1k / 1000.0),
+            ("false-hit rate", "#d62728", |r| {
+                r.false_hits_per_1k / 1000.0
+            }),
         ];
         for (i, (name, color, f)) in series.iter().enumerate() {
             let pts: Vec<String> = self

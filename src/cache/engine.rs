@@ -75,16 +75,25 @@ pub enum Lookup {
     },
 }
 
-/// The semantic step's result: the selected entry with its similarity (if any), and the best
-/// similarity seen (for near-miss metrics).
-pub type SemanticOutcome = (Option<(Entry, f32)>, Option<f32>);
+/// The semantic step's result.
+#[derive(Debug, Clone)]
+pub struct SemanticOutcome {
+    /// The selected entry with its similarity.
+    pub hit: Option<(Entry, f32)>,
+    /// The best similarity seen (for near-miss metrics and headers).
+    pub best: Option<f32>,
+    /// Guards that turned away candidates above the threshold.
+    pub vetoed: Vec<GuardVerdict>,
+}
 
-/// Where a lookup spent its time (for headers, logs and metrics).
+/// What a lookup did, for headers, logs and metrics: where it spent its time and which guards
+/// turned candidates away.
 #[derive(Debug, Clone, Default)]
-pub struct LookupTimings {
+pub struct LookupTrace {
     pub exact: Duration,
     pub embed: Duration,
     pub search: Duration,
+    pub vetoed: Vec<GuardVerdict>,
 }
 
 #[derive(Clone)]
@@ -155,7 +164,7 @@ impl CacheEngine {
         prompt: &str,
         semantic: bool,
         threshold: f32,
-        timings: &mut LookupTimings,
+        timings: &mut LookupTrace,
     ) -> Result<Lookup, CacheError> {
         let started = Instant::now();
         let exact = {
@@ -183,11 +192,12 @@ impl CacheEngine {
         let found =
             blocking(move || this.semantic_blocking(scope, &prompt, &vector, threshold)).await?;
         timings.search = started.elapsed();
-        Ok(match found {
-            (Some((entry, similarity)), _) => Lookup::Semantic { entry, similarity },
-            (None, best) => Lookup::Miss {
+        timings.vetoed = found.vetoed;
+        Ok(match found.hit {
+            Some((entry, similarity)) => Lookup::Semantic { entry, similarity },
+            None => Lookup::Miss {
                 embedding: Some(embedding),
-                best,
+                best: found.best,
             },
         })
     }
@@ -257,6 +267,16 @@ impl CacheEngine {
         let best = candidates.first().map(|(c, _)| c.similarity);
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
         let chosen = select(&only, threshold, guards).map(|c| c.id);
+        // Candidates above the threshold that the guards turned away before the chosen one.
+        let vetoed = if guards {
+            only.iter()
+                .take_while(|c| Some(c.id) != chosen)
+                .filter(|c| c.similarity >= threshold && !c.guard.passed())
+                .map(|c| c.guard)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let hit = chosen.and_then(|id| {
             candidates
                 .into_iter()
@@ -268,7 +288,7 @@ impl CacheEngine {
                 tracing::debug!(error = %err, "recording a hit failed");
             }
         }
-        Ok((hit, best))
+        Ok(SemanticOutcome { hit, best, vetoed })
     }
 
     /// Stores an answer and indexes its embedding. Replaced and evicted entries leave the index.

@@ -6,4 +6,4 @@ pub mod guards;
 pub mod policy;
 pub mod singleflight;
 
-pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTimings};
+pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTrace};

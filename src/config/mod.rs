@@ -139,7 +139,7 @@ pub enum ProviderKind {
     Anthropic,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
@@ -170,6 +170,27 @@ pub struct RouteConfig {
     pub threshold: Option<f32>,
 }
 
+/// Price of the models a glob matches, in currency units (USD by convention) per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, usage: &crate::store::Usage) -> f64 {
+        (usage.prompt_tokens as f64 * self.input_per_mtok
+            + usage.completion_tokens as f64 * self.output_per_mtok)
+            / 1e6
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PriceConfig {
+    pub model_glob: String,
+    pub price: Price,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -179,9 +200,18 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
+    pub prices: Vec<PriceConfig>,
 }
 
 impl Config {
+    /// The price of a model: the first `[[prices]]` glob that matches.
+    pub fn price_for(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .find(|p| glob_matches(&p.model_glob, model))
+            .map(|p| p.price)
+    }
+
     /// Reads `path`, applies `DEJA__*` overrides from the process environment and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -333,6 +333,29 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         });
     }
 
+    let mut prices = Vec::new();
+    for (i, p) in raw.prices.iter().enumerate() {
+        is.glob(&format!("prices[{i}].model"), &p.model);
+        for (field, v) in [
+            ("input_per_mtok", p.input_per_mtok),
+            ("output_per_mtok", p.output_per_mtok),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                is.push(
+                    format!("prices[{i}].{field}"),
+                    format!("{v} is not a non-negative price"),
+                );
+            }
+        }
+        prices.push(PriceConfig {
+            model_glob: p.model.clone(),
+            price: Price {
+                input_per_mtok: p.input_per_mtok,
+                output_per_mtok: p.output_per_mtok,
+            },
+        });
+    }
+
     if is.0.is_empty() {
         Ok(Config {
             server,
@@ -341,6 +364,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             embedding,
             providers,
             routes,
+            prices,
         })
     } else {
         Err(ConfigError::Invalid(is.0))

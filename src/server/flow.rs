@@ -20,11 +20,13 @@ use crate::api::error::ApiError;
 use crate::api::inbound::{self, not_cacheable_label, Rendered, StreamCollector};
 use crate::cache::policy::{self, CachePlan, Plan, RequestControls};
 use crate::cache::singleflight::{Flight, Role};
-use crate::cache::{CacheEngine, Lookup, LookupTimings};
+use crate::cache::{CacheEngine, Lookup, LookupTrace};
+use crate::metrics::cost;
 use crate::providers::{ProviderErrorKind, RouterError, SseParser, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
 use crate::server::state::AppState;
 use crate::store::{CachedResponse, Entry};
+use serde_json::{Map, Value};
 
 /// Entry point for `POST /v1/chat/completions`, `/v1/completions` and `/v1/messages`.
 pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Bytes) -> Response {
@@ -80,7 +82,9 @@ async fn run(
         api,
         canonical: &canonical,
         headers,
+        tenant: policy::tenant(&config, key.as_deref(), &controls),
         key: key.clone(),
+        request: Arc::new(map),
         started,
     };
 
@@ -103,7 +107,7 @@ async fn run(
         }
     };
 
-    let mut timings = LookupTimings::default();
+    let mut timings = LookupTrace::default();
     let mut best = None;
     let mut embedding = None;
     if plan.read {
@@ -117,6 +121,9 @@ async fn run(
             )
             .await;
         let m = state.metrics();
+        for guard in &timings.vetoed {
+            m.guard_vetoes.with_label_values(&[guard.as_str()]).inc();
+        }
         if plan.semantic && !timings.embed.is_zero() {
             m.embed_seconds.observe(timings.embed.as_secs_f64());
             m.search_seconds.observe(timings.search.as_secs_f64());
@@ -173,6 +180,52 @@ async fn run(
         plan: plan.clone(),
     });
     ctx.forward(body, job, "miss", lookup_time, best).await
+}
+
+/// What happens once an upstream answer is complete: its tokens are accounted for (estimated
+/// when a stream carried no usage), then it is stored when the plan says so.
+struct Settle {
+    api: ApiKind,
+    model: String,
+    tenant: String,
+    request: Arc<Map<String, Value>>,
+    job: Option<InsertJob>,
+}
+
+impl Settle {
+    async fn run(self, state: AppState, answer: Result<CachedResponse, NotCacheable>) {
+        let answer = match answer {
+            Ok(mut a) => {
+                if a.usage.is_none() {
+                    let (api, request, content) =
+                        (self.api, self.request.clone(), a.content.clone());
+                    // Tokenizing is CPU work (and loads the BPE once): keep it off the runtime.
+                    let estimate = tokio::task::spawn_blocking(move || {
+                        cost::estimate_usage(api, &request, &content)
+                    })
+                    .await;
+                    if let Ok(u) = estimate {
+                        state.metrics().tokens_estimated.inc();
+                        a.usage = Some(u);
+                    }
+                }
+                if let Some(u) = &a.usage {
+                    cost::record_upstream(
+                        state.metrics(),
+                        &state.config(),
+                        &self.model,
+                        &self.tenant,
+                        u,
+                    );
+                }
+                Ok(a)
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(job) = self.job {
+            job.run(state, answer).await;
+        }
+    }
 }
 
 /// What to store once the upstream answer completed normally.
@@ -239,6 +292,10 @@ struct Ctx<'a> {
     canonical: &'a CanonicalRequest,
     headers: &'a HeaderMap,
     key: Option<String>,
+    /// The scope's tenant (a hash of the key or a namespace), for per-tenant accounting.
+    tenant: String,
+    /// The parsed request, kept for token estimation after the response.
+    request: Arc<Map<String, Value>>,
     started: Instant,
 }
 
@@ -246,7 +303,13 @@ impl Ctx<'_> {
     fn hit(&self, entry: Entry, outcome: &'static str, similarity: f32) -> Response {
         let m = self.state.metrics();
         let usage = entry.response.usage.unwrap_or_default();
-        m.tokens_served.inc_by(usage.total() as u64);
+        cost::record_saved(
+            m,
+            &self.state.config(),
+            &self.canonical.model,
+            &self.tenant,
+            &usage,
+        );
         let body = inbound::render_hit(
             self.api,
             &entry.response,
@@ -347,17 +410,22 @@ impl Ctx<'_> {
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let ok = status.is_success();
         let provider = resp.provider.clone();
+        let settle = Settle {
+            api: self.api,
+            model: self.canonical.model.clone(),
+            tenant: self.tenant.clone(),
+            request: self.request.clone(),
+            job,
+        };
         let mut response = match resp.body {
             UpstreamBody::Json(bytes) => {
-                if let Some(job) = job {
-                    let answer = if ok {
-                        inbound::collect_json(self.api, &bytes, &provider)
-                    } else {
-                        Err(NotCacheable::UpstreamError)
-                    };
-                    let st = state.clone();
-                    state.0.background.spawn(job.run(st, answer));
-                }
+                let answer = if ok {
+                    inbound::collect_json(self.api, &bytes, &provider)
+                } else {
+                    Err(NotCacheable::UpstreamError)
+                };
+                let st = state.clone();
+                state.0.background.spawn(settle.run(st, answer));
                 let mut r = Response::new(Body::from(bytes));
                 *r.status_mut() = status;
                 copy_upstream_headers(&resp.headers, r.headers_mut());
@@ -368,7 +436,7 @@ impl Ctx<'_> {
                 let api = self.api;
                 let st = state.clone();
                 state.0.background.spawn(async move {
-                    tee_stream(st, api, provider, upstream, tx, job).await;
+                    tee_stream(st, api, provider, upstream, tx, settle).await;
                 });
                 let mut r = sse_response(Body::from_stream(ReceiverStream::new(rx)));
                 *r.status_mut() = status;
@@ -390,23 +458,22 @@ async fn tee_stream(
     provider: String,
     mut upstream: crate::providers::ByteStream,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    job: Option<InsertJob>,
+    settle: Settle,
 ) {
     let mut parser = SseParser::new();
-    let mut collector = job.as_ref().map(|_| StreamCollector::new(api, &provider));
+    let mut collector = StreamCollector::new(api, &provider);
     let mut client_gone = false;
     let mut failed = None;
     while let Some(chunk) = upstream.next().await {
         match chunk {
             Ok(bytes) => {
-                if let Some(c) = collector.as_mut() {
-                    for event in parser.feed(&bytes) {
-                        c.push_event_data(&event.data);
-                    }
+                for event in parser.feed(&bytes) {
+                    collector.push_event_data(&event.data);
                 }
                 if !client_gone && tx.send(Ok(bytes)).await.is_err() {
                     client_gone = true;
-                    if collector.is_none() {
+                    if settle.job.is_none() {
+                        failed = Some(());
                         break;
                     }
                 }
@@ -421,19 +488,17 @@ async fn tee_stream(
                 let _ = tx
                     .send(Err(std::io::Error::other("upstream stream interrupted")))
                     .await;
-                failed = Some(e);
+                failed = Some(());
                 break;
             }
         }
     }
     drop(tx);
-    if let (Some(job), Some(c)) = (job, collector) {
-        let answer = match failed {
-            Some(_) => Err(NotCacheable::Truncated),
-            None => c.finish(),
-        };
-        job.run(state, answer).await;
-    }
+    let answer = match failed {
+        Some(()) => Err(NotCacheable::Truncated),
+        None => collector.finish(),
+    };
+    settle.run(state, answer).await;
 }
 
 fn json_response(status: StatusCode, bytes: Bytes) -> Response {

@@ -79,7 +79,12 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
         s.breaker_cooldown = p.breaker_cooldown;
         providers.push(s);
     }
-    let routes = config
+    Router::new(providers, route_settings(config)).map_err(|e| ServeError::Routes(e.to_string()))
+}
+
+/// Route settings for the provider router.
+pub fn route_settings(config: &Config) -> Vec<RouteSettings> {
+    config
         .routes
         .iter()
         .map(|r| RouteSettings {
@@ -94,8 +99,7 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
                 })
                 .collect(),
         })
-        .collect();
-    Router::new(providers, routes).map_err(|e| ServeError::Routes(e.to_string()))
+        .collect()
 }
 
 /// Opens the store, fills the index from it and wraps the embedder: everything the cache
@@ -296,12 +300,37 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(engine) = state.engine() {
         state.metrics().entries.set(engine.store().len() as i64);
     }
+    sync_provider_metrics(&state);
     let mut r = state.metrics().render().into_response();
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Copies the router's own counters into Prometheus at scrape time (the router counts with
+/// plain atomics on the request path). Counters only move forward: a rebuilt router starts from
+/// zero, and its counts are added once they pass what was already exported.
+fn sync_provider_metrics(state: &AppState) {
+    let m = state.metrics();
+    let forward = |c: &prometheus::IntCounterVec, provider: &str, value: u64| {
+        let counter = c.with_label_values(&[provider]);
+        let current = counter.get();
+        if value > current {
+            counter.inc_by(value - current);
+        }
+    };
+    for snap in state.router().stats() {
+        let p = snap.provider.as_str();
+        forward(&m.provider_attempts, p, snap.attempts);
+        forward(&m.provider_retries, p, snap.retries);
+        forward(&m.provider_fallbacks, p, snap.fallbacks);
+        forward(&m.breaker_opened, p, snap.breaker_opened);
+        m.breaker_state
+            .with_label_values(&[p])
+            .set(snap.breaker.as_gauge() as i64);
+    }
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -11,23 +11,30 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
 use crate::server::state::AppState;
-use crate::server::{build_router, engine_settings};
+use crate::server::{build_router, engine_settings, route_settings};
 
 /// Re-reads the config file and applies it. Returns the problems when it was rejected.
 pub fn reload(state: &AppState) -> Result<(), String> {
     let Some(path) = state.0.config_path.clone() else {
         return Err("no config file to reload".into());
     };
+    let old = state.config();
+    let current = state.router();
     let result = Config::load(&path)
         .map_err(|e| e.to_string())
         .and_then(|new| {
-            build_router(&new)
-                .map(|r| (new, r))
-                .map_err(|e| e.to_string())
+            // Same providers: keep the router's connection pools, breakers and counters.
+            let router = if new.providers == old.providers {
+                current
+                    .with_routes(route_settings(&new))
+                    .map_err(|e| e.to_string())
+            } else {
+                build_router(&new).map_err(|e| e.to_string())
+            };
+            router.map(|r| (new, r))
         });
     match result {
         Ok((new, router)) => {
-            let old = state.config();
             for note in restart_only_changes(&old, &new) {
                 tracing::warn!("config reload: {note} changed; it takes effect after a restart");
             }

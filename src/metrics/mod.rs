@@ -2,9 +2,11 @@
 //! provider, reason: never a tenant, prompt or model-controlled free text beyond the model
 //! name). Rendering happens on scrape; recording is a few atomic adds on the request path.
 
+pub mod cost;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,8 +17,16 @@ pub struct Metrics {
     pub search_seconds: Histogram,
     pub upstream_seconds: HistogramVec,
     pub similarity: HistogramVec,
-    pub tokens_served: IntCounter,
+    pub tokens_saved: IntCounterVec,
     pub tokens_upstream: IntCounterVec,
+    pub cost_saved: CounterVec,
+    pub cost_upstream: CounterVec,
+    pub tokens_estimated: IntCounter,
+    pub provider_attempts: IntCounterVec,
+    pub provider_retries: IntCounterVec,
+    pub provider_fallbacks: IntCounterVec,
+    pub breaker_state: prometheus::IntGaugeVec,
+    pub breaker_opened: IntCounterVec,
     pub entries: IntGauge,
     pub inserts: IntCounter,
     pub not_cached: IntCounterVec,
@@ -84,15 +94,36 @@ impl Metrics {
                 ]),
                 &["result"],
             )?,
-            tokens_served: IntCounter::new(
-                "deja_tokens_served_from_cache_total",
-                "Completion + prompt tokens of answers served from cache (not paid upstream).",
+            tokens_saved: counter_vec(
+                "deja_tokens_saved_total",
+                "Tokens of answers served from cache instead of upstream, by model, tenant and kind (prompt/completion).",
+                &["model", "tenant", "kind"],
             )?,
             tokens_upstream: counter_vec(
                 "deja_tokens_upstream_total",
-                "Tokens reported by upstream answers.",
-                &["provider", "kind"],
+                "Tokens of upstream answers, by model, tenant and kind (prompt/completion).",
+                &["model", "tenant", "kind"],
             )?,
+            cost_saved: CounterVec::new(
+                Opts::new("deja_cost_saved_usd_total", "Money not spent upstream thanks to hits, from the [[prices]] table."),
+                &["model", "tenant"],
+            )?,
+            cost_upstream: CounterVec::new(
+                Opts::new("deja_cost_upstream_usd_total", "Money spent upstream, from the [[prices]] table."),
+                &["model", "tenant"],
+            )?,
+            tokens_estimated: IntCounter::new(
+                "deja_tokens_estimated_total",
+                "Upstream answers whose usage was estimated with a tokenizer (the stream carried none).",
+            )?,
+            provider_attempts: counter_vec("deja_provider_attempts_total", "Upstream attempts by provider.", &["provider"])?,
+            provider_retries: counter_vec("deja_provider_retries_total", "Retries by provider.", &["provider"])?,
+            provider_fallbacks: counter_vec("deja_provider_fallbacks_total", "Fallbacks away from a provider.", &["provider"])?,
+            breaker_state: prometheus::IntGaugeVec::new(
+                Opts::new("deja_breaker_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open."),
+                &["provider"],
+            )?,
+            breaker_opened: counter_vec("deja_breaker_opened_total", "Times a provider's breaker opened.", &["provider"])?,
             entries: IntGauge::new("deja_cache_entries", "Entries in the store.")?,
             inserts: IntCounter::new("deja_cache_inserts_total", "Answers written to the cache.")?,
             not_cached: counter_vec(
@@ -127,8 +158,17 @@ impl Metrics {
         m.registry.register(Box::new(m.search_seconds.clone()))?;
         m.registry.register(Box::new(m.upstream_seconds.clone()))?;
         m.registry.register(Box::new(m.similarity.clone()))?;
-        m.registry.register(Box::new(m.tokens_served.clone()))?;
+        m.registry.register(Box::new(m.tokens_saved.clone()))?;
         m.registry.register(Box::new(m.tokens_upstream.clone()))?;
+        m.registry.register(Box::new(m.cost_saved.clone()))?;
+        m.registry.register(Box::new(m.cost_upstream.clone()))?;
+        m.registry.register(Box::new(m.tokens_estimated.clone()))?;
+        m.registry.register(Box::new(m.provider_attempts.clone()))?;
+        m.registry.register(Box::new(m.provider_retries.clone()))?;
+        m.registry
+            .register(Box::new(m.provider_fallbacks.clone()))?;
+        m.registry.register(Box::new(m.breaker_state.clone()))?;
+        m.registry.register(Box::new(m.breaker_opened.clone()))?;
         m.registry.register(Box::new(m.entries.clone()))?;
         m.registry.register(Box::new(m.inserts.clone()))?;
         m.registry.register(Box::new(m.not_cached.clone()))?;
