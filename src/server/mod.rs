@@ -329,7 +329,7 @@ fn sync_provider_metrics(state: &AppState) {
         forward(&m.breaker_opened, p, snap.breaker_opened);
         m.breaker_state
             .with_label_values(&[p])
-            .set(snap.breaker.as_gauge() as i64);
+            .set(snap.breaker.as_gauge());
     }
 }
 
