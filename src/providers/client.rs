@@ -495,3 +495,92 @@ fn error_chain(e: &reqwest::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(settings: ProviderSettings, req: &UpstreamRequest, model: Option<&str>) -> String {
+        let p = Provider::new(settings).unwrap();
+        let prepared = p.prepare(req, req.body.clone()).unwrap();
+        p.url(req, &prepared, model).unwrap().to_string()
+    }
+
+    fn chat(dialect: Dialect) -> UpstreamRequest {
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        UpstreamRequest::post_json("/chat/completions", &body, false).with_dialect(dialect)
+    }
+
+    #[test]
+    fn urls_per_kind_and_dialect() {
+        let openai = || ProviderSettings::openai("o", "http://h/v1/");
+        let azure = || ProviderSettings::azure("z", "https://res.openai.azure.com/");
+        let anthropic = || ProviderSettings::anthropic("a", "https://api.anthropic.com");
+        assert_eq!(
+            url_of(openai(), &chat(Dialect::OpenAiChat), Some("gpt-4o")),
+            "http://h/v1/chat/completions"
+        );
+        assert_eq!(
+            url_of(openai(), &UpstreamRequest::get("/models"), None),
+            "http://h/v1/models"
+        );
+        assert_eq!(
+            url_of(azure(), &chat(Dialect::OpenAiChat), Some("my dep")),
+            "https://res.openai.azure.com/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
+        );
+        let mut pinned = azure();
+        pinned.api_version = Some("2025-01-01-preview".into());
+        assert_eq!(
+            url_of(pinned, &chat(Dialect::Passthrough), None),
+            "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2025-01-01-preview"
+        );
+        assert_eq!(
+            url_of(azure(), &UpstreamRequest::get("/models"), None),
+            "https://res.openai.azure.com/openai/models?api-version=2024-10-21"
+        );
+        let legacy = UpstreamRequest::post_json(
+            "/completions",
+            &serde_json::json!({"model": "inst", "prompt": "x"}),
+            false,
+        )
+        .with_dialect(Dialect::OpenAiCompletions);
+        assert_eq!(
+            url_of(azure(), &legacy, Some("inst")),
+            "https://res.openai.azure.com/openai/deployments/inst/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            url_of(anthropic(), &chat(Dialect::OpenAiChat), Some("claude")),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(
+            url_of(anthropic(), &UpstreamRequest::get("/models"), None),
+            "https://api.anthropic.com/v1/models"
+        );
+        let messages = UpstreamRequest::post_json(
+            "/messages",
+            &serde_json::json!({"model": "gpt-4o", "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "hi"}]}),
+            false,
+        )
+        .with_dialect(Dialect::AnthropicMessages);
+        assert_eq!(
+            url_of(openai(), &messages, Some("gpt-4o")),
+            "http://h/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn untranslatable_requests_fail_before_any_attempt() {
+        let p = Provider::new(ProviderSettings::anthropic("a", "http://127.0.0.1:9")).unwrap();
+        let req = UpstreamRequest::post_json(
+            "/completions",
+            &serde_json::json!({"model": "m", "prompt": "x"}),
+            false,
+        )
+        .with_dialect(Dialect::OpenAiCompletions);
+        let err = p.prepare(&req, req.body.clone()).err().unwrap();
+        assert!(matches!(err.kind, ProviderErrorKind::Untranslatable { .. }));
+        assert_eq!(p.stats.errors("untranslatable"), 1);
+        assert_eq!(p.stats.attempts.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+}

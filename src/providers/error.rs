@@ -419,6 +419,50 @@ mod tests {
     }
 
     #[test]
+    fn untranslatable_is_a_400_only_when_no_target_could_take_it() {
+        let untranslatable = |m: &str| {
+            (
+                "a".to_string(),
+                ProviderError::new(
+                    "a",
+                    ProviderErrorKind::Untranslatable {
+                        message: m.to_string(),
+                    },
+                ),
+            )
+        };
+        let e = ProviderError::new(
+            "a",
+            ProviderErrorKind::Untranslatable {
+                message: "x".into(),
+            },
+        );
+        assert!(!e.retryable());
+        assert_eq!(e.kind.label(), "untranslatable");
+        assert!(ProviderErrorKind::LABELS.contains(&"untranslatable"));
+        let all = |v| RouterError::AllFailed { attempts: v };
+        let only = all(vec![untranslatable("`n` > 1"), untranslatable("`seed`")]);
+        assert_eq!(only.status(), 400);
+        assert_eq!(only.untranslatable(), Some("`n` > 1"));
+        let rl = (
+            "b".to_string(),
+            ProviderError::new(
+                "b",
+                ProviderErrorKind::Status {
+                    status: 429,
+                    body: String::new(),
+                },
+            ),
+        );
+        let mixed = all(vec![rl.clone(), untranslatable("`seed`")]);
+        assert_eq!(mixed.untranslatable(), None);
+        assert_eq!(mixed.status(), 429);
+        let timeout = ("b".to_string(), ProviderError::new("b", ProviderErrorKind::Timeout));
+        assert_eq!(all(vec![timeout, untranslatable("x")]).status(), 504);
+        assert_eq!(all(vec![]).untranslatable(), None);
+    }
+
+    #[test]
     fn long_bodies_are_truncated_on_char_boundary() {
         let body = "é".repeat(600);
         let e = ProviderError::status("p", 500, &HeaderMap::new(), body.as_bytes());

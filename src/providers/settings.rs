@@ -213,6 +213,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn api_version_defaults_per_kind() {
+        assert_eq!(ProviderSettings::openai("o", "http://x/v1").effective_api_version(), None);
+        assert_eq!(
+            ProviderSettings::azure("z", "https://r.openai.azure.com").effective_api_version(),
+            Some(AZURE_DEFAULT_API_VERSION)
+        );
+        let mut a = ProviderSettings::anthropic("a", "https://api.anthropic.com");
+        assert_eq!(a.effective_api_version(), Some(ANTHROPIC_DEFAULT_VERSION));
+        a.api_version = Some("2099-01-01".into());
+        assert_eq!(a.effective_api_version(), Some("2099-01-01"));
+        assert_eq!(ProviderKind::Azure.as_str(), "azure");
+        assert_eq!(ProviderKind::Anthropic.as_str(), "anthropic");
+    }
+
+    #[test]
     fn debug_redacts_extra_header_values() {
         let mut s = ProviderSettings::openai("a", "http://x/v1");
         s.extra_headers
