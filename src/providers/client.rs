@@ -176,8 +176,8 @@ impl Provider {
                             .ok_or_else(|| {
                                 bad("an Azure request needs a model (the deployment name)".into())
                             })?;
-                        let mut url = reqwest::Url::parse(&self.base)
-                            .map_err(|e| bad(e.to_string()))?;
+                        let mut url =
+                            reqwest::Url::parse(&self.base).map_err(|e| bad(e.to_string()))?;
                         url.path_segments_mut()
                             .map_err(|_| bad("base_url cannot take a path".into()))?
                             .pop_if_empty()
@@ -507,7 +507,8 @@ mod tests {
     }
 
     fn chat(dialect: Dialect) -> UpstreamRequest {
-        let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        let body =
+            serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
         UpstreamRequest::post_json("/chat/completions", &body, false).with_dialect(dialect)
     }
 
@@ -581,6 +582,9 @@ mod tests {
         let err = p.prepare(&req, req.body.clone()).err().unwrap();
         assert!(matches!(err.kind, ProviderErrorKind::Untranslatable { .. }));
         assert_eq!(p.stats.errors("untranslatable"), 1);
-        assert_eq!(p.stats.attempts.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            p.stats.attempts.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

@@ -457,7 +457,10 @@ mod tests {
         let mixed = all(vec![rl.clone(), untranslatable("`seed`")]);
         assert_eq!(mixed.untranslatable(), None);
         assert_eq!(mixed.status(), 429);
-        let timeout = ("b".to_string(), ProviderError::new("b", ProviderErrorKind::Timeout));
+        let timeout = (
+            "b".to_string(),
+            ProviderError::new("b", ProviderErrorKind::Timeout),
+        );
         assert_eq!(all(vec![timeout, untranslatable("x")]).status(), 504);
         assert_eq!(all(vec![]).untranslatable(), None);
     }

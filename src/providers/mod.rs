@@ -30,10 +30,10 @@ pub mod types;
 
 pub use breaker::BreakerState;
 pub use error::{ProviderError, ProviderErrorKind, RouterConfigError, RouterError};
-pub use settings::{ANTHROPIC_DEFAULT_VERSION, AZURE_DEFAULT_API_VERSION};
-pub use translate::{TranslateError, DEFAULT_MAX_TOKENS};
 pub use router::{Route, Router};
 pub use settings::{ProviderKind, ProviderSettings, RouteSettings, RouteTarget};
+pub use settings::{ANTHROPIC_DEFAULT_VERSION, AZURE_DEFAULT_API_VERSION};
 pub use sse::{SseEvent, SseParser};
 pub use stats::{ProviderStats, ProviderStatsSnapshot};
+pub use translate::{TranslateError, DEFAULT_MAX_TOKENS};
 pub use types::{ByteStream, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse};

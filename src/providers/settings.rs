@@ -214,7 +214,10 @@ mod tests {
 
     #[test]
     fn api_version_defaults_per_kind() {
-        assert_eq!(ProviderSettings::openai("o", "http://x/v1").effective_api_version(), None);
+        assert_eq!(
+            ProviderSettings::openai("o", "http://x/v1").effective_api_version(),
+            None
+        );
         assert_eq!(
             ProviderSettings::azure("z", "https://r.openai.azure.com").effective_api_version(),
             Some(AZURE_DEFAULT_API_VERSION)

@@ -346,7 +346,15 @@ async fn handle(
         }
         snapshot
     };
-    let planned = plan(&behaviour, call, &method, &path, query.as_deref(), &headers, &body);
+    let planned = plan(
+        &behaviour,
+        call,
+        &method,
+        &path,
+        query.as_deref(),
+        &headers,
+        &body,
+    );
     let sent: Vec<Bytes> = match planned.cut_after {
         Some(k) => planned.chunks.iter().take(k).cloned().collect(),
         None => planned.chunks.clone(),
@@ -530,7 +538,11 @@ fn openai_completion(
                                  "type": "server_error", "param": null, "code": null}});
         chunks.push(Bytes::from(format!("data: {e}\n\n")));
     }
-    stream_planned(headers, chunks, b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events)))
+    stream_planned(
+        headers,
+        chunks,
+        b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events)),
+    )
 }
 
 fn json_planned(mut headers: Vec<(&'static str, String)>, status: u16, body: Bytes) -> Planned {

@@ -63,11 +63,13 @@ pub fn upstream_dialect(kind: ProviderKind, inbound: Dialect) -> Result<Dialect,
         (ProviderKind::Anthropic, Dialect::OpenAiChat | Dialect::AnthropicMessages) => {
             Ok(Dialect::AnthropicMessages)
         }
-        (ProviderKind::Anthropic, Dialect::OpenAiCompletions) => Err(TranslateError::Untranslatable(
-            "the legacy completions API (`/v1/completions`) cannot be served by an Anthropic \
+        (ProviderKind::Anthropic, Dialect::OpenAiCompletions) => {
+            Err(TranslateError::Untranslatable(
+                "the legacy completions API (`/v1/completions`) cannot be served by an Anthropic \
              provider; use `/v1/chat/completions` or `/v1/messages`"
-                .to_string(),
-        )),
+                    .to_string(),
+            ))
+        }
     }
 }
 
@@ -172,9 +174,15 @@ mod tests {
         use Dialect::*;
         use ProviderKind::*;
         assert_eq!(upstream_dialect(OpenAi, OpenAiChat), Ok(OpenAiChat));
-        assert_eq!(upstream_dialect(Azure, OpenAiCompletions), Ok(OpenAiCompletions));
+        assert_eq!(
+            upstream_dialect(Azure, OpenAiCompletions),
+            Ok(OpenAiCompletions)
+        );
         assert_eq!(upstream_dialect(Azure, AnthropicMessages), Ok(OpenAiChat));
-        assert_eq!(upstream_dialect(Anthropic, OpenAiChat), Ok(AnthropicMessages));
+        assert_eq!(
+            upstream_dialect(Anthropic, OpenAiChat),
+            Ok(AnthropicMessages)
+        );
         assert_eq!(upstream_dialect(Anthropic, Passthrough), Ok(Passthrough));
         assert!(matches!(
             upstream_dialect(Anthropic, OpenAiCompletions),

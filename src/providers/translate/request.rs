@@ -150,7 +150,11 @@ fn check_chat_params(req: &ChatCompletionRequest) -> Result<(), TranslateError> 
     if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return no_equivalent("audio", ANTHROPIC);
     }
-    if req.web_search_options.as_ref().is_some_and(|a| !a.is_null()) {
+    if req
+        .web_search_options
+        .as_ref()
+        .is_some_and(|a| !a.is_null())
+    {
         return no_equivalent("web_search_options", ANTHROPIC);
     }
     for (key, value) in &req.extra {
@@ -174,12 +178,10 @@ fn chat_messages(
                 "`name` has no equivalent in the {ANTHROPIC} API"
             )));
         }
-        if let Some((key, _)) = m
-            .extra
-            .iter()
-            .find(|(k, v)| !harmless_message_extra(k, v))
-        {
-            return refuse(at(&format!("`{key}` has no equivalent in the {ANTHROPIC} API")));
+        if let Some((key, _)) = m.extra.iter().find(|(k, v)| !harmless_message_extra(k, v)) {
+            return refuse(at(&format!(
+                "`{key}` has no equivalent in the {ANTHROPIC} API"
+            )));
         }
         match m.role {
             Role::System | Role::Developer => {
@@ -195,7 +197,9 @@ fn chat_messages(
                     Some(MessageContent::Parts(parts)) => {
                         for p in parts {
                             match p {
-                                ContentPart::Text { text, .. } => system.push((text.clone(), false)),
+                                ContentPart::Text { text, .. } => {
+                                    system.push((text.clone(), false))
+                                }
                                 _ => return refuse(at("a system message may only hold text")),
                             }
                         }
@@ -305,7 +309,9 @@ fn user_content(c: &MessageContent) -> Result<AContent, TranslateError> {
             ContentPart::Refusal { .. } => return refuse("a user message cannot hold a refusal"),
             ContentPart::Other(map) => {
                 let ty = map.get("type").and_then(Value::as_str).unwrap_or("?");
-                return refuse(format!("`{ty}` parts have no equivalent in the {ANTHROPIC} API"));
+                return refuse(format!(
+                    "`{ty}` parts have no equivalent in the {ANTHROPIC} API"
+                ));
             }
         }
     }
@@ -378,10 +384,13 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     match &req.system {
         None => {}
-        Some(AContent::Text(s)) => messages.push(chat_message(Role::System, MessageContent::Text(s.clone()))),
+        Some(AContent::Text(s)) => {
+            messages.push(chat_message(Role::System, MessageContent::Text(s.clone())))
+        }
         Some(AContent::Blocks(blocks)) => {
             for b in blocks {
-                let text = block_text(b).map_err(|m| TranslateError::Untranslatable(format!("system: {m}")))?;
+                let text = block_text(b)
+                    .map_err(|m| TranslateError::Untranslatable(format!("system: {m}")))?;
                 messages.push(chat_message(Role::System, MessageContent::Text(text)));
             }
         }
@@ -416,7 +425,11 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
         };
         messages.push(chat_message(role, content));
     }
-    if req.messages.last().is_some_and(|m| m.role == ARole::Assistant) {
+    if req
+        .messages
+        .last()
+        .is_some_and(|m| m.role == ARole::Assistant)
+    {
         return refuse(format!(
             "a final assistant message (prefill) has no equivalent in the {OPENAI} API, which \
              would write a new message instead of continuing it; end with a user message"
@@ -491,17 +504,23 @@ fn block_text(b: &ContentBlock) -> Result<String, String> {
                 .iter()
                 .find(|(k, v)| !v.is_null() && k.as_str() != "cache_control")
             {
-                Some((k, _)) => Err(format!("`{k}` on a text block has no equivalent in the {OPENAI} API")),
+                Some((k, _)) => Err(format!(
+                    "`{k}` on a text block has no equivalent in the {OPENAI} API"
+                )),
                 None => Ok(text.clone()),
             }
         }
-        ContentBlock::Image { .. } => Err("images are only translated in user messages".to_string()),
+        ContentBlock::Image { .. } => {
+            Err("images are only translated in user messages".to_string())
+        }
         ContentBlock::ToolUse { .. } | ContentBlock::ToolResult { .. } => Err(format!(
             "tool use is not translated to the {OPENAI} API by deja"
         )),
         ContentBlock::Other(map) => {
             let ty = map.get("type").and_then(Value::as_str).unwrap_or("?");
-            Err(format!("`{ty}` blocks have no equivalent in the {OPENAI} API"))
+            Err(format!(
+                "`{ty}` blocks have no equivalent in the {OPENAI} API"
+            ))
         }
     }
 }

@@ -113,7 +113,10 @@ fn output_changing_chat_params_are_refused() {
         (with("presence_penalty", json!(0.5)), "`presence_penalty`"),
         (with("frequency_penalty", json!(-1)), "`frequency_penalty`"),
         (
-            with("tools", json!([{"type": "function", "function": {"name": "f"}}])),
+            with(
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
             "`tools`",
         ),
         (with("tool_choice", json!("required")), "`tool_choice`"),
@@ -130,8 +133,14 @@ fn output_changing_chat_params_are_refused() {
         ),
         (with("reasoning_effort", json!("low")), "`reasoning_effort`"),
         (with("modalities", json!(["text", "audio"])), "`modalities`"),
-        (with("audio", json!({"voice": "alloy", "format": "mp3"})), "`audio`"),
-        (with("web_search_options", json!({})), "`web_search_options`"),
+        (
+            with("audio", json!({"voice": "alloy", "format": "mp3"})),
+            "`audio`",
+        ),
+        (
+            with("web_search_options", json!({})),
+            "`web_search_options`",
+        ),
         (with("temperature", json!(1.5)), "`temperature`"),
         (with("functions", json!([{"name": "f"}])), "`functions`"),
         (with("verbosity", json!("low")), "`verbosity`"),
@@ -153,7 +162,10 @@ fn untranslatable_messages_are_refused_with_their_index() {
             json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "pre"}]),
             "prefill",
         ),
-        (json!([{"role": "system", "content": "only"}]), "at least one"),
+        (
+            json!([{"role": "system", "content": "only"}]),
+            "at least one",
+        ),
         (
             json!([{"role": "user", "content": "a", "name": "bob"}]),
             "`name`",
@@ -261,7 +273,8 @@ fn messages_request_maps_every_supported_field() {
 
 #[test]
 fn output_changing_messages_params_are_refused() {
-    let base = || json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let base =
+        || json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let with = |k: &str, v: Value| {
         let mut b = base();
         b[k] = v;
@@ -269,10 +282,16 @@ fn output_changing_messages_params_are_refused() {
     };
     let cases = [
         (with("top_k", json!(5)), "`top_k`"),
-        (with("tools", json!([{"name": "f", "input_schema": {}}])), "`tools`"),
+        (
+            with("tools", json!([{"name": "f", "input_schema": {}}])),
+            "`tools`",
+        ),
         (with("tool_choice", json!({"type": "any"})), "`tool_choice`"),
         (
-            with("thinking", json!({"type": "enabled", "budget_tokens": 1024})),
+            with(
+                "thinking",
+                json!({"type": "enabled", "budget_tokens": 1024}),
+            ),
             "`thinking`",
         ),
         (with("mcp_servers", json!([])), "`mcp_servers`"),
@@ -298,7 +317,10 @@ fn output_changing_messages_params_are_refused() {
             "`document`",
         ),
         (
-            with("system", json!([{"type": "text", "text": "s", "citations": [{"x": 1}]}])),
+            with(
+                "system",
+                json!([{"type": "text", "text": "s", "citations": [{"x": 1}]}]),
+            ),
             "system",
         ),
     ];

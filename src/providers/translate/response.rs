@@ -171,7 +171,9 @@ fn openai_text(content: Option<&Value>) -> Result<String, TranslateError> {
 /// An OpenAI `chat.completion` body → an Anthropic `message` body.
 pub fn chat_json_to_messages(body: &[u8]) -> Result<Bytes, TranslateError> {
     let c: ChatCompletion = serde_json::from_slice(body).map_err(|e| {
-        TranslateError::Unrepresentable(format!("the upstream answer is not a chat completion: {e}"))
+        TranslateError::Unrepresentable(format!(
+            "the upstream answer is not a chat completion: {e}"
+        ))
     })?;
     let choice = match c.choices.as_slice() {
         [one] => one,
@@ -318,11 +320,13 @@ mod tests {
                    "stop_reason": "max_tokens", "stop_sequence": null,
                    "usage": {"input_tokens": 8, "output_tokens": 3, "cache_read_input_tokens": 2}})
         );
-        let c = crate::api::anthropic::collect_messages_json(&serde_json::to_vec(&out).unwrap(), "o");
+        let c =
+            crate::api::anthropic::collect_messages_json(&serde_json::to_vec(&out).unwrap(), "o");
         assert_eq!(c.unwrap().content, "Salut ✓");
 
         let mut refused = body.clone();
-        refused["choices"][0]["message"] = json!({"role": "assistant", "content": null, "refusal": "No."});
+        refused["choices"][0]["message"] =
+            json!({"role": "assistant", "content": null, "refusal": "No."});
         refused["choices"][0]["finish_reason"] = json!("stop");
         let out = v(&chat_json_to_messages(&serde_json::to_vec(&refused).unwrap()).unwrap());
         assert_eq!(out["stop_reason"], "refusal");

@@ -317,7 +317,10 @@ impl StreamTranslate for MessagesToChatStream {
                 self.done = true;
             }
             StreamEvent::Error { error } => {
-                let kind = error.get("type").and_then(Value::as_str).unwrap_or("api_error");
+                let kind = error
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("api_error");
                 let message = error
                     .get("message")
                     .and_then(Value::as_str)
@@ -497,8 +500,7 @@ impl StreamTranslate for ChatToMessagesStream {
                 || d.function_call.as_ref().is_some_and(|f| !f.is_null())
             {
                 return Err(TranslateError::Unrepresentable(
-                    "the upstream streamed tool calls, which are not translated by deja"
-                        .to_owned(),
+                    "the upstream streamed tool calls, which are not translated by deja".to_owned(),
                 ));
             }
             if let Some(text) = d.content.as_deref().filter(|t| !t.is_empty()) {

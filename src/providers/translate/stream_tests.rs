@@ -66,7 +66,11 @@ fn json_of(ev: &SseEvent) -> Value {
 
 #[test]
 fn anthropic_stream_becomes_openai_chunks() {
-    let (out, err) = run(Box::new(MessagesToChatStream::new(true)), ANTHROPIC.as_bytes(), 4096);
+    let (out, err) = run(
+        Box::new(MessagesToChatStream::new(true)),
+        ANTHROPIC.as_bytes(),
+        4096,
+    );
     assert!(err.is_none(), "{err:?}");
     let evs = events(&out);
     assert_eq!(evs.last().map(|e| e.data.as_str()), Some("[DONE]"));
@@ -92,7 +96,11 @@ fn anthropic_stream_becomes_openai_chunks() {
     }
     assert_eq!(c.finish().unwrap().content, "Grüße aus 東京 🎉");
 
-    let (out, _) = run(Box::new(MessagesToChatStream::new(false)), ANTHROPIC.as_bytes(), 4096);
+    let (out, _) = run(
+        Box::new(MessagesToChatStream::new(false)),
+        ANTHROPIC.as_bytes(),
+        4096,
+    );
     let evs = events(&out);
     assert_eq!(evs.len(), 5, "no usage chunk unless asked");
     assert!(!json_of(&evs[1]).as_object().unwrap().contains_key("usage"));
@@ -112,13 +120,29 @@ fn any_chunking_gives_the_same_output() {
             })
             .collect()
     };
-    let (whole, _) = run(Box::new(MessagesToChatStream::new(true)), ANTHROPIC.as_bytes(), 1 << 20);
-    let (whole2, _) = run(Box::new(ChatToMessagesStream::new()), OPENAI.as_bytes(), 1 << 20);
+    let (whole, _) = run(
+        Box::new(MessagesToChatStream::new(true)),
+        ANTHROPIC.as_bytes(),
+        1 << 20,
+    );
+    let (whole2, _) = run(
+        Box::new(ChatToMessagesStream::new()),
+        OPENAI.as_bytes(),
+        1 << 20,
+    );
     for size in [1, 2, 3, 7, 64] {
-        let (out, err) = run(Box::new(MessagesToChatStream::new(true)), ANTHROPIC.as_bytes(), size);
+        let (out, err) = run(
+            Box::new(MessagesToChatStream::new(true)),
+            ANTHROPIC.as_bytes(),
+            size,
+        );
         assert!(err.is_none());
         assert_eq!(strip_created(&out), strip_created(&whole), "size {size}");
-        let (out, err) = run(Box::new(ChatToMessagesStream::new()), OPENAI.as_bytes(), size);
+        let (out, err) = run(
+            Box::new(ChatToMessagesStream::new()),
+            OPENAI.as_bytes(),
+            size,
+        );
         assert!(err.is_none());
         assert_eq!(out, whole2, "size {size}");
     }
@@ -129,7 +153,11 @@ fn output_is_not_held_back() {
     // Only the first two events: their translation must already be out, and then the stream
     // reports the missing end instead of waiting.
     let upto = ANTHROPIC.find("event: ping").unwrap();
-    let (out, err) = run(Box::new(MessagesToChatStream::new(false)), &ANTHROPIC.as_bytes()[..upto], 8);
+    let (out, err) = run(
+        Box::new(MessagesToChatStream::new(false)),
+        &ANTHROPIC.as_bytes()[..upto],
+        8,
+    );
     let evs = events(&out);
     assert_eq!(json_of(&evs[0])["choices"][0]["delta"]["role"], "assistant");
     assert!(json_of(&evs[1])["error"]["message"]
@@ -144,7 +172,11 @@ fn anthropic_error_event_ends_the_stream_with_an_error() {
     let cut = ANTHROPIC.find("event: content_block_stop").unwrap();
     let mut input = ANTHROPIC[..cut].to_string();
     input.push_str("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
-    let (out, err) = run(Box::new(MessagesToChatStream::new(false)), input.as_bytes(), 5);
+    let (out, err) = run(
+        Box::new(MessagesToChatStream::new(false)),
+        input.as_bytes(),
+        5,
+    );
     let err = err.expect("an error ends the stream");
     assert!(err.detail.contains("overloaded_error"), "{err}");
     let evs = events(&out);
@@ -159,13 +191,21 @@ fn tool_use_blocks_end_the_stream_with_an_error() {
     let cut = ANTHROPIC.find("event: content_block_stop").unwrap();
     let mut input = ANTHROPIC[..cut].to_string();
     input.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n");
-    let (_, err) = run(Box::new(MessagesToChatStream::new(false)), input.as_bytes(), 64);
+    let (_, err) = run(
+        Box::new(MessagesToChatStream::new(false)),
+        input.as_bytes(),
+        64,
+    );
     assert!(err.unwrap().detail.contains("tool_use"));
 }
 
 #[test]
 fn openai_stream_becomes_anthropic_events() {
-    let (out, err) = run(Box::new(ChatToMessagesStream::new()), OPENAI.as_bytes(), 4096);
+    let (out, err) = run(
+        Box::new(ChatToMessagesStream::new()),
+        OPENAI.as_bytes(),
+        4096,
+    );
     assert!(err.is_none(), "{err:?}");
     let evs = events(&out);
     let names: Vec<&str> = evs.iter().filter_map(|e| e.event.as_deref()).collect();
@@ -191,7 +231,10 @@ fn openai_stream_becomes_anthropic_events() {
     assert!(start["message"]["stop_reason"].is_null());
     let delta = json_of(&evs[6]);
     assert_eq!(delta["delta"]["stop_reason"], "end_turn");
-    assert_eq!(delta["usage"], json!({"input_tokens": 11, "output_tokens": 4}));
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 11, "output_tokens": 4})
+    );
     let mut c = MessagesStreamCollector::new("o");
     for e in &evs {
         c.push_event_data(&e.data);
@@ -210,13 +253,24 @@ fn openai_stream_becomes_anthropic_events() {
 #[test]
 fn openai_stream_without_done_but_finished_is_complete() {
     let cut = OPENAI.find("data: [DONE]").unwrap();
-    let (out, err) = run(Box::new(ChatToMessagesStream::new()), &OPENAI.as_bytes()[..cut], 4096);
+    let (out, err) = run(
+        Box::new(ChatToMessagesStream::new()),
+        &OPENAI.as_bytes()[..cut],
+        4096,
+    );
     assert!(err.is_none());
-    assert_eq!(events(&out).last().unwrap().event.as_deref(), Some("message_stop"));
+    assert_eq!(
+        events(&out).last().unwrap().event.as_deref(),
+        Some("message_stop")
+    );
     // Without the finish chunk it is truncated.
     let cut = OPENAI.find("{\"index\":0,\"delta\":{},").unwrap();
     let cut = OPENAI[..cut].rfind("data: ").unwrap();
-    let (out, err) = run(Box::new(ChatToMessagesStream::new()), &OPENAI.as_bytes()[..cut], 4096);
+    let (out, err) = run(
+        Box::new(ChatToMessagesStream::new()),
+        &OPENAI.as_bytes()[..cut],
+        4096,
+    );
     assert!(err.is_some());
     let last = events(&out).pop().unwrap();
     assert_eq!(last.event.as_deref(), Some("error"));
@@ -227,7 +281,11 @@ fn openai_error_chunk_becomes_an_anthropic_error_event() {
     let cut = OPENAI.find("data: {\"id\":\"chatcmpl-9x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},").unwrap();
     let mut input = OPENAI[..cut].to_string();
     input.push_str("data: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}\n\n");
-    let (out, err) = run(Box::new(ChatToMessagesStream::new()), input.as_bytes(), 4096);
+    let (out, err) = run(
+        Box::new(ChatToMessagesStream::new()),
+        input.as_bytes(),
+        4096,
+    );
     assert!(err.is_some());
     let last = events(&out).pop().unwrap();
     assert_eq!(last.event.as_deref(), Some("error"));

@@ -55,7 +55,11 @@ pub(super) fn plan(
         events.truncate(k.min(reply.pre_finish_events));
         events.push(stream_error_event());
     }
-    stream_planned(headers, events, b.cut_stream_after.map(|k| k.min(reply.pre_finish_events)))
+    stream_planned(
+        headers,
+        events,
+        b.cut_stream_after.map(|k| k.min(reply.pre_finish_events)),
+    )
 }
 
 /// `(status, message)` when the request would be refused by Anthropic.
@@ -68,7 +72,10 @@ pub(super) fn validate(headers: &HeaderMap, body: &Value) -> Result<(), (u16, St
         return Err((400, "anthropic-version: header is required".into()));
     }
     let Some(obj) = body.as_object() else {
-        return Err((400, "There was an error parsing the body of your request".into()));
+        return Err((
+            400,
+            "There was an error parsing the body of your request".into(),
+        ));
     };
     for key in obj.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str()) {
@@ -96,7 +103,10 @@ pub(super) fn validate(headers: &HeaderMap, body: &Value) -> Result<(), (u16, St
             .as_object()
             .and_then(|o| o.keys().find(|k| *k != "role" && *k != "content"))
         {
-            return Err((400, format!("messages.{i}.{extra}: Extra inputs are not permitted")));
+            return Err((
+                400,
+                format!("messages.{i}.{extra}: Extra inputs are not permitted"),
+            ));
         }
     }
     if let Some(t) = obj.get("temperature").and_then(Value::as_f64) {
@@ -147,11 +157,7 @@ pub(super) struct Reply {
 }
 
 impl Reply {
-    pub(super) fn new(
-        body: &Value,
-        reply: String,
-        tool_call: Option<&(String, String)>,
-    ) -> Reply {
+    pub(super) fn new(body: &Value, reply: String, tool_call: Option<&(String, String)>) -> Reply {
         let mut text = reply;
         let mut stop_reason = "end_turn";
         let mut stop_sequence = None;

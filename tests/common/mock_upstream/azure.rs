@@ -46,7 +46,12 @@ pub(super) fn plan(
         );
     }
     if !body.is_object() {
-        return error(headers, 400, "We could not parse the JSON body of your request.", None);
+        return error(
+            headers,
+            400,
+            "We could not parse the JSON body of your request.",
+            None,
+        );
     }
     let model = body
         .get("model")
@@ -55,4 +60,3 @@ pub(super) fn plan(
         .to_string();
     openai_completion(b, call, body, &model, chat, headers)
 }
-
