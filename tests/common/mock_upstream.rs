@@ -30,7 +30,7 @@ use std::time::Duration;
 mod anthropic;
 mod azure;
 mod openai;
-use openai::{all_prompt_text, last_user_text, words, Ctx};
+use openai::openai_completion;
 
 /// Custom reply text from the request body.
 pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -509,40 +509,6 @@ fn plan(
     }
     let msg = format!("Invalid URL ({} {})", method, path);
     error(headers, 404, &msg, None)
-}
-
-/// A chat or legacy completion in OpenAI's shapes (the OpenAI and Azure routes).
-fn openai_completion(
-    b: &Behaviour,
-    call: u64,
-    body: &Value,
-    model: &str,
-    chat: bool,
-    mut headers: Vec<(&'static str, String)>,
-) -> Planned {
-    let reply = match &b.reply {
-        Some(f) => f(body),
-        None => format!("Answer #{call} to: {}", last_user_text(body, chat)),
-    };
-    let mut ctx = Ctx::new(b.tool_call.as_ref(), body, model, reply, chat);
-    ctx.prompt_tokens = words(&all_prompt_text(body, chat)).max(1);
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    if !stream {
-        headers.push(("content-type", "application/json".to_string()));
-        return json_planned(headers, 200, Bytes::from(ctx.json_body().to_string()));
-    }
-    let mut chunks = ctx.sse_chunks();
-    if let Some(k) = b.stream_error_after {
-        chunks.truncate(k.min(ctx.pre_finish_events));
-        let e = json!({"error": {"message": "The server had an error while processing your request. Sorry about that!",
-                                 "type": "server_error", "param": null, "code": null}});
-        chunks.push(Bytes::from(format!("data: {e}\n\n")));
-    }
-    stream_planned(
-        headers,
-        chunks,
-        b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events)),
-    )
 }
 
 fn json_planned(mut headers: Vec<(&'static str, String)>, status: u16, body: Bytes) -> Planned {

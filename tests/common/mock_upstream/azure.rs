@@ -2,7 +2,8 @@
 //! chat/completions?api-version=…` (and `/completions`) with an `api-key` header, answered
 //! with OpenAI's bodies and Azure-shaped routing and auth errors. Test-only.
 
-use super::{error, json_planned, openai_completion, Behaviour, Planned};
+use super::openai::openai_completion;
+use super::{error, json_planned, Behaviour, Planned};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
