@@ -1,7 +1,8 @@
 //! One configured provider: its pooled HTTP client, breaker and counters, and a single attempt
-//! (`send_once`) in its wire dialect. Retries, backoff and fallback belong to the router; this
-//! file never sleeps or loops. API keys are read from the environment per request and never
-//! logged.
+//! (`send_once`) in its vendor's API: addressing and authentication per [`ProviderKind`], and
+//! the request/answer translation of `providers::translate` when the request's dialect is not
+//! the provider's. Retries, backoff and fallback belong to the router; this file never sleeps
+//! or loops. API keys are read from the environment per request and never logged.
 
 use crate::providers::breaker::{CircuitBreaker, Permit};
 use crate::providers::error::{
@@ -9,8 +10,9 @@ use crate::providers::error::{
 };
 use crate::providers::settings::{ProviderKind, ProviderSettings};
 use crate::providers::stats::ProviderStats;
+use crate::providers::translate::{self, TranslateError, Translation};
 use crate::providers::types::{
-    keep_response_header, UpstreamBody, UpstreamRequest, UpstreamResponse,
+    keep_response_header, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -20,12 +22,14 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Request headers a caller may not pass through: the transport or the provider sets them.
-const NEVER_FORWARD: [&str; 9] = [
+const NEVER_FORWARD: [&str; 11] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
     "authorization",
+    "x-api-key",
+    "api-key",
     // Bodies are forwarded raw, so they must arrive uncompressed.
     "accept-encoding",
     "te",
@@ -111,55 +115,162 @@ impl Provider {
         }
     }
 
-    /// Dialect-specific addressing and authentication.
-    fn build_request(
+    /// Translate `body` (already renamed for this target) for this provider: what the attempts
+    /// send. An untranslatable request fails here, before any upstream call.
+    pub(crate) fn prepare(
         &self,
         req: &UpstreamRequest,
         body: Bytes,
+    ) -> Result<Prepared, ProviderError> {
+        let kind = self.settings.kind;
+        let translated = translate::translate_request(kind, req.dialect, &body).map_err(|e| {
+            let err = self.translate_error(e);
+            self.stats.record_error(&err.kind);
+            err
+        })?;
+        Ok(match translated {
+            None => Prepared {
+                body,
+                upstream: req.dialect,
+                translation: None,
+            },
+            Some((body, t)) => Prepared {
+                body,
+                upstream: t.upstream,
+                translation: Some(t),
+            },
+        })
+    }
+
+    fn translate_error(&self, e: TranslateError) -> ProviderError {
+        translate_error(&self.settings.name, e)
+    }
+
+    /// The URL of one attempt, per kind (see [`ProviderKind`]).
+    fn url(
+        &self,
+        req: &UpstreamRequest,
+        prepared: &Prepared,
+        model: Option<&str>,
+    ) -> Result<reqwest::Url, ProviderError> {
+        let bad = |detail: String| self.error(ProviderErrorKind::Protocol).with_detail(detail);
+        let text = match self.settings.kind {
+            ProviderKind::OpenAi => match prepared.upstream {
+                _ if prepared.translation.is_none() => format!("{}{}", self.base, req.path),
+                Dialect::OpenAiCompletions => format!("{}/completions", self.base),
+                _ => format!("{}/chat/completions", self.base),
+            },
+            ProviderKind::Azure => {
+                let op = match prepared.upstream {
+                    Dialect::OpenAiChat => Some("/chat/completions"),
+                    Dialect::OpenAiCompletions => Some("/completions"),
+                    _ => ["/chat/completions", "/completions", "/embeddings"]
+                        .into_iter()
+                        .find(|p| req.path == *p),
+                };
+                let mut url = match op {
+                    Some(op) => {
+                        let deployment = model
+                            .map(str::to_owned)
+                            .or_else(|| body_model(&prepared.body))
+                            .ok_or_else(|| {
+                                bad("an Azure request needs a model (the deployment name)".into())
+                            })?;
+                        let mut url =
+                            reqwest::Url::parse(&self.base).map_err(|e| bad(e.to_string()))?;
+                        url.path_segments_mut()
+                            .map_err(|_| bad("base_url cannot take a path".into()))?
+                            .pop_if_empty()
+                            .extend(["openai", "deployments", &deployment])
+                            .extend(op.split('/').filter(|s| !s.is_empty()));
+                        url
+                    }
+                    None => reqwest::Url::parse(&format!("{}/openai{}", self.base, req.path))
+                        .map_err(|e| bad(e.to_string()))?,
+                };
+                if let Some(v) = self.settings.effective_api_version() {
+                    url.query_pairs_mut().append_pair("api-version", v);
+                }
+                return Ok(url);
+            }
+            ProviderKind::Anthropic => match prepared.upstream {
+                Dialect::AnthropicMessages => format!("{}/v1/messages", self.base),
+                _ if req.path.starts_with("/v1/") => format!("{}{}", self.base, req.path),
+                _ => format!("{}/v1{}", self.base, req.path),
+            },
+        };
+        reqwest::Url::parse(&text).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Vendor-specific addressing and authentication.
+    fn build_request(
+        &self,
+        req: &UpstreamRequest,
+        prepared: &Prepared,
+        model: Option<&str>,
         key: Option<String>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let kind = self.settings.kind;
         let mut headers = HeaderMap::new();
         for (name, value) in &req.headers {
-            if !NEVER_FORWARD.contains(&name.as_str()) {
+            let n = name.as_str();
+            // A translated request must not carry the other vendor's flags (`anthropic-beta`
+            // to OpenAI, `openai-beta` to Anthropic).
+            let foreign = prepared.translation.is_some()
+                && match kind {
+                    ProviderKind::Anthropic => n.starts_with("openai-"),
+                    ProviderKind::OpenAi | ProviderKind::Azure => n.starts_with("anthropic-"),
+                };
+            if !NEVER_FORWARD.contains(&n) && !foreign {
                 headers.append(name.clone(), value.clone());
             }
         }
-        if !body.is_empty() {
+        if !prepared.body.is_empty() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        let url = match self.settings.kind {
-            ProviderKind::OpenAi => {
-                if let Some(key) = key {
-                    let mut value =
-                        HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                            self.error(ProviderErrorKind::Protocol)
-                                .with_detail("API key is not a valid header value")
-                        })?;
-                    value.set_sensitive(true);
-                    headers.insert(AUTHORIZATION, value);
-                }
-                format!("{}{}", self.base, req.path)
+        if let Some(key) = key {
+            let (name, value) = match kind {
+                ProviderKind::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
+                ProviderKind::Azure => (HeaderName::from_static("api-key"), key),
+                ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key),
+            };
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                self.error(ProviderErrorKind::Protocol)
+                    .with_detail("API key is not a valid header value")
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if kind == ProviderKind::Anthropic {
+            if let Some(v) = self.settings.effective_api_version() {
+                let value = HeaderValue::from_str(v).map_err(|_| {
+                    self.error(ProviderErrorKind::Protocol)
+                        .with_detail("api_version is not a valid header value")
+                })?;
+                headers.insert(HeaderName::from_static("anthropic-version"), value);
             }
-        };
+        }
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
+        let url = self.url(req, prepared, model)?;
         let mut builder = self
             .client
             .request(req.method.clone(), url)
             .headers(headers);
-        if !body.is_empty() {
-            builder = builder.body(body);
+        if !prepared.body.is_empty() {
+            builder = builder.body(prepared.body.clone());
         }
         Ok(builder)
     }
 
-    /// One attempt. A 2xx or a non-retryable status is `Ok`; 429/5xx, transport failures and
-    /// timeouts are `Err`. Settles the breaker permit and bumps counters.
+    /// One attempt. A 2xx or a non-retryable status is `Ok` (translated into the request's
+    /// dialect when `prepared` says so); 429/5xx, transport failures and timeouts are `Err`.
+    /// Settles the breaker permit and bumps counters.
     pub(crate) async fn send_once(
         &self,
         req: &UpstreamRequest,
-        body: Bytes,
+        prepared: &Prepared,
         model: Option<String>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let key = self
@@ -170,7 +281,7 @@ impl Provider {
             self.stats.record_error(&err.kind);
             return Err(err);
         };
-        let builder = match self.build_request(req, body, key) {
+        let builder = match self.build_request(req, prepared, model.as_deref(), key) {
             Ok(b) => b,
             Err(e) => return Err(self.settle_error(permit, e)),
         };
@@ -200,12 +311,16 @@ impl Provider {
         if success && req.stream {
             permit.success();
             ProviderStats::bump(&self.stats.responses);
+            let mut stream = self.byte_stream(resp);
+            if let Some(t) = &prepared.translation {
+                stream = self.translated_stream(t, stream);
+            }
             return Ok(UpstreamResponse {
                 provider: self.settings.name.clone(),
                 model,
                 status,
                 headers,
-                body: UpstreamBody::Stream(self.byte_stream(resp)),
+                body: UpstreamBody::Stream(stream),
             });
         }
         let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
@@ -228,6 +343,18 @@ impl Provider {
             return Err(self.settle_error(permit, err));
         }
         permit.success();
+        let body = match &prepared.translation {
+            None => body,
+            Some(t) => {
+                let translated = t.response_json(status, &body).map_err(|e| {
+                    let err = self.translate_error(e);
+                    self.stats.record_error(&err.kind);
+                    err
+                })?;
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                translated
+            }
+        };
         ProviderStats::bump(&self.stats.responses);
         Ok(UpstreamResponse {
             provider: self.settings.name.clone(),
@@ -236,6 +363,23 @@ impl Provider {
             headers,
             body: UpstreamBody::Json(body),
         })
+    }
+
+    /// The upstream stream translated into the request's dialect; translation failures are
+    /// counted like the stream errors of `byte_stream`.
+    fn translated_stream(
+        &self,
+        t: &Translation,
+        inner: crate::providers::types::ByteStream,
+    ) -> crate::providers::types::ByteStream {
+        let provider = self.settings.name.clone();
+        let stats = Arc::clone(&self.stats);
+        let on_error = Box::new(move |e: TranslateError| {
+            let err = translate_error(&provider, e);
+            stats.record_error(&err.kind);
+            err
+        });
+        translate::translate_stream(inner, t.stream_translator(), on_error)
     }
 
     /// Retryable failures count against the breaker; the rest say nothing about health.
@@ -289,6 +433,41 @@ impl Provider {
     }
 }
 
+/// What the attempts of one target send, prepared once before its retries.
+pub(crate) struct Prepared {
+    pub(crate) body: Bytes,
+    /// The dialect `body` is in.
+    pub(crate) upstream: Dialect,
+    /// How answers go back into the request's dialect; `None` when they pass through.
+    pub(crate) translation: Option<Translation>,
+}
+
+/// Request side: `Untranslatable` (a 400 for the client). Answer side: an answer the inbound
+/// API cannot carry is a `Protocol` failure; an upstream error event or an early end is a cut
+/// stream.
+fn translate_error(provider: &str, e: TranslateError) -> ProviderError {
+    match e {
+        TranslateError::Untranslatable(message) => {
+            ProviderError::new(provider, ProviderErrorKind::Untranslatable { message })
+        }
+        TranslateError::Unrepresentable(m) => {
+            ProviderError::new(provider, ProviderErrorKind::Protocol).with_detail(m)
+        }
+        e @ (TranslateError::UpstreamError(_) | TranslateError::Truncated(_)) => {
+            ProviderError::new(provider, ProviderErrorKind::StreamCut).with_detail(e.to_string())
+        }
+    }
+}
+
+/// The `model` of a JSON body, for an Azure deployment when the router passed none.
+fn body_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct M {
+        model: String,
+    }
+    serde_json::from_slice::<M>(body).ok().map(|m| m.model)
+}
+
 fn classify(e: &reqwest::Error) -> ProviderErrorKind {
     if e.is_builder() || e.is_redirect() {
         ProviderErrorKind::Protocol
@@ -315,4 +494,97 @@ fn error_chain(e: &reqwest::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(settings: ProviderSettings, req: &UpstreamRequest, model: Option<&str>) -> String {
+        let p = Provider::new(settings).unwrap();
+        let prepared = p.prepare(req, req.body.clone()).unwrap();
+        p.url(req, &prepared, model).unwrap().to_string()
+    }
+
+    fn chat(dialect: Dialect) -> UpstreamRequest {
+        let body =
+            serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        UpstreamRequest::post_json("/chat/completions", &body, false).with_dialect(dialect)
+    }
+
+    #[test]
+    fn urls_per_kind_and_dialect() {
+        let openai = || ProviderSettings::openai("o", "http://h/v1/");
+        let azure = || ProviderSettings::azure("z", "https://res.openai.azure.com/");
+        let anthropic = || ProviderSettings::anthropic("a", "https://api.anthropic.com");
+        assert_eq!(
+            url_of(openai(), &chat(Dialect::OpenAiChat), Some("gpt-4o")),
+            "http://h/v1/chat/completions"
+        );
+        assert_eq!(
+            url_of(openai(), &UpstreamRequest::get("/models"), None),
+            "http://h/v1/models"
+        );
+        assert_eq!(
+            url_of(azure(), &chat(Dialect::OpenAiChat), Some("my dep")),
+            "https://res.openai.azure.com/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
+        );
+        let mut pinned = azure();
+        pinned.api_version = Some("2025-01-01-preview".into());
+        assert_eq!(
+            url_of(pinned, &chat(Dialect::Passthrough), None),
+            "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2025-01-01-preview"
+        );
+        assert_eq!(
+            url_of(azure(), &UpstreamRequest::get("/models"), None),
+            "https://res.openai.azure.com/openai/models?api-version=2024-10-21"
+        );
+        let legacy = UpstreamRequest::post_json(
+            "/completions",
+            &serde_json::json!({"model": "inst", "prompt": "x"}),
+            false,
+        )
+        .with_dialect(Dialect::OpenAiCompletions);
+        assert_eq!(
+            url_of(azure(), &legacy, Some("inst")),
+            "https://res.openai.azure.com/openai/deployments/inst/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            url_of(anthropic(), &chat(Dialect::OpenAiChat), Some("claude")),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(
+            url_of(anthropic(), &UpstreamRequest::get("/models"), None),
+            "https://api.anthropic.com/v1/models"
+        );
+        let messages = UpstreamRequest::post_json(
+            "/messages",
+            &serde_json::json!({"model": "gpt-4o", "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "hi"}]}),
+            false,
+        )
+        .with_dialect(Dialect::AnthropicMessages);
+        assert_eq!(
+            url_of(openai(), &messages, Some("gpt-4o")),
+            "http://h/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn untranslatable_requests_fail_before_any_attempt() {
+        let p = Provider::new(ProviderSettings::anthropic("a", "http://127.0.0.1:9")).unwrap();
+        let req = UpstreamRequest::post_json(
+            "/completions",
+            &serde_json::json!({"model": "m", "prompt": "x"}),
+            false,
+        )
+        .with_dialect(Dialect::OpenAiCompletions);
+        let err = p.prepare(&req, req.body.clone()).err().unwrap();
+        assert!(matches!(err.kind, ProviderErrorKind::Untranslatable { .. }));
+        assert_eq!(p.stats.errors("untranslatable"), 1);
+        assert_eq!(
+            p.stats.attempts.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
 }

@@ -29,6 +29,10 @@ pub enum ProviderErrorKind {
     CircuitOpen,
     /// `api_key_env` names a variable that is unset or empty; no request was sent.
     NoApiKey,
+    /// The request cannot be said faithfully in this provider's API (e.g. `n > 1` or `logprobs`
+    /// for Anthropic); no request was sent. Not retryable; the client should get a 400 with
+    /// `message`, which names the parameter and never contains secrets.
+    Untranslatable { message: String },
 }
 
 impl ProviderErrorKind {
@@ -44,11 +48,12 @@ impl ProviderErrorKind {
             ProviderErrorKind::StreamCut => "stream_cut",
             ProviderErrorKind::CircuitOpen => "circuit_open",
             ProviderErrorKind::NoApiKey => "no_api_key",
+            ProviderErrorKind::Untranslatable { .. } => "untranslatable",
         }
     }
 
     /// Every label [`ProviderErrorKind::label`] can return, for pre-registering metrics.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "connect",
         "timeout",
         "rate_limited",
@@ -58,6 +63,7 @@ impl ProviderErrorKind {
         "stream_cut",
         "circuit_open",
         "no_api_key",
+        "untranslatable",
     ];
 }
 
@@ -73,6 +79,9 @@ impl fmt::Display for ProviderErrorKind {
             ProviderErrorKind::StreamCut => f.write_str("stream cut before completion"),
             ProviderErrorKind::CircuitOpen => f.write_str("circuit breaker open"),
             ProviderErrorKind::NoApiKey => f.write_str("API key environment variable not set"),
+            ProviderErrorKind::Untranslatable { message } => {
+                write!(f, "request cannot be translated: {message}")
+            }
         }
     }
 }
@@ -134,7 +143,9 @@ impl ProviderError {
             | ProviderErrorKind::StreamCut
             | ProviderErrorKind::CircuitOpen => true,
             ProviderErrorKind::Status { status, .. } => is_retryable_status(*status),
-            ProviderErrorKind::Protocol | ProviderErrorKind::NoApiKey => false,
+            ProviderErrorKind::Protocol
+            | ProviderErrorKind::NoApiKey
+            | ProviderErrorKind::Untranslatable { .. } => false,
         }
     }
 
@@ -144,6 +155,14 @@ impl ProviderError {
 
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, ProviderErrorKind::Timeout)
+    }
+
+    /// The client-facing reason when the request could not be translated for this provider.
+    pub fn untranslatable_message(&self) -> Option<&str> {
+        match &self.kind {
+            ProviderErrorKind::Untranslatable { message } => Some(message),
+            _ => None,
+        }
     }
 }
 
@@ -209,18 +228,27 @@ fn summarize(attempts: &[(String, ProviderError)]) -> String {
 }
 
 impl RouterError {
-    /// HTTP status for the client: `NoRoute`/`UnknownProvider` → 404; `AllFailed` → 429 when
-    /// every real attempt was rate limited, 504 when every one timed out, 503 when no attempt
-    /// was made because every breaker was open, else 502. Breaker rejections are ignored when
-    /// real attempts exist, since they only echo those attempts' earlier failures.
+    /// HTTP status for the client: `NoRoute`/`UnknownProvider` → 404; `AllFailed` → 400 when
+    /// no target could take the request in its API (see [`RouterError::untranslatable`]), 429
+    /// when every real attempt was rate limited, 504 when every one timed out, 503 when no
+    /// attempt was made because every breaker was open, else 502. Breaker rejections are
+    /// ignored when real attempts exist, since they only echo those attempts' earlier failures;
+    /// untranslatable targets are ignored when another target was tried, since they say
+    /// nothing about upstream health.
     pub fn status(&self) -> u16 {
         match self {
             RouterError::NoRoute { .. } | RouterError::UnknownProvider { .. } => 404,
             RouterError::AllFailed { attempts } => {
+                if self.untranslatable().is_some() {
+                    return 400;
+                }
                 let real: Vec<&ProviderError> = attempts
                     .iter()
                     .map(|(_, e)| e)
-                    .filter(|e| e.kind != ProviderErrorKind::CircuitOpen)
+                    .filter(|e| {
+                        e.kind != ProviderErrorKind::CircuitOpen
+                            && e.untranslatable_message().is_none()
+                    })
                     .collect();
                 if real.is_empty() {
                     if attempts.is_empty() {
@@ -236,6 +264,26 @@ impl RouterError {
                     502
                 }
             }
+        }
+    }
+
+    /// When every attempt failed because the request could not be translated for its provider
+    /// (no upstream was called): the first such reason, for a 400 answer to the client.
+    pub fn untranslatable(&self) -> Option<&str> {
+        match self {
+            RouterError::AllFailed { attempts } if !attempts.is_empty() => {
+                let mut first = None;
+                for (_, e) in attempts {
+                    match e.untranslatable_message() {
+                        Some(m) => {
+                            first.get_or_insert(m);
+                        }
+                        None => return None,
+                    }
+                }
+                first
+            }
+            _ => None,
         }
     }
 
@@ -368,6 +416,53 @@ mod tests {
         );
         assert_eq!(all(vec![e(ProviderErrorKind::CircuitOpen)]).status(), 503);
         assert_eq!(RouterError::NoRoute { model: "m".into() }.status(), 404);
+    }
+
+    #[test]
+    fn untranslatable_is_a_400_only_when_no_target_could_take_it() {
+        let untranslatable = |m: &str| {
+            (
+                "a".to_string(),
+                ProviderError::new(
+                    "a",
+                    ProviderErrorKind::Untranslatable {
+                        message: m.to_string(),
+                    },
+                ),
+            )
+        };
+        let e = ProviderError::new(
+            "a",
+            ProviderErrorKind::Untranslatable {
+                message: "x".into(),
+            },
+        );
+        assert!(!e.retryable());
+        assert_eq!(e.kind.label(), "untranslatable");
+        assert!(ProviderErrorKind::LABELS.contains(&"untranslatable"));
+        let all = |v| RouterError::AllFailed { attempts: v };
+        let only = all(vec![untranslatable("`n` > 1"), untranslatable("`seed`")]);
+        assert_eq!(only.status(), 400);
+        assert_eq!(only.untranslatable(), Some("`n` > 1"));
+        let rl = (
+            "b".to_string(),
+            ProviderError::new(
+                "b",
+                ProviderErrorKind::Status {
+                    status: 429,
+                    body: String::new(),
+                },
+            ),
+        );
+        let mixed = all(vec![rl.clone(), untranslatable("`seed`")]);
+        assert_eq!(mixed.untranslatable(), None);
+        assert_eq!(mixed.status(), 429);
+        let timeout = (
+            "b".to_string(),
+            ProviderError::new("b", ProviderErrorKind::Timeout),
+        );
+        assert_eq!(all(vec![timeout, untranslatable("x")]).status(), 504);
+        assert_eq!(all(vec![]).untranslatable(), None);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The upstream side of deja: on a cache miss, [`Router::send`] picks the route for the
 //! request's model and walks its provider chain (retries with jittered backoff, fallback,
-//! circuit breakers, timeouts) until one provider answers. Answers come back as the upstream's
-//! own bytes ([`UpstreamBody::Json`] or a live [`UpstreamBody::Stream`] of SSE bytes) so the
-//! server can forward them untouched while teeing them through [`SseParser`] for the cache.
-//! This layer never looks inside an answer, never caches, and never logs an API key.
+//! circuit breakers, timeouts) until one provider answers. Providers are OpenAI-compatible,
+//! Azure OpenAI or Anthropic ([`ProviderKind`]); a request declares its [`Dialect`], and a
+//! provider that does not speak it gets it translated ([`translate`]) with its answer
+//! translated back, so fallback works across kinds. Answers come back in the request's
+//! dialect ([`UpstreamBody::Json`] or a live [`UpstreamBody::Stream`] of SSE bytes, the
+//! upstream's own bytes when no translation was needed) so the server can forward them while
+//! teeing them through [`SseParser`] for the cache. This layer never caches and never logs an
+//! API key.
 //!
 //! # Layout
 //! - [`settings`]: plain provider and route settings (the config layer fills them).
-//! - `client`: one provider, one attempt, in its wire dialect (OpenAI-compatible today).
+//! - `client`: one provider, one attempt: addressing and authentication per kind.
+//! - [`translate`]: OpenAI chat ⇄ Anthropic Messages requests, answers, errors and streams.
 //! - `breaker`: per-provider circuit breaker.
 //! - [`router`]: route by model glob, retries, backoff, fallback.
 //! - [`sse`]: incremental SSE parser for the server's tee.
@@ -20,12 +25,15 @@ pub mod router;
 pub mod settings;
 pub mod sse;
 pub mod stats;
+pub mod translate;
 pub mod types;
 
 pub use breaker::BreakerState;
 pub use error::{ProviderError, ProviderErrorKind, RouterConfigError, RouterError};
 pub use router::{Route, Router};
 pub use settings::{ProviderKind, ProviderSettings, RouteSettings, RouteTarget};
+pub use settings::{ANTHROPIC_DEFAULT_VERSION, AZURE_DEFAULT_API_VERSION};
 pub use sse::{SseEvent, SseParser};
 pub use stats::{ProviderStats, ProviderStatsSnapshot};
-pub use types::{ByteStream, UpstreamBody, UpstreamRequest, UpstreamResponse};
+pub use translate::{TranslateError, DEFAULT_MAX_TOKENS};
+pub use types::{ByteStream, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse};

@@ -226,7 +226,8 @@ impl Router {
 }
 
 /// Attempts on one provider until a response, a non-retryable error, an open breaker, or
-/// `max_retries` retries. Every error is appended to `attempts`.
+/// `max_retries` retries. The request is translated for the provider once, before the first
+/// attempt (an untranslatable one makes none). Every error is appended to `attempts`.
 async fn try_provider(
     provider: &Provider,
     req: &UpstreamRequest,
@@ -235,9 +236,16 @@ async fn try_provider(
     attempts: &mut Vec<(String, ProviderError)>,
 ) -> Option<UpstreamResponse> {
     let settings = &provider.settings;
+    let prepared = match provider.prepare(req, body) {
+        Ok(p) => p,
+        Err(err) => {
+            attempts.push((provider.name().to_string(), err));
+            return None;
+        }
+    };
     let mut retry: u32 = 0;
     loop {
-        match provider.send_once(req, body.clone(), model.clone()).await {
+        match provider.send_once(req, &prepared, model.clone()).await {
             Ok(resp) => return Some(resp),
             Err(err) => {
                 let again = err.retryable()

@@ -6,9 +6,16 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Which wire dialect a provider speaks. Each variant decides how a request is addressed and
-/// authenticated (see `client::Provider::build_request`); new dialects (Azure OpenAI,
-/// Anthropic) slot in as variants there.
+/// Azure OpenAI's `api-version` query parameter when `api_version` is unset (the GA version
+/// with `stream_options` and `max_completion_tokens`).
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// Anthropic's `anthropic-version` header when `api_version` is unset.
+pub const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
+
+/// Which vendor API a provider exposes. Each variant decides how a request is addressed and
+/// authenticated (see `client::Provider::build_request`) and which request dialects it speaks
+/// natively (see [`ProviderKind::speaks`]); other dialects are translated per attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ProviderKind {
@@ -16,12 +23,20 @@ pub enum ProviderKind {
     /// `POST {base_url}/chat/completions` with `Authorization: Bearer <key>`.
     #[default]
     OpenAi,
+    /// Azure OpenAI: `POST {base_url}/openai/deployments/{model}/chat/completions
+    /// ?api-version=V` with `api-key: <key>`; OpenAI's bodies.
+    Azure,
+    /// Anthropic: `POST {base_url}/v1/messages` with `x-api-key: <key>` and
+    /// `anthropic-version: V`.
+    Anthropic,
 }
 
 impl ProviderKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 }
@@ -58,6 +73,10 @@ pub struct ProviderSettings {
     /// Headers added to every request (e.g. `OpenAI-Organization`). Values are redacted in
     /// `Debug` since some vendors put credentials here.
     pub extra_headers: Vec<(String, String)>,
+    /// Azure: the `api-version` query parameter (default [`AZURE_DEFAULT_API_VERSION`]).
+    /// Anthropic: the `anthropic-version` header (default [`ANTHROPIC_DEFAULT_VERSION`]).
+    /// Unused for OpenAI.
+    pub api_version: Option<String>,
 }
 
 impl ProviderSettings {
@@ -83,12 +102,41 @@ impl ProviderSettings {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
             extra_headers: Vec::new(),
+            api_version: None,
         }
     }
 
     /// OpenAI-compatible provider with defaults.
     pub fn openai(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
         ProviderSettings::new(name, ProviderKind::OpenAi, base_url)
+    }
+
+    /// Azure OpenAI resource (`https://myres.openai.azure.com`) with defaults.
+    pub fn azure(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
+        ProviderSettings::new(name, ProviderKind::Azure, base_url)
+    }
+
+    /// Anthropic (`https://api.anthropic.com`) with defaults.
+    pub fn anthropic(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
+        ProviderSettings::new(name, ProviderKind::Anthropic, base_url)
+    }
+
+    /// The version this provider sends: the configured one, else the kind's default; `None`
+    /// for OpenAI, which has no version parameter.
+    pub fn effective_api_version(&self) -> Option<&str> {
+        match self.kind {
+            ProviderKind::OpenAi => None,
+            ProviderKind::Azure => Some(
+                self.api_version
+                    .as_deref()
+                    .unwrap_or(AZURE_DEFAULT_API_VERSION),
+            ),
+            ProviderKind::Anthropic => Some(
+                self.api_version
+                    .as_deref()
+                    .unwrap_or(ANTHROPIC_DEFAULT_VERSION),
+            ),
+        }
     }
 }
 
@@ -113,6 +161,7 @@ impl fmt::Debug for ProviderSettings {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("extra_headers", &headers)
+            .field("api_version", &self.api_version)
             .finish()
     }
 }
@@ -162,6 +211,24 @@ impl RouteSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_version_defaults_per_kind() {
+        assert_eq!(
+            ProviderSettings::openai("o", "http://x/v1").effective_api_version(),
+            None
+        );
+        assert_eq!(
+            ProviderSettings::azure("z", "https://r.openai.azure.com").effective_api_version(),
+            Some(AZURE_DEFAULT_API_VERSION)
+        );
+        let mut a = ProviderSettings::anthropic("a", "https://api.anthropic.com");
+        assert_eq!(a.effective_api_version(), Some(ANTHROPIC_DEFAULT_VERSION));
+        a.api_version = Some("2099-01-01".into());
+        assert_eq!(a.effective_api_version(), Some("2099-01-01"));
+        assert_eq!(ProviderKind::Azure.as_str(), "azure");
+        assert_eq!(ProviderKind::Anthropic.as_str(), "anthropic");
+    }
 
     #[test]
     fn debug_redacts_extra_header_values() {

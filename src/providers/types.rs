@@ -1,6 +1,7 @@
-//! What goes to an upstream and what comes back. The request body is the final wire body (the
-//! api layer built it); the response keeps the upstream's bytes untouched so that the server can
-//! forward them byte for byte. Nothing here parses or re-encodes a body.
+//! What goes to an upstream and what comes back. The request body is the client's wire body in
+//! its [`Dialect`]; the response comes back in that same dialect: the upstream's own bytes when
+//! the provider speaks it, else translated per attempt by `providers::translate`. Nothing here
+//! parses or re-encodes a body.
 
 use crate::providers::error::ProviderError;
 use bytes::Bytes;
@@ -9,15 +10,55 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use std::fmt;
 
+/// The inbound API a request body is written in, and so the API its answer must come back in.
+/// A provider that does not speak it natively gets a translated request, and its answer
+/// (JSON, error body or SSE stream) is translated back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Dialect {
+    /// OpenAI `POST /chat/completions`.
+    OpenAiChat,
+    /// OpenAI legacy `POST /completions`.
+    OpenAiCompletions,
+    /// Anthropic `POST /v1/messages`.
+    AnthropicMessages,
+    /// Sent as is to `path` (after the provider's addressing); the answer is not touched.
+    #[default]
+    Passthrough,
+}
+
+impl Dialect {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Dialect::OpenAiChat => "openai_chat",
+            Dialect::OpenAiCompletions => "openai_completions",
+            Dialect::AnthropicMessages => "anthropic_messages",
+            Dialect::Passthrough => "passthrough",
+        }
+    }
+}
+
+impl From<crate::api::canonical::ApiKind> for Dialect {
+    fn from(api: crate::api::canonical::ApiKind) -> Dialect {
+        use crate::api::canonical::ApiKind;
+        match api {
+            ApiKind::Chat => Dialect::OpenAiChat,
+            ApiKind::Completions => Dialect::OpenAiCompletions,
+            ApiKind::Messages => Dialect::AnthropicMessages,
+        }
+    }
+}
+
 /// One call to make upstream, independent of which provider ends up answering it.
 #[derive(Clone)]
 pub struct UpstreamRequest {
-    /// Appended to the provider's base URL: `/chat/completions`, `/completions`, `/models`, or
-    /// any other `/...` for passthrough.
+    /// Appended to an OpenAI provider's base URL: `/chat/completions`, `/completions`,
+    /// `/models`, or any other `/...`. Azure and Anthropic map it onto their own layouts
+    /// (`/openai/deployments/{model}/...`, `/v1/...`), and a translated request goes to the
+    /// path of the dialect it was translated into.
     pub path: String,
     pub method: Method,
-    /// Final wire body (OpenAI JSON); empty for GET. The router only touches it to rename the
-    /// `model` field for a target that asks for it.
+    /// Wire body in `dialect`; empty for GET. The router touches it only to rename the `model`
+    /// field for a target that asks for it, the provider only to translate it.
     pub body: Bytes,
     /// The client asked for SSE: a 2xx answer comes back as [`UpstreamBody::Stream`].
     pub stream: bool,
@@ -26,6 +67,8 @@ pub struct UpstreamRequest {
     /// Extra per-request headers to forward (e.g. `OpenAI-Beta`); the provider's
     /// authentication and `extra_headers` take precedence.
     pub headers: HeaderMap,
+    /// What `body` is written in; [`Dialect::Passthrough`] (the default) sends it untouched.
+    pub dialect: Dialect,
 }
 
 impl UpstreamRequest {
@@ -39,6 +82,7 @@ impl UpstreamRequest {
             stream,
             client_key: None,
             headers: HeaderMap::new(),
+            dialect: Dialect::Passthrough,
         }
     }
 
@@ -51,6 +95,7 @@ impl UpstreamRequest {
             stream,
             client_key: None,
             headers: HeaderMap::new(),
+            dialect: Dialect::Passthrough,
         }
     }
 
@@ -63,11 +108,18 @@ impl UpstreamRequest {
             stream: false,
             client_key: None,
             headers: HeaderMap::new(),
+            dialect: Dialect::Passthrough,
         }
     }
 
     pub fn with_client_key(mut self, key: Option<String>) -> Self {
         self.client_key = key;
+        self
+    }
+
+    /// Declare the body's dialect so that providers of another kind translate it.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 }
@@ -84,6 +136,7 @@ impl fmt::Debug for UpstreamRequest {
                 &self.client_key.as_ref().map(|_| "<redacted>"),
             )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("dialect", &self.dialect)
             .finish()
     }
 }
@@ -136,12 +189,15 @@ impl UpstreamResponse {
 }
 
 /// Response headers forwarded to the client; the rest (hop-by-hop, cookies, server details)
-/// stay upstream.
+/// stay upstream. `request-id` and `anthropic-ratelimit-*` are Anthropic's equivalents of
+/// OpenAI's `x-request-id` and `x-ratelimit-*`.
 pub(crate) fn keep_response_header(name: &str) -> bool {
     name == "content-type"
         || name == "x-request-id"
+        || name == "request-id"
         || name == "retry-after"
         || name == "retry-after-ms"
         || name.starts_with("openai-")
         || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
 }

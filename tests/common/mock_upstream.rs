@@ -1,14 +1,18 @@
-//! An in-process OpenAI-compatible upstream for integration tests: an axum server on
-//! `127.0.0.1:0` that speaks OpenAI's real wire formats (chat completions and legacy
-//! completions, JSON and SSE, `GET /v1/models`, OpenAI-shaped errors), counts and records every
-//! call, and can be told to be slow, fail, rate limit, or cut a stream. Replies are
-//! deterministic ("Answer #<call number> to: <last user message>") so a test can tell a fresh
-//! upstream answer from a cached one. It never touches the network beyond loopback.
+//! An in-process upstream for integration tests: an axum server on `127.0.0.1:0` that speaks
+//! the real wire formats of three vendors on one port: OpenAI (chat completions and legacy
+//! completions, JSON and SSE, `GET /v1/models`, OpenAI-shaped errors), Azure OpenAI
+//! (`/openai/deployments/{dep}/chat/completions?api-version=…` with `api-key`) and Anthropic
+//! (`POST /v1/messages` with `x-api-key` and `anthropic-version`, its JSON, events and error
+//! shape). It counts and records every call, and can be told to be slow, fail, rate limit, cut
+//! a stream or fail in the middle of one. Replies are deterministic ("Answer #<call number> to:
+//! <last user message>") so a test can tell a fresh upstream answer from a cached one. It
+//! never touches the network beyond loopback.
 //!
 //! ```ignore
 //! let up = MockUpstream::builder().fail_n_times(2, 500).start().await;
 //! let url = up.base_url(); // http://127.0.0.1:PORT/v1
 //! assert_eq!(up.calls_for("/chat/completions"), 3);
+//! let anthropic = up.anthropic_base_url(); // http://127.0.0.1:PORT
 //! ```
 #![allow(dead_code)]
 
@@ -23,8 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod anthropic;
+mod azure;
 mod openai;
-use openai::{all_prompt_text, last_user_text, words, Ctx};
+use openai::openai_completion;
 
 /// Custom reply text from the request body.
 pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -41,6 +47,7 @@ struct Behaviour {
     retry_after: Option<String>,
     retry_after_ms: Option<u64>,
     cut_stream_after: Option<usize>,
+    stream_error_after: Option<usize>,
     reply: Option<ReplyFn>,
     tool_call: Option<(String, String)>,
     models: Vec<String>,
@@ -56,6 +63,7 @@ impl Default for Behaviour {
             retry_after: None,
             retry_after_ms: None,
             cut_stream_after: None,
+            stream_error_after: None,
             reply: None,
             tool_call: None,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
@@ -71,6 +79,8 @@ pub struct RecordedRequest {
     pub method: Method,
     /// Full path, e.g. `/v1/chat/completions`.
     pub path: String,
+    /// The query string without `?`, e.g. `api-version=2024-10-21` (Azure).
+    pub query: Option<String>,
     pub headers: HeaderMap,
     /// The body parsed as JSON (`Value::Null` when empty or not JSON).
     pub body: Value,
@@ -91,6 +101,14 @@ impl RecordedRequest {
     /// The `Authorization` header, e.g. `Bearer sk-...`.
     pub fn authorization(&self) -> Option<String> {
         self.header("authorization")
+    }
+
+    /// One query parameter, e.g. `query_param("api-version")`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| v.to_string())
+        })
     }
 }
 
@@ -153,6 +171,14 @@ impl MockUpstreamBuilder {
     /// chunk) and then drop the connection: no finish_reason, no `[DONE]`.
     pub fn cut_stream_after(mut self, chunks: usize) -> Self {
         self.behaviour.cut_stream_after = Some(chunks);
+        self
+    }
+
+    /// Streams send this many events (capped before the finish, as for `cut_stream_after`),
+    /// then the vendor's in-stream error (OpenAI `data: {"error":…}`, Anthropic
+    /// `event: error` with `overloaded_error`) and end the stream cleanly.
+    pub fn with_stream_error_after(mut self, events: usize) -> Self {
+        self.behaviour.stream_error_after = Some(events);
         self
     }
 
@@ -226,6 +252,17 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
+    /// `http://127.0.0.1:PORT`, as the Anthropic SDK's `base_url` (it appends `/v1/messages`).
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, as an Azure OpenAI resource endpoint (requests go to
+    /// `/openai/deployments/{deployment}/...?api-version=...`).
+    pub fn azure_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Calls on any path.
     pub fn calls(&self) -> u64 {
         self.shared.calls.load(Ordering::SeqCst)
@@ -264,6 +301,10 @@ impl MockUpstream {
         self.shared.behaviour.lock().cut_stream_after = chunks;
     }
 
+    pub fn set_stream_error_after(&self, events: Option<usize>) {
+        self.shared.behaviour.lock().stream_error_after = events;
+    }
+
     pub fn set_reply(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
         self.shared.behaviour.lock().reply = Some(Arc::new(f));
     }
@@ -296,6 +337,7 @@ async fn handle(
     let call = shared.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let body: Value = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
     let path = uri.path().to_string();
+    let query = uri.query().map(str::to_string);
     let behaviour = {
         let mut b = shared.behaviour.lock();
         let snapshot = b.clone();
@@ -304,7 +346,15 @@ async fn handle(
         }
         snapshot
     };
-    let planned = plan(&behaviour, call, &method, &path, &body);
+    let planned = plan(
+        &behaviour,
+        call,
+        &method,
+        &path,
+        query.as_deref(),
+        &headers,
+        &body,
+    );
     let sent: Vec<Bytes> = match planned.cut_after {
         Some(k) => planned.chunks.iter().take(k).cloned().collect(),
         None => planned.chunks.clone(),
@@ -313,6 +363,7 @@ async fn handle(
         call,
         method,
         path,
+        query,
         headers,
         body,
         raw_body,
@@ -363,15 +414,48 @@ fn respond(planned: Planned, chunk_delay: Duration) -> Response {
     response
 }
 
-fn plan(b: &Behaviour, call: u64, method: &Method, path: &str, body: &Value) -> Planned {
+/// Which vendor API a call addressed (all three are served on the same port).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vendor {
+    OpenAi,
+    Azure,
+    Anthropic,
+}
+
+fn vendor_of(path: &str) -> Vendor {
+    if path == "/v1/messages" {
+        Vendor::Anthropic
+    } else if path.starts_with("/openai/") {
+        Vendor::Azure
+    } else {
+        Vendor::OpenAi
+    }
+}
+
+fn plan(
+    b: &Behaviour,
+    call: u64,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    req_headers: &HeaderMap,
+    body: &Value,
+) -> Planned {
+    let vendor = vendor_of(path);
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
-    let mut headers = vec![
-        ("x-request-id", request_id),
-        ("openai-version", "2020-10-01".to_string()),
-        ("openai-organization", "deja-mock".to_string()),
-        ("openai-processing-ms", "1".to_string()),
-        ("x-ratelimit-limit-requests", "10000".to_string()),
-    ];
+    let mut headers = match vendor {
+        Vendor::Anthropic => vec![
+            ("request-id", request_id),
+            ("anthropic-ratelimit-requests-limit", "4000".to_string()),
+        ],
+        Vendor::OpenAi | Vendor::Azure => vec![
+            ("x-request-id", request_id),
+            ("openai-version", "2020-10-01".to_string()),
+            ("openai-organization", "deja-mock".to_string()),
+            ("openai-processing-ms", "1".to_string()),
+            ("x-ratelimit-limit-requests", "10000".to_string()),
+        ],
+    };
     if b.fail_remaining > 0 {
         if let Some(v) = &b.retry_after {
             headers.push(("retry-after", v.clone()));
@@ -379,12 +463,21 @@ fn plan(b: &Behaviour, call: u64, method: &Method, path: &str, body: &Value) -> 
         if let Some(ms) = b.retry_after_ms {
             headers.push(("retry-after-ms", ms.to_string()));
         }
-        return error(
-            headers,
-            b.fail_status,
-            &failure_message(b.fail_status),
-            None,
-        );
+        let status = b.fail_status;
+        return match vendor {
+            Vendor::Anthropic => {
+                let body = anthropic::error_body(status, &anthropic::failure_message(status));
+                json_planned(headers, status, body)
+            }
+            _ => error(headers, status, &failure_message(status), None),
+        };
+    }
+    if method == Method::POST {
+        match vendor {
+            Vendor::Anthropic => return anthropic::plan(b, call, req_headers, body, headers),
+            Vendor::Azure => return azure::plan(b, call, path, query, req_headers, body, headers),
+            Vendor::OpenAi => {}
+        }
     }
     let route = (method.as_str(), path);
     if method == Method::POST && matches!(route.1, "/v1/chat/completions" | "/v1/completions") {
@@ -396,37 +489,7 @@ fn plan(b: &Behaviour, call: u64, method: &Method, path: &str, body: &Value) -> 
             return error(headers, 400, "you must provide a model parameter", None);
         };
         let chat = route.1 == "/v1/chat/completions";
-        let reply = match &b.reply {
-            Some(f) => f(body),
-            None => format!("Answer #{call} to: {}", last_user_text(body, chat)),
-        };
-        let mut ctx = Ctx::new(b.tool_call.as_ref(), body, model, reply, chat);
-        ctx.prompt_tokens = words(&all_prompt_text(body, chat)).max(1);
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        return if stream {
-            headers.push((
-                "content-type",
-                "text/event-stream; charset=utf-8".to_string(),
-            ));
-            let chunks = ctx.sse_chunks();
-            let cut_after = b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events));
-            Planned {
-                status: 200,
-                headers,
-                chunks,
-                stream: true,
-                cut_after,
-            }
-        } else {
-            headers.push(("content-type", "application/json".to_string()));
-            Planned {
-                status: 200,
-                headers,
-                chunks: vec![Bytes::from(ctx.json_body().to_string())],
-                stream: false,
-                cut_after: None,
-            }
-        };
+        return openai_completion(b, call, body, model, chat, headers);
     }
     if route == ("GET", "/v1/models") {
         let data: Vec<Value> = b
@@ -446,6 +509,37 @@ fn plan(b: &Behaviour, call: u64, method: &Method, path: &str, body: &Value) -> 
     }
     let msg = format!("Invalid URL ({} {})", method, path);
     error(headers, 404, &msg, None)
+}
+
+fn json_planned(mut headers: Vec<(&'static str, String)>, status: u16, body: Bytes) -> Planned {
+    if !headers.iter().any(|(k, _)| *k == "content-type") {
+        headers.push(("content-type", "application/json".to_string()));
+    }
+    Planned {
+        status,
+        headers,
+        chunks: vec![body],
+        stream: false,
+        cut_after: None,
+    }
+}
+
+fn stream_planned(
+    mut headers: Vec<(&'static str, String)>,
+    chunks: Vec<Bytes>,
+    cut_after: Option<usize>,
+) -> Planned {
+    headers.push((
+        "content-type",
+        "text/event-stream; charset=utf-8".to_string(),
+    ));
+    Planned {
+        status: 200,
+        headers,
+        chunks,
+        stream: true,
+        cut_after,
+    }
 }
 
 fn error(

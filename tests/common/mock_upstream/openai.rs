@@ -2,6 +2,7 @@
 //! their SSE chunk sequences (role chunk, content pieces, finish chunk, optional usage chunk,
 //! `[DONE]`), and the request fields the mock reads (messages, prompt, limits). Test-only.
 
+use super::{json_planned, stream_planned, Behaviour, Planned};
 use axum::body::Bytes;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,6 +65,40 @@ pub(super) fn all_prompt_text(body: &Value, chat: bool) -> String {
 
 pub(super) fn words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
+}
+
+/// A chat or legacy completion in OpenAI's shapes (the OpenAI and Azure routes).
+pub(super) fn openai_completion(
+    b: &Behaviour,
+    call: u64,
+    body: &Value,
+    model: &str,
+    chat: bool,
+    mut headers: Vec<(&'static str, String)>,
+) -> Planned {
+    let reply = match &b.reply {
+        Some(f) => f(body),
+        None => format!("Answer #{call} to: {}", last_user_text(body, chat)),
+    };
+    let mut ctx = Ctx::new(b.tool_call.as_ref(), body, model, reply, chat);
+    ctx.prompt_tokens = words(&all_prompt_text(body, chat)).max(1);
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        headers.push(("content-type", "application/json".to_string()));
+        return json_planned(headers, 200, Bytes::from(ctx.json_body().to_string()));
+    }
+    let mut chunks = ctx.sse_chunks();
+    if let Some(k) = b.stream_error_after {
+        chunks.truncate(k.min(ctx.pre_finish_events));
+        let e = json!({"error": {"message": "The server had an error while processing your request. Sorry about that!",
+                                 "type": "server_error", "param": null, "code": null}});
+        chunks.push(Bytes::from(format!("data: {e}\n\n")));
+    }
+    stream_planned(
+        headers,
+        chunks,
+        b.cut_stream_after.map(|k| k.min(ctx.pre_finish_events)),
+    )
 }
 
 /// Everything one successful completion needs to render as JSON or SSE.

@@ -1,0 +1,229 @@
+//! Faithful translation between the inbound dialect of a request and the API of the provider
+//! that answers it, so that a route can fall back across provider kinds (OpenAI → Anthropic and
+//! back) while the server always receives answers in the client's own dialect. Requests are
+//! translated before an attempt, answers after it: JSON bodies, error bodies (same status, the
+//! inbound dialect's error shape) and SSE streams (event by event, never buffered whole).
+//!
+//! The rule is "translate or refuse": a parameter that would change the output and has no
+//! equivalent on the other side is never dropped silently; the request is refused with
+//! [`TranslateError::Untranslatable`] (the client gets a 400 naming the parameter) before any
+//! upstream call. Parameters that cannot change the output (`store`, `metadata`,
+//! `service_tier`, `prediction`, `parallel_tool_calls` without tools, `cache_control`) are
+//! dropped. Pure functions over bytes and `api` wire types: no I/O, no clocks beyond `created`.
+//!
+//! # Layout
+//! - [`request`]: OpenAI chat ⇄ Anthropic Messages request bodies.
+//! - [`response`]: answer bodies both ways, finish reasons, usage, ids, error bodies.
+//! - [`stream`]: SSE stream translators and the [`ByteStream`] adapter that drives them.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use crate::api::anthropic::MessagesRequest;
+use crate::api::openai::ChatCompletionRequest;
+use crate::providers::settings::ProviderKind;
+use crate::providers::types::Dialect;
+use bytes::Bytes;
+use serde::Serialize;
+
+pub use request::{chat_to_messages, messages_to_chat, DEFAULT_MAX_TOKENS};
+pub use response::{
+    chat_json_to_messages, error_to_anthropic, error_to_openai, messages_json_to_chat,
+};
+pub use stream::{translate_stream, ChatToMessagesStream, MessagesToChatStream, StreamTranslate};
+
+/// Why a body or a stream could not be translated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// The request cannot be said faithfully in the provider's API. Client-facing (400).
+    #[error("{0}")]
+    Untranslatable(String),
+    /// The upstream's answer carries something the inbound API cannot express, or is not the
+    /// shape its API documents.
+    #[error("{0}")]
+    Unrepresentable(String),
+    /// The upstream reported an error in the middle of a stream.
+    #[error("upstream error event: {0}")]
+    UpstreamError(String),
+    /// The upstream stream ended before its terminal event.
+    #[error("{0}")]
+    Truncated(String),
+}
+
+/// How one provider takes a request in `inbound` dialect: the dialect it is sent in. Equal to
+/// `inbound` (or `Passthrough`) when no translation is needed.
+pub fn upstream_dialect(kind: ProviderKind, inbound: Dialect) -> Result<Dialect, TranslateError> {
+    match (kind, inbound) {
+        (_, Dialect::Passthrough) => Ok(Dialect::Passthrough),
+        (ProviderKind::OpenAi | ProviderKind::Azure, Dialect::AnthropicMessages) => {
+            Ok(Dialect::OpenAiChat)
+        }
+        (ProviderKind::OpenAi | ProviderKind::Azure, d) => Ok(d),
+        (ProviderKind::Anthropic, Dialect::OpenAiChat | Dialect::AnthropicMessages) => {
+            Ok(Dialect::AnthropicMessages)
+        }
+        (ProviderKind::Anthropic, Dialect::OpenAiCompletions) => {
+            Err(TranslateError::Untranslatable(
+                "the legacy completions API (`/v1/completions`) cannot be served by an Anthropic \
+             provider; use `/v1/chat/completions` or `/v1/messages`"
+                    .to_string(),
+            ))
+        }
+    }
+}
+
+/// What the answer side of one translated attempt needs to know about its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The client's dialect: answers are translated into it.
+    pub inbound: Dialect,
+    /// The dialect sent upstream.
+    pub upstream: Dialect,
+    /// OpenAI inbound stream: the client asked for the final usage chunk.
+    pub include_usage: bool,
+}
+
+/// The request body for a provider of `kind`: `None` when it takes `body` as is, else the
+/// translated body and what its answer needs.
+pub fn translate_request(
+    kind: ProviderKind,
+    inbound: Dialect,
+    body: &[u8],
+) -> Result<Option<(Bytes, Translation)>, TranslateError> {
+    let upstream = upstream_dialect(kind, inbound)?;
+    if upstream == inbound {
+        return Ok(None);
+    }
+    match (inbound, upstream) {
+        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
+            let req: ChatCompletionRequest = parse_request(body, "chat completion")?;
+            let out = chat_to_messages(&req)?;
+            let translation = Translation {
+                inbound,
+                upstream,
+                include_usage: req.include_usage(),
+            };
+            Ok(Some((to_bytes(&out)?, translation)))
+        }
+        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
+            let req: MessagesRequest = parse_request(body, "Messages")?;
+            let out = messages_to_chat(&req)?;
+            let translation = Translation {
+                inbound,
+                upstream,
+                include_usage: false,
+            };
+            Ok(Some((to_bytes(&out)?, translation)))
+        }
+        _ => Err(TranslateError::Untranslatable(format!(
+            "no translation from {} to {}",
+            inbound.as_str(),
+            upstream.as_str()
+        ))),
+    }
+}
+
+impl Translation {
+    /// A buffered answer (a 2xx body, or an error body of any status) in the inbound dialect.
+    pub fn response_json(&self, status: u16, body: &[u8]) -> Result<Bytes, TranslateError> {
+        let success = (200..300).contains(&status);
+        match (self.inbound, success) {
+            (Dialect::OpenAiChat, true) => messages_json_to_chat(body),
+            (Dialect::AnthropicMessages, true) => chat_json_to_messages(body),
+            (Dialect::AnthropicMessages, false) => Ok(error_to_anthropic(status, body)),
+            (_, false) => Ok(error_to_openai(status, body)),
+            (_, true) => Err(TranslateError::Unrepresentable(format!(
+                "no answer translation into {}",
+                self.inbound.as_str()
+            ))),
+        }
+    }
+
+    /// The stream translator from the upstream's events into the inbound dialect's.
+    pub fn stream_translator(&self) -> Box<dyn StreamTranslate> {
+        match self.inbound {
+            Dialect::AnthropicMessages => Box::new(ChatToMessagesStream::new()),
+            _ => Box::new(MessagesToChatStream::new(self.include_usage)),
+        }
+    }
+}
+
+fn parse_request<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, TranslateError> {
+    serde_json::from_slice(body).map_err(|e| {
+        TranslateError::Untranslatable(format!("the body is not a valid {what} request: {e}"))
+    })
+}
+
+pub(crate) fn to_bytes<T: Serialize>(v: &T) -> Result<Bytes, TranslateError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| TranslateError::Unrepresentable(format!("cannot encode the body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn dialect_per_kind() {
+        use Dialect::*;
+        use ProviderKind::*;
+        assert_eq!(upstream_dialect(OpenAi, OpenAiChat), Ok(OpenAiChat));
+        assert_eq!(
+            upstream_dialect(Azure, OpenAiCompletions),
+            Ok(OpenAiCompletions)
+        );
+        assert_eq!(upstream_dialect(Azure, AnthropicMessages), Ok(OpenAiChat));
+        assert_eq!(
+            upstream_dialect(Anthropic, OpenAiChat),
+            Ok(AnthropicMessages)
+        );
+        assert_eq!(upstream_dialect(Anthropic, Passthrough), Ok(Passthrough));
+        assert!(matches!(
+            upstream_dialect(Anthropic, OpenAiCompletions),
+            Err(TranslateError::Untranslatable(m)) if m.contains("completions")
+        ));
+    }
+
+    #[test]
+    fn native_requests_are_not_touched() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":3}"#;
+        assert_eq!(
+            translate_request(ProviderKind::OpenAi, Dialect::OpenAiChat, body),
+            Ok(None)
+        );
+        assert_eq!(
+            translate_request(ProviderKind::Anthropic, Dialect::Passthrough, body),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn translated_request_and_error_answer() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],
+                        "stream":true,"stream_options":{"include_usage":true}}"#;
+        let (out, t) = translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, body)
+            .unwrap()
+            .unwrap();
+        assert!(t.include_usage);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(v["stream"], true);
+        let err = br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#;
+        let v: Value = serde_json::from_slice(&t.response_json(400, err).unwrap()).unwrap();
+        assert_eq!(v["error"]["message"], "bad");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, b"[1]").is_err());
+        let bad = json!({"model":"m","messages":[{"role":"user","content":"x"}],"n":2});
+        let bad = serde_json::to_vec(&bad).unwrap();
+        assert!(matches!(
+            translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, &bad),
+            Err(TranslateError::Untranslatable(m)) if m.contains("`n`")
+        ));
+    }
+}
