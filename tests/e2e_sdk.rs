@@ -1,5 +1,6 @@
 //! End-to-end: the real `deja` binary (real model, real store) driven by the official Python
-//! SDKs, with misses forwarded to an in-process mock upstream on 127.0.0.1:0.
+//! SDKs, with misses forwarded to in-process mock upstreams on 127.0.0.1:0 that speak OpenAI's
+//! and Anthropic's wire formats.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use common::binary::{python_with_sdks, DejaProcess};
 use common::mock_upstream::MockUpstream;
 
-fn write_config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
+fn write_config(dir: &std::path::Path, mock: &MockUpstream) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
         r#"
@@ -19,22 +20,43 @@ shutdown_grace = "5s"
 dir = "{}"
 threshold = 0.85
 [[providers]]
-name = "mock"
+name = "openai-mock"
 kind = "openai"
-base_url = "{upstream}"
+base_url = "{}"
+max_retries = 0
+[[providers]]
+name = "anthropic-mock"
+kind = "anthropic"
+base_url = "{}"
 max_retries = 0
 [[routes]]
+model = "claude-*"
+providers = ["anthropic-mock"]
+[[routes]]
 model = "*"
-providers = ["mock"]
+providers = ["openai-mock"]
 "#,
-        dir.join("store").display()
+        dir.join("store").display(),
+        mock.base_url(),
+        mock.anthropic_base_url(),
     );
     std::fs::write(&path, text).unwrap();
     path
 }
 
+fn run_script(python: &std::path::Path, name: &str, base: &str) {
+    let script = format!("{}/tests/e2e/{name}", env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(python)
+        .arg(&script)
+        .arg(base)
+        .env("PYTHONUNBUFFERED", "1")
+        .status()
+        .expect("run python");
+    assert!(status.success(), "{name} failed (see output above)");
+}
+
 #[test]
-fn openai_python_sdk_against_the_binary() {
+fn official_python_sdks_against_the_binary() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -46,23 +68,22 @@ fn openai_python_sdk_against_the_binary() {
             .start(),
     );
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), &mock.base_url());
+    let config = write_config(tmp.path(), &mock);
     let deja = DejaProcess::start(&config);
     let python = python_with_sdks();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/openai_sdk.py");
-    let status = Command::new(&python)
-        .arg(script)
-        .arg(&deja.base)
-        .env("PYTHONUNBUFFERED", "1")
-        .status()
-        .expect("run python");
+
+    run_script(&python, "openai_sdk.py", &deja.base);
+    // Every miss is one upstream call and every hit none: 5 distinct chat questions.
+    let chat_calls = mock.calls_for("/v1/chat/completions");
+    assert_eq!(chat_calls, 5, "upstream chat calls for the openai script");
+
+    run_script(&python, "anthropic_sdk.py", &deja.base);
+    let messages_calls = mock.calls_for("/v1/messages");
     assert!(
-        status.success(),
-        "openai SDK checks failed (see output above)"
+        messages_calls >= 4,
+        "the Anthropic-kind mock was used: {messages_calls}"
     );
-    // Hits cost nothing upstream: every miss in the script is one upstream call, every hit none.
-    let calls = mock.calls_for("/v1/chat/completions");
-    assert!(calls <= 6, "too many upstream chat calls: {calls}");
+
     let stopped = deja.stop();
     assert!(
         stopped.success(),

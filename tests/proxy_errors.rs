@@ -169,3 +169,107 @@ async fn api_key_never_appears_in_error_bodies() {
         r.text
     );
 }
+
+fn two_provider_config(dir: &std::path::Path, first: &str, second: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[cache]
+dir = "{}"
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{first}"
+max_retries = 1
+backoff_base = "1ms"
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "{second}"
+max_retries = 0
+[[routes]]
+model = "*"
+providers = ["first", "second"]
+"#,
+        dir.join("store").display()
+    )
+}
+
+#[tokio::test]
+async fn failing_provider_falls_back_and_the_answer_is_cached() {
+    let first = MockUpstream::builder().always_fail(503).start().await;
+    let second = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = two_provider_config(tmp.path(), &first.base_url(), &second.base_url());
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let body = json!({"model":"m","messages":[{"role":"user","content":"fallback please"}]});
+    let r = Reply::read(
+        client()
+            .post(d.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-deja-provider"), "second");
+    assert_eq!(
+        first.calls(),
+        2,
+        "one try plus one retry on the first provider"
+    );
+    assert_eq!(second.calls(), 1);
+    d.wait_entries(1).await;
+    let r = Reply::read(
+        client()
+            .post(d.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "exact-hit");
+    let metrics = client()
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deja_provider_retries_total{provider=\"first\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("deja_upstream_errors_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn no_fallback_after_the_first_streamed_byte() {
+    let first = MockUpstream::builder().cut_stream_after(2).start().await;
+    let second = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = two_provider_config(tmp.path(), &first.base_url(), &second.base_url());
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let body = json!({"model":"m","stream":true,"messages":[{"role":"user","content":"stream then break"}]});
+    let r = client()
+        .post(d.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-deja-provider"], "first");
+    let text = r.text().await.unwrap_or_default();
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert_eq!(
+        second.calls(),
+        0,
+        "once bytes reached the client, there is no fallback"
+    );
+    d.settle().await;
+    assert_eq!(d.entries(), 0);
+}

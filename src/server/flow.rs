@@ -361,7 +361,8 @@ impl Ctx<'_> {
         let state = self.state.clone();
         let mut upstream_req =
             UpstreamRequest::post_bytes(self.api.upstream_path(), body, self.canonical.stream)
-                .with_client_key(self.key.clone());
+                .with_client_key(self.key.clone())
+                .with_dialect(self.api.into());
         upstream_req.headers = forwardable_headers(self.headers);
         let router = state.router();
         let up_started = Instant::now();
@@ -539,6 +540,9 @@ fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap) {
 /// (status, timeout, connect failure), never upstream URLs or bodies.
 impl From<RouterError> for ApiError {
     fn from(e: RouterError) -> ApiError {
+        if let Some(m) = e.untranslatable() {
+            return ApiError::invalid_request(m.to_string(), None);
+        }
         match e {
             RouterError::NoRoute { model } => ApiError::NoRoute { model },
             RouterError::UnknownProvider { provider } => {

@@ -60,12 +60,8 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
     for p in &config.providers {
         let kind = match p.kind {
             CfgKind::OpenAi => ProviderKind::OpenAi,
-            other => {
-                return Err(ServeError::Routes(format!(
-                    "provider '{}': kind {other:?} is not supported by this build",
-                    p.name
-                )))
-            }
+            CfgKind::Azure => ProviderKind::Azure,
+            CfgKind::Anthropic => ProviderKind::Anthropic,
         };
         let mut s = ProviderSettings::new(p.name.clone(), kind, p.base_url.clone());
         s.api_key_env = p.api_key_env.clone();
@@ -77,6 +73,7 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
         s.backoff_max = p.backoff_max;
         s.breaker_failures = p.breaker_failures;
         s.breaker_cooldown = p.breaker_cooldown;
+        s.api_version = p.api_version.clone();
         providers.push(s);
     }
     Router::new(providers, route_settings(config)).map_err(|e| ServeError::Routes(e.to_string()))

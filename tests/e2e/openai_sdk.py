@@ -35,7 +35,7 @@ def ask(text, **kw):
 def test_miss_then_semantic_hit_on_paraphrase():
     h1, c1 = ask("How do I reset my password?")
     assert h1["x-deja-cache"] == "miss", h1
-    assert h1["x-deja-provider"] == "mock", h1
+    assert h1["x-deja-provider"] == "openai-mock", h1
     assert float(h1["x-deja-overhead-ms"]) >= 0
     assert c1.choices[0].message.content
     h2, c2 = wait_for_hit("How can I reset my password?")
