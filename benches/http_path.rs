@@ -4,9 +4,11 @@
 //! helps), misses through deja, and the same requests sent to the mock directly (the baseline
 //! measured in the same run). Run: `cargo bench --bench http_path` (figures in docs/benchmarks.md).
 
-#[path = "../tests/common/mock_upstream.rs"]
+#[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
-mod mock_upstream;
+mod common;
+
+use common::mock_upstream;
 
 use std::time::{Duration, Instant};
 
@@ -33,25 +35,65 @@ fn report(name: &str, v: Vec<Duration>) {
 async fn timed(client: &reqwest::Client, url: &str, text: &str, expect: &str) -> Duration {
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
     let t = Instant::now();
-    let r = client.post(url).bearer_auth("bench").json(&body).send().await.expect("send");
-    let outcome = r.headers().get("x-deja-cache").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
+    let r = client
+        .post(url)
+        .bearer_auth("bench")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let outcome = r
+        .headers()
+        .get("x-deja-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
     let _ = r.bytes().await.expect("body");
     let d = t.elapsed();
-    assert!(expect.is_empty() || outcome == expect, "expected {expect}, got {outcome} for {text:?}");
+    assert!(
+        expect.is_empty() || outcome == expect,
+        "expected {expect}, got {outcome} for {text:?}"
+    );
     d
 }
 
 const TOPICS: &[&str] = &[
-    "reset my password", "change my billing address", "cancel my subscription", "export my data",
-    "enable two factor authentication", "delete my account", "update my email address",
-    "download my invoices", "contact customer support", "upgrade my plan",
+    "reset my password",
+    "change my billing address",
+    "cancel my subscription",
+    "export my data",
+    "enable two factor authentication",
+    "delete my account",
+    "update my email address",
+    "download my invoices",
+    "contact customer support",
+    "upgrade my plan",
 ];
-const OPENERS: &[&str] = &["How do I", "How can I", "What is the way to", "Can you tell me how to", "Help me"];
-const CLOSERS: &[&str] = &["?", " please?", " quickly?", " today?", " on the website?", " from my phone?"];
+const OPENERS: &[&str] = &[
+    "How do I",
+    "How can I",
+    "What is the way to",
+    "Can you tell me how to",
+    "Help me",
+];
+const CLOSERS: &[&str] = &[
+    "?",
+    " please?",
+    " quickly?",
+    " today?",
+    " on the website?",
+    " from my phone?",
+];
 
 fn main() {
-    let n: usize = std::env::var("DEJA_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let n: usize = std::env::var("DEJA_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let mock = mock_upstream::MockUpstream::start().await;
         let dir = tempfile::tempdir().expect("tempdir");

@@ -366,18 +366,7 @@ impl Ctx<'_> {
         upstream_req.headers = forwardable_headers(self.headers);
         let router = state.router();
         let up_started = Instant::now();
-        let resp = router
-            .send(upstream_req, &self.canonical.model)
-            .await
-            .inspect_err(|e| {
-                for (provider, kind) in attempt_labels(e) {
-                    state
-                        .metrics()
-                        .upstream_errors
-                        .with_label_values(&[&provider, kind])
-                        .inc();
-                }
-            })?;
+        let resp = router.send(upstream_req, &self.canonical.model).await?;
         let upstream_time = up_started.elapsed();
         let m = state.metrics();
         m.upstream_seconds
@@ -480,12 +469,8 @@ async fn tee_stream(
                 }
             }
             Err(e) => {
+                // The router's stats count the cut; /metrics exports them.
                 tracing::warn!(provider = %provider, error = %e, "upstream stream failed");
-                state
-                    .metrics()
-                    .upstream_errors
-                    .with_label_values(&[&provider, "stream_cut"])
-                    .inc();
                 let _ = tx
                     .send(Err(std::io::Error::other("upstream stream interrupted")))
                     .await;
@@ -566,16 +551,5 @@ impl From<RouterError> for ApiError {
                 }
             }
         }
-    }
-}
-
-/// (provider, error label) of every failed attempt, for metrics.
-fn attempt_labels(e: &RouterError) -> Vec<(String, &'static str)> {
-    match e {
-        RouterError::AllFailed { attempts } => attempts
-            .iter()
-            .map(|(p, err)| (p.clone(), err.kind.label()))
-            .collect(),
-        _ => Vec::new(),
     }
 }

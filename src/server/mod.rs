@@ -324,6 +324,13 @@ fn sync_provider_metrics(state: &AppState) {
         forward(&m.provider_retries, p, snap.retries);
         forward(&m.provider_fallbacks, p, snap.fallbacks);
         forward(&m.breaker_opened, p, snap.breaker_opened);
+        for (kind, count) in &snap.errors {
+            let counter = m.upstream_errors.with_label_values(&[p, kind]);
+            let current = counter.get();
+            if *count > current {
+                counter.inc_by(count - current);
+            }
+        }
         m.breaker_state
             .with_label_values(&[p])
             .set(snap.breaker.as_gauge());
