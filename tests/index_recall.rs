@@ -118,7 +118,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 #[ignore = "measurement; run in release with --ignored --nocapture"]
 fn measure_flat_vs_hnsw() {
-    for n in [10_000usize, 100_000] {
+    let sizes: Vec<usize> = std::env::var("DEJA_MEASURE_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    for n in sizes {
         let mut synth = Synth::new(51, DIM, n / 100);
         let vecs = synth.vectors(n);
         let mut flat = FlatIndex::new(DIM);
