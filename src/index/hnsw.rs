@@ -75,6 +75,11 @@ impl HnswIndex {
         self.dim
     }
 
+    /// Changes the search-time candidate list (benchmarks sweep it; the graph is unchanged).
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.ef_search = ef.max(1);
+    }
+
     pub fn tombstone_count(&self) -> usize {
         self.tombstones.len()
     }
@@ -105,6 +110,25 @@ impl HnswIndex {
         let data_id = usize::try_from(id).map_err(|_| IndexError::IdOutOfRange(id))?;
         self.graph.insert_slice((g, data_id));
         self.live.insert(id);
+        Ok(())
+    }
+
+    /// Inserts many vectors at once on every core (rayon's global pool, through hnsw_rs's
+    /// parallel insert). For loading and benchmarks: on the serving path it would compete with
+    /// the embedder for the CPU. All vectors are checked before any is inserted.
+    pub fn bulk_insert(&mut self, items: &[(EntryId, &[f32])]) -> Result<(), IndexError> {
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for &(id, v) in items {
+            if self.live.contains(&id) || self.tombstones.contains(&id) || !seen.insert(id) {
+                return Err(IndexError::DuplicateId(id));
+            }
+            let data_id = usize::try_from(id).map_err(|_| IndexError::IdOutOfRange(id))?;
+            prepared.push((to_graph(&prepare(v, self.dim)?), data_id));
+        }
+        let refs: Vec<(&[f32], usize)> = prepared.iter().map(|(v, d)| (v.as_slice(), *d)).collect();
+        self.graph.parallel_insert_slice(&refs);
+        self.live.extend(seen);
         Ok(())
     }
 
@@ -325,6 +349,39 @@ mod tests {
         }
         assert_eq!(idx.search(&vecs[0], 100).unwrap().len(), 60);
         assert_eq!(idx.insert(5, &vecs[5]), Err(IndexError::DuplicateId(5)));
+    }
+
+    #[test]
+    fn bulk_insert_matches_one_by_one_and_checks_everything_first() {
+        let dim = 32;
+        let mut synth = Synth::new(15, dim, 4);
+        let vecs = synth.vectors(500);
+        let mut idx = HnswIndex::new(&small_cfg(dim), vecs.len());
+        let items: Vec<(EntryId, &[f32])> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as EntryId, v.as_slice()))
+            .collect();
+        let mut bad = items.clone();
+        bad.push((7, &vecs[0]));
+        assert_eq!(idx.bulk_insert(&bad), Err(IndexError::DuplicateId(7)));
+        bad.pop();
+        let short = [0.5f32; 3];
+        bad.push((900, &short));
+        assert!(matches!(
+            idx.bulk_insert(&bad),
+            Err(IndexError::DimensionMismatch { .. })
+        ));
+        assert_eq!(idx.len(), 0);
+        idx.bulk_insert(&items).unwrap();
+        assert_eq!(idx.len(), 500);
+        for (id, v) in vecs.iter().enumerate() {
+            assert_eq!(idx.search(v, 1).unwrap()[0].id, id as u64);
+        }
+        assert_eq!(
+            idx.bulk_insert(&items[..1]),
+            Err(IndexError::DuplicateId(0))
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`ScopedIndex`]: the index the cache talks to. One [`ScopeIndex`] per [`ScopeId`], each behind
 //! its own lock, so a search never sees another scope's vectors and a write to one scope never
 //! waits on another. It owns the scope map and the decision to promote or rebuild (run by
-//! [`super::build`]); it never touches the store, and never blocks on a background build.
+//! the private `build` module); it never touches the store, and never blocks on a background build.
 
 use super::build::{self, Background, ScopeState, Slot};
 use super::vector::prepare;

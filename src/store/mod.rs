@@ -286,8 +286,14 @@ impl Store {
             let Some(victim) = inner.tracker.lock().lru_victim(id) else {
                 break;
             };
-            if let Some(gone) = self.remove_locked(victim)? {
-                removed.push((gone.scope, gone.id));
+            match self.remove_locked(victim) {
+                Ok(Some(gone)) => removed.push((gone.scope, gone.id)),
+                Ok(None) => {}
+                // The new entry is stored: report it, and let a later insert retry eviction.
+                Err(e) => {
+                    tracing::warn!(error = %e, victim, "evicting from the store failed");
+                    break;
+                }
             }
         }
         if inner.cfg.flush_every.is_zero() {
