@@ -5,7 +5,6 @@
 //! measured in the same run). Run: `cargo bench --bench http_path` (figures in docs/benchmarks.md).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::mock_upstream;
