@@ -51,12 +51,15 @@ pub struct Candidate {
 }
 
 /// The hit rule, shared by the server and the bench's threshold sweep: the most similar
-/// candidate at or above the threshold that the guards let through.
+/// candidate decides. It is a hit when it reaches the threshold and the guards let it through;
+/// a veto is a miss. Falling through to the next candidate would let the guards *create* hits on
+/// less similar entries (measured: it lowered precision on the paraphrase set), and guards must
+/// only ever turn a hit into a miss.
 pub fn select(candidates: &[Candidate], threshold: f32, guards: bool) -> Option<&Candidate> {
     candidates
-        .iter()
+        .first()
         .filter(|c| c.similarity >= threshold)
-        .find(|c| !guards || c.guard.passed())
+        .filter(|c| !guards || c.guard.passed())
 }
 
 /// Result of a lookup.
@@ -267,15 +270,10 @@ impl CacheEngine {
         let best = candidates.first().map(|(c, _)| c.similarity);
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
         let chosen = select(&only, threshold, guards).map(|c| c.id);
-        // Candidates above the threshold that the guards turned away before the chosen one.
-        let vetoed = if guards {
-            only.iter()
-                .take_while(|c| Some(c.id) != chosen)
-                .filter(|c| c.similarity >= threshold && !c.guard.passed())
-                .map(|c| c.guard)
-                .collect()
-        } else {
-            Vec::new()
+        // The top candidate reached the threshold but a guard turned it away.
+        let vetoed = match only.first() {
+            Some(c) if guards && c.similarity >= threshold && !c.guard.passed() => vec![c.guard],
+            _ => Vec::new(),
         };
         let hit = chosen.and_then(|id| {
             candidates
@@ -352,4 +350,39 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CacheError::Join(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: EntryId, similarity: f32, guard: GuardVerdict) -> Candidate {
+        Candidate {
+            id,
+            similarity,
+            guard,
+        }
+    }
+
+    #[test]
+    fn the_most_similar_candidate_decides() {
+        let pass = GuardVerdict::Pass;
+        let cands = [c(1, 0.97, pass), c(2, 0.96, pass)];
+        assert_eq!(select(&cands, 0.95, true).map(|c| c.id), Some(1));
+        assert!(select(&cands, 0.98, true).is_none());
+        assert!(select(&[], 0.5, true).is_none());
+    }
+
+    #[test]
+    fn a_veto_is_a_miss_not_a_fall_through() {
+        let cands = [
+            c(1, 0.97, GuardVerdict::Negation),
+            c(2, 0.96, GuardVerdict::Pass),
+        ];
+        assert!(
+            select(&cands, 0.95, true).is_none(),
+            "guards must never create a hit"
+        );
+        assert_eq!(select(&cands, 0.95, false).map(|c| c.id), Some(1));
+    }
 }
