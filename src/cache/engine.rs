@@ -29,16 +29,11 @@ pub enum CacheError {
 pub struct EngineSettings {
     /// Veto candidates whose negation or numbers differ from the query.
     pub guards: bool,
-    /// Nearest neighbours inspected per query (the guards may reject the first ones).
-    pub max_candidates: usize,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings {
-            guards: true,
-            max_candidates: 4,
-        }
+        EngineSettings { guards: true }
     }
 }
 
@@ -232,8 +227,9 @@ impl CacheEngine {
         prompt: &str,
         embedding: &[f32],
     ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
-        let k = self.inner.settings.read().max_candidates.max(1);
-        let neighbours = self.inner.index.search(scope, embedding, k)?;
+        // The hit rule looks at the most similar entry only: fetching more would be wasted
+        // store reads and guard checks on the hot path.
+        let neighbours = self.inner.index.search(scope, embedding, 1)?;
         let now = now_ms();
         let query = Features::of(prompt);
         let mut out = Vec::with_capacity(neighbours.len());

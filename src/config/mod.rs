@@ -96,8 +96,6 @@ pub struct CacheConfig {
     pub tenant: TenantMode,
     pub namespace: String,
     pub flush_interval: Duration,
-    /// How many nearest neighbours the guards may inspect before giving up.
-    pub max_candidates: usize,
     /// Per-model thresholds (first matching glob wins); routes may also set one.
     pub thresholds: Vec<ThresholdOverride>,
 }

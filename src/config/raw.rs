@@ -54,7 +54,6 @@ pub struct RawCache {
     pub tenant: Option<String>,
     pub namespace: Option<String>,
     pub flush_interval: Option<String>,
-    pub max_candidates: Option<u64>,
     #[serde(default)]
     pub thresholds: Vec<RawThreshold>,
 }

@@ -138,7 +138,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             c.flush_interval.as_deref(),
             Duration::from_millis(200),
         ),
-        max_candidates: is.positive("cache.max_candidates", c.max_candidates, 4) as usize,
         thresholds,
     };
     if cache.ttl.is_zero() {

@@ -125,7 +125,6 @@ pub fn open_engine(
 pub fn engine_settings(config: &Config) -> EngineSettings {
     EngineSettings {
         guards: config.cache.guards,
-        max_candidates: config.cache.max_candidates,
     }
 }
 
