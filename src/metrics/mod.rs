@@ -180,14 +180,6 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Registers an extra collector (e.g. provider/breaker gauges).
-    pub fn register(
-        &self,
-        c: Box<dyn prometheus::core::Collector>,
-    ) -> Result<(), prometheus::Error> {
-        self.registry.register(c)
-    }
-
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
