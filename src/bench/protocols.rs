@@ -124,7 +124,7 @@ pub fn cache(
         let id = engine.insert_blocking(scope, &r.a, Some(v.get(ai)), answer(), TTL)?;
         entry_text.insert(id, ai);
         inserted += 1;
-        if inserted % 10_000 == 0 {
+        if inserted.is_multiple_of(10_000) {
             eprintln!(
                 "cache: {inserted} entries inserted ({:.0}s)",
                 started.elapsed().as_secs_f64()

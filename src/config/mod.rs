@@ -125,6 +125,9 @@ pub struct EmbeddingConfig {
     pub max_tokens: usize,
     pub sha256: Option<String>,
     pub threads: usize,
+    /// Threads one CPU forward pass uses; 0 = every core.
+    pub compute_threads: usize,
+    pub cpu_backend: crate::embed::CpuBackend,
     pub max_batch: usize,
     pub lru_capacity: usize,
     pub queue_capacity: usize,

@@ -84,6 +84,8 @@ pub struct RawEmbedding {
     pub max_tokens: Option<u64>,
     pub sha256: Option<String>,
     pub threads: Option<u64>,
+    pub compute_threads: Option<u64>,
+    pub cpu_backend: Option<String>,
     pub max_batch: Option<u64>,
     pub lru_capacity: Option<u64>,
     pub queue_capacity: Option<u64>,

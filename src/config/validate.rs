@@ -197,6 +197,17 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             "BERT-style models take at most 512 tokens",
         );
     }
+    let cpu_backend = match e.cpu_backend.as_deref() {
+        None | Some("native") => crate::embed::CpuBackend::Native,
+        Some("candle") => crate::embed::CpuBackend::Candle,
+        Some(other) => {
+            is.push(
+                "embedding.cpu_backend",
+                format!("'{other}' is not one of: native, candle"),
+            );
+            crate::embed::CpuBackend::Native
+        }
+    };
     let embedding = EmbeddingConfig {
         model: e.model.unwrap_or_else(|| DEFAULT_MODEL.into()),
         revision: e.revision,
@@ -204,6 +215,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         max_tokens,
         sha256: e.sha256.map(|s| s.to_ascii_lowercase()),
         threads: is.positive("embedding.threads", e.threads, 1) as usize,
+        compute_threads: e.compute_threads.unwrap_or(0) as usize,
+        cpu_backend,
         max_batch: is.positive("embedding.max_batch", e.max_batch, 32) as usize,
         lru_capacity: e.lru_capacity.unwrap_or(10_000) as usize,
         queue_capacity: is.positive("embedding.queue_capacity", e.queue_capacity, 1024) as usize,

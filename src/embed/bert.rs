@@ -7,8 +7,9 @@
 //! the attention mask); candle's BERT produces NaN in f16/bf16 (its mask adds `f32::MIN`), so the
 //! model always runs in f32.
 
+use super::native::{NativeBert, Shape};
 use super::resolve::ModelFiles;
-use super::{EmbedError, EmbedSettings, Embedder};
+use super::{CpuBackend, EmbedError, EmbedSettings, Embedder};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
@@ -23,8 +24,16 @@ const BYTES_PER_TOKEN_CAP: usize = 128;
 /// Extra padded tokens a group may carry before a longer text starts its own forward pass.
 const PAD_SLACK_TOKENS: usize = 32;
 
+/// What runs the forward pass.
+enum Engine {
+    /// candle-transformers' BertModel: CUDA, Metal, or CPU when `cpu_backend = "candle"`.
+    Candle(BertModel),
+    /// deja's CPU encoder (the default on CPU).
+    Native(NativeBert),
+}
+
 pub struct BertEmbedder {
-    model: BertModel,
+    engine: Engine,
     tokenizer: Tokenizer,
     device: Device,
     model_id: String,
@@ -64,11 +73,38 @@ impl BertEmbedder {
             }))
             .map_err(|e| EmbedError::Tokenizer(format!("truncation: {e}")))?;
 
-        let vb =
-            VarBuilder::from_tensors(load_weights(&files.weights, &device)?, DType::F32, &device);
-        let model = BertModel::load(vb, &config)?;
+        let native = device.is_cpu() && settings.cpu_backend == CpuBackend::Native;
+        let tensors = load_weights(&files.weights, &device, !native)?;
+        let engine = if native {
+            let shape = Shape {
+                hidden: config.hidden_size,
+                heads: config.num_attention_heads,
+                intermediate: config.intermediate_size,
+                layers: config.num_hidden_layers,
+                max_positions: config.max_position_embeddings,
+                eps: config.layer_norm_eps as f32,
+            };
+            let threads = match settings.compute_threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            if !matches!(
+                config.hidden_act,
+                candle_transformers::models::bert::HiddenAct::Gelu
+            ) {
+                return Err(EmbedError::InvalidModel(format!(
+                    "hidden_act {:?} is not supported by the native CPU encoder; set \
+                     embedding.cpu_backend = \"candle\"",
+                    config.hidden_act
+                )));
+            }
+            Engine::Native(NativeBert::new(&tensors, shape, threads)?)
+        } else {
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+            Engine::Candle(BertModel::load(vb, &config)?)
+        };
         Ok(Self {
-            model,
+            engine,
             tokenizer,
             device,
             model_id: files.model_id.clone(),
@@ -96,8 +132,32 @@ impl BertEmbedder {
         self.max_tokens
     }
 
-    /// One forward pass over sequences padded to the longest; returns normalized rows.
-    fn forward(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// Which implementation runs the model: `native-avx512`, `native-avx2`, `native-portable`
+    /// or `candle`.
+    pub fn backend(&self) -> String {
+        match &self.engine {
+            Engine::Native(n) => format!("native-{} ({} threads)", n.isa().name(), n.threads()),
+            Engine::Candle(_) => "candle".into(),
+        }
+    }
+
+    /// Runs the native encoder with another kernel family (tests and comparisons; `isa` must
+    /// come from [`Isa::available`]). An error on the candle backend.
+    pub fn force_isa(&mut self, isa: super::native::isa::Isa) -> Result<(), EmbedError> {
+        match &mut self.engine {
+            Engine::Native(native) => native.force_isa(isa),
+            Engine::Candle(_) => Err(EmbedError::Internal(
+                "force_isa: the candle backend has no kernel families".into(),
+            )),
+        }
+    }
+
+    /// One candle forward pass over sequences padded to the longest; returns normalized rows.
+    fn forward_candle(
+        &self,
+        model: &BertModel,
+        seqs: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let n = seqs.len();
         let max_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(n * max_len);
@@ -111,7 +171,7 @@ impl BertEmbedder {
         let input_ids = Tensor::from_vec(ids, (n, max_len), &self.device)?;
         let type_ids = input_ids.zeros_like()?;
         let mask = Tensor::from_vec(mask, (n, max_len), &self.device)?;
-        let hidden = self.model.forward(&input_ids, &type_ids, Some(&mask))?;
+        let hidden = model.forward(&input_ids, &type_ids, Some(&mask))?;
 
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -137,10 +197,18 @@ impl Embedder for BertEmbedder {
             .iter()
             .map(|t| self.token_ids(t))
             .collect::<Result<Vec<_>, _>>()?;
+        let model = match &self.engine {
+            // No padding in the native encoder: the whole batch is one pass.
+            Engine::Native(native) => {
+                let seqs: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
+                return native.embed(&seqs);
+            }
+            Engine::Candle(model) => model,
+        };
         let mut out = vec![Vec::new(); texts.len()];
         for group in length_groups(&encoded) {
             let seqs: Vec<&[u32]> = group.iter().map(|&i| encoded[i].as_slice()).collect();
-            let rows = self.forward(&seqs)?;
+            let rows = self.forward_candle(model, &seqs)?;
             for (i, row) in group.into_iter().zip(rows) {
                 out[i] = row;
             }
@@ -160,6 +228,7 @@ impl Embedder for BertEmbedder {
 fn load_weights(
     path: &std::path::Path,
     device: &Device,
+    transpose: bool,
 ) -> Result<HashMap<String, Tensor>, EmbedError> {
     let bytes =
         std::fs::read(path).map_err(|e| EmbedError::io(format!("read {}", path.display()), e))?;
@@ -167,7 +236,8 @@ fn load_weights(
     drop(bytes);
     for (name, tensor) in tensors.iter_mut() {
         let mut t = tensor.to_dtype(DType::F32)?;
-        if device.is_cpu()
+        if transpose
+            && device.is_cpu()
             && t.rank() == 2
             && name.ends_with(".weight")
             && !name.contains("embeddings")

@@ -10,6 +10,7 @@ mod bert;
 mod hashing;
 mod hub;
 mod manifest;
+pub mod native;
 mod pool;
 mod resolve;
 mod verify;
@@ -147,6 +148,17 @@ fn metal_device() -> Result<candle_core::Device, EmbedError> {
     ))
 }
 
+/// The CPU implementation of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuBackend {
+    /// deja's encoder ([`native`]): weights packed once, no padding, vectorized kernels.
+    #[default]
+    Native,
+    /// candle-transformers' `BertModel` (the reference implementation; slower on CPU).
+    Candle,
+}
+
 /// Plain settings for this layer; the config module maps its validated section onto it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedSettings {
@@ -160,9 +172,13 @@ pub struct EmbedSettings {
     pub max_tokens: usize,
     /// Expected SHA-256 of model.safetensors; overrides the manifest.
     pub sha256: Option<String>,
-    /// Inference worker threads in [`EmbedPool`]. candle already spreads each matmul over the
-    /// cores, so one worker is usually best on CPU.
+    /// Inference worker threads in [`EmbedPool`]. Each forward pass already spreads over
+    /// `compute_threads`, so one worker is usually best on CPU.
     pub threads: usize,
+    /// Threads one forward pass uses on CPU (the native encoder's pool); 0 = every core.
+    pub compute_threads: usize,
+    /// Which CPU implementation runs the model (ignored on cuda/metal, which use candle).
+    pub cpu_backend: CpuBackend,
     /// Most texts one forward pass takes.
     pub max_batch: usize,
     /// Recent embeddings kept by exact text; 0 disables the cache.
@@ -180,6 +196,8 @@ impl Default for EmbedSettings {
             max_tokens: 256,
             sha256: None,
             threads: 1,
+            compute_threads: 0,
+            cpu_backend: CpuBackend::Native,
             max_batch: 32,
             lru_capacity: 10_000,
             queue_capacity: 1024,

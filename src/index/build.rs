@@ -203,7 +203,8 @@ fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: Arc<
 
 /// The new index from a snapshot; `None` if the owning index was dropped meanwhile.
 fn build(job: Job, cfg: &IndexConfig, bg: &Background) -> Option<(ScopeIndex, Outcome)> {
-    let cancelled = |i: usize| i % CANCEL_CHECK_EVERY == 0 && bg.cancelled.load(Ordering::Relaxed);
+    let cancelled =
+        |i: usize| i.is_multiple_of(CANCEL_CHECK_EVERY) && bg.cancelled.load(Ordering::Relaxed);
     match job {
         Job::Promote(flat) => {
             let mut h = HnswIndex::new(cfg, flat.len());

@@ -152,6 +152,8 @@ pub fn embed_settings(config: &Config) -> crate::embed::EmbedSettings {
         max_tokens: e.max_tokens,
         sha256: e.sha256.clone(),
         threads: e.threads,
+        compute_threads: e.compute_threads,
+        cpu_backend: e.cpu_backend,
         max_batch: e.max_batch,
         lru_capacity: e.lru_capacity,
         queue_capacity: e.queue_capacity,
