@@ -182,21 +182,27 @@ async fn pool_over_the_real_model_answers_and_caches() {
     assert_eq!(pool.stats().lru_hits, 1);
 }
 
-/// Every kernel family this CPU has (AVX-512, AVX2, portable) holds to the reference, alone
-/// and in one concatenated batch with the 256-token sentence.
+/// Every kernel family this CPU has (AVX-512, AVX2, portable), with f16 and f32 weights, holds
+/// to the reference, alone and in one concatenated batch with the 256-token sentence.
 #[test]
 fn every_native_kernel_family_matches_the_reference() {
     let files = &loaded().files;
-    for isa in Isa::available() {
-        let mut model = BertEmbedder::load(files, &EmbedSettings::default()).unwrap();
-        model.force_isa(isa).unwrap();
+    for (isa, half) in Isa::available()
+        .into_iter()
+        .flat_map(|i| [(i, true), (i, false)])
+    {
+        let settings = EmbedSettings::default();
+        let model = BertEmbedder::load_with(files, &settings, Some((isa, half))).unwrap();
         assert!(model.backend().contains(isa.name()), "{}", model.backend());
         let batch = model.embed_batch(&sentences()).unwrap();
         for (i, s) in sentences().iter().enumerate() {
             let alone = &model.embed_batch(&[s]).unwrap()[0];
             for (how, v) in [("alone", alone), ("in a batch", &batch[i])] {
                 let cos = cosine(v, &reference().embeddings[i]);
-                assert!(cos >= 0.9999, "{isa:?} sentence {i} {how}: cosine {cos}");
+                assert!(
+                    cos >= 0.9999,
+                    "{isa:?} f16={half} sentence {i} {how}: {cos}"
+                );
             }
         }
     }

@@ -7,7 +7,8 @@
 //! the attention mask); candle's BERT produces NaN in f16/bf16 (its mask adds `f32::MIN`), so the
 //! model always runs in f32.
 
-use super::native::{NativeBert, Shape};
+use super::native::isa::Isa;
+use super::native::{NativeBert, NativeOptions, Shape};
 use super::resolve::ModelFiles;
 use super::{CpuBackend, EmbedError, EmbedSettings, Embedder};
 use candle_core::{DType, Device, Tensor};
@@ -44,6 +45,16 @@ pub struct BertEmbedder {
 impl BertEmbedder {
     /// Loads weights (f32) onto the configured device and prepares the tokenizer.
     pub fn load(files: &ModelFiles, settings: &EmbedSettings) -> Result<Self, EmbedError> {
+        Self::load_with(files, settings, None)
+    }
+
+    /// [`BertEmbedder::load`] with the native encoder's kernel family and weight precision
+    /// chosen by the caller (tests and benchmarks compare them); `None` detects.
+    pub fn load_with(
+        files: &ModelFiles,
+        settings: &EmbedSettings,
+        kernels: Option<(Isa, bool)>,
+    ) -> Result<Self, EmbedError> {
         let device = settings.device.to_candle()?;
         let config_text = std::fs::read_to_string(&files.config)
             .map_err(|e| EmbedError::io(format!("read {}", files.config.display()), e))?;
@@ -73,7 +84,11 @@ impl BertEmbedder {
             }))
             .map_err(|e| EmbedError::Tokenizer(format!("truncation: {e}")))?;
 
-        let native = device.is_cpu() && settings.cpu_backend == CpuBackend::Native;
+        // Without AVX2/AVX-512 (e.g. aarch64), candle's gemm (with NEON kernels) beats the
+        // native encoder's portable kernel, so it runs unless a caller asks for native.
+        let native = device.is_cpu()
+            && settings.cpu_backend == CpuBackend::Native
+            && (kernels.is_some() || Isa::detect() != Isa::Portable);
         let tensors = load_weights(&files.weights, &device, !native)?;
         let engine = if native {
             let shape = Shape {
@@ -98,7 +113,12 @@ impl BertEmbedder {
                     config.hidden_act
                 )));
             }
-            Engine::Native(NativeBert::new(&tensors, shape, threads)?)
+            let mut options = NativeOptions::detect(threads);
+            if let Some((isa, f16_weights)) = kernels {
+                options.isa = isa;
+                options.f16_weights = f16_weights;
+            }
+            Engine::Native(NativeBert::new(&tensors, shape, options)?)
         } else {
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
             Engine::Candle(BertModel::load(vb, &config)?)
@@ -136,19 +156,13 @@ impl BertEmbedder {
     /// or `candle`.
     pub fn backend(&self) -> String {
         match &self.engine {
-            Engine::Native(n) => format!("native-{} ({} threads)", n.isa().name(), n.threads()),
+            Engine::Native(n) => format!(
+                "native-{}-{} ({} threads)",
+                n.isa().name(),
+                if n.f16_weights() { "f16" } else { "f32" },
+                n.threads()
+            ),
             Engine::Candle(_) => "candle".into(),
-        }
-    }
-
-    /// Runs the native encoder with another kernel family (tests and comparisons; `isa` must
-    /// come from [`Isa::available`]). An error on the candle backend.
-    pub fn force_isa(&mut self, isa: super::native::isa::Isa) -> Result<(), EmbedError> {
-        match &mut self.engine {
-            Engine::Native(native) => native.force_isa(isa),
-            Engine::Candle(_) => Err(EmbedError::Internal(
-                "force_isa: the candle backend has no kernel families".into(),
-            )),
         }
     }
 

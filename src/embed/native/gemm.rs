@@ -16,17 +16,26 @@ use super::isa::Isa;
 
 /// Columns per packed panel: two AVX-512 vectors.
 pub const NR: usize = 32;
-/// Rows per AVX-512 tile: 12 × 2 accumulators + 2 B vectors + 1 broadcast fit in 32 registers.
-const MR_AVX512: usize = 12;
+/// Rows per AVX-512 tile: 14 × 2 accumulators + 2 B vectors + 1 broadcast = 31 of the 32
+/// registers, so a 14-token prompt reads each weight panel once.
+const MR_AVX512: usize = 14;
+/// Rows of `A` one task keeps hot while it sweeps its panels (~128 KiB of `A` for k = 384).
+const M_CHUNK_BYTES: usize = 128 * 1024;
 /// Rows per portable tile (its accumulators are plain arrays the compiler keeps in registers).
 const MR_PORTABLE: usize = 4;
+/// Rows per AVX2 tile: it runs a panel as two 16-column halves, 6 × 2 accumulators + 2 B
+/// vectors + 1 broadcast = 15 of the 16 registers.
+const MR_AVX2: usize = 6;
 
-/// `B` (k × n) in column panels of [`NR`], zero-padded to a whole panel.
+/// `B` (k × n) in column panels of [`NR`], zero-padded to a whole panel, as f32 or as IEEE
+/// half floats (weights for the AVX-512 kernel: half the bytes to stream for the same FMAs,
+/// which is what a short prompt is bound by; the arithmetic stays f32).
 #[derive(Debug, Clone, Default)]
 pub struct PackedB {
     k: usize,
     n: usize,
     data: Vec<f32>,
+    half: Vec<u16>,
 }
 
 impl PackedB {
@@ -69,6 +78,35 @@ impl PackedB {
         }
     }
 
+    /// [`PackedB::pack`], stored as f16 (values round to nearest; weights of a trained model
+    /// lose ~3 decimal digits, see the reference-embedding tests).
+    pub fn pack_f16(src: &[f32], k: usize, n: usize, row_stride: usize, col_stride: usize) -> Self {
+        let f32s = PackedB::pack(src, k, n, row_stride, col_stride);
+        PackedB {
+            k,
+            n,
+            data: Vec::new(),
+            half: f32s
+                .data
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect(),
+        }
+    }
+
+    pub fn is_f16(&self) -> bool {
+        !self.half.is_empty()
+    }
+
+    fn panel(&self, panel: usize) -> Panel<'_> {
+        let span = panel * self.k * NR..(panel + 1) * self.k * NR;
+        if self.is_f16() {
+            Panel::F16(&self.half[span])
+        } else {
+            Panel::F32(&self.data[span])
+        }
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }
@@ -83,7 +121,7 @@ impl PackedB {
 
     /// Heap bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
+        self.data.len() * std::mem::size_of::<f32>() + self.half.len() * 2
     }
 }
 
@@ -136,14 +174,14 @@ impl OutPtr {
     }
 }
 
-/// `C[0..m, panels] = A[0..m, 0..k] · B[.., panels] (+ bias)`, for the panels in `panels`.
+/// `C[rows, panels] = A[rows, 0..k] · B[.., panels] (+ bias)`: one task's share of a product.
 ///
 /// Panics (a bug, never input-dependent) if a slice is too short for the stated shapes.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_panels(
+pub fn matmul_part(
     isa: Isa,
     a: Rows<'_>,
-    m: usize,
+    rows: std::ops::Range<usize>,
     b: &PackedB,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
@@ -151,32 +189,32 @@ pub fn matmul_panels(
     panels: std::ops::Range<usize>,
 ) {
     let k = b.k;
-    if m == 0 || b.n == 0 {
+    if rows.is_empty() || b.n == 0 {
         return;
     }
-    assert!(
-        a.ld >= k && a.data.len() >= (m - 1) * a.ld + k,
-        "A too short"
-    );
-    assert!(c.ld >= b.n && c.len >= (m - 1) * c.ld + b.n, "C too short");
+    let last = rows.end - 1;
+    assert!(a.ld >= k && a.data.len() >= last * a.ld + k, "A too short");
+    assert!(c.ld >= b.n && c.len >= last * c.ld + b.n, "C too short");
     assert!(panels.end <= b.panels(), "panel range");
     if let Some(bias) = bias {
         assert!(bias.len() >= b.n, "bias too short");
     }
     let mr = match isa {
         Isa::Avx512 => MR_AVX512,
-        Isa::Avx2 | Isa::Portable => MR_PORTABLE,
+        Isa::Avx2 => MR_AVX2,
+        Isa::Portable => MR_PORTABLE,
     };
-    // Rows split into near-equal blocks (14 rows → 7 + 7, not 12 + 2).
+    // Rows split into near-equal blocks (16 rows → 8 + 8, not 14 + 2).
+    let m = rows.len();
     let blocks = m.div_ceil(mr);
     let (base, extra) = (m / blocks, m % blocks);
     for panel in panels {
         let cols = (b.n - panel * NR).min(NR);
-        let bp = &b.data[panel * k * NR..(panel + 1) * k * NR];
+        let bp = b.panel(panel);
         let bias = bias.map(|bias| &bias[panel * NR..panel * NR + cols]);
-        let mut row = 0;
+        let mut row = rows.start;
         for block in 0..blocks {
-            let rows = base + usize::from(block < extra);
+            let height = base + usize::from(block < extra);
             let tile = Tile {
                 k,
                 a: &a.data[row * a.ld..],
@@ -186,19 +224,43 @@ pub fn matmul_panels(
                 bias,
             };
             // SAFETY: the asserts above bound every row/column this tile touches inside `c`,
-            // and the caller guarantees no other task writes these columns.
+            // and the caller guarantees no other task writes these cells.
             let out = unsafe { c.ptr.add(row * c.ld + panel * NR) };
-            tile.run(isa, rows, out, c.ld);
+            tile.run(isa, height, out, c.ld);
             if epilogue == Epilogue::Gelu {
-                for r in 0..rows {
+                for r in 0..height {
                     // SAFETY: the same bounds as the store that just happened.
                     let slice = unsafe { std::slice::from_raw_parts_mut(out.add(r * c.ld), cols) };
                     super::ops::gelu(isa, slice);
                 }
             }
-            row += rows;
+            row += height;
         }
     }
+}
+
+/// How a product of `m` rows splits into tasks: row chunks that keep `A` in cache, times
+/// panel groups, at least `4 × threads` tasks where the shape allows (enough to rebalance when a core is busy
+/// with something else).
+pub fn tasks(
+    m: usize,
+    b: &PackedB,
+    threads: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let np = b.panels();
+    let chunk_rows = (M_CHUNK_BYTES / (4 * b.k.max(1))).max(MR_AVX512);
+    let m_chunks = m.div_ceil(chunk_rows).max(1);
+    let chunk_rows = m.div_ceil(m_chunks).max(1);
+    let groups = (threads * 4).div_ceil(m_chunks).clamp(1, np.max(1));
+    let per_group = np.div_ceil(groups).max(1);
+    let mut out = Vec::new();
+    for mc in 0..m_chunks {
+        let rows = mc * chunk_rows..((mc + 1) * chunk_rows).min(m);
+        for g in 0..np.div_ceil(per_group) {
+            out.push((rows.clone(), g * per_group..((g + 1) * per_group).min(np)));
+        }
+    }
+    out
 }
 
 /// The whole product on this thread.
@@ -214,14 +276,20 @@ pub fn matmul(
     ldc: usize,
 ) {
     let panels = 0..b.panels();
-    matmul_panels(isa, a, m, b, bias, epilogue, OutPtr::new(c, ldc), panels);
+    matmul_part(isa, a, 0..m, b, bias, epilogue, OutPtr::new(c, ldc), panels);
+}
+
+#[derive(Clone, Copy)]
+enum Panel<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
 }
 
 struct Tile<'a> {
     k: usize,
     a: &'a [f32],
     lda: usize,
-    bp: &'a [f32],
+    bp: Panel<'a>,
     cols: usize,
     bias: Option<&'a [f32]>,
 }
@@ -240,7 +308,9 @@ macro_rules! by_rows {
             9 => $f::<9>($($arg),*),
             10 => $f::<10>($($arg),*),
             11 => $f::<11>($($arg),*),
-            _ => $f::<12>($($arg),*),
+            12 => $f::<12>($($arg),*),
+            13 => $f::<13>($($arg),*),
+            _ => $f::<14>($($arg),*),
         }
     };
 }
@@ -250,10 +320,21 @@ impl Tile<'_> {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx512` is only ever produced after runtime detection.
-            Isa::Avx512 => unsafe { by_rows!(rows, tile_avx512, self, out, ldc) },
+            Isa::Avx512 => unsafe {
+                match self.bp {
+                    Panel::F32(bp) => by_rows!(rows, tile_avx512_f32, self, bp, out, ldc),
+                    Panel::F16(bp) => by_rows!(rows, tile_avx512_f16, self, bp, out, ldc),
+                }
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only ever produced after runtime detection.
-            Isa::Avx2 => unsafe { by_rows!(rows.min(MR_PORTABLE), tile_avx2, self, out, ldc) },
+            Isa::Avx2 => unsafe {
+                for half in [0, 16] {
+                    if half < self.cols {
+                        by_rows!(rows.min(MR_AVX2), tile_avx2, self, half, out, ldc);
+                    }
+                }
+            },
             // SAFETY: `out` covers `rows` rows of `cols` floats (checked by `matmul_panels`).
             _ => unsafe { by_rows!(rows.min(MR_PORTABLE), tile_portable, self, out, ldc) },
         }
@@ -262,44 +343,87 @@ impl Tile<'_> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
+unsafe fn tile_avx512_f32<const R: usize>(t: &Tile<'_>, bp: &[f32], out: *mut f32, ldc: usize) {
     use std::arch::x86_64::*;
+    let bp = bp.as_ptr();
+    tile_avx512::<R>(
+        t,
+        |p| {
+            (
+                _mm512_loadu_ps(bp.add(p * NR)),
+                _mm512_loadu_ps(bp.add(p * NR + 16)),
+            )
+        },
+        |p| bp.wrapping_add(p * NR) as *const i8,
+        out,
+        ldc,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_f16<const R: usize>(t: &Tile<'_>, bp: &[u16], out: *mut f32, ldc: usize) {
+    use std::arch::x86_64::*;
+    let bp = bp.as_ptr();
+    tile_avx512::<R>(
+        t,
+        |p| {
+            let lo = _mm256_loadu_si256(bp.add(p * NR) as *const __m256i);
+            let hi = _mm256_loadu_si256(bp.add(p * NR + 16) as *const __m256i);
+            (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
+        },
+        |p| bp.wrapping_add(p * NR) as *const i8,
+        out,
+        ldc,
+    );
+}
+
+/// The AVX-512 tile: `R` rows × 32 columns of accumulators; `load(p)` gives row `p` of the
+/// panel as two f32 vectors, `addr(p)` its address (for prefetching ahead).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_avx512<const R: usize>(
+    t: &Tile<'_>,
+    load: impl Fn(usize) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512),
+    addr: impl Fn(usize) -> *const i8,
+    out: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    /// Panel rows ahead to prefetch: ~1 KiB, about one DRAM latency of work at this tile size.
+    const AHEAD: usize = 8;
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
     let a = t.a.as_ptr();
-    let bp = t.bp.as_ptr();
     for p in 0..t.k {
-        let b0 = _mm512_loadu_ps(bp.add(p * NR));
-        let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+        _mm_prefetch::<_MM_HINT_T0>(addr(p + AHEAD));
+        let (b0, b1) = load(p);
         for r in 0..R {
             let av = _mm512_set1_ps(*a.add(r * t.lda + p));
             lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
             hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
         }
     }
-    let (bias_lo, bias_hi, mask_lo, mask_hi) = {
-        let cols = t.cols;
-        let mask_lo: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
-        let mask_hi: __mmask16 = if cols >= 32 {
-            0xffff
-        } else if cols > 16 {
-            (1u16 << (cols - 16)) - 1
-        } else {
-            0
-        };
-        match t.bias {
-            Some(bias) => (
-                _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
-                _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
-                mask_lo,
-                mask_hi,
-            ),
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps(), mask_lo, mask_hi),
-        }
+    let cols = t.cols;
+    let mask_lo: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let mask_hi: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u16 << (cols - 16)) - 1
+    } else {
+        0
+    };
+    let (bias_lo, bias_hi) = match t.bias {
+        Some(bias) => (
+            _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
+            _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
+        ),
+        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
     for r in 0..R {
         let row = out.add(r * ldc);
@@ -311,9 +435,55 @@ unsafe fn tile_avx512<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
-    tile_generic::<R>(t, out, ldc);
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // fixed-size index loops keep the accumulators in registers
+unsafe fn tile_avx2<const R: usize>(t: &Tile<'_>, half: usize, out: *mut f32, ldc: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let a = t.a.as_ptr();
+    for p in 0..t.k {
+        let at = p * NR + half;
+        let (b0, b1) = match t.bp {
+            Panel::F32(bp) => (
+                _mm256_loadu_ps(bp.as_ptr().add(at)),
+                _mm256_loadu_ps(bp.as_ptr().add(at + 8)),
+            ),
+            Panel::F16(bp) => (
+                _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at + 8) as *const __m128i)),
+            ),
+        };
+        for r in 0..R {
+            let av = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
+            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+        }
+    }
+    let cols = (t.cols - half).min(16);
+    let mut bias = [0.0f32; 16];
+    if let Some(b) = t.bias {
+        bias[..cols].copy_from_slice(&b[half..half + cols]);
+    }
+    let (bias0, bias1) = (
+        _mm256_loadu_ps(bias.as_ptr()),
+        _mm256_loadu_ps(bias.as_ptr().add(8)),
+    );
+    let mut row = [0.0f32; 16];
+    for r in 0..R {
+        let dst = out.add(r * ldc + half);
+        let (v0, v1) = (
+            _mm256_add_ps(acc[r][0], bias0),
+            _mm256_add_ps(acc[r][1], bias1),
+        );
+        if cols == 16 {
+            _mm256_storeu_ps(dst, v0);
+            _mm256_storeu_ps(dst.add(8), v1);
+        } else {
+            _mm256_storeu_ps(row.as_mut_ptr(), v0);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), v1);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+        }
+    }
 }
 
 /// # Safety
@@ -326,8 +496,17 @@ unsafe fn tile_portable<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize)
 #[inline(always)]
 unsafe fn tile_generic<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
     let mut local = [[0.0f32; NR]; R];
+    let mut converted = [0.0f32; NR];
     for p in 0..t.k {
-        let b: &[f32; NR] = &*(t.bp.as_ptr().add(p * NR) as *const [f32; NR]);
+        let b: &[f32; NR] = match t.bp {
+            Panel::F32(bp) => &*(bp.as_ptr().add(p * NR) as *const [f32; NR]),
+            Panel::F16(bp) => {
+                for (c, h) in converted.iter_mut().zip(&bp[p * NR..(p + 1) * NR]) {
+                    *c = half::f16::from_bits(*h).to_f32();
+                }
+                &converted
+            }
+        };
         for r in 0..R {
             let av = *t.a.get_unchecked(r * t.lda + p);
             for j in 0..NR {
@@ -372,28 +551,42 @@ mod tests {
     #[test]
     fn every_kernel_matches_a_naive_product_at_ragged_shapes() {
         let mut seed = 7;
-        for isa in Isa::available() {
-            for &(m, k, n) in &[
-                (1, 1, 1),
-                (14, 384, 96),
-                (13, 37, 33),
-                (25, 64, 17),
-                (3, 5, 64),
-            ] {
+        let shapes = [
+            (1, 1, 1),
+            (14, 384, 96),
+            (13, 37, 33),
+            (29, 64, 17),
+            (3, 5, 64),
+            (15, 8, 40),
+        ];
+        let variants = Isa::available()
+            .into_iter()
+            .flat_map(|isa| [(isa, false), (isa, true)]);
+        for (isa, use_f16) in variants {
+            for &(m, k, n) in &shapes {
                 let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-                let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+                let mut b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
                 let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
-                let packed = PackedB::pack(&b, k, n, n, 1);
+                let packed = if use_f16 {
+                    // Compare against the product with the values f16 can hold.
+                    b.iter_mut()
+                        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                    PackedB::pack_f16(&b, k, n, n, 1)
+                } else {
+                    PackedB::pack(&b, k, n, n, 1)
+                };
+                assert_eq!(packed.is_f16(), use_f16);
                 // C wider than n: the extra column must stay untouched.
                 let ldc = n + 1;
                 let mut c = vec![f32::NAN; m * ldc];
                 let rows = Rows { data: &a, ld: k };
+                let with_bias = Some(bias.as_slice());
                 matmul(
                     isa,
                     rows,
                     m,
                     &packed,
-                    Some(&bias),
+                    with_bias,
                     Epilogue::None,
                     &mut c,
                     ldc,
@@ -404,12 +597,33 @@ mod tests {
                         let (got, want) = (c[i * ldc + j], want[i * n + j] + bias[j]);
                         assert!(
                             (got - want).abs() < 1e-4,
-                            "{isa:?} {m}x{k}x{n} at ({i},{j}): {got} vs {want}"
+                            "{isa:?} f16={use_f16} {m}x{k}x{n} at ({i},{j}): {got} vs {want}"
                         );
                     }
                     assert!(c[i * ldc + n].is_nan(), "{isa:?} wrote past column {n}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn tasks_cover_every_cell_once() {
+        for &(m, k, n, threads) in &[
+            (14, 384, 1152, 2),
+            (512, 1536, 384, 2),
+            (1, 32, 20, 4),
+            (300, 384, 1536, 3),
+        ] {
+            let b = PackedB::pack(&vec![0.0; k * n], k, n, n, 1);
+            let mut seen = vec![0u8; m * b.panels()];
+            for (rows, panels) in tasks(m, &b, threads) {
+                for r in rows {
+                    for p in panels.clone() {
+                        seen[r * b.panels() + p] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{m}x{k}x{n}");
         }
     }
 

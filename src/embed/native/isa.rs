@@ -6,7 +6,7 @@
 pub enum Isa {
     /// AVX-512F (Intel since Skylake-SP, AMD since Zen 4).
     Avx512,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA + F16C (Intel since Haswell, AMD since Zen).
     Avx2,
     /// Whatever the compilation target offers (SSE2 on x86-64, NEON on aarch64).
     Portable,
@@ -34,6 +34,7 @@ impl Isa {
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 out.push(Isa::Avx2);
             }

@@ -56,6 +56,7 @@ struct Layer {
 pub struct NativeBert {
     shape: Shape,
     isa: Isa,
+    half: bool,
     pool: rayon::ThreadPool,
     threads: usize,
     word: Vec<f32>,
@@ -83,14 +84,51 @@ thread_local! {
     });
 }
 
+/// How the encoder runs on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeOptions {
+    /// Size of its compute pool (at least 1).
+    pub threads: usize,
+    pub isa: Isa,
+    /// Linear weights stored as f16 (arithmetic stays f32). The AVX-512 and AVX2 kernels convert
+    /// them in registers; the portable one uses f32 regardless.
+    pub f16_weights: bool,
+}
+
+impl NativeOptions {
+    /// The detected kernel family, f16 weights where it has them (`DEJA_NATIVE_WEIGHTS=f32`
+    /// keeps f32, for comparisons).
+    pub fn detect(threads: usize) -> Self {
+        Self {
+            threads,
+            isa: Isa::detect(),
+            f16_weights: std::env::var("DEJA_NATIVE_WEIGHTS").as_deref() != Ok("f32"),
+        }
+    }
+}
+
 impl NativeBert {
     /// Builds the encoder from the safetensors' tensors (names with or without a `bert.`
-    /// prefix). `threads` is the size of its compute pool (at least 1).
+    /// prefix).
     pub fn new(
         tensors: &HashMap<String, Tensor>,
         shape: Shape,
-        threads: usize,
+        options: NativeOptions,
     ) -> Result<Self, EmbedError> {
+        if !Isa::available().contains(&options.isa) {
+            return Err(EmbedError::Internal(format!(
+                "{} kernels are not supported on this CPU",
+                options.isa.name()
+            )));
+        }
+        let half = options.f16_weights && options.isa != Isa::Portable;
+        let pack = |src: &[f32], k: usize, n: usize| {
+            if half {
+                PackedB::pack_f16(src, k, n, 1, k)
+            } else {
+                PackedB::pack(src, k, n, 1, k)
+            }
+        };
         if shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) {
             return Err(EmbedError::InvalidModel(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -150,21 +188,21 @@ impl NativeBert {
             let (wu, up_bias) = linear(&format!("{p}.intermediate.dense"), h, i)?;
             let (wd, down_bias) = linear(&format!("{p}.output.dense"), i, h)?;
             layers.push(Layer {
-                qkv: PackedB::pack(&wqkv, h, 3 * h, 1, h),
+                qkv: pack(&wqkv, h, 3 * h),
                 qkv_bias,
-                out: PackedB::pack(&wo, h, h, 1, h),
+                out: pack(&wo, h, h),
                 out_bias,
                 ln1_gamma: get(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
                 ln1_beta: get(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
-                up: PackedB::pack(&wu, h, i, 1, h),
+                up: pack(&wu, h, i),
                 up_bias,
-                down: PackedB::pack(&wd, i, h, 1, i),
+                down: pack(&wd, i, h),
                 down_bias,
                 ln2_gamma: get(&format!("{p}.output.LayerNorm.weight"), &[h])?,
                 ln2_beta: get(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
         }
-        let threads = threads.max(1);
+        let threads = options.threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("deja-encoder-{i}"))
@@ -172,7 +210,8 @@ impl NativeBert {
             .map_err(|e| EmbedError::Internal(format!("encoder thread pool: {e}")))?;
         Ok(Self {
             shape,
-            isa: Isa::detect(),
+            isa: options.isa,
+            half,
             pool,
             threads,
             word,
@@ -189,16 +228,9 @@ impl NativeBert {
         self.isa
     }
 
-    /// Switches kernel family; refused unless this CPU supports it.
-    pub fn force_isa(&mut self, isa: Isa) -> Result<(), EmbedError> {
-        if !Isa::available().contains(&isa) {
-            return Err(EmbedError::Internal(format!(
-                "{} kernels are not supported on this CPU",
-                isa.name()
-            )));
-        }
-        self.isa = isa;
-        Ok(())
+    /// Whether the linear weights are held as f16.
+    pub fn f16_weights(&self) -> bool {
+        self.half
     }
 
     pub fn threads(&self) -> usize {
@@ -332,17 +364,14 @@ impl NativeBert {
         epilogue: Epilogue,
         out: &mut [f32],
     ) {
-        let panels = w.panels();
-        let ldc = w.n();
-        let c = OutPtr::new(out, ldc);
+        let c = OutPtr::new(out, w.n());
         let a = Rows { data: a, ld: lda };
-        // Two chunks per thread: enough to rebalance when a core is busy with something else.
-        let chunk = panels.div_ceil(self.threads * 2).max(1);
         let isa = self.isa;
-        (0..panels.div_ceil(chunk)).into_par_iter().for_each(|t| {
-            let range = t * chunk..((t + 1) * chunk).min(panels);
-            gemm::matmul_panels(isa, a, rows, w, Some(bias), epilogue, c, range);
-        });
+        gemm::tasks(rows, w, self.threads)
+            .into_par_iter()
+            .for_each(|(rows, panels)| {
+                gemm::matmul_part(isa, a, rows, w, Some(bias), epilogue, c, panels);
+            });
     }
 
     /// Multi-head self-attention per text: `ctx[text, head] = softmax(Q Kᵀ/√d) V`.
@@ -389,13 +418,13 @@ impl NativeBert {
                     ops::softmax(isa, row, scale);
                 }
                 let out = c.offset(span.start, head * d);
-                gemm::matmul_panels(
+                gemm::matmul_part(
                     isa,
                     Rows {
                         data: scores,
                         ld: len,
                     },
-                    len,
+                    0..len,
                     values,
                     None,
                     Epilogue::None,

@@ -160,11 +160,17 @@ fn erf(x: f32) -> f32 {
 
 /// e^x for f32 (Cephes `expf`: range reduction by ln 2 in two parts, degree-6 polynomial,
 /// exponent bits for 2^n); relative error ~1e-7 on [-87, 88], 0 below (underflow).
+///
+/// `n = round(x·log₂e)` comes from adding 1.5·2²³ (the sum's low mantissa bits are `n`), so
+/// 2ⁿ is built with integer ops only: a float→int `as` cast would be a saturating conversion
+/// that LLVM does not vectorize.
 #[allow(clippy::excessive_precision)] // the published coefficients
 #[inline(always)]
 fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut y = r * 1.987_569_1e-4 + 1.398_199_9e-3;
     y = y * r + 8.333_452e-3;
@@ -172,7 +178,8 @@ fn exp(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 5.000_000_1e-1;
     y = y * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let n_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     y * scale
 }
 
