@@ -110,9 +110,11 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             match loaded {
                 Ok(engine) => {
                     let entries = engine.store().len();
+                    let encoder = engine.embedder().describe();
                     let _ = loader_state.0.engine.set(engine);
                     tracing::info!(
                         entries,
+                        encoder,
                         secs = started.elapsed().as_secs_f64(),
                         "cache ready"
                     );

@@ -206,6 +206,10 @@ impl Embedder for BertEmbedder {
         self.dim
     }
 
+    fn describe(&self) -> String {
+        format!("{} on {}", self.model_id, self.backend())
+    }
+
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let encoded = texts
             .iter()

@@ -37,6 +37,10 @@ pub trait Embedder: Send + Sync + 'static {
     fn dim(&self) -> usize;
     /// One L2-normalized vector of length [`Embedder::dim`] per input text, in input order.
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// What runs the model (logged at start, printed by benchmarks).
+    fn describe(&self) -> String {
+        self.model_id().to_string()
+    }
 }
 
 /// Everything that can go wrong while resolving, loading or running an embedding model.

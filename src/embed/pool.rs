@@ -112,6 +112,11 @@ impl EmbedPool {
         self.shared.embedder.dim()
     }
 
+    /// The model and what runs it.
+    pub fn describe(&self) -> String {
+        self.shared.embedder.describe()
+    }
+
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.shared.embedder
     }
