@@ -90,6 +90,14 @@ const OPENERS: &[&str] = &[
     "I want to",
     "tell me how I can",
 ];
+const CONTEXTS: &[&str] = &[
+    "",
+    " for my account",
+    " for my team",
+    " for my company",
+    " on my laptop",
+    " this week",
+];
 const CLOSERS: &[&str] = &[
     "?",
     " please?",
@@ -101,15 +109,18 @@ const CLOSERS: &[&str] = &[
     " myself?",
 ];
 
-/// The `i`-th paraphrase of a seeded prompt (distinct for i < 3360).
+/// The `i`-th paraphrase of a seeded prompt (distinct for i < 20,160; the runs of one
+/// invocation draw consecutive ones, so the embedding LRU never sees a repeat).
 fn paraphrase(i: usize) -> String {
     let t = TOPICS[i % TOPICS.len()];
     let i = i / TOPICS.len();
     let o = OPENERS[i % OPENERS.len()];
     let i = i / OPENERS.len();
     let c = CLOSERS[i % CLOSERS.len()];
-    let g = GREETINGS[(i / CLOSERS.len()) % GREETINGS.len()];
-    format!("{g}{o} {t}{c}")
+    let i = i / CLOSERS.len();
+    let g = GREETINGS[i % GREETINGS.len()];
+    let x = CONTEXTS[(i / GREETINGS.len()) % CONTEXTS.len()];
+    format!("{g}{o} {t}{x}{c}")
 }
 
 /// The `i`-th unrelated prompt: never close to anything seeded or to each other's answers.

@@ -60,6 +60,22 @@ fn empty_config_uses_defaults() {
     assert_eq!(c.cache.threshold, validate::DEFAULT_THRESHOLD);
     assert_eq!(c.embedding.model, validate::DEFAULT_MODEL);
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.embedding.cpu_backend, crate::embed::CpuBackend::Native);
+    assert_eq!(c.embedding.compute_threads, 0);
+}
+
+#[test]
+fn cpu_backend_is_parsed_and_checked() {
+    let c = parse("[embedding]\ncpu_backend = \"candle\"\ncompute_threads = 1\n").unwrap();
+    assert_eq!(c.embedding.cpu_backend, crate::embed::CpuBackend::Candle);
+    assert_eq!(c.embedding.compute_threads, 1);
+    let err = parse("[embedding]\ncpu_backend = \"onnx\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("embedding.cpu_backend") && err.contains("native, candle"),
+        "{err}"
+    );
 }
 
 #[test]
