@@ -14,25 +14,15 @@ fn chat(text: &str) -> Value {
 }
 
 async fn post(d: &Deja, body: &Value, key: &str) -> Reply {
-    let r = client()
-        .post(d.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
+    let auth = format!("Bearer {key}");
+    d.post("/v1/chat/completions", body, &[("authorization", &auth)])
         .await
-        .unwrap();
-    Reply::read(r).await
 }
 
 async fn post_with(d: &Deja, body: &Value, headers: &[(&str, &str)]) -> Reply {
-    let mut req = client()
-        .post(d.url("/v1/chat/completions"))
-        .bearer_auth("k")
-        .json(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    Reply::read(req.send().await.unwrap()).await
+    let mut all = vec![("authorization", "Bearer k")];
+    all.extend_from_slice(headers);
+    d.post("/v1/chat/completions", body, &all).await
 }
 
 #[tokio::test]
@@ -430,26 +420,10 @@ async fn legacy_completions_are_cached() {
     let mock = MockUpstream::start().await;
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let body = json!({"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"});
-    let r1 = Reply::read(
-        client()
-            .post(d.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r1 = d.post("/v1/completions", &body, &[]).await;
     assert_eq!(r1.header("x-deja-cache"), "miss");
     d.wait_entries(1).await;
-    let r2 = Reply::read(
-        client()
-            .post(d.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r2 = d.post("/v1/completions", &body, &[]).await;
     assert_eq!(r2.header("x-deja-cache"), "exact-hit");
     assert_eq!(r2.body["object"], "text_completion");
     assert_eq!(r2.body["choices"][0]["text"], r1.body["choices"][0]["text"]);

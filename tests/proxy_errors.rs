@@ -204,15 +204,7 @@ async fn failing_provider_falls_back_and_the_answer_is_cached() {
     let text = two_provider_config(tmp.path(), &first.base_url(), &second.base_url());
     let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
     let body = json!({"model":"m","messages":[{"role":"user","content":"fallback please"}]});
-    let r = Reply::read(
-        client()
-            .post(d.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = d.post("/v1/chat/completions", &body, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-deja-provider"), "second");
     assert_eq!(
@@ -222,15 +214,7 @@ async fn failing_provider_falls_back_and_the_answer_is_cached() {
     );
     assert_eq!(second.calls(), 1);
     d.wait_entries(1).await;
-    let r = Reply::read(
-        client()
-            .post(d.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = d.post("/v1/chat/completions", &body, &[]).await;
     assert_eq!(r.header("x-deja-cache"), "exact-hit");
     let metrics = client()
         .get(d.url("/metrics"))

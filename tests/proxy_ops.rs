@@ -14,16 +14,8 @@ fn chat(text: &str) -> Value {
 }
 
 async fn ask(d: &Deja, text: &str) -> Reply {
-    Reply::read(
-        client()
-            .post(d.url("/v1/chat/completions"))
-            .bearer_auth("k")
-            .json(&chat(text))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    let auth = [("authorization", "Bearer k")];
+    d.post("/v1/chat/completions", &chat(text), &auth).await
 }
 
 #[tokio::test]

@@ -125,6 +125,21 @@ impl Deja {
         }
     }
 
+    /// POSTs `body` as JSON to `path` with `headers` (no API key unless one is among them) and
+    /// reads the whole reply.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = client().post(self.url(path)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Reply::read(req.send().await.unwrap()).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
