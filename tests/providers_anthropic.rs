@@ -7,26 +7,16 @@
 mod common;
 
 use common::mock_upstream::MockUpstream;
+use common::providers::{drain, fast, json_body, router};
 use deja::api::anthropic::MessagesStreamCollector;
 use deja::api::collect::{collect_chat_json, ChatStreamCollector};
 use deja::providers::{
     Dialect, ProviderError, ProviderErrorKind, ProviderSettings, RouteSettings, RouteTarget,
-    Router, RouterError, SseEvent, SseParser, UpstreamBody, UpstreamRequest, UpstreamResponse,
-    DEFAULT_MAX_TOKENS,
+    Router, RouterError, SseEvent, SseParser, UpstreamRequest, DEFAULT_MAX_TOKENS,
 };
-use futures::StreamExt;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const CLIENT_KEY: &str = "sk-ant-client-key";
-
-fn fast(mut p: ProviderSettings) -> ProviderSettings {
-    p.backoff_base = Duration::from_millis(1);
-    p.backoff_max = Duration::from_millis(5);
-    p.request_timeout = Duration::from_secs(30);
-    p.read_timeout = Duration::from_secs(30);
-    p
-}
 
 fn anthropic(name: &str, up: &MockUpstream) -> ProviderSettings {
     fast(ProviderSettings::anthropic(name, up.anthropic_base_url()))
@@ -34,10 +24,6 @@ fn anthropic(name: &str, up: &MockUpstream) -> ProviderSettings {
 
 fn openai(name: &str, up: &MockUpstream) -> ProviderSettings {
     fast(ProviderSettings::openai(name, up.base_url()))
-}
-
-fn router(providers: Vec<ProviderSettings>, chain: &[&str]) -> Router {
-    Router::new(providers, vec![RouteSettings::new("*", chain)]).unwrap()
 }
 
 /// An OpenAI chat request as the server sends it: with its dialect and the client's key.
@@ -60,24 +46,6 @@ fn messages_req(body: Value) -> UpstreamRequest {
     UpstreamRequest::post_json("/messages", &body, stream)
         .with_dialect(Dialect::AnthropicMessages)
         .with_client_key(Some("sk-openai-client".to_string()))
-}
-
-fn json_body(resp: &UpstreamResponse) -> Value {
-    serde_json::from_slice(resp.json_bytes().expect("a JSON body")).unwrap()
-}
-
-async fn drain(resp: UpstreamResponse) -> (Vec<u8>, Option<ProviderError>) {
-    let UpstreamBody::Stream(mut s) = resp.body else {
-        panic!("expected a stream body");
-    };
-    let mut bytes = Vec::new();
-    while let Some(item) = s.next().await {
-        match item {
-            Ok(b) => bytes.extend_from_slice(&b),
-            Err(e) => return (bytes, Some(e)),
-        }
-    }
-    (bytes, None)
 }
 
 fn events(bytes: &[u8]) -> Vec<SseEvent> {

@@ -5,25 +5,15 @@
 mod common;
 
 use common::mock_upstream::MockUpstream;
+use common::providers::{drain, fast, json_body, router};
 use deja::providers::{
-    Dialect, ProviderSettings, RouteSettings, RouteTarget, Router, SseParser, UpstreamBody,
-    UpstreamRequest, UpstreamResponse, AZURE_DEFAULT_API_VERSION,
+    Dialect, ProviderSettings, RouteSettings, RouteTarget, Router, SseParser, UpstreamRequest,
+    UpstreamResponse, AZURE_DEFAULT_API_VERSION,
 };
-use futures::StreamExt;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn azure(name: &str, up: &MockUpstream) -> ProviderSettings {
-    let mut p = ProviderSettings::azure(name, up.azure_base_url());
-    p.backoff_base = Duration::from_millis(1);
-    p.backoff_max = Duration::from_millis(5);
-    p.request_timeout = Duration::from_secs(30);
-    p.read_timeout = Duration::from_secs(30);
-    p
-}
-
-fn router(providers: Vec<ProviderSettings>, chain: &[&str]) -> Router {
-    Router::new(providers, vec![RouteSettings::new("*", chain)]).unwrap()
+    fast(ProviderSettings::azure(name, up.azure_base_url()))
 }
 
 fn chat(text: &str, stream: bool) -> UpstreamRequest {
@@ -37,18 +27,10 @@ fn chat(text: &str, stream: bool) -> UpstreamRequest {
         .with_client_key(Some("azure-client-key".to_string()))
 }
 
-fn json_body(resp: &UpstreamResponse) -> Value {
-    serde_json::from_slice(resp.json_bytes().expect("a JSON body")).unwrap()
-}
-
-async fn drain(resp: UpstreamResponse) -> Vec<u8> {
-    let UpstreamBody::Stream(mut s) = resp.body else {
-        panic!("expected a stream body");
-    };
-    let mut bytes = Vec::new();
-    while let Some(item) = s.next().await {
-        bytes.extend_from_slice(&item.expect("a complete stream"));
-    }
+/// The bytes of a stream that must end cleanly.
+async fn drain_ok(resp: UpstreamResponse) -> Vec<u8> {
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "a complete stream: {err:?}");
     bytes
 }
 
@@ -123,7 +105,7 @@ async fn client_key_goes_in_api_key_and_streams_pass_through() {
         .send(chat("stream me", true), "gpt-4o-mini")
         .await
         .unwrap();
-    let bytes = drain(resp).await;
+    let bytes = drain_ok(resp).await;
     let rec = up.last_request().unwrap();
     assert_eq!(rec.header("api-key").as_deref(), Some("azure-client-key"));
     assert_eq!(bytes, rec.response_body.to_vec(), "byte for byte");
@@ -174,7 +156,7 @@ async fn anthropic_dialect_is_translated_for_azure() {
         json!({"role": "system", "content": "Be brief."})
     );
     assert_eq!(rec.body["max_tokens"], 50);
-    let bytes = drain(resp).await;
+    let bytes = drain_ok(resp).await;
     let events = SseParser::new().feed(&bytes);
     assert_eq!(events[0].event.as_deref(), Some("message_start"));
     assert_eq!(

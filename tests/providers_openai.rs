@@ -5,31 +5,21 @@
 mod common;
 
 use common::mock_upstream::MockUpstream;
+use common::providers::{drain, fast, json_body, router};
 use deja::providers::{
     BreakerState, ProviderError, ProviderErrorKind, ProviderSettings, RouteSettings, RouteTarget,
-    Router, RouterError, SseEvent, SseParser, UpstreamBody, UpstreamRequest, UpstreamResponse,
+    Router, RouterError, SseEvent, SseParser, UpstreamRequest,
 };
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Fast backoff so retry tests take milliseconds; generous timeouts so a loaded machine does not
-/// turn into a false timeout.
+/// An OpenAI-kind provider at the mock, with the shared test timings ([`fast`]).
 fn provider(name: &str, up: &MockUpstream) -> ProviderSettings {
     provider_at(name, &up.base_url())
 }
 
 fn provider_at(name: &str, base_url: &str) -> ProviderSettings {
-    let mut p = ProviderSettings::openai(name, base_url);
-    p.backoff_base = Duration::from_millis(1);
-    p.backoff_max = Duration::from_millis(5);
-    p.request_timeout = Duration::from_secs(30);
-    p.read_timeout = Duration::from_secs(30);
-    p
-}
-
-fn router(providers: Vec<ProviderSettings>, chain: &[&str]) -> Router {
-    Router::new(providers, vec![RouteSettings::new("*", chain)]).unwrap()
+    fast(ProviderSettings::openai(name, base_url))
 }
 
 fn chat(text: &str, stream: bool) -> UpstreamRequest {
@@ -42,25 +32,6 @@ fn chat(text: &str, stream: bool) -> UpstreamRequest {
         body["stream_options"] = json!({"include_usage": true});
     }
     UpstreamRequest::post_json("/chat/completions", &body, stream)
-}
-
-fn json_body(resp: &UpstreamResponse) -> Value {
-    serde_json::from_slice(resp.json_bytes().expect("a JSON body")).unwrap()
-}
-
-/// Drains a stream body: (all bytes, the error that ended it, if any).
-async fn drain(resp: UpstreamResponse) -> (Vec<u8>, Option<ProviderError>) {
-    let UpstreamBody::Stream(mut s) = resp.body else {
-        panic!("expected a stream body");
-    };
-    let mut bytes = Vec::new();
-    while let Some(item) = s.next().await {
-        match item {
-            Ok(b) => bytes.extend_from_slice(&b),
-            Err(e) => return (bytes, Some(e)),
-        }
-    }
-    (bytes, None)
 }
 
 fn all_failed(err: RouterError) -> Vec<(String, ProviderError)> {

@@ -4,3 +4,4 @@
 pub mod binary;
 pub mod harness;
 pub mod mock_upstream;
+pub mod providers;
