@@ -59,6 +59,7 @@ pub struct NativeBert {
     half: bool,
     pool: rayon::ThreadPool,
     threads: usize,
+    buffers: parking_lot::Mutex<Buffers>,
     word: Vec<f32>,
     vocab: usize,
     position: Vec<f32>,
@@ -66,6 +67,31 @@ pub struct NativeBert {
     emb_gamma: Vec<f32>,
     emb_beta: Vec<f32>,
     layers: Vec<Layer>,
+}
+
+/// Batches up to this many tokens reuse the encoder's activation buffers (~14 MB for
+/// MiniLM at this size); larger ones allocate their own and free them after.
+const KEEP_BUFFERS_TOKENS: usize = 1024;
+
+/// The activations of one forward pass: every element is written before it is read, so a
+/// reused buffer is only resized, never cleared.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Buffers {
+    fn size(&mut self, tokens: usize, hidden: usize, intermediate: usize) {
+        self.x.resize(tokens * hidden, 0.0);
+        self.qkv.resize(tokens * 3 * hidden, 0.0);
+        self.ctx.resize(tokens * hidden, 0.0);
+        self.tmp.resize(tokens * hidden, 0.0);
+        self.up.resize(tokens * intermediate, 0.0);
+    }
 }
 
 /// Per-thread scratch for attention (scores can be 512 × 512 floats; reusing the buffers avoids
@@ -214,6 +240,7 @@ impl NativeBert {
             half,
             pool,
             threads,
+            buffers: parking_lot::Mutex::new(Buffers::default()),
             word,
             vocab,
             position,
@@ -273,7 +300,21 @@ impl NativeBert {
             total += seq.len();
         }
 
-        let mut x = vec![0.0f32; total * h];
+        // Activations: reused across calls while they stay small (the common case), so a
+        // request does not pay for fresh, page-faulting allocations; large batches allocate.
+        let mut reused = (total <= KEEP_BUFFERS_TOKENS)
+            .then(|| self.buffers.try_lock())
+            .flatten();
+        let mut fresh = Buffers::default();
+        let buffers = reused.as_deref_mut().unwrap_or(&mut fresh);
+        buffers.size(total, h, inter);
+        let Buffers {
+            x,
+            qkv,
+            ctx,
+            tmp,
+            up,
+        } = buffers;
         let zeros = vec![0.0f32; h];
         x.par_chunks_mut(h)
             .zip(
@@ -289,50 +330,38 @@ impl NativeBert {
                 ops::add_layer_norm(isa, row, &zeros, &self.emb_gamma, &self.emb_beta, eps);
             });
 
-        let mut qkv = vec![0.0f32; total * 3 * h];
-        let mut ctx = vec![0.0f32; total * h];
-        let mut tmp = vec![0.0f32; total * h];
-        let mut up = vec![0.0f32; total * inter];
         for layer in &self.layers {
             self.linear(
-                &x,
+                x,
                 h,
                 total,
                 &layer.qkv,
                 &layer.qkv_bias,
                 Epilogue::None,
-                &mut qkv,
+                qkv,
             );
-            self.attention(&qkv, &spans, &mut ctx);
+            self.attention(qkv, &spans, ctx);
             self.linear(
-                &ctx,
+                ctx,
                 h,
                 total,
                 &layer.out,
                 &layer.out_bias,
                 Epilogue::None,
-                &mut tmp,
+                tmp,
             );
-            self.rows_layer_norm(&mut x, &tmp, &layer.ln1_gamma, &layer.ln1_beta);
+            self.rows_layer_norm(x, tmp, &layer.ln1_gamma, &layer.ln1_beta);
+            self.linear(x, h, total, &layer.up, &layer.up_bias, Epilogue::Gelu, up);
             self.linear(
-                &x,
-                h,
-                total,
-                &layer.up,
-                &layer.up_bias,
-                Epilogue::Gelu,
-                &mut up,
-            );
-            self.linear(
-                &up,
+                up,
                 inter,
                 total,
                 &layer.down,
                 &layer.down_bias,
                 Epilogue::None,
-                &mut tmp,
+                tmp,
             );
-            self.rows_layer_norm(&mut x, &tmp, &layer.ln2_gamma, &layer.ln2_beta);
+            self.rows_layer_norm(x, tmp, &layer.ln2_gamma, &layer.ln2_beta);
         }
 
         spans
