@@ -283,7 +283,7 @@ fn main() {
     let mut rows = Vec::new();
     let mut semantic_next = 0usize;
     for (run, workload) in args.workload.iter().enumerate() {
-        for &rate in &args.rates {
+        for (rate_index, &rate) in args.rates.iter().enumerate() {
             let n = (rate * args.duration).round().max(1.0) as usize;
             let plan: Vec<(Kind, String)> = (0..n)
                 .map(|i| {
@@ -301,9 +301,7 @@ fn main() {
                             semantic_next += 1;
                             paraphrase(semantic_next)
                         }
-                        Kind::Miss | Kind::Direct => {
-                            unrelated(run * 100 + rates_index(&args.rates, rate), i)
-                        }
+                        Kind::Miss | Kind::Direct => unrelated(run * 100 + rate_index, i),
                     };
                     (kind, text)
                 })
@@ -332,10 +330,6 @@ fn main() {
         std::fs::write(path, serde_json::to_vec_pretty(&body).expect("json")).expect("write json");
     }
     drop(mock);
-}
-
-fn rates_index(rates: &[f64], rate: f64) -> usize {
-    rates.iter().position(|r| *r == rate).unwrap_or(0)
 }
 
 async fn send(client: &reqwest::Client, url: &str, text: &str) -> (bool, Option<String>) {

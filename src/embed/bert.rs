@@ -84,11 +84,23 @@ impl BertEmbedder {
             }))
             .map_err(|e| EmbedError::Tokenizer(format!("truncation: {e}")))?;
 
+        let threads = match settings.compute_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let options = match kernels {
+            Some((isa, f16_weights)) => NativeOptions {
+                threads,
+                isa,
+                f16_weights,
+            },
+            None => NativeOptions::detect(threads),
+        };
         // Without AVX2/AVX-512 (e.g. aarch64), candle's gemm (with NEON kernels) beats the
         // native encoder's portable kernel, so it runs unless a caller asks for native.
         let native = device.is_cpu()
             && settings.cpu_backend == CpuBackend::Native
-            && (kernels.is_some() || Isa::detect() != Isa::Portable);
+            && (kernels.is_some() || options.isa != Isa::Portable);
         let tensors = load_weights(&files.weights, &device, !native)?;
         let engine = if native {
             let shape = Shape {
@@ -99,10 +111,6 @@ impl BertEmbedder {
                 max_positions: config.max_position_embeddings,
                 eps: config.layer_norm_eps as f32,
             };
-            let threads = match settings.compute_threads {
-                0 => std::thread::available_parallelism().map_or(1, usize::from),
-                n => n,
-            };
             if !matches!(
                 config.hidden_act,
                 candle_transformers::models::bert::HiddenAct::Gelu
@@ -112,11 +120,6 @@ impl BertEmbedder {
                      embedding.cpu_backend = \"candle\"",
                     config.hidden_act
                 )));
-            }
-            let mut options = NativeOptions::detect(threads);
-            if let Some((isa, f16_weights)) = kernels {
-                options.isa = isa;
-                options.f16_weights = f16_weights;
             }
             Engine::Native(NativeBert::new(&tensors, shape, options)?)
         } else {

@@ -16,11 +16,11 @@ impl Isa {
     /// The best family this CPU supports; `DEJA_NATIVE_ISA=avx2|portable` forces a lower one
     /// (for comparisons; a higher one than the CPU has is ignored).
     pub fn detect() -> Self {
-        let best = Self::available()[0];
+        let available = Self::available();
         match std::env::var("DEJA_NATIVE_ISA").ok().as_deref() {
             Some("portable") => Isa::Portable,
-            Some("avx2") if Self::available().contains(&Isa::Avx2) => Isa::Avx2,
-            _ => best,
+            Some("avx2") if available.contains(&Isa::Avx2) => Isa::Avx2,
+            _ => available[0],
         }
     }
 
