@@ -51,6 +51,60 @@ async fn restart_keeps_entries() {
     d.stop().await;
 }
 
+#[tokio::test]
+async fn restart_reloads_the_hnsw_graph_from_the_shutdown_snapshot() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // A tiny flat_max makes the scope an HNSW graph after a few entries.
+    let text = config_text(
+        &tmp.path().join("store"),
+        &mock.base_url(),
+        "threshold = 0.8",
+        "[index]\nflat_max = 8\nef_construction = 32",
+    );
+    // Twenty prompts with no word in common, so none is a semantic hit for another.
+    let words = "apple brick cloud drum eagle flute grape hammer igloo jacket kettle lemon \
+                 marble needle orbit pepper quartz ribbon saddle tulip umbrella violin walnut \
+                 xylophone yacht zebra anchor bucket candle dolphin engine feather glacier \
+                 harbor island jungle kayak lantern meadow nectar oyster pillow quiver rocket \
+                 summit turtle valley wagon yogurt zipper arrow blanket cactus desert ember \
+                 falcon garden helmet";
+    let words: Vec<&str> = words.split_whitespace().collect();
+    let prompts: Vec<String> = words.chunks(3).take(20).map(|w| w.join(" ")).collect();
+    assert_eq!(prompts.len(), 20);
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    for p in &prompts {
+        ask(&d, p).await;
+    }
+    d.wait_entries(prompts.len()).await;
+    let index = d.state.engine().unwrap().index();
+    assert!(index.wait_idle(Duration::from_secs(30)));
+    assert_eq!(index.stats().hnsw_scopes, 1);
+    assert_eq!(index.stats().promotions, 1);
+    d.stop().await;
+    let current = tmp
+        .path()
+        .join("store")
+        .join("index-snapshot")
+        .join("CURRENT");
+    assert!(current.exists(), "shutdown wrote no snapshot");
+
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    // The graph is back at once, restored rather than promoted again.
+    let stats = d.state.engine().unwrap().index().stats();
+    assert_eq!((stats.hnsw_scopes, stats.hnsw_vectors), (1, prompts.len()));
+    assert_eq!((stats.promotions, stats.builds_in_flight), (0, 0));
+    let near = ask(&d, &format!("{} please", prompts[11])).await;
+    assert_eq!(
+        near.header("x-deja-cache"),
+        "semantic-hit",
+        "{:?}",
+        near.headers
+    );
+    assert_eq!(mock.calls(), prompts.len() as u64);
+    d.stop().await;
+}
+
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
     while !f() {

@@ -56,6 +56,16 @@ pub fn embed_dataset(
             }
         }
     }
+    embed_texts(embedder, texts, cache_dir, max_tokens)
+}
+
+/// Embeds every text of `texts` (the index of a text is its row), or reads them from the cache.
+pub fn embed_texts(
+    embedder: &dyn Embedder,
+    texts: Texts,
+    cache_dir: &Path,
+    max_tokens: usize,
+) -> anyhow::Result<Vectors> {
     let dim = embedder.dim();
     let mut key = blake3::Hasher::new();
     key.update(embedder.model_id().as_bytes());

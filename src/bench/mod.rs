@@ -6,7 +6,7 @@
 //! `--no-guards`, only pays for the cache work. Deterministic for a given model and dataset.
 
 pub mod dataset;
-mod embeddings;
+pub mod embeddings;
 mod protocols;
 pub mod report;
 

@@ -64,6 +64,7 @@ fn temp_engine(
     cfg.cache.max_entries = usize::MAX / 2;
     // Nothing here survives the run: flushing often would only measure the disk.
     cfg.cache.flush_interval = Duration::from_secs(3600);
+    cfg.index.snapshot = false;
     let engine = crate::server::open_engine(&cfg, embedder).map_err(|e| anyhow::anyhow!(e))?;
     Ok((engine, dir))
 }

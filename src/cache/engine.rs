@@ -4,12 +4,14 @@
 //! and store writes run on blocking threads, inference on the embedding pool's own threads:
 //! nothing here blocks the async runtime.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::cache::guards::{Features, GuardVerdict};
 use crate::embed::{EmbedError, EmbedPool};
-use crate::index::{IndexError, ScopedIndex};
+use crate::index::{IndexError, ScopedIndex, SnapshotError, SnapshotStats};
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum CacheError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("background task failed: {0}")]
     Join(String),
 }
@@ -104,35 +108,45 @@ struct Inner {
     index: ScopedIndex,
     embed: Arc<EmbedPool>,
     settings: parking_lot::RwLock<EngineSettings>,
+    snapshots: Option<PathBuf>,
 }
 
 impl CacheEngine {
-    /// Wraps an opened store and loads every live entry into the index (blocking: call it at
-    /// start-up, off the runtime).
+    /// Wraps an opened store and loads every live entry into the index, restoring HNSW graphs
+    /// from the snapshot under `snapshots` when there is a usable one (blocking: call it at
+    /// start-up, off the runtime). `snapshots` is also where [`Self::snapshot_blocking`] writes.
     pub fn open(
         store: Store,
         index: ScopedIndex,
         embed: Arc<EmbedPool>,
         settings: EngineSettings,
-    ) -> Result<CacheEngine, CacheError> {
-        let now = now_ms();
-        let mut result = Ok(());
-        store.for_each_live(now, |entry: &Entry| {
-            if let Some(v) = &entry.embedding {
-                if let Err(e) = index.insert(entry.scope, entry.id, v) {
-                    result = Err(e);
-                }
-            }
-        })?;
-        result?;
-        Ok(CacheEngine {
+        snapshots: Option<PathBuf>,
+    ) -> Result<(CacheEngine, IndexLoad), CacheError> {
+        let load = load_index(&store, &index, snapshots.as_deref())?;
+        let engine = CacheEngine {
             inner: Arc::new(Inner {
                 store,
                 index,
                 embed,
                 settings: parking_lot::RwLock::new(settings),
+                snapshots,
             }),
-        })
+        };
+        Ok((engine, load))
+    }
+
+    /// Writes an index snapshot if snapshots are enabled and the index changed since the last
+    /// one (`force` writes one regardless). Blocking, seconds per million vectors.
+    pub fn snapshot_blocking(&self, force: bool) -> Result<Option<SnapshotStats>, CacheError> {
+        let Some(root) = &self.inner.snapshots else {
+            return Ok(None);
+        };
+        let index = &self.inner.index;
+        if !force && !index.changed_since_snapshot() {
+            return Ok(None);
+        }
+        let tag = snapshot_tag(&self.inner.store);
+        Ok(Some(index.snapshot(root, &tag)?))
     }
 
     pub fn store(&self) -> &Store {

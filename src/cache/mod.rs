@@ -4,6 +4,8 @@
 pub mod engine;
 pub mod guards;
 pub mod policy;
+pub mod restore;
 pub mod singleflight;
 
 pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTrace};
+pub use restore::{load_index, IndexLoad};

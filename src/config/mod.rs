@@ -107,6 +107,11 @@ pub struct IndexConfig {
     pub ef_construction: usize,
     pub ef_search: usize,
     pub rebuild_tombstone_fraction: f32,
+    /// Write HNSW graphs to `<cache.dir>/index-snapshot/` at shutdown (and every
+    /// `snapshot_every`), so a restart reloads them instead of rebuilding.
+    pub snapshot: bool,
+    /// How often a changed index is snapshotted while serving; zero = only at shutdown.
+    pub snapshot_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

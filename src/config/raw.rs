@@ -73,6 +73,8 @@ pub struct RawIndex {
     pub ef_construction: Option<u64>,
     pub ef_search: Option<u64>,
     pub rebuild_tombstone_fraction: Option<f64>,
+    pub snapshot: Option<bool>,
+    pub snapshot_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml_str(text, Vec::<(String, String)>::new(), Path::new("/base"))
@@ -76,6 +77,20 @@ fn cpu_backend_is_parsed_and_checked() {
         err.contains("embedding.cpu_backend") && err.contains("native, candle"),
         "{err}"
     );
+}
+
+#[test]
+fn index_snapshot_keys_are_parsed_and_checked() {
+    let c = parse("").unwrap();
+    assert!(c.index.snapshot);
+    assert_eq!(c.index.snapshot_every, Duration::from_secs(600));
+    let c = parse("[index]\nsnapshot = false\nsnapshot_every = \"0s\"\n").unwrap();
+    assert!(!c.index.snapshot);
+    assert!(c.index.snapshot_every.is_zero());
+    let err = parse("[index]\nsnapshot_every = \"often\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("index.snapshot_every"), "{err}");
 }
 
 #[test]

@@ -158,6 +158,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         ef_construction: is.positive("index.ef_construction", x.ef_construction, 200) as usize,
         ef_search: is.positive("index.ef_search", x.ef_search, 64) as usize,
         rebuild_tombstone_fraction: fraction as f32,
+        snapshot: x.snapshot.unwrap_or(true),
+        snapshot_every: is.duration(
+            "index.snapshot_every",
+            x.snapshot_every.as_deref(),
+            Duration::from_secs(600),
+        ),
     };
 
     let e = raw.embedding;

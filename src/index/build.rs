@@ -12,7 +12,7 @@ use super::hnsw::{GraphNode, HnswIndex};
 use super::{IndexConfig, ScopeIndex, VectorSearch, VectorWrite};
 use crate::store::EntryId;
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Replays at most this many logged writes while holding the scope's write lock; a longer log
@@ -60,6 +60,8 @@ pub(crate) struct Background {
     pub(crate) demotions: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) replayed_ops: AtomicU64,
+    /// Snapshots writing a graph right now (each holds its scope's read lock for seconds).
+    pub(crate) dumping: AtomicUsize,
     /// Tests hold this to keep builds from starting until they have raced writes against them.
     #[cfg(test)]
     pub(crate) gate: Mutex<()>,
@@ -88,6 +90,25 @@ impl Background {
         if *n == 0 {
             self.idle.notify_all();
         }
+    }
+}
+
+/// The scope's write lock, without stalling its searches behind a snapshot: parking_lot's lock
+/// is fair, so a writer that parks behind a snapshot's long read lock would block every search
+/// that arrives after it. While a snapshot runs, writers poll instead of parking (writes are
+/// off the response path; searches are not).
+pub(crate) fn write_slot<'a>(
+    bg: &Background,
+    slot: &'a Slot,
+) -> parking_lot::RwLockWriteGuard<'a, ScopeState> {
+    loop {
+        if let Some(guard) = slot.try_write() {
+            return guard;
+        }
+        if bg.dumping.load(Ordering::Acquire) == 0 {
+            return slot.write();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -147,7 +168,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if !self.swapped {
             if let Some(slot) = self.slot.upgrade() {
-                slot.write().pending = None;
+                write_slot(&self.bg, &slot).pending = None;
                 if !self.bg.cancelled.load(Ordering::Relaxed) {
                     self.bg.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("an index build ended without swapping in its result");
@@ -173,7 +194,7 @@ fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: Arc<
         let Some(slot) = weak.upgrade() else {
             return;
         };
-        let mut st = slot.write();
+        let mut st = write_slot(&bg, &slot);
         let ops = match st.pending.as_mut() {
             Some(log) => std::mem::take(log),
             None => return,

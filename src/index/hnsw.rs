@@ -10,8 +10,10 @@ use super::flat::TopK;
 use super::vector::{dot, graph_similarity, prepare, to_graph, GRAPH_SCALE_SQ};
 use super::{IndexConfig, IndexError, Neighbor, VectorSearch, VectorWrite};
 use crate::store::EntryId;
-use hnsw_rs::prelude::{DistDot, Hnsw, Point};
+use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo, Point};
 use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Arc;
 
 /// hnsw_rs's own upper bound on layers.
@@ -183,15 +185,79 @@ impl HnswIndex {
     /// (hnsw_rs's iterator re-takes a read lock it already holds, which a queued writer would
     /// deadlock).
     fn nodes(&self) -> Vec<GraphNode> {
-        // hnsw_rs's iterator unwraps the entry point, which an empty graph lacks.
-        if self.graph.get_nb_point() == 0 {
-            return Vec::new();
+        graph_nodes(&self.graph)
+    }
+
+    /// Writes the graph (hnsw_rs's `<basename>.hnsw.graph` and `.hnsw.data`, tombstones
+    /// included) into `dir`, which must not hold files of that name; returns the basename used
+    /// and the live ids, sorted. Reads only: searches may run meanwhile.
+    pub(crate) fn dump(
+        &self,
+        dir: &Path,
+        basename: &str,
+    ) -> Result<(String, Vec<EntryId>), String> {
+        // hnsw_rs panics when it cannot create its files.
+        let dumped = catch_unwind(AssertUnwindSafe(|| self.graph.file_dump(dir, basename)))
+            .map_err(|_| format!("hnsw_rs panicked while writing {}", dir.display()))?
+            .map_err(|e| format!("hnsw_rs could not write {}: {e}", dir.display()))?;
+        let mut live: Vec<EntryId> = self.live.iter().copied().collect();
+        live.sort_unstable();
+        Ok((dumped, live))
+    }
+
+    /// Reloads a graph written by [`Self::dump`], whose files were already verified: `live`
+    /// are its searchable ids, every other node becomes a tombstone. Fails (never panics) when
+    /// the files do not load or do not match `live` and `cfg.dim`.
+    pub(crate) fn load(
+        cfg: &IndexConfig,
+        dir: &Path,
+        basename: &str,
+        live: HashSet<EntryId>,
+    ) -> Result<Self, String> {
+        // The reloaded graph borrows its loader for its whole life (hnsw_rs ties the lifetimes
+        // for its mmap mode, unused here): one small struct per restored scope is leaked.
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, basename)));
+        fn reload(io: &'static mut HnswIo) -> anyhow::Result<Graph> {
+            io.load_hnsw::<f32, DistDot>()
         }
-        self.graph
-            .get_point_indexation()
-            .into_iter()
-            .map(GraphNode)
-            .collect()
+        let graph: Graph = catch_unwind(AssertUnwindSafe(move || {
+            let io = io;
+            reload(io)
+        }))
+        .map_err(|_| format!("hnsw_rs panicked while reading {basename}"))?
+        .map_err(|e| format!("hnsw_rs could not read {basename}: {e}"))?;
+        let nodes = graph_nodes(&graph);
+        if let Some(n) = nodes.first() {
+            if n.graph_vector().len() != cfg.dim {
+                return Err(format!(
+                    "graph {basename} holds {}-d vectors, the index expects {}",
+                    n.graph_vector().len(),
+                    cfg.dim
+                ));
+            }
+        }
+        let mut tombstones = HashSet::new();
+        let mut found = 0usize;
+        for n in &nodes {
+            if live.contains(&n.id()) {
+                found += 1;
+            } else {
+                tombstones.insert(n.id());
+            }
+        }
+        if found != live.len() {
+            return Err(format!(
+                "graph {basename} holds {found} of the {} live ids its snapshot lists",
+                live.len()
+            ));
+        }
+        Ok(HnswIndex {
+            dim: cfg.dim,
+            ef_search: cfg.ef_search,
+            graph,
+            live,
+            tombstones,
+        })
     }
 
     /// The live nodes, for a rebuild that runs after the lock is released.
@@ -200,6 +266,19 @@ impl HnswIndex {
         nodes.retain(|n| self.live.contains(&n.id()));
         nodes
     }
+}
+
+/// Every node of `graph`, live or not (see [`HnswIndex::nodes`] on locking).
+fn graph_nodes(graph: &Graph) -> Vec<GraphNode> {
+    // hnsw_rs's iterator unwraps the entry point, which an empty graph lacks.
+    if graph.get_nb_point() == 0 {
+        return Vec::new();
+    }
+    graph
+        .get_point_indexation()
+        .into_iter()
+        .map(GraphNode)
+        .collect()
 }
 
 impl VectorSearch for HnswIndex {

@@ -10,6 +10,7 @@
 //! - [`hnsw`]: [`HnswIndex`], an hnsw_rs graph with tombstones (hnsw_rs cannot delete).
 //! - [`scoped`]: [`ScopedIndex`], one [`ScopeIndex`] per [`crate::store::ScopeId`] behind its
 //!   own lock.
+//! - [`snapshot`]: HNSW graphs written to disk and reloaded at start, checked against the store.
 //! - `build`: background promotion (flat → HNSW past [`IndexConfig::flat_max`]) and rebuilds
 //!   (past [`IndexConfig::rebuild_tombstone_fraction`]) on their own threads.
 //!
@@ -22,6 +23,7 @@ mod build;
 pub mod flat;
 pub mod hnsw;
 pub mod scoped;
+pub mod snapshot;
 #[doc(hidden)]
 pub mod synth;
 pub mod vector;
@@ -29,6 +31,7 @@ pub mod vector;
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
 pub use scoped::{IndexStats, ScopedIndex};
+pub use snapshot::{Snapshot, SnapshotError, SnapshotStats, SnapshotTag};
 
 use crate::store::EntryId;
 

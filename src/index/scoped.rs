@@ -4,12 +4,13 @@
 //! the private `build` module); it never touches the store, and never blocks on a background build.
 
 use super::build::{self, Background, ScopeState, Slot};
+use super::snapshot::{self, SnapshotError, SnapshotStats, SnapshotTag};
 use super::vector::prepare;
-use super::{IndexConfig, IndexError, Neighbor, ScopeIndex, VectorSearch, VectorWrite};
+use super::{HnswIndex, IndexConfig, IndexError, Neighbor, ScopeIndex, VectorSearch, VectorWrite};
 use crate::store::{EntryId, ScopeId};
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,12 @@ pub struct ScopedIndex {
     cfg: Arc<IndexConfig>,
     scopes: RwLock<HashMap<ScopeId, Slot>>,
     live: AtomicUsize,
+    /// Inserts and removals ever applied: a snapshot is due only when this moved.
+    writes: AtomicU64,
+    /// `writes` as of the last snapshot taken (u64::MAX before the first).
+    snapshot_writes: AtomicU64,
+    /// One snapshot at a time.
+    snapshotting: parking_lot::Mutex<()>,
     bg: Arc<Background>,
 }
 
@@ -51,6 +58,9 @@ impl ScopedIndex {
             cfg: Arc::new(cfg),
             scopes: RwLock::new(HashMap::new()),
             live: AtomicUsize::new(0),
+            writes: AtomicU64::new(0),
+            snapshot_writes: AtomicU64::new(u64::MAX),
+            snapshotting: parking_lot::Mutex::new(()),
             bg: Arc::new(Background::default()),
         })
     }
@@ -65,12 +75,13 @@ impl ScopedIndex {
         let v = prepare(vector, self.cfg.dim)?.into_owned();
         loop {
             let slot = self.slot_or_create(scope);
-            let mut st = slot.write();
+            let mut st = build::write_slot(&self.bg, &slot);
             if st.retired {
                 continue;
             }
             st.index.insert_prepared(id, &v)?;
             self.live.fetch_add(1, Ordering::Relaxed);
+            self.writes.fetch_add(1, Ordering::Relaxed);
             match st.pending.as_mut() {
                 Some(log) => log.push(build::PendingOp::Insert(id, v)),
                 None => build::maybe_start(&self.cfg, &self.bg, &slot, &mut st),
@@ -84,11 +95,12 @@ impl ScopedIndex {
         let Some(slot) = self.slot(scope) else {
             return false;
         };
-        let mut st = slot.write();
+        let mut st = build::write_slot(&self.bg, &slot);
         if st.retired || !st.index.remove(id) {
             return false;
         }
         self.live.fetch_sub(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         match st.pending.as_mut() {
             Some(log) => log.push(build::PendingOp::Remove(id)),
             None => build::maybe_start(&self.cfg, &self.bg, &slot, &mut st),
@@ -175,6 +187,85 @@ impl ScopedIndex {
         self.bg.wait_idle(timeout)
     }
 
+    /// Changes every HNSW scope's search-time candidate list (benchmarks sweep it; graphs built
+    /// later use the configured value).
+    pub fn set_ef_search(&self, ef: usize) {
+        let slots: Vec<Slot> = self.scopes.read().values().cloned().collect();
+        for slot in slots {
+            if let ScopeIndex::Hnsw(h) = &mut build::write_slot(&self.bg, &slot).index {
+                h.set_ef_search(ef);
+            }
+        }
+    }
+
+    /// Whether the index changed since the last [`Self::snapshot`] (always true before one).
+    pub fn changed_since_snapshot(&self) -> bool {
+        self.snapshot_writes.load(Ordering::Relaxed) != self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes every HNSW scope's graph to a new snapshot generation under `root` and makes it
+    /// current (flat scopes are not written: the store scan re-creates them at once). Searches
+    /// run throughout; writes to the scope being written wait for it (polling, so searches
+    /// never queue behind them). Blocking, seconds per million vectors: run it off the async
+    /// runtime. One at a time: a second call waits for the first.
+    pub fn snapshot(
+        &self,
+        root: &std::path::Path,
+        tag: &SnapshotTag,
+    ) -> Result<SnapshotStats, SnapshotError> {
+        let _one = self.snapshotting.lock();
+        let writes = self.writes.load(Ordering::Relaxed);
+        let mut slots: Vec<(ScopeId, Slot)> = self
+            .scopes
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, Arc::clone(v)))
+            .collect();
+        slots.sort_by_key(|(k, _)| *k);
+        let mut writer = snapshot::Writer::begin(root, tag)?;
+        for (scope, slot) in slots {
+            self.bg.dumping.fetch_add(1, Ordering::AcqRel);
+            let result = {
+                let st = slot.read();
+                match &st.index {
+                    // A scope mid-build is written as it serves now: every write reached it.
+                    ScopeIndex::Hnsw(h) if !st.retired => {
+                        writer.scope(snapshot::ScopeDump { scope, index: h })
+                    }
+                    _ => Ok(()),
+                }
+            };
+            self.bg.dumping.fetch_sub(1, Ordering::AcqRel);
+            result?;
+        }
+        let stats = writer.commit()?;
+        // Writes that raced the snapshot may or may not be in it: the next one is due then.
+        self.snapshot_writes.store(writes, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Installs a graph restored from a snapshot as `scope`'s index. Fails (changing nothing)
+    /// if the scope already holds vectors.
+    pub fn adopt(&self, scope: ScopeId, index: HnswIndex) -> Result<(), IndexError> {
+        if index.dim() != self.cfg.dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.cfg.dim,
+                got: index.dim(),
+            });
+        }
+        let slot = self.slot_or_create(scope);
+        let mut st = build::write_slot(&self.bg, &slot);
+        if !st.index.is_empty() || st.pending.is_some() || st.retired {
+            return Err(IndexError::InvalidConfig(format!(
+                "scope {scope:?} already holds vectors; a restored graph cannot replace them"
+            )));
+        }
+        self.live.fetch_add(index.len(), Ordering::Relaxed);
+        st.index = ScopeIndex::Hnsw(index);
+        build::maybe_start(&self.cfg, &self.bg, &slot, &mut st);
+        Ok(())
+    }
+
     fn slot(&self, scope: ScopeId) -> Option<Slot> {
         self.scopes.read().get(&scope).cloned()
     }
@@ -199,7 +290,11 @@ impl ScopedIndex {
         let Some(slot) = map.get(&scope) else {
             return;
         };
-        let mut st = slot.write();
+        // Holding the map's write lock: never wait here (a snapshot may hold the scope for
+        // seconds). A scope left in place is harmless and goes on its next removal.
+        let Some(mut st) = slot.try_write() else {
+            return;
+        };
         if st.index.is_empty() && st.pending.is_none() {
             st.retired = true;
             drop(st);

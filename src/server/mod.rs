@@ -118,8 +118,25 @@ pub fn open_engine(
     let index = ScopedIndex::new(index_config(config, dim))
         .map_err(|e| ServeError::Cache(e.to_string()))?;
     let pool = Arc::new(EmbedPool::new(embedder, &embed_settings(config)));
-    CacheEngine::open(store, index, pool, engine_settings(config))
-        .map_err(|e| ServeError::Cache(e.to_string()))
+    let snapshots = config.index.snapshot.then(|| snapshot_dir(config));
+    let (engine, load) = CacheEngine::open(store, index, pool, engine_settings(config), snapshots)
+        .map_err(|e| ServeError::Cache(e.to_string()))?;
+    tracing::info!(
+        entries = load.entries,
+        restored_scopes = load.restored_scopes,
+        restored = load.restored,
+        replayed = load.replayed,
+        stale = load.stale,
+        snapshot_problems = load.discarded.len(),
+        secs = load.elapsed.as_secs_f64(),
+        "index loaded"
+    );
+    Ok(engine)
+}
+
+/// Where index snapshots live: beside the store, in the cache directory.
+pub fn snapshot_dir(config: &Config) -> PathBuf {
+    config.cache.dir.join("index-snapshot")
 }
 
 pub fn engine_settings(config: &Config) -> EngineSettings {
@@ -197,11 +214,13 @@ impl Server {
         let state = self.state.clone();
         let grace = state.config().server.shutdown_grace;
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
+        let snapshotter = tokio::spawn(snapshot_loop(state.clone()));
         let app = app(state.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
         sweeper.abort();
+        snapshotter.abort();
         state.0.background.close();
         if tokio::time::timeout(grace, state.0.background.wait())
             .await
@@ -210,6 +229,7 @@ impl Server {
             tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
         }
         if let Some(engine) = state.engine().cloned() {
+            take_snapshot(engine.clone(), "shutdown").await;
             match tokio::task::spawn_blocking(move || engine.flush_blocking()).await {
                 Ok(Ok(())) => tracing::info!("store flushed"),
                 Ok(Err(e)) => tracing::error!(error = %e, "store flush failed"),
@@ -411,6 +431,46 @@ async fn sweep_loop(state: AppState) {
             Ok(Err(e)) => tracing::warn!(error = %e, "expiry sweep failed"),
             _ => {}
         }
+    }
+}
+
+/// Snapshots the index every `index.snapshot_every` (read at each round, so a reload applies)
+/// when it changed, so a crash loses at most that much restore work, never data.
+async fn snapshot_loop(state: AppState) {
+    loop {
+        let every = state.config().index.snapshot_every;
+        tokio::time::sleep(if every.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            every
+        })
+        .await;
+        let cfg = state.config();
+        if !cfg.index.snapshot || cfg.index.snapshot_every.is_zero() {
+            continue;
+        }
+        if let Some(engine) = state.engine().cloned() {
+            take_snapshot(engine, "periodic").await;
+        }
+    }
+}
+
+/// Writes an index snapshot if the index changed, and logs the outcome. An aborted snapshot
+/// (the task cancelled, the process killed) leaves the previous one in force.
+async fn take_snapshot(engine: CacheEngine, why: &'static str) {
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || engine.snapshot_blocking(false)).await {
+        Ok(Ok(Some(s))) => tracing::info!(
+            why,
+            scopes = s.scopes,
+            nodes = s.nodes,
+            mib = s.bytes / (1 << 20),
+            secs = started.elapsed().as_secs_f64(),
+            "index snapshot written"
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(why, error = %e, "index snapshot failed"),
+        Err(e) => tracing::warn!(why, error = %e, "index snapshot task failed"),
     }
 }
 

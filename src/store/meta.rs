@@ -2,6 +2,10 @@
 //! created and checked on every open, so vectors from one model are never searched with
 //! another's. It never decides what to do about a mismatch beyond reporting it.
 //!
+//! It also holds a random instance id, made when the store is created: files derived from a
+//! store (index snapshots) record it, so they are never applied to another store that happens
+//! to use the same ids.
+//!
 //! Next to sled's files it writes a small marker file, because sled treats a damaged log as a
 //! torn write and recovers by truncating it: a store whose files were overwritten would
 //! otherwise reopen as a silently empty one. Metadata missing while the marker exists is
@@ -17,17 +21,45 @@ pub const SCHEMA_VERSION: u32 = 1;
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_MODEL: &[u8] = b"model_id";
 const KEY_DIM: &[u8] = b"dim";
+const KEY_INSTANCE: &[u8] = b"instance_id";
 
 /// Written once the metadata is durable; its presence means "this directory holds a store".
 pub const MARKER_FILE: &str = "deja-store";
 
-/// Creates the metadata of a new store, or checks an existing store's against `cfg`.
+/// Creates the metadata of a new store, or checks an existing store's against `cfg`. Returns
+/// the store's instance id (hex).
 pub(crate) fn create_or_verify(
     meta: &Tree,
     entries: &Tree,
     cfg: &StoreConfig,
     path: &Path,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
+    verify(meta, entries, cfg, path)?;
+    instance_id(meta, path)
+}
+
+/// The store's instance id, made on first use (stores created before it existed get one too).
+fn instance_id(meta: &Tree, path: &Path) -> Result<String, StoreError> {
+    let db = |e| StoreError::from_sled(path, e);
+    if let Some(v) = meta.get(KEY_INSTANCE).map_err(db)? {
+        return Ok(hex::encode(v));
+    }
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.update(&now.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(path.to_string_lossy().as_bytes());
+    let hash = h.finalize();
+    let id = &hash.as_bytes()[..16];
+    meta.insert(KEY_INSTANCE, id).map_err(db)?;
+    meta.flush().map_err(db)?;
+    Ok(hex::encode(id))
+}
+
+fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result<(), StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         message,

@@ -140,6 +140,7 @@ pub struct Store {
 
 struct Inner {
     cfg: StoreConfig,
+    instance_id: String,
     db: sled::Db,
     entries: sled::Tree,
     exact: sled::Tree,
@@ -187,7 +188,7 @@ impl Store {
             tree("access")?,
             tree("meta")?,
         );
-        meta::create_or_verify(&meta_tree, &entries, cfg, &path)?;
+        let instance_id = meta::create_or_verify(&meta_tree, &entries, cfg, &path)?;
         let mut tracker = Tracker::default();
         for kv in access.iter() {
             let (k, v) = kv.map_err(|e| StoreError::from_sled(&path, e))?;
@@ -214,6 +215,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
+                instance_id,
                 db,
                 entries,
                 exact,
@@ -223,6 +225,12 @@ impl Store {
                 flusher: Mutex::new(flusher),
             }),
         })
+    }
+
+    /// A random id made when this store was created (hex); files derived from the store, such
+    /// as index snapshots, carry it so they are never applied to another store.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
     }
 
     pub fn config(&self) -> &StoreConfig {
