@@ -7,11 +7,12 @@
 //!
 //! Phases (each reuses what an earlier run left in `--work`, default
 //! `~/.cache/deja/bench-index/<entries>`):
-//! 1. `embed`: a corpus of distinct real texts: every text of the shared datasets, then word
-//!    windows of them (4–12 words) round-robin until `entries + queries` texts exist. They are
-//!    embedded with the configured model (cached like `deja bench`'s embeddings). The last
-//!    `--queries` texts (after a seeded shuffle) are held out as queries; their nearest
-//!    neighbours are other windows of the same sentence, as a cache's paraphrases are.
+//! 1. `embed`: a corpus of `--corpus` distinct real texts: every text of the shared datasets
+//!    (133,689), then word windows of them (4–12 words) round-robin. They are embedded with the
+//!    default model (cached like `deja bench`'s embeddings; ~40 min for 1M on 2 vCPUs). A run
+//!    uses the first `entries + queries` texts; every `n`-th of those is held out as a query,
+//!    never inserted. A query's nearest neighbours are often other windows of the same
+//!    sentence, as a cache's paraphrases are.
 //! 2. `build`: a sled store holding every entry in one scope, and its HNSW graph built with
 //!    the default [`IndexConfig`] (parallel insert), then snapshotted as `deja serve` does at
 //!    shutdown. Timed: store writes, graph build (= the "rebuild" a restart without a snapshot
@@ -32,6 +33,7 @@ use deja::index::{FlatIndex, HnswIndex, IndexConfig, ScopedIndex, VectorSearch, 
 use deja::store::{
     now_ms, CachedResponse, EntryId, FinishReason, NewEntry, ScopeId, Store, StoreConfig,
 };
+use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +46,10 @@ struct Args {
     /// Held-out query texts (searched, never inserted).
     #[arg(long, default_value_t = 2_000)]
     queries: usize,
+    /// Texts embedded (cached once): smaller runs use the first `entries + queries` of them,
+    /// so a 100k run reuses the 1M run's embeddings.
+    #[arg(long, default_value_t = 1_002_000)]
+    corpus: usize,
     /// embed | build | restart | all
     #[arg(long, default_value = "all")]
     phase: String,
@@ -134,9 +140,10 @@ fn corpus(base: &[String], n: usize) -> Texts {
 fn embed_phase(args: &Args) -> anyhow::Result<(Vectors, String)> {
     let t = Instant::now();
     let base = base_texts(&args.datasets)?;
-    let texts = corpus(&base, args.entries + args.queries);
+    let want = args.corpus.max(args.entries + args.queries);
+    let texts = corpus(&base, want);
     anyhow::ensure!(
-        texts.list.len() == args.entries + args.queries,
+        texts.list.len() == want,
         "the datasets give only {} distinct texts",
         texts.list.len()
     );
@@ -209,7 +216,7 @@ fn build_phase(args: &Args, work: &Path, v: &Vectors, model_id: &str) -> anyhow:
         std::fs::remove_dir_all(work)?;
     }
     std::fs::create_dir_all(work)?;
-    let (entries, held) = split(v.texts.list.len(), args.queries);
+    let (entries, held) = split(args.entries + args.queries, args.queries);
     let scope = ScopeId::from_bytes(SCOPE);
 
     let t = Instant::now();
@@ -228,7 +235,11 @@ fn build_phase(args: &Args, work: &Path, v: &Vectors, model_id: &str) -> anyhow:
         })?;
         ids.push(out.id);
         if (n + 1) % 200_000 == 0 {
-            eprintln!("store: {} entries ({:.1}s)", n + 1, t.elapsed().as_secs_f64());
+            eprintln!(
+                "store: {} entries ({:.1}s)",
+                n + 1,
+                t.elapsed().as_secs_f64()
+            );
         }
     }
     store.flush()?;
@@ -246,11 +257,17 @@ fn build_phase(args: &Args, work: &Path, v: &Vectors, model_id: &str) -> anyhow:
     for (&i, &id) in entries.iter().zip(&ids) {
         flat.insert(id, v.get(i))?;
     }
+    let tops: Vec<_> = held
+        .par_iter()
+        .map(|&q| flat.search(v.get(q), 1))
+        .collect::<Result<_, _>>()?;
     let mut gt = Vec::with_capacity(held.len() * 12);
-    for &q in &held {
-        let top = flat.search(v.get(q), 1)?;
-        gt.extend_from_slice(&top[0].id.to_le_bytes());
-        gt.extend_from_slice(&top[0].similarity.to_le_bytes());
+    for top in tops {
+        let best = top
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("empty flat search"))?;
+        gt.extend_from_slice(&best.id.to_le_bytes());
+        gt.extend_from_slice(&best.similarity.to_le_bytes());
     }
     drop(flat);
     println!(
@@ -338,7 +355,10 @@ fn restart_phase(args: &Args, work: &Path) -> anyhow::Result<()> {
     let held = queries.len() / dim;
     let query = |n: usize| &queries[n * dim..(n + 1) * dim];
     let gt = std::fs::read(work.join("ground-truth.bin"))?;
-    anyhow::ensure!(gt.len() == held * 12, "ground truth does not match the queries");
+    anyhow::ensure!(
+        gt.len() == held * 12,
+        "ground truth does not match the queries"
+    );
     let rss_before = proc_status("VmRSS:").unwrap_or(0.0);
 
     let t = Instant::now();
@@ -350,7 +370,11 @@ fn restart_phase(args: &Args, work: &Path) -> anyhow::Result<()> {
     })?;
     let load = load_index(&store, &index, Some(&snapshot_root(work)))?;
     let total = t.elapsed().as_secs_f64();
-    anyhow::ensure!(load.discarded.is_empty(), "snapshot not used: {:?}", load.discarded);
+    anyhow::ensure!(
+        load.discarded.is_empty(),
+        "snapshot not used: {:?}",
+        load.discarded
+    );
     println!(
         "restart: ready in {total:.1}s: store open {store_secs:.1}s, index {:.1}s \
          ({} entries, {} from the snapshot, {} replayed, {} stale)",
@@ -418,7 +442,7 @@ fn main() -> anyhow::Result<()> {
     }
     let (vectors, model_id) = embed_phase(&args)?;
     println!(
-        "vectors: {} real MiniLM embeddings ({} entries + {} held-out queries), {}-d",
+        "vectors: {} real MiniLM embeddings, using {} entries + {} held-out queries, {}-d",
         vectors.texts.list.len(),
         args.entries,
         args.queries,
