@@ -329,6 +329,10 @@ fn build_phase(args: &Args, work: &Path, v: &Vectors, model_id: &str) -> anyhow:
     std::fs::write(work.join("model-id"), model_id)?;
     std::fs::write(work.join("dim"), v.dim.to_string())?;
     std::fs::File::create(&gt_file)?.write_all(&gt)?;
+    println!(
+        "build process peak RSS (VmHWM) {:.0} MiB (corpus vectors, flat copy and graph at once)",
+        proc_status("VmHWM:").unwrap_or(0.0)
+    );
     Ok(())
 }
 

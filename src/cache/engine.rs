@@ -109,7 +109,12 @@ struct Inner {
     embed: Arc<EmbedPool>,
     settings: parking_lot::RwLock<EngineSettings>,
     snapshots: Option<PathBuf>,
+    inserts: tokio::sync::Semaphore,
 }
+
+/// Inserts running on blocking threads at once (see [`CacheEngine::insert`]). Two keep both of
+/// a small machine's cores busy; inserts into one scope serialize on its lock anyway.
+pub const INSERT_THREADS: usize = 2;
 
 impl CacheEngine {
     /// Wraps an opened store and loads every live entry into the index, restoring HNSW graphs
@@ -130,6 +135,7 @@ impl CacheEngine {
                 embed,
                 settings: parking_lot::RwLock::new(settings),
                 snapshots,
+                inserts: tokio::sync::Semaphore::new(INSERT_THREADS),
             }),
         };
         Ok((engine, load))
@@ -326,7 +332,10 @@ impl CacheEngine {
         Ok(outcome.id)
     }
 
-    /// Async wrapper of [`Self::insert_blocking`].
+    /// Async wrapper of [`Self::insert_blocking`]. At most [`INSERT_THREADS`] inserts hold a
+    /// blocking thread at once; the rest wait as futures. An insert can wait for seconds (a
+    /// snapshot writing its scope's graph), and a burst of misses must never fill tokio's
+    /// blocking pool, which the hit path's lookups also run on.
     pub async fn insert(
         &self,
         scope: ScopeId,
@@ -335,6 +344,12 @@ impl CacheEngine {
         response: CachedResponse,
         ttl: Duration,
     ) -> Result<EntryId, CacheError> {
+        let _permit = self
+            .inner
+            .inserts
+            .acquire()
+            .await
+            .map_err(|e| CacheError::Join(e.to_string()))?;
         let this = self.clone();
         blocking(move || this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl))
             .await
