@@ -152,6 +152,15 @@ pub fn load_index(
         })?;
         scan?;
     }
+    if report.restored_scopes > 0
+        && report.discarded.is_empty()
+        && report.replayed == 0
+        && report.stale == 0
+        && index.stats().builds_in_flight == 0
+    {
+        // Flat scopes loaded meanwhile are not part of snapshots: the one on disk is current.
+        index.mark_snapshot_current();
+    }
     report.entries = index.len();
     report.elapsed = started.elapsed();
     Ok(report)

@@ -141,6 +141,19 @@ fn a_restart_restores_the_graph_and_settles_the_difference_with_the_store() {
     assert_eq!(idx.scope_kind(scope(1)), Some("hnsw"));
     assert_eq!(idx.stats().tombstones, 5);
     assert_serves(&idx, &w.live, &w.gone);
+    // The settled index differs from the snapshot: the next one is due.
+    assert!(idx.changed_since_snapshot());
+    idx.snapshot(&w.root, &snapshot_tag(&w.store)).unwrap();
+
+    // Restarting from that snapshot has nothing to settle, so it is current until a write.
+    let again = index();
+    let r = load_index(&w.store, &again, Some(&w.root)).unwrap();
+    assert_eq!((r.restored, r.replayed, r.stale), (210, 0, 0));
+    assert!(!again.changed_since_snapshot());
+    assert_serves(&again, &w.live, &w.gone);
+    let (id, (s, _)) = w.live.iter().next().unwrap();
+    assert!(again.remove(*s, *id));
+    assert!(again.changed_since_snapshot());
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub struct ScopedIndex {
     snapshot_writes: AtomicU64,
     /// One snapshot at a time.
     snapshotting: parking_lot::Mutex<()>,
-    bg: Arc<Background>,
+    pub(super) bg: Arc<Background>,
 }
 
 /// A snapshot of the index's shape, for the admin API and metrics.
@@ -198,9 +198,26 @@ impl ScopedIndex {
         }
     }
 
+    /// Counts every change a snapshot could see: writes, and finished builds (a promotion
+    /// turns a flat scope, which snapshots skip, into a graph they write).
+    fn version(&self) -> u64 {
+        let bg = &self.bg;
+        self.writes.load(Ordering::Relaxed)
+            + bg.promotions.load(Ordering::Relaxed)
+            + bg.rebuilds.load(Ordering::Relaxed)
+            + bg.demotions.load(Ordering::Relaxed)
+    }
+
+    /// Records that the snapshot on disk already matches this index (it was just restored from
+    /// it with nothing to settle), so shutdown does not rewrite gigabytes for nothing.
+    pub fn mark_snapshot_current(&self) {
+        self.snapshot_writes
+            .store(self.version(), Ordering::Relaxed);
+    }
+
     /// Whether the index changed since the last [`Self::snapshot`] (always true before one).
     pub fn changed_since_snapshot(&self) -> bool {
-        self.snapshot_writes.load(Ordering::Relaxed) != self.writes.load(Ordering::Relaxed)
+        self.snapshot_writes.load(Ordering::Relaxed) != self.version()
     }
 
     /// Writes every HNSW scope's graph to a new snapshot generation under `root` and makes it
@@ -214,7 +231,7 @@ impl ScopedIndex {
         tag: &SnapshotTag,
     ) -> Result<SnapshotStats, SnapshotError> {
         let _one = self.snapshotting.lock();
-        let writes = self.writes.load(Ordering::Relaxed);
+        let writes = self.version();
         let mut slots: Vec<(ScopeId, Slot)> = self
             .scopes
             .read()

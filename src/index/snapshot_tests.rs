@@ -258,3 +258,25 @@ fn writes_and_searches_go_on_while_a_snapshot_is_written() {
         );
     }
 }
+
+#[test]
+fn a_finished_promotion_makes_a_snapshot_due() {
+    let idx = ScopedIndex::new(cfg()).unwrap();
+    let dir = TempDir::new().unwrap();
+    let vecs = Synth::new(8, DIM, 4).vectors(41);
+    // A gate holds the promotion back until the snapshot is taken.
+    let gate = idx.bg.gate.lock();
+    for (i, v) in vecs.iter().enumerate() {
+        idx.insert(scope(3), i as u64, v).unwrap();
+    }
+    idx.snapshot(dir.path(), &tag()).unwrap();
+    assert!(!idx.changed_since_snapshot());
+    drop(gate);
+    assert!(idx.wait_idle(Duration::from_secs(60)));
+    assert_eq!(idx.scope_kind(scope(3)), Some("hnsw"));
+    assert!(
+        idx.changed_since_snapshot(),
+        "the new graph is not in the snapshot yet"
+    );
+    assert_eq!(idx.snapshot(dir.path(), &tag()).unwrap().nodes, 41);
+}
