@@ -25,7 +25,7 @@
 //! Everything runs on this machine's cores; figures go to docs/benchmarks.md with the machine.
 
 use clap::Parser;
-use deja::bench::dataset::{self, Dataset, Texts};
+use deja::bench::dataset::{self, Texts};
 use deja::bench::embeddings::{default_dir, embed_texts, Vectors};
 use deja::cache::restore::{load_index, snapshot_tag};
 use deja::embed::{resolve_model, BertEmbedder, EmbedSettings, Embedder, ResolveOptions};
@@ -79,19 +79,7 @@ fn base_texts(dir: &Path) -> anyhow::Result<Vec<String>> {
         "clinc150-stream.jsonl",
         "sharegpt-stream.jsonl",
     ] {
-        match dataset::load(&dir.join(name), None)? {
-            Dataset::Pairs(rows) => {
-                for r in rows {
-                    texts.add(&r.a);
-                    texts.add(&r.b);
-                }
-            }
-            Dataset::Stream(rows) => {
-                for r in rows {
-                    texts.add(&r.text);
-                }
-            }
-        }
+        dataset::load(&dir.join(name), None)?.add_texts(&mut texts);
     }
     Ok(texts.list)
 }

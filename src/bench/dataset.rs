@@ -46,6 +46,23 @@ impl Dataset {
             Dataset::Stream(_) => "stream",
         }
     }
+
+    /// Adds every text of the dataset to `texts`, in file order (`a` before `b`).
+    pub fn add_texts(&self, texts: &mut Texts) {
+        match self {
+            Dataset::Pairs(rows) => {
+                for r in rows {
+                    texts.add(&r.a);
+                    texts.add(&r.b);
+                }
+            }
+            Dataset::Stream(rows) => {
+                for r in rows {
+                    texts.add(&r.text);
+                }
+            }
+        }
+    }
 }
 
 /// Reads a JSONL file, detecting the format from the first row. `limit` keeps the first rows.

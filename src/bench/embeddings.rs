@@ -43,19 +43,7 @@ pub fn embed_dataset(
     max_tokens: usize,
 ) -> anyhow::Result<Vectors> {
     let mut texts = Texts::default();
-    match data {
-        Dataset::Pairs(rows) => {
-            for r in rows {
-                texts.add(&r.a);
-                texts.add(&r.b);
-            }
-        }
-        Dataset::Stream(rows) => {
-            for r in rows {
-                texts.add(&r.text);
-            }
-        }
-    }
+    data.add_texts(&mut texts);
     embed_texts(embedder, texts, cache_dir, max_tokens)
 }
 
