@@ -45,8 +45,9 @@ pub struct BenchArgs {
     pub dataset: PathBuf,
     #[arg(long, value_enum)]
     pub protocol: Protocol,
-    /// Threshold sweep as start:end:step.
-    #[arg(long, default_value = "0.70:0.99:0.01")]
+    /// Threshold sweep: start:end:step, one value, or several joined by commas. The default
+    /// is fine-grained above 0.99, where high-precision thresholds live.
+    #[arg(long, default_value = "0.70:0.99:0.01,0.991:0.999:0.001")]
     pub thresholds: String,
     /// Precision the recommended threshold must keep.
     #[arg(long, default_value_t = 0.99)]
@@ -68,7 +69,19 @@ pub struct BenchArgs {
     pub embedding_cache: Option<PathBuf>,
 }
 
+/// A sweep: `start:end:step`, one value, or several of those joined by commas (sorted, with
+/// duplicates removed), e.g. `0.70:0.99:0.01,0.991:0.999:0.001`.
 pub fn parse_thresholds(spec: &str) -> anyhow::Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for part in spec.split(',') {
+        all.extend(parse_range(part)?);
+    }
+    all.sort_by(f32::total_cmp);
+    all.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+    Ok(all)
+}
+
+fn parse_range(spec: &str) -> anyhow::Result<Vec<f32>> {
     let parts: Vec<&str> = spec.split(':').collect();
     let parse = |s: &str| -> anyhow::Result<f64> {
         s.trim()
@@ -181,5 +194,13 @@ mod tests {
         assert_eq!(parse_thresholds("0.9").unwrap(), vec![0.9]);
         assert!(parse_thresholds("0.9:0.8:0.01").is_err());
         assert!(parse_thresholds("a:b:c").is_err());
+        // Ranges and values joined by commas: sorted, duplicates dropped.
+        let t = parse_thresholds("0.99:0.999:0.001,0.9,0.99").unwrap();
+        assert_eq!(t.len(), 11);
+        assert_eq!((t[0], t[1]), (0.9, 0.99));
+        assert!((t[10] - 0.999).abs() < 1e-6);
+        assert!(parse_thresholds("0.9,x").is_err());
+        let default = parse_thresholds("0.70:0.99:0.01,0.991:0.999:0.001").unwrap();
+        assert_eq!(default.len(), 30 + 9);
     }
 }

@@ -230,7 +230,7 @@ pub fn replay(
                     tally.positives = repeats;
                     results.lock()[i] = Some(tally.row(t));
                     eprintln!(
-                        "replay: threshold {t:.2} done ({:.0}s)",
+                        "replay: threshold {t:.3} done ({:.0}s)",
                         started.elapsed().as_secs_f64()
                     );
                 }

@@ -127,7 +127,7 @@ impl Report {
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "{:>9.2}  {:>8.4}  {:>9.4}  {:>6.4}  {:>5.3}  {:>13.2}  {:>7}",
+                "{:>9.3}  {:>8.4}  {:>9.4}  {:>6.4}  {:>5.3}  {:>13.2}  {:>7}",
                 r.threshold, r.hit_rate, r.precision, r.recall, r.f1, r.false_hits_per_1k, r.hits
             );
         }
@@ -138,7 +138,7 @@ impl Report {
             Some(r) => {
                 let _ = writeln!(
                     s,
-                    "recommended threshold for precision ≥ {}: {:.2} (precision {:.4}, hit rate {:.4})",
+                    "recommended threshold for precision ≥ {}: {:.3} (precision {:.4}, hit rate {:.4})",
                     self.target_precision, r.threshold, r.precision, r.hit_rate
                 );
             }
@@ -283,7 +283,7 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                r#"<text x="{}" y="{}">recommended {:.2}</text>"#,
+                r#"<text x="{}" y="{}">recommended {:.3}</text>"#,
                 left + pw + 15.0,
                 top + 100.0,
                 rec.threshold

@@ -5,7 +5,7 @@ use super::raw::*;
 use super::*;
 
 /// Default similarity threshold. Chosen from `deja bench` on qqp-pairs (see docs/benchmarks.md).
-pub const DEFAULT_THRESHOLD: f32 = 0.95;
+pub const DEFAULT_THRESHOLD: f32 = 0.996;
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 struct Issues(Vec<ConfigIssue>);

@@ -39,6 +39,13 @@ pub struct Deja {
 /// A config for tests: listen on port 0, store in `dir`, one OpenAI-kind provider at `upstream`
 /// (no retries unless the extra TOML says so), then `extra` appended verbatim.
 pub fn config_text(dir: &Path, upstream: &str, cache_extra: &str, extra: &str) -> String {
+    // Tests pin the threshold they were written for (0.95, the default until session 3), so
+    // their hit/miss expectations do not follow the shipped default.
+    let threshold = if cache_extra.contains("threshold") {
+        ""
+    } else {
+        "threshold = 0.95"
+    };
     format!(
         r#"
 [server]
@@ -47,6 +54,7 @@ shutdown_grace = "5s"
 [cache]
 dir = "{}"
 flush_interval = "50ms"
+{threshold}
 {cache_extra}
 [[providers]]
 name = "mock"
