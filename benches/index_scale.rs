@@ -175,7 +175,7 @@ fn store_config(work: &Path, model_id: &str, dim: usize) -> StoreConfig {
 
 fn snapshot_root(work: &Path) -> PathBuf {
     // Where `deja serve` keeps it: beside the store, in the cache directory.
-    work.join("store").join("index-snapshot")
+    work.join("store").join(deja::index::snapshot::DIR_NAME)
 }
 
 /// A cached answer of a realistic size (~600 bytes), different for every entry.

@@ -85,7 +85,7 @@ async fn restart_reloads_the_hnsw_graph_from_the_shutdown_snapshot() {
     let current = tmp
         .path()
         .join("store")
-        .join("index-snapshot")
+        .join(deja::index::snapshot::DIR_NAME)
         .join("CURRENT");
     assert!(current.exists(), "shutdown wrote no snapshot");
 

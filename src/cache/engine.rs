@@ -142,13 +142,13 @@ impl CacheEngine {
     }
 
     /// Writes an index snapshot if snapshots are enabled and the index changed since the last
-    /// one (`force` writes one regardless). Blocking, seconds per million vectors.
-    pub fn snapshot_blocking(&self, force: bool) -> Result<Option<SnapshotStats>, CacheError> {
+    /// one. Blocking, seconds per million vectors.
+    pub fn snapshot_blocking(&self) -> Result<Option<SnapshotStats>, CacheError> {
         let Some(root) = &self.inner.snapshots else {
             return Ok(None);
         };
         let index = &self.inner.index;
-        if !force && !index.changed_since_snapshot() {
+        if !index.changed_since_snapshot() {
             return Ok(None);
         }
         let tag = snapshot_tag(&self.inner.store);

@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 /// Bumped when the manifest or file layout changes; other versions are ignored.
 pub const FORMAT: u32 = 1;
 
+/// The snapshot root's name inside the cache directory, beside the store.
+pub const DIR_NAME: &str = "index-snapshot";
+
 const CURRENT: &str = "CURRENT";
 const MANIFEST: &str = "manifest.json";
 

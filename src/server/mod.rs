@@ -136,7 +136,7 @@ pub fn open_engine(
 
 /// Where index snapshots live: beside the store, in the cache directory.
 pub fn snapshot_dir(config: &Config) -> PathBuf {
-    config.cache.dir.join("index-snapshot")
+    config.cache.dir.join(crate::index::snapshot::DIR_NAME)
 }
 
 pub fn engine_settings(config: &Config) -> EngineSettings {
@@ -459,7 +459,7 @@ async fn snapshot_loop(state: AppState) {
 /// (the task cancelled, the process killed) leaves the previous one in force.
 async fn take_snapshot(engine: CacheEngine, why: &'static str) {
     let started = std::time::Instant::now();
-    match tokio::task::spawn_blocking(move || engine.snapshot_blocking(false)).await {
+    match tokio::task::spawn_blocking(move || engine.snapshot_blocking()).await {
         Ok(Ok(Some(s))) => tracing::info!(
             why,
             scopes = s.scopes,
