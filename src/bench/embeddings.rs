@@ -58,6 +58,8 @@ pub fn embed_texts(
     let mut key = blake3::Hasher::new();
     key.update(embedder.model_id().as_bytes());
     key.update(&(max_tokens as u64).to_le_bytes());
+    // Vectors differ in the last bits between kernel families and weight formats.
+    key.update(embedder.arithmetic().as_bytes());
     for t in &texts.list {
         key.update(t.as_bytes());
         key.update(&[0]);

@@ -155,14 +155,14 @@ impl BertEmbedder {
         self.max_tokens
     }
 
-    /// Which implementation runs the model: `native-avx512`, `native-avx2`, `native-portable`
-    /// or `candle`.
+    /// Which implementation runs the model: `native-amx`, `native-avx512`, `native-avx2`,
+    /// `native-portable` (with the weight format and thread count) or `candle`.
     pub fn backend(&self) -> String {
         match &self.engine {
             Engine::Native(n) => format!(
                 "native-{}-{} ({} threads)",
                 n.isa().name(),
-                if n.f16_weights() { "f16" } else { "f32" },
+                n.weight_format(),
                 n.threads()
             ),
             Engine::Candle(_) => "candle".into(),
@@ -211,6 +211,13 @@ impl Embedder for BertEmbedder {
 
     fn describe(&self) -> String {
         format!("{} on {}", self.model_id, self.backend())
+    }
+
+    fn arithmetic(&self) -> String {
+        match &self.engine {
+            Engine::Native(n) => format!("native-{}-{}", n.isa().name(), n.weight_format()),
+            Engine::Candle(_) => "candle".into(),
+        }
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -41,6 +41,11 @@ pub trait Embedder: Send + Sync + 'static {
     fn describe(&self) -> String {
         self.model_id().to_string()
     }
+    /// What fixes the vectors' exact values besides the model: the kernel family and number
+    /// formats (e.g. `native-amx-bf16`). Benchmarks key their cached vectors by it.
+    fn arithmetic(&self) -> String {
+        String::new()
+    }
 }
 
 /// Everything that can go wrong while resolving, loading or running an embedding model.

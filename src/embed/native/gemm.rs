@@ -27,15 +27,28 @@ const MR_PORTABLE: usize = 4;
 /// vectors + 1 broadcast = 15 of the 16 registers.
 const MR_AVX2: usize = 6;
 
-/// `B` (k × n) in column panels of [`NR`], zero-padded to a whole panel, as f32 or as IEEE
-/// half floats (weights for the AVX-512 kernel: half the bytes to stream for the same FMAs,
-/// which is what a short prompt is bound by; the arithmetic stays f32).
+/// `B` (k × n) in column panels of [`NR`], zero-padded to a whole panel, as f32, as IEEE half
+/// floats (weights for the AVX-512 kernel: half the bytes to stream for the same FMAs, which is
+/// what a short prompt is bound by; the arithmetic stays f32), or as bf16 tiles for the AMX
+/// kernel ([`super::amx`]).
 #[derive(Debug, Clone, Default)]
 pub struct PackedB {
     k: usize,
     n: usize,
-    data: Vec<f32>,
-    half: Vec<u16>,
+    storage: Storage,
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+    Bf16Tiles(Vec<u16>),
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage::F32(Vec::new())
+    }
 }
 
 impl PackedB {
@@ -59,13 +72,19 @@ impl PackedB {
         let panels = n.div_ceil(NR);
         self.k = k;
         self.n = n;
-        self.data.clear();
-        self.data.resize(panels * k * NR, 0.0);
+        if !matches!(self.storage, Storage::F32(_)) {
+            self.storage = Storage::default();
+        }
+        let Storage::F32(data) = &mut self.storage else {
+            unreachable!("storage was just made f32");
+        };
+        data.clear();
+        data.resize(panels * k * NR, 0.0);
         for panel in 0..panels {
             let cols = (n - panel * NR).min(NR);
             let base = panel * k * NR;
             for p in 0..k {
-                let out = &mut self.data[base + p * NR..base + p * NR + cols];
+                let out = &mut data[base + p * NR..base + p * NR + cols];
                 let first = p * row_stride + panel * NR * col_stride;
                 if col_stride == 1 {
                     out.copy_from_slice(&src[first..first + cols]);
@@ -85,25 +104,81 @@ impl PackedB {
         PackedB {
             k,
             n,
-            data: Vec::new(),
-            half: f32s
-                .data
-                .iter()
-                .map(|v| half::f16::from_f32(*v).to_bits())
-                .collect(),
+            storage: Storage::F16(
+                f32s.f32_data()
+                    .iter()
+                    .map(|v| half::f16::from_f32(*v).to_bits())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// [`PackedB::pack`], stored as bf16 in the AMX kernel's tiles: per panel and per 32-deep
+    /// chunk of `k` (zero-padded), two 16-column tiles with rows pair-interleaved,
+    /// `tile[p][c][e] = B[chunk·32 + 2p + e][c]` (see [`super::amx`]).
+    pub fn pack_bf16_tiles(
+        src: &[f32],
+        k: usize,
+        n: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        use super::amx::{TILE_DEPTH, TILE_ELEMS};
+        let f32s = PackedB::pack(src, k, n, row_stride, col_stride);
+        let data = f32s.f32_data();
+        let chunks = k.div_ceil(TILE_DEPTH);
+        let panels = n.div_ceil(NR);
+        let mut tiles = vec![0u16; panels * chunks * 2 * TILE_ELEMS];
+        for panel in 0..panels {
+            for chunk in 0..chunks {
+                for half in 0..2 {
+                    let tile = ((panel * chunks + chunk) * 2 + half) * TILE_ELEMS;
+                    for d in 0..TILE_DEPTH {
+                        let p = chunk * TILE_DEPTH + d;
+                        if p >= k {
+                            break;
+                        }
+                        for c in 0..16 {
+                            let value = data[panel * k * NR + p * NR + half * 16 + c];
+                            tiles[tile + (d / 2) * 32 + c * 2 + d % 2] =
+                                half::bf16::from_f32(value).to_bits();
+                        }
+                    }
+                }
+            }
+        }
+        PackedB {
+            k,
+            n,
+            storage: Storage::Bf16Tiles(tiles),
+        }
+    }
+
+    fn f32_data(&self) -> &[f32] {
+        match &self.storage {
+            Storage::F32(data) => data,
+            _ => &[],
         }
     }
 
     pub fn is_f16(&self) -> bool {
-        !self.half.is_empty()
+        matches!(self.storage, Storage::F16(_))
+    }
+
+    /// The AMX tiles, when packed by [`PackedB::pack_bf16_tiles`].
+    pub fn bf16_tiles(&self) -> Option<&[u16]> {
+        match &self.storage {
+            Storage::Bf16Tiles(tiles) => Some(tiles),
+            _ => None,
+        }
     }
 
     fn panel(&self, panel: usize) -> Panel<'_> {
         let span = panel * self.k * NR..(panel + 1) * self.k * NR;
-        if self.is_f16() {
-            Panel::F16(&self.half[span])
-        } else {
-            Panel::F32(&self.data[span])
+        match &self.storage {
+            Storage::F32(data) => Panel::F32(&data[span]),
+            Storage::F16(half) => Panel::F16(&half[span]),
+            Storage::Bf16Tiles(_) => unreachable!("matmul_part refuses bf16 tiles"),
         }
     }
 
@@ -121,7 +196,10 @@ impl PackedB {
 
     /// Heap bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>() + self.half.len() * 2
+        match &self.storage {
+            Storage::F32(data) => data.len() * std::mem::size_of::<f32>(),
+            Storage::F16(half) | Storage::Bf16Tiles(half) => half.len() * 2,
+        }
     }
 }
 
@@ -161,6 +239,19 @@ impl OutPtr {
         }
     }
 
+    /// Whether rows `0..=last_row` of `cols` columns lie inside the matrix.
+    pub fn covers(&self, last_row: usize, cols: usize) -> bool {
+        self.ld >= cols && self.len >= last_row * self.ld + cols
+    }
+
+    /// The address of cell (`row`, `col`).
+    ///
+    /// # Safety
+    /// The cell must lie inside the matrix (see [`OutPtr::covers`]).
+    pub unsafe fn cell(self, row: usize, col: usize) -> *mut f32 {
+        self.ptr.add(row * self.ld + col)
+    }
+
     /// The same matrix starting at cell (`row`, `col`).
     pub fn offset(self, row: usize, col: usize) -> Self {
         let skip = row * self.ld + col;
@@ -188,6 +279,10 @@ pub fn matmul_part(
     c: OutPtr,
     panels: std::ops::Range<usize>,
 ) {
+    assert!(
+        b.bf16_tiles().is_none(),
+        "bf16 tiles are read by amx::matmul_part only"
+    );
     let k = b.k;
     if rows.is_empty() || b.n == 0 {
         return;
@@ -200,7 +295,7 @@ pub fn matmul_part(
         assert!(bias.len() >= b.n, "bias too short");
     }
     let mr = match isa {
-        Isa::Avx512 => MR_AVX512,
+        Isa::Avx512 | Isa::Amx => MR_AVX512,
         Isa::Avx2 => MR_AVX2,
         Isa::Portable => MR_PORTABLE,
     };
@@ -250,7 +345,12 @@ pub fn tasks(
     let np = b.panels();
     let chunk_rows = (M_CHUNK_BYTES / (4 * b.k.max(1))).max(MR_AVX512);
     let m_chunks = m.div_ceil(chunk_rows).max(1);
-    let chunk_rows = m.div_ceil(m_chunks).max(1);
+    let mut chunk_rows = m.div_ceil(m_chunks).max(1);
+    if b.bf16_tiles().is_some() {
+        // The AMX kernel works in blocks of two 16-row tiles.
+        chunk_rows = chunk_rows.div_ceil(32) * 32;
+    }
+    let m_chunks = m.div_ceil(chunk_rows).max(1);
     let groups = (threads * 4).div_ceil(m_chunks).clamp(1, np.max(1));
     let per_group = np.div_ceil(groups).max(1);
     let mut out = Vec::new();
@@ -319,8 +419,9 @@ impl Tile<'_> {
     fn run(&self, isa: Isa, rows: usize, out: *mut f32, ldc: usize) {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512` is only ever produced after runtime detection.
-            Isa::Avx512 => unsafe {
+            // SAFETY: `Isa::Avx512` (and `Isa::Amx`, which implies it) is only ever produced
+            // after runtime detection.
+            Isa::Avx512 | Isa::Amx => unsafe {
                 match self.bp {
                     Panel::F32(bp) => by_rows!(rows, tile_avx512_f32, self, bp, out, ldc),
                     Panel::F16(bp) => by_rows!(rows, tile_avx512_f16, self, bp, out, ldc),

@@ -10,11 +10,14 @@
 //!   sum of its lengths and no mask is needed;
 //! - GELU, softmax and layer norm are vectorized polynomial loops (see [`ops`]), and the work is
 //!   split over a dedicated rayon pool (column panels for the linears, (text, head) pairs for
-//!   attention) whose size the caller sets, so concurrent requests never oversubscribe cores.
+//!   attention) whose size the caller sets, so concurrent requests never oversubscribe cores;
+//! - where the CPU has AMX ([`Isa::Amx`]), the linears run on bf16 tiles ([`amx`]) with f32
+//!   accumulation; attention, softmax and layer norm stay f32.
 //!
 //! `tests/embed_reference.rs` holds it to the float64 reference (cosine ≥ 0.9999) and to candle's
 //! own forward pass on the same weights.
 
+pub mod amx;
 pub mod gemm;
 pub mod isa;
 pub mod ops;
@@ -56,7 +59,7 @@ struct Layer {
 pub struct NativeBert {
     shape: Shape,
     isa: Isa,
-    half: bool,
+    weights: &'static str,
     pool: rayon::ThreadPool,
     threads: usize,
     buffers: parking_lot::Mutex<Buffers>,
@@ -82,6 +85,8 @@ struct Buffers {
     ctx: Vec<f32>,
     tmp: Vec<f32>,
     up: Vec<f32>,
+    /// The current linear layer's input as bf16 rows (AMX only).
+    bf16: Vec<u16>,
 }
 
 impl Buffers {
@@ -147,13 +152,16 @@ impl NativeBert {
                 options.isa.name()
             )));
         }
-        let half = options.f16_weights && options.isa != Isa::Portable;
-        let pack = |src: &[f32], k: usize, n: usize| {
-            if half {
-                PackedB::pack_f16(src, k, n, 1, k)
-            } else {
-                PackedB::pack(src, k, n, 1, k)
-            }
+        let weights = match options.isa {
+            Isa::Amx => "bf16",
+            Isa::Portable => "f32",
+            _ if options.f16_weights => "f16",
+            _ => "f32",
+        };
+        let pack = |src: &[f32], k: usize, n: usize| match weights {
+            "bf16" => PackedB::pack_bf16_tiles(src, k, n, 1, k),
+            "f16" => PackedB::pack_f16(src, k, n, 1, k),
+            _ => PackedB::pack(src, k, n, 1, k),
         };
         if shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) {
             return Err(EmbedError::InvalidModel(format!(
@@ -237,7 +245,7 @@ impl NativeBert {
         Ok(Self {
             shape,
             isa: options.isa,
-            half,
+            weights,
             pool,
             threads,
             buffers: parking_lot::Mutex::new(Buffers::default()),
@@ -255,9 +263,10 @@ impl NativeBert {
         self.isa
     }
 
-    /// Whether the linear weights are held as f16.
-    pub fn f16_weights(&self) -> bool {
-        self.half
+    /// How the linear weights are held: `f32`, `f16` (converted in registers) or `bf16` (AMX
+    /// tiles).
+    pub fn weight_format(&self) -> &'static str {
+        self.weights
     }
 
     pub fn threads(&self) -> usize {
@@ -314,6 +323,7 @@ impl NativeBert {
             ctx,
             tmp,
             up,
+            bf16,
         } = buffers;
         let zeros = vec![0.0f32; h];
         x.par_chunks_mut(h)
@@ -339,6 +349,7 @@ impl NativeBert {
                 &layer.qkv_bias,
                 Epilogue::None,
                 qkv,
+                bf16,
             );
             self.attention(qkv, &spans, ctx);
             self.linear(
@@ -349,9 +360,19 @@ impl NativeBert {
                 &layer.out_bias,
                 Epilogue::None,
                 tmp,
+                bf16,
             );
             self.rows_layer_norm(x, tmp, &layer.ln1_gamma, &layer.ln1_beta);
-            self.linear(x, h, total, &layer.up, &layer.up_bias, Epilogue::Gelu, up);
+            self.linear(
+                x,
+                h,
+                total,
+                &layer.up,
+                &layer.up_bias,
+                Epilogue::Gelu,
+                up,
+                bf16,
+            );
             self.linear(
                 up,
                 inter,
@@ -360,6 +381,7 @@ impl NativeBert {
                 &layer.down_bias,
                 Epilogue::None,
                 tmp,
+                bf16,
             );
             self.rows_layer_norm(x, tmp, &layer.ln2_gamma, &layer.ln2_beta);
         }
@@ -381,7 +403,8 @@ impl NativeBert {
             .collect()
     }
 
-    /// `out = a · W + bias` over `rows` rows, column panels spread over the pool.
+    /// `out = a · W + bias` over `rows` rows, column panels spread over the pool (AMX: `a` is
+    /// first rounded into `bf16`).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -392,8 +415,28 @@ impl NativeBert {
         bias: &[f32],
         epilogue: Epilogue,
         out: &mut [f32],
+        bf16: &mut Vec<u16>,
     ) {
         let c = OutPtr::new(out, w.n());
+        if w.bf16_tiles().is_some() {
+            let k = w.k();
+            let ld = amx::size_rows(bf16, rows, k);
+            let convert = |(src, dst): (&[f32], &mut [u16])| amx::convert_row(&src[..k], dst);
+            if rows < 64 {
+                a.chunks(lda).zip(bf16.chunks_mut(ld)).for_each(convert);
+            } else {
+                a.par_chunks(lda)
+                    .zip(bf16.par_chunks_mut(ld))
+                    .for_each(convert);
+            }
+            let a = amx::Bf16Rows { data: bf16, ld };
+            gemm::tasks(rows, w, self.threads)
+                .into_par_iter()
+                .for_each(|(rows, panels)| {
+                    amx::matmul_part(a, rows, w, Some(bias), epilogue, c, panels);
+                });
+            return;
+        }
         let a = Rows { data: a, ld: lda };
         let isa = self.isa;
         gemm::tasks(rows, w, self.threads)

@@ -12,8 +12,8 @@ use super::isa::Isa;
 pub fn gelu(isa: Isa, xs: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx512 exists only after runtime detection.
-        Isa::Avx512 => unsafe { gelu_avx512(xs) },
+        // SAFETY: Avx512 (and Amx, which implies it) exists only after runtime detection.
+        Isa::Avx512 | Isa::Amx => unsafe { gelu_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 exists only after runtime detection.
         Isa::Avx2 => unsafe { gelu_avx2(xs) },
@@ -26,7 +26,7 @@ pub fn softmax(isa: Isa, row: &mut [f32], scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 => unsafe { softmax_avx512(row, scale) },
+        Isa::Avx512 | Isa::Amx => unsafe { softmax_avx512(row, scale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { softmax_avx2(row, scale) },
@@ -39,7 +39,7 @@ pub fn add_layer_norm(isa: Isa, x: &mut [f32], add: &[f32], gamma: &[f32], beta:
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 => unsafe { add_layer_norm_avx512(x, add, gamma, beta, eps) },
+        Isa::Avx512 | Isa::Amx => unsafe { add_layer_norm_avx512(x, add, gamma, beta, eps) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { add_layer_norm_avx2(x, add, gamma, beta, eps) },
