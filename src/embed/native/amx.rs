@@ -30,6 +30,11 @@ pub const TILE_ROWS: usize = 16;
 pub const TILE_DEPTH: usize = 32;
 /// bf16 values in one packed `B` tile.
 pub const TILE_ELEMS: usize = TILE_ROWS * TILE_DEPTH;
+/// How many `k` chunks ahead the kernel prefetches `B` into L1. A tile load cannot start before
+/// the multiplies that read its register finish, so without prefetching every chunk waits out
+/// a full L3 round trip: streaming 19 MB of tiles ran at ~3 GB/s, and at ~13 GB/s with 8–12
+/// chunks (16–24 KiB) ahead (one vCPU, microbenchmark).
+const PREFETCH_CHUNKS: usize = 8;
 
 /// Whether this process can run the AMX kernels: the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16
 /// (for the conversions), and the OS granted the tile state. Checked once.
@@ -186,6 +191,21 @@ pub fn matmul_part(
     };
 }
 
+/// Prefetches into L1 the two `B` tiles [`PREFETCH_CHUNKS`] chunks after `tiles` (past the end
+/// of the panel, that is the next panel's start, which this task or the next reads next).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn prefetch_ahead(tiles: *const u16) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // A prefetch never faults, so the address may lie past the allocation; `wrapping_add`
+    // keeps computing it defined.
+    let ahead = tiles.wrapping_add(PREFETCH_CHUNKS * 2 * TILE_ELEMS) as *const i8;
+    for line in 0..(2 * TILE_ELEMS * 2 / 64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+    }
+}
+
 #[repr(C, align(64))]
 struct Scratch([[f32; 2 * 16]; 2 * TILE_ROWS]);
 
@@ -245,6 +265,7 @@ unsafe fn matmul_part_amx(
                 let a1 = a0.add(TILE_ROWS * a.ld);
                 for chunk in 0..chunks {
                     let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
+                    prefetch_ahead(b0);
                     asm!(
                         "tileloadd tmm4, [{a0} + {sa}*1]",
                         "tileloadd tmm5, [{a1} + {sa}*1]",
@@ -280,6 +301,7 @@ unsafe fn matmul_part_amx(
                 asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
                 for chunk in 0..chunks {
                     let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
+                    prefetch_ahead(b0);
                     asm!(
                         "tileloadd tmm4, [{a0} + {sa}*1]",
                         "tileloadd tmm6, [{b0} + {sb}*1]",
