@@ -21,6 +21,8 @@
 //! the kernel saves none) between calls. Linux hands the tile state to a process only on request
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which [`available`] makes once.
 
+#[cfg(target_arch = "x86_64")]
+use super::gemm::PanelEdge;
 use super::gemm::{Epilogue, OutPtr, PackedB, NR};
 use std::ops::Range;
 
@@ -88,11 +90,12 @@ pub fn bf16_ld(k: usize) -> usize {
 }
 
 /// Sizes `dst` for `rows` rows of depth `k` (plus the spare tile of zero rows) and returns the
-/// row stride. Rows are then filled by [`convert_row`].
+/// row stride. Every row is then written whole, padding included, by [`convert_row`], so only
+/// the spare rows are zeroed here (a reused buffer is not cleared on every call).
 pub fn size_rows(dst: &mut Vec<u16>, rows: usize, k: usize) -> usize {
     let ld = bf16_ld(k);
-    dst.clear();
     dst.resize((rows + TILE_ROWS) * ld, 0);
+    dst[rows * ld..].fill(0);
     ld
 }
 
@@ -232,23 +235,7 @@ unsafe fn matmul_part_amx(
     let s_stride: usize = 32 * 4;
     for panel in panels {
         let cols = (n - panel * NR).min(NR);
-        let mask_lo: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
-        let mask_hi: __mmask16 = match cols {
-            32.. => 0xffff,
-            17..=31 => (1u16 << (cols - 16)) - 1,
-            _ => 0,
-        };
-        let (bias_lo, bias_hi) = match bias {
-            Some(bias) => (
-                _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr().add(panel * NR)),
-                _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(panel * NR + 16.min(cols))),
-            ),
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-        };
+        let edge = PanelEdge::new(cols, bias.map(|b| &b[panel * NR..]));
         let panel_tiles = tiles.as_ptr().add(panel * chunks * 2 * TILE_ELEMS);
         let mut row = rows.start;
         while row < rows.end {
@@ -329,11 +316,7 @@ unsafe fn matmul_part_amx(
             for r in 0..height {
                 let src = scratch.0[r].as_ptr();
                 let dst = c.cell(row + r, panel * NR);
-                _mm512_mask_storeu_ps(dst, mask_lo, _mm512_add_ps(_mm512_loadu_ps(src), bias_lo));
-                if mask_hi != 0 {
-                    let hi = _mm512_add_ps(_mm512_loadu_ps(src.add(16)), bias_hi);
-                    _mm512_mask_storeu_ps(dst.add(16), mask_hi, hi);
-                }
+                edge.store(dst, _mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
                 if epilogue == Epilogue::Gelu {
                     let out = std::slice::from_raw_parts_mut(dst, cols);
                     super::ops::gelu(super::isa::Isa::Avx512, out);

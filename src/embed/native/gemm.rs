@@ -506,31 +506,69 @@ unsafe fn tile_avx512<const R: usize>(
             hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
         }
     }
-    let cols = t.cols;
-    let mask_lo: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
-    let mask_hi: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        (1u16 << (cols - 16)) - 1
-    } else {
-        0
-    };
-    let (bias_lo, bias_hi) = match t.bias {
-        Some(bias) => (
-            _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
-            _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
-        ),
-        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-    };
+    let edge = PanelEdge::new(t.cols, t.bias);
     for r in 0..R {
-        let row = out.add(r * ldc);
-        _mm512_mask_storeu_ps(row, mask_lo, _mm512_add_ps(lo[r], bias_lo));
-        if mask_hi != 0 {
-            _mm512_mask_storeu_ps(row.add(16), mask_hi, _mm512_add_ps(hi[r], bias_hi));
+        edge.store(out.add(r * ldc), lo[r], hi[r]);
+    }
+}
+
+/// How one row of a [`NR`]-column panel with `cols` valid columns is stored by the AVX-512
+/// kernels (this one and the AMX epilogue): bias added, columns past `cols` left untouched.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct PanelEdge {
+    mask_lo: std::arch::x86_64::__mmask16,
+    mask_hi: std::arch::x86_64::__mmask16,
+    bias_lo: std::arch::x86_64::__m512,
+    bias_hi: std::arch::x86_64::__m512,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelEdge {
+    /// `bias`, when given, starts at the panel's first column and holds at least `cols` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn new(cols: usize, bias: Option<&[f32]>) -> Self {
+        use std::arch::x86_64::*;
+        let mask_lo: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let mask_hi: __mmask16 = match cols {
+            32.. => 0xffff,
+            17..=31 => (1u16 << (cols - 16)) - 1,
+            _ => 0,
+        };
+        let (bias_lo, bias_hi) = match bias {
+            Some(bias) => (
+                _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
+                _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
+            ),
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        Self {
+            mask_lo,
+            mask_hi,
+            bias_lo,
+            bias_hi,
+        }
+    }
+
+    /// Stores `lo | hi` (+ bias) into the row at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for the panel's `cols` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store(
+        &self,
+        dst: *mut f32,
+        lo: std::arch::x86_64::__m512,
+        hi: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        _mm512_mask_storeu_ps(dst, self.mask_lo, _mm512_add_ps(lo, self.bias_lo));
+        if self.mask_hi != 0 {
+            _mm512_mask_storeu_ps(dst.add(16), self.mask_hi, _mm512_add_ps(hi, self.bias_hi));
         }
     }
 }
