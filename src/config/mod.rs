@@ -79,7 +79,7 @@ pub enum TenantMode {
 
 #[derive(Debug, Clone)]
 pub struct ThresholdOverride {
-    pub model_glob: String,
+    pub model_glob: ModelGlob,
     pub threshold: f32,
 }
 
@@ -171,7 +171,7 @@ pub struct RouteTarget {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    pub model_glob: String,
+    pub model_glob: ModelGlob,
     pub targets: Vec<RouteTarget>,
     pub threshold: Option<f32>,
 }
@@ -193,7 +193,7 @@ impl Price {
 
 #[derive(Debug, Clone)]
 pub struct PriceConfig {
-    pub model_glob: String,
+    pub model_glob: ModelGlob,
     pub price: Price,
 }
 
@@ -214,7 +214,7 @@ impl Config {
     pub fn price_for(&self, model: &str) -> Option<Price> {
         self.prices
             .iter()
-            .find(|p| glob_matches(&p.model_glob, model))
+            .find(|p| p.model_glob.matches(model))
             .map(|p| p.price)
     }
 
@@ -259,7 +259,7 @@ impl Config {
     /// The threshold for a model: per-route, then `[[cache.thresholds]]`, then the default.
     pub fn threshold_for(&self, model: &str) -> f32 {
         for route in &self.routes {
-            if glob_matches(&route.model_glob, model) {
+            if route.model_glob.matches(model) {
                 if let Some(t) = route.threshold {
                     return t;
                 }
@@ -267,7 +267,7 @@ impl Config {
             }
         }
         for o in &self.cache.thresholds {
-            if glob_matches(&o.model_glob, model) {
+            if o.model_glob.matches(model) {
                 return o.threshold;
             }
         }
@@ -275,12 +275,40 @@ impl Config {
     }
 }
 
-/// Shell-style glob match on model names (`*`, `?`, `[...]`); an invalid glob matches nothing
-/// (validation rejects invalid globs up front).
-pub fn glob_matches(glob: &str, text: &str) -> bool {
-    globset::Glob::new(glob)
-        .map(|g| g.compile_matcher().is_match(text))
-        .unwrap_or(false)
+/// A shell-style glob on model names (`*`, `?`, `[...]`), compiled once when the configuration
+/// is validated: matching runs on every request, compiling costs tens of microseconds.
+#[derive(Debug, Clone)]
+pub struct ModelGlob {
+    pattern: String,
+    /// `None` for an invalid pattern, which matches nothing (validation rejects it up front).
+    matcher: Option<globset::GlobMatcher>,
+}
+
+impl ModelGlob {
+    pub fn new(pattern: &str) -> Result<ModelGlob, globset::Error> {
+        let matcher = globset::Glob::new(pattern)?.compile_matcher();
+        Ok(ModelGlob {
+            pattern: pattern.to_string(),
+            matcher: Some(matcher),
+        })
+    }
+
+    /// A pattern that failed to compile: it matches nothing.
+    pub(crate) fn invalid(pattern: &str) -> ModelGlob {
+        ModelGlob {
+            pattern: pattern.to_string(),
+            matcher: None,
+        }
+    }
+
+    /// The glob as written in the configuration.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    pub fn matches(&self, model: &str) -> bool {
+        self.matcher.as_ref().is_some_and(|m| m.is_match(model))
+    }
 }
 
 /// `DEJA__CACHE__THRESHOLD=0.9` sets `cache.threshold`. Values are parsed as TOML scalars

@@ -188,3 +188,32 @@ targets = [{ provider = "a", model = "x" }]
 "#;
     assert!(parse(text).is_err());
 }
+
+#[test]
+fn model_globs_are_compiled_once_and_keep_their_text() {
+    let g = ModelGlob::new("gpt-4o*").unwrap();
+    assert_eq!(g.as_str(), "gpt-4o*");
+    assert!(g.matches("gpt-4o-mini"));
+    assert!(!g.matches("gpt-3.5-turbo"));
+    assert!(ModelGlob::new("gpt-[").is_err());
+    assert!(!ModelGlob::invalid("gpt-[").matches("gpt-["));
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.routes[1].model_glob.as_str(), "*");
+    assert!(c.routes[1].model_glob.matches("anything"));
+}
+
+#[test]
+fn an_invalid_glob_is_a_config_issue() {
+    let err = parse(
+        "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1\"\n\
+         [[routes]]\nmodel = \"gpt-[\"\nproviders = [\"p\"]\n",
+    )
+    .unwrap_err();
+    let issues = err.issues();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.path == "routes[0].model" && i.message.contains("invalid glob")),
+        "{issues:?}"
+    );
+}

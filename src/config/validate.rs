@@ -49,10 +49,12 @@ impl Issues {
         v
     }
 
-    fn glob(&mut self, path: &str, glob: &str) {
-        if let Err(e) = globset::Glob::new(glob) {
+    /// The compiled glob; an invalid one is an issue (and a glob that matches nothing).
+    fn glob(&mut self, path: &str, glob: &str) -> ModelGlob {
+        ModelGlob::new(glob).unwrap_or_else(|e| {
             self.push(path, format!("invalid glob '{glob}': {e}"));
-        }
+            ModelGlob::invalid(glob)
+        })
     }
 }
 
@@ -111,9 +113,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     };
     let mut thresholds = Vec::new();
     for (i, t) in c.thresholds.iter().enumerate() {
-        is.glob(&format!("cache.thresholds[{i}].model"), &t.model);
+        let model_glob = is.glob(&format!("cache.thresholds[{i}].model"), &t.model);
         thresholds.push(ThresholdOverride {
-            model_glob: t.model.clone(),
+            model_glob,
             threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
         });
     }
@@ -312,7 +314,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let path = |f: &str| format!("routes[{i}].{f}");
-        is.glob(&path("model"), &r.model);
+        let model_glob = is.glob(&path("model"), &r.model);
         let mut targets: Vec<RouteTarget> = r
             .providers
             .iter()
@@ -345,7 +347,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             }
         }
         routes.push(RouteConfig {
-            model_glob: r.model.clone(),
+            model_glob,
             targets,
             threshold: r.threshold.map(|t| is.threshold(&path("threshold"), t)),
         });
@@ -353,7 +355,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
 
     let mut prices = Vec::new();
     for (i, p) in raw.prices.iter().enumerate() {
-        is.glob(&format!("prices[{i}].model"), &p.model);
+        let model_glob = is.glob(&format!("prices[{i}].model"), &p.model);
         for (field, v) in [
             ("input_per_mtok", p.input_per_mtok),
             ("output_per_mtok", p.output_per_mtok),
@@ -366,7 +368,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             }
         }
         prices.push(PriceConfig {
-            model_glob: p.model.clone(),
+            model_glob,
             price: Price {
                 input_per_mtok: p.input_per_mtok,
                 output_per_mtok: p.output_per_mtok,

@@ -85,7 +85,7 @@ pub fn route_settings(config: &Config) -> Vec<RouteSettings> {
         .routes
         .iter()
         .map(|r| RouteSettings {
-            model_glob: r.model_glob.clone(),
+            model_glob: r.model_glob.as_str().to_string(),
             targets: r
                 .targets
                 .iter()
