@@ -19,6 +19,18 @@ async fn post(d: &Deja, body: &Value, key: &str) -> Reply {
         .await
 }
 
+/// The metric names of a `Server-Timing` value, in order; each must carry a duration.
+fn timing_phases(value: &str) -> Vec<String> {
+    value
+        .split(", ")
+        .map(|m| {
+            let (name, dur) = m.split_once(";dur=").unwrap_or_else(|| panic!("{value}"));
+            assert!(dur.parse::<f64>().unwrap() >= 0.0, "{value}");
+            name.to_string()
+        })
+        .collect()
+}
+
 async fn post_with(d: &Deja, body: &Value, headers: &[(&str, &str)]) -> Reply {
     let mut all = vec![("authorization", "Bearer k")];
     all.extend_from_slice(headers);
@@ -32,9 +44,16 @@ async fn paraphrase_is_a_semantic_hit_with_zero_upstream_calls() {
     let r1 = post(&d, &chat("How do I reset my password?"), "k").await;
     assert_eq!(r1.header("x-deja-cache"), "miss");
     assert_eq!(r1.header("x-deja-provider"), "mock");
+    let phases = |r: &Reply| timing_phases(r.header("server-timing"));
+    assert_eq!(
+        phases(&r1),
+        ["exact", "embed", "search", "upstream", "deja"],
+        "a miss times every phase"
+    );
     d.wait_entries(1).await;
     let r2 = post(&d, &chat("How can I reset my password?"), "k").await;
     assert_eq!(r2.header("x-deja-cache"), "semantic-hit");
+    assert_eq!(phases(&r2), ["exact", "embed", "search", "deja"]);
     let sim: f32 = r2.header("x-deja-similarity").parse().unwrap();
     assert!((0.85..1.0).contains(&sim), "{sim}");
     assert_eq!(r2.content(), r1.content());
@@ -42,7 +61,9 @@ async fn paraphrase_is_a_semantic_hit_with_zero_upstream_calls() {
     assert_eq!(mock.calls(), 1, "a hit costs zero upstream calls");
     let r3 = post(&d, &chat("What is the capital of France?"), "k").await;
     assert_eq!(r3.header("x-deja-cache"), "miss");
-    assert!(!r3.header("x-deja-nearest-similarity").is_empty());
+    // Below the threshold the nearest neighbour is reported without reading its entry.
+    let nearest: f32 = r3.header("x-deja-nearest-similarity").parse().unwrap();
+    assert!((-1.0..0.85).contains(&nearest), "{nearest}");
     assert_eq!(mock.calls(), 2);
 }
 
@@ -72,6 +93,11 @@ async fn exact_repeat_is_an_exact_hit() {
     assert_eq!(r2.header("x-deja-similarity"), "1.0000");
     assert!(!r2.header("x-deja-entry").is_empty());
     assert!(r2.header("x-deja-overhead-ms").parse::<f64>().unwrap() >= 0.0);
+    assert_eq!(
+        timing_phases(r2.header("server-timing")),
+        ["exact", "deja"],
+        "an exact hit is never embedded"
+    );
     assert_eq!(r2.content(), r1.content());
     assert_eq!(r2.body["object"], "chat.completion");
     assert_eq!(mock.calls(), 1);

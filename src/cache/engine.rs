@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::cache::guards::{Features, GuardVerdict};
 use crate::embed::{EmbedError, EmbedPool};
-use crate::index::{IndexError, ScopedIndex, SnapshotError, SnapshotStats};
+use crate::index::{IndexError, Neighbor, ScopedIndex, SnapshotError, SnapshotStats};
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,8 @@ pub enum Lookup {
 pub struct SemanticOutcome {
     /// The selected entry with its similarity.
     pub hit: Option<(Entry, f32)>,
-    /// The best similarity seen (for near-miss metrics and headers).
+    /// The best similarity seen (for near-miss metrics and headers). Below the threshold it is
+    /// the nearest indexed neighbour's, whose entry is not read.
     pub best: Option<f32>,
     /// Guards that turned away candidates above the threshold.
     pub vetoed: Vec<GuardVerdict>,
@@ -96,6 +97,13 @@ pub struct LookupTrace {
     pub embed: Duration,
     pub search: Duration,
     pub vetoed: Vec<GuardVerdict>,
+}
+
+impl LookupTrace {
+    /// Time spent in the lookup's three phases.
+    pub fn total(&self) -> Duration {
+        self.exact + self.embed + self.search
+    }
 }
 
 #[derive(Clone)]
@@ -184,25 +192,37 @@ impl CacheEngine {
         threshold: f32,
         timings: &mut LookupTrace,
     ) -> Result<Lookup, CacheError> {
+        // One blocking task does the exact lookup and, on a miss, queues the embedding itself:
+        // the prompt goes from the blocking thread straight to the embedding workers instead of
+        // bouncing through the runtime first (each hand-off between idle threads costs tens of
+        // microseconds on a small VM).
         let started = Instant::now();
-        let exact = {
+        let (exact, pending, exact_time) = {
             let this = self.clone();
             let prompt = prompt.to_string();
-            blocking(move || this.exact_blocking(scope, &prompt)).await?
+            blocking(move || {
+                let exact = this.exact_blocking(scope, &prompt)?;
+                let exact_time = started.elapsed();
+                let pending = match (&exact, semantic) {
+                    (None, true) => Some(this.inner.embed.submit(&prompt)?),
+                    _ => None,
+                };
+                Ok((exact, pending, exact_time))
+            })
+            .await?
         };
-        timings.exact = started.elapsed();
+        timings.exact = exact_time;
         if let Some(entry) = exact {
             return Ok(Lookup::Exact(entry));
         }
-        if !semantic {
+        let Some(pending) = pending else {
             return Ok(Lookup::Miss {
                 embedding: None,
                 best: None,
             });
-        }
-        let started = Instant::now();
-        let embedding = self.inner.embed.embed(prompt).await?;
-        timings.embed = started.elapsed();
+        };
+        let embedding = pending.wait().await?;
+        timings.embed = started.elapsed().saturating_sub(exact_time);
         let started = Instant::now();
         let this = self.clone();
         let prompt = prompt.to_string();
@@ -250,6 +270,17 @@ impl CacheEngine {
         // The hit rule looks at the most similar entry only: fetching more would be wasted
         // store reads and guard checks on the hot path.
         let neighbours = self.inner.index.search(scope, embedding, 1)?;
+        self.resolve_blocking(scope, prompt, neighbours)
+    }
+
+    /// Reads the entries of index neighbours and checks the guards; expired or vanished
+    /// entries are skipped.
+    fn resolve_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        neighbours: Vec<Neighbor>,
+    ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
         let now = now_ms();
         let query = Features::of(prompt);
         let mut out = Vec::with_capacity(neighbours.len());
@@ -282,7 +313,17 @@ impl CacheEngine {
         threshold: f32,
     ) -> Result<SemanticOutcome, CacheError> {
         let guards = self.inner.settings.read().guards;
-        let candidates = self.candidates_blocking(scope, prompt, embedding)?;
+        let neighbours = self.inner.index.search(scope, embedding, 1)?;
+        // Below the threshold nothing can be served, so the store read and the guards are
+        // skipped: `best` is then the nearest indexed neighbour, not checked for expiry.
+        if let Some(top) = neighbours.first().filter(|n| n.similarity < threshold) {
+            return Ok(SemanticOutcome {
+                hit: None,
+                best: Some(top.similarity),
+                vetoed: Vec::new(),
+            });
+        }
+        let candidates = self.resolve_blocking(scope, prompt, neighbours)?;
         let best = candidates.first().map(|(c, _)| c.similarity);
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
         let chosen = select(&only, threshold, guards).map(|c| c.id);

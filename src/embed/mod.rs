@@ -19,7 +19,7 @@ mod wheel;
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
 pub use manifest::{HfSource, KnownModel, Manifest, PipSource, Sources};
-pub use pool::{EmbedPool, PoolStats};
+pub use pool::{EmbedPool, Pending, PoolStats};
 pub use resolve::{default_cache_dir, resolve_model, ModelFiles, ModelSource, ResolveOptions};
 
 use std::path::PathBuf;

@@ -43,6 +43,24 @@ struct Shared {
     rejected: AtomicU64,
 }
 
+/// An embedding on its way: from [`EmbedPool::submit`]. Dropping it abandons the job (a worker
+/// that has not started it skips it).
+pub struct Pending(PendingState);
+
+enum PendingState {
+    Ready(Arc<[f32]>),
+    Queued(oneshot::Receiver<Reply>),
+}
+
+impl Pending {
+    pub async fn wait(self) -> Result<Arc<[f32]>, EmbedError> {
+        match self.0 {
+            PendingState::Ready(v) => Ok(v),
+            PendingState::Queued(answer) => answer.await.map_err(|_| EmbedError::ShutDown)?,
+        }
+    }
+}
+
 /// Counters since the pool started.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PoolStats {
@@ -124,9 +142,17 @@ impl EmbedPool {
     /// The embedding of `text` (expected already normalized by the caller). Never blocks the
     /// runtime; the model runs on the pool's threads.
     pub async fn embed(&self, text: &str) -> Result<Arc<[f32]>, EmbedError> {
+        self.submit(text)?.wait().await
+    }
+
+    /// Queues `text` without waiting: an LRU hit is answered at once, anything else goes to the
+    /// workers. Synchronous and non-blocking (a full queue is [`EmbedError::Overloaded`]), so a
+    /// blocking task can hand a prompt straight to the workers and leave the waiting to async
+    /// code, saving a thread hand-off on the request path.
+    pub fn submit(&self, text: &str) -> Result<Pending, EmbedError> {
         if let Some(hit) = self.shared.lru_get(&key(text)) {
             self.shared.lru_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+            return Ok(Pending(PendingState::Ready(hit)));
         }
         self.shared.lru_misses.fetch_add(1, Ordering::Relaxed);
         let tx = self.tx.as_ref().ok_or(EmbedError::ShutDown)?;
@@ -136,14 +162,13 @@ impl EmbedPool {
             reply,
         };
         match tx.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => Ok(Pending(PendingState::Queued(answer))),
             Err(TrySendError::Full(_)) => {
                 self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(EmbedError::Overloaded);
+                Err(EmbedError::Overloaded)
             }
-            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::ShutDown),
+            Err(TrySendError::Disconnected(_)) => Err(EmbedError::ShutDown),
         }
-        answer.await.map_err(|_| EmbedError::ShutDown)?
     }
 
     /// Embeds on the caller's thread in chunks of `max_batch`, bypassing queue and LRU: for

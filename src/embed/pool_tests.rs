@@ -161,6 +161,42 @@ async fn full_queue_is_overloaded_not_a_wait() {
     assert!(second.await.unwrap().is_ok());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_queues_without_waiting_and_abandoned_jobs_are_skipped() {
+    let probe = Probe::new(true);
+    let pool = Arc::new(EmbedPool::new(probe.clone(), &settings(1, 1, 16, 8)));
+    // From a plain thread, as the engine's blocking lookup does: it returns at once although
+    // the model is held at the gate.
+    let held = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.submit("one"))
+            .join()
+            .unwrap()
+            .unwrap()
+    };
+    until(|| probe.waiting.load(Ordering::SeqCst) == 1).await;
+    let abandoned = pool.submit("two").unwrap();
+    until(|| pool.stats().queued == 1).await;
+    drop(abandoned);
+    probe.open();
+    let direct = HashEmbedder::new(64);
+    let one = held.wait().await.unwrap();
+    assert_eq!(&one[..], &direct.embed_one("one")[..]);
+    // One worker takes jobs in order: once "three" is answered, "two" has been seen.
+    let three = pool.submit("three").unwrap().wait().await.unwrap();
+    assert_eq!(&three[..], &direct.embed_one("three")[..]);
+    assert_eq!(
+        probe.texts.load(Ordering::SeqCst),
+        2,
+        "the abandoned job was embedded"
+    );
+    // A repeat is answered from the LRU without the workers.
+    let before = pool.stats().lru_hits;
+    assert_eq!(pool.submit("one").unwrap().wait().await.unwrap(), one);
+    assert_eq!(pool.stats().lru_hits, before + 1);
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_bad_input_fails_alone_and_panics_are_contained() {
     let probe = Probe::new(false);

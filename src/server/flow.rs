@@ -97,12 +97,12 @@ async fn run(
         (_, Plan::Bypass(reason)) => {
             tracing::debug!(reason = reason.as_str(), "cache bypassed");
             return ctx
-                .forward(body, None, "bypass", Duration::ZERO, None)
+                .forward(body, None, "bypass", &LookupTrace::default(), None)
                 .await;
         }
         (None, Plan::Use(_)) => {
             return ctx
-                .forward(body, None, "bypass", Duration::ZERO, None)
+                .forward(body, None, "bypass", &LookupTrace::default(), None)
                 .await
         }
     };
@@ -129,12 +129,12 @@ async fn run(
             m.search_seconds.observe(timings.search.as_secs_f64());
         }
         match lookup {
-            Ok(Lookup::Exact(entry)) => return Ok(ctx.hit(entry, "exact-hit", 1.0)),
+            Ok(Lookup::Exact(entry)) => return Ok(ctx.hit(entry, "exact-hit", 1.0, &timings)),
             Ok(Lookup::Semantic { entry, similarity }) => {
                 m.similarity
                     .with_label_values(&["hit"])
                     .observe(similarity as f64);
-                return Ok(ctx.hit(entry, "semantic-hit", similarity));
+                return Ok(ctx.hit(entry, "semantic-hit", similarity, &timings));
             }
             Ok(Lookup::Miss {
                 embedding: e,
@@ -150,7 +150,6 @@ async fn run(
             Err(e) => tracing::error!(error = %e, "cache lookup failed; forwarding uncached"),
         }
     }
-    let lookup_time = started.elapsed();
 
     let mut flight = None;
     if plan.write {
@@ -167,7 +166,7 @@ async fn run(
                         tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt))
                             .await;
                     if let Ok(Ok(Some(entry))) = again {
-                        return Ok(ctx.hit(entry, "exact-hit", 1.0));
+                        return Ok(ctx.hit(entry, "exact-hit", 1.0, &timings));
                     }
                 }
             }
@@ -179,7 +178,7 @@ async fn run(
         flight,
         plan: plan.clone(),
     });
-    ctx.forward(body, job, "miss", lookup_time, best).await
+    ctx.forward(body, job, "miss", &timings, best).await
 }
 
 /// What happens once an upstream answer is complete: its tokens are accounted for (estimated
@@ -300,7 +299,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn hit(&self, entry: Entry, outcome: &'static str, similarity: f32) -> Response {
+    fn hit(
+        &self,
+        entry: Entry,
+        outcome: &'static str,
+        similarity: f32,
+        trace: &LookupTrace,
+    ) -> Response {
         let m = self.state.metrics();
         let usage = entry.response.usage.unwrap_or_default();
         cost::record_saved(
@@ -337,6 +342,7 @@ impl Ctx<'_> {
         deja.similarity(similarity);
         deja.entry(entry.id);
         deja.overhead(elapsed);
+        deja.server_timing(trace, None, elapsed);
         deja.tokens_saved(usage.total());
         let mut resp = match body {
             Rendered::Json(bytes) => json_response(StatusCode::OK, bytes),
@@ -355,7 +361,7 @@ impl Ctx<'_> {
         body: Bytes,
         job: Option<InsertJob>,
         outcome: &'static str,
-        lookup_time: Duration,
+        trace: &LookupTrace,
         best: Option<f32>,
     ) -> Result<Response, ApiError> {
         let state = self.state.clone();
@@ -386,7 +392,7 @@ impl Ctx<'_> {
             provider = %resp.provider,
             status = resp.status,
             best_similarity = best,
-            lookup_ms = lookup_time.as_secs_f64() * 1e3,
+            lookup_ms = trace.total().as_secs_f64() * 1e3,
             upstream_ms = upstream_time.as_secs_f64() * 1e3,
             "request"
         );
@@ -394,6 +400,7 @@ impl Ctx<'_> {
         let mut deja = DejaHeaders::new(outcome);
         deja.provider(&resp.provider);
         deja.overhead(overhead);
+        deja.server_timing(trace, Some(upstream_time), overhead);
         if let Some(b) = best {
             deja.nearest(b);
         }

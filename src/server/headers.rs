@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::cache::LookupTrace;
+
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -82,6 +84,30 @@ impl DejaHeaders {
         ));
     }
 
+    /// `Server-Timing` (W3C): where deja spent this request, in milliseconds, so a client (or a
+    /// browser's dev tools) can tell embedding from search from the upstream call. Phases that
+    /// did not run are left out; `deja` is the whole of deja's own time (`x-deja-overhead-ms`).
+    pub fn server_timing(
+        &mut self,
+        trace: &LookupTrace,
+        upstream: Option<Duration>,
+        own: Duration,
+    ) {
+        let mut parts = Vec::with_capacity(5);
+        for (name, d) in [
+            ("exact", Some(trace.exact)),
+            ("embed", Some(trace.embed)),
+            ("search", Some(trace.search)),
+            ("upstream", upstream),
+        ] {
+            if let Some(d) = d.filter(|d| !d.is_zero()) {
+                parts.push(format!("{name};dur={:.3}", d.as_secs_f64() * 1e3));
+            }
+        }
+        parts.push(format!("deja;dur={:.3}", own.as_secs_f64() * 1e3));
+        self.values.push(("server-timing", parts.join(", ")));
+    }
+
     pub fn tokens_saved(&mut self, n: u32) {
         self.values.push(("x-deja-tokens-saved", n.to_string()));
     }
@@ -120,5 +146,31 @@ mod tests {
         assert!(f.get("authorization").is_none());
         assert!(f.get("x-deja-threshold").is_none());
         assert_eq!(f.get("openai-beta").unwrap(), "assistants=v2");
+    }
+
+    #[test]
+    fn server_timing_lists_the_phases_that_ran() {
+        let trace = LookupTrace {
+            exact: Duration::from_micros(81),
+            embed: Duration::from_micros(2_874),
+            ..LookupTrace::default()
+        };
+        let mut d = DejaHeaders::new("miss");
+        d.server_timing(
+            &trace,
+            Some(Duration::from_micros(600)),
+            Duration::from_micros(3_100),
+        );
+        let mut h = HeaderMap::new();
+        d.apply(&mut h);
+        assert_eq!(
+            h.get("server-timing").unwrap(),
+            "exact;dur=0.081, embed;dur=2.874, upstream;dur=0.600, deja;dur=3.100"
+        );
+        let mut d = DejaHeaders::new("exact-hit");
+        d.server_timing(&LookupTrace::default(), None, Duration::from_micros(40));
+        let mut h = HeaderMap::new();
+        d.apply(&mut h);
+        assert_eq!(h.get("server-timing").unwrap(), "deja;dur=0.040");
     }
 }
