@@ -455,3 +455,40 @@ async fn legacy_completions_are_cached() {
     assert_eq!(r2.body["choices"][0]["text"], r1.body["choices"][0]["text"]);
     assert_eq!(mock.calls(), 1);
 }
+
+/// Streamed misses reach the client chunk by chunk as the provider sends them: deja does not
+/// hold the stream back (which would bunch the chunks) nor delay single chunks.
+#[tokio::test]
+async fn a_streamed_miss_is_relayed_chunk_by_chunk() {
+    let delay = Duration::from_millis(30);
+    let mock = MockUpstream::builder()
+        .with_chunk_delay(delay)
+        .start()
+        .await;
+    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    let mut body = chat("Stream me a story");
+    body["stream"] = json!(true);
+    let mut resp = client()
+        .post(d.url("/v1/chat/completions"))
+        .bearer_auth("k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-deja-cache"], "miss");
+    let mut last = std::time::Instant::now();
+    let mut gaps = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        if !chunk.is_empty() {
+            gaps.push(last.elapsed());
+            last = std::time::Instant::now();
+        }
+    }
+    assert!(gaps.len() >= 3, "{} chunks", gaps.len());
+    for (i, gap) in gaps.iter().enumerate().skip(1) {
+        assert!(
+            *gap >= delay / 2 && *gap < delay + Duration::from_millis(25),
+            "chunk {i} came {gap:?} after the previous one (provider sends every {delay:?}): {gaps:?}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::canonical::ApiKind;
@@ -216,7 +217,14 @@ impl Server {
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
         let snapshotter = tokio::spawn(snapshot_loop(state.clone()));
         let app = app(state.clone());
-        axum::serve(self.listener, app)
+        // Streamed answers are many small writes: without TCP_NODELAY each one after the first
+        // waits for the client's ACK of the previous (Nagle), which can stall a token stream.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
         sweeper.abort();

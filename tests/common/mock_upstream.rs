@@ -214,6 +214,10 @@ impl MockUpstreamBuilder {
             .expect("bind mock upstream");
         let addr = listener.local_addr().expect("mock upstream address");
         let task = tokio::spawn(async move {
+            // As real providers do: streamed chunks go out at once, not after the previous ACK.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         MockUpstream { addr, shared, task }
