@@ -34,6 +34,7 @@ mod prompts;
 use prompts::{paraphrase, unrelated, TOPICS};
 
 use clap::Parser;
+use common::harness::server_timing;
 use common::mock_upstream::MockUpstream;
 use deja::config::Config;
 use deja::server::{self, Server};
@@ -303,17 +304,6 @@ struct Reply {
     embed_ms: Option<f64>,
 }
 
-/// The duration of one phase in a `Server-Timing` value (`embed;dur=2.874, …`).
-fn timing_phase(value: &str, phase: &str) -> Option<f64> {
-    value.split(',').find_map(|metric| {
-        let mut params = metric.trim().split(';');
-        if params.next()?.trim() != phase {
-            return None;
-        }
-        params.find_map(|p| p.trim().strip_prefix("dur=")?.parse().ok())
-    })
-}
-
 async fn send(client: &reqwest::Client, url: &str, text: &str) -> Reply {
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
     match client
@@ -340,7 +330,11 @@ async fn send(client: &reqwest::Client, url: &str, text: &str) -> Reply {
             };
             let cache = header("x-deja-cache");
             let overhead_ms = header("x-deja-overhead-ms").and_then(|v| v.parse().ok());
-            let embed_ms = header("server-timing").and_then(|v| timing_phase(&v, "embed"));
+            let embed_ms = header("server-timing").and_then(|v| {
+                server_timing(&v)
+                    .into_iter()
+                    .find_map(|(name, dur)| if name == "embed" { dur } else { None })
+            });
             let ok = r.status().is_success() && r.bytes().await.is_ok();
             Reply {
                 ok,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::harness::{client, hash_model, real_model, Deja, Reply};
+use common::harness::{client, hash_model, real_model, server_timing, Deja, Reply};
 use common::mock_upstream::MockUpstream;
 use serde_json::{json, Value};
 
@@ -21,12 +21,11 @@ async fn post(d: &Deja, body: &Value, key: &str) -> Reply {
 
 /// The metric names of a `Server-Timing` value, in order; each must carry a duration.
 fn timing_phases(value: &str) -> Vec<String> {
-    value
-        .split(", ")
-        .map(|m| {
-            let (name, dur) = m.split_once(";dur=").unwrap_or_else(|| panic!("{value}"));
-            assert!(dur.parse::<f64>().unwrap() >= 0.0, "{value}");
-            name.to_string()
+    server_timing(value)
+        .into_iter()
+        .map(|(name, dur)| {
+            assert!(dur.is_some_and(|d| d >= 0.0), "{value}");
+            name
         })
         .collect()
 }
@@ -281,12 +280,7 @@ async fn stream_cut_midway_is_not_cached() {
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let mut body = chat("q");
     body["stream"] = json!(true);
-    let r = client()
-        .post(d.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = d.send("/v1/chat/completions", &body, &[]).await;
     assert_eq!(r.status(), 200);
     if let Ok(text) = r.text().await {
         assert!(
@@ -468,13 +462,13 @@ async fn a_streamed_miss_is_relayed_chunk_by_chunk() {
     let d = Deja::start(&mock.base_url(), hash_model()).await;
     let mut body = chat("Stream me a story");
     body["stream"] = json!(true);
-    let mut resp = client()
-        .post(d.url("/v1/chat/completions"))
-        .bearer_auth("k")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = d
+        .send(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", "Bearer k")],
+        )
+        .await;
     assert_eq!(resp.headers()["x-deja-cache"], "miss");
     let mut last = std::time::Instant::now();
     let mut gaps = Vec::new();

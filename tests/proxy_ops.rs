@@ -282,13 +282,13 @@ async fn tokens_and_cost_are_accounted_per_model_and_tenant() {
 
     // A stream without a usage chunk gets its tokens estimated, and the entry keeps them.
     let body = json!({"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"estimate me"}]});
-    let r = client()
-        .post(d.url("/v1/chat/completions"))
-        .bearer_auth("k")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = d
+        .send(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", "Bearer k")],
+        )
+        .await;
     assert!(r.text().await.unwrap().contains("[DONE]"));
     d.wait_entries(2).await;
     assert_eq!(m.tokens_estimated.get(), 1);

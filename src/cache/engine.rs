@@ -267,10 +267,18 @@ impl CacheEngine {
         prompt: &str,
         embedding: &[f32],
     ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
-        // The hit rule looks at the most similar entry only: fetching more would be wasted
-        // store reads and guard checks on the hot path.
-        let neighbours = self.inner.index.search(scope, embedding, 1)?;
+        let neighbours = self.nearest_blocking(scope, embedding)?;
         self.resolve_blocking(scope, prompt, neighbours)
+    }
+
+    /// The index neighbours the hit rule looks at: the most similar entry only, since fetching
+    /// more would be wasted store reads and guard checks on the hot path.
+    fn nearest_blocking(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+    ) -> Result<Vec<Neighbor>, CacheError> {
+        Ok(self.inner.index.search(scope, embedding, 1)?)
     }
 
     /// Reads the entries of index neighbours and checks the guards; expired or vanished
@@ -313,7 +321,7 @@ impl CacheEngine {
         threshold: f32,
     ) -> Result<SemanticOutcome, CacheError> {
         let guards = self.inner.settings.read().guards;
-        let neighbours = self.inner.index.search(scope, embedding, 1)?;
+        let neighbours = self.nearest_blocking(scope, embedding)?;
         // Below the threshold nothing can be served, so the store read and the guards are
         // skipped: `best` is then the nearest indexed neighbour, not checked for expiry.
         if let Some(top) = neighbours.first().filter(|n| n.similarity < threshold) {

@@ -341,8 +341,7 @@ impl Ctx<'_> {
         let mut deja = DejaHeaders::new(outcome);
         deja.similarity(similarity);
         deja.entry(entry.id);
-        deja.overhead(elapsed);
-        deja.server_timing(trace, None, elapsed);
+        deja.timing(trace, None, elapsed);
         deja.tokens_saved(usage.total());
         let mut resp = match body {
             Rendered::Json(bytes) => json_response(StatusCode::OK, bytes),
@@ -399,8 +398,7 @@ impl Ctx<'_> {
 
         let mut deja = DejaHeaders::new(outcome);
         deja.provider(&resp.provider);
-        deja.overhead(overhead);
-        deja.server_timing(trace, Some(upstream_time), overhead);
+        deja.timing(trace, Some(upstream_time), overhead);
         if let Some(b) = best {
             deja.nearest(b);
         }

@@ -77,22 +77,11 @@ impl DejaHeaders {
         self.values.push(("x-deja-provider", p.to_string()));
     }
 
-    pub fn overhead(&mut self, d: Duration) {
-        self.values.push((
-            "x-deja-overhead-ms",
-            format!("{:.3}", d.as_secs_f64() * 1e3),
-        ));
-    }
-
-    /// `Server-Timing` (W3C): where deja spent this request, in milliseconds, so a client (or a
-    /// browser's dev tools) can tell embedding from search from the upstream call. Phases that
-    /// did not run are left out; `deja` is the whole of deja's own time (`x-deja-overhead-ms`).
-    pub fn server_timing(
-        &mut self,
-        trace: &LookupTrace,
-        upstream: Option<Duration>,
-        own: Duration,
-    ) {
+    /// Where deja spent this request, in milliseconds: `x-deja-overhead-ms` (`own`, deja's own
+    /// time) and `Server-Timing` (W3C), so a client or a browser's dev tools can tell embedding
+    /// from search from the upstream call. Phases that did not run are left out; `deja` there is
+    /// the same `own`.
+    pub fn timing(&mut self, trace: &LookupTrace, upstream: Option<Duration>, own: Duration) {
         let mut parts = Vec::with_capacity(5);
         for (name, d) in [
             ("exact", Some(trace.exact)),
@@ -104,7 +93,9 @@ impl DejaHeaders {
                 parts.push(format!("{name};dur={:.3}", d.as_secs_f64() * 1e3));
             }
         }
-        parts.push(format!("deja;dur={:.3}", own.as_secs_f64() * 1e3));
+        let own_ms = format!("{:.3}", own.as_secs_f64() * 1e3);
+        parts.push(format!("deja;dur={own_ms}"));
+        self.values.push(("x-deja-overhead-ms", own_ms));
         self.values.push(("server-timing", parts.join(", ")));
     }
 
@@ -156,7 +147,7 @@ mod tests {
             ..LookupTrace::default()
         };
         let mut d = DejaHeaders::new("miss");
-        d.server_timing(
+        d.timing(
             &trace,
             Some(Duration::from_micros(600)),
             Duration::from_micros(3_100),
@@ -168,7 +159,7 @@ mod tests {
             "exact;dur=0.081, embed;dur=2.874, upstream;dur=0.600, deja;dur=3.100"
         );
         let mut d = DejaHeaders::new("exact-hit");
-        d.server_timing(&LookupTrace::default(), None, Duration::from_micros(40));
+        d.timing(&LookupTrace::default(), None, Duration::from_micros(40));
         let mut h = HeaderMap::new();
         d.apply(&mut h);
         assert_eq!(h.get("server-timing").unwrap(), "deja;dur=0.040");

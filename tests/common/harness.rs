@@ -141,11 +141,21 @@ impl Deja {
         body: &serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Reply {
+        Reply::read(self.send(path, body, headers).await).await
+    }
+
+    /// Like [`Self::post`], but returns the response unread, to read a stream as it arrives.
+    pub async fn send(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut req = client().post(self.url(path)).json(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Reply::read(req.send().await.unwrap()).await
+        req.send().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -186,6 +196,20 @@ impl Deja {
         }
         self._tmp.take()
     }
+}
+
+/// The metrics of a `Server-Timing` value (`embed;dur=2.874, deja;dur=3.1`) in order: each
+/// name with its duration in milliseconds, `None` when it has none.
+pub fn server_timing(value: &str) -> Vec<(String, Option<f64>)> {
+    value
+        .split(',')
+        .filter_map(|metric| {
+            let mut params = metric.trim().split(';');
+            let name = params.next()?.trim().to_string();
+            let dur = params.find_map(|p| p.trim().strip_prefix("dur=")?.parse().ok());
+            Some((name, dur))
+        })
+        .collect()
 }
 
 pub fn client() -> reqwest::Client {
