@@ -4,22 +4,27 @@
 //!
 //! One request walks the modules in this order:
 //!
-//! 1. [`server`]: axum accepts the HTTP request, applies limits, and hands the body to the API
-//!    layer. It holds no cache logic.
-//! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each request is
-//!    normalized into one canonical request, and answers are rendered back (JSON or SSE).
-//! 3. [`cache`]: the policy decides whether the request is cacheable, derives its hard scope
-//!    (tenant, model, system prompt, earlier turns, output-changing parameters) and threshold,
-//!    then runs exact lookup → embedding → index search → precision guards.
-//! 4. [`embed`], [`index`], [`store`]: the local sentence-transformer (candle, on its own
-//!    threads), the per-scope vector index (flat or HNSW), and the sled store that is the source
-//!    of truth for every entry.
-//! 5. [`providers`]: on a miss, the routed provider chain answers; the answer streams back to the
-//!    client and is inserted into store and index after the response, off the hot path.
+//! 1. [`server`]: axum accepts the HTTP request, applies the connection and body limits, and
+//!    adapts HTTP to the cache's stages (`server::flow`). It makes no cache decision.
+//! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each body is
+//!    validated and normalized into one canonical request, and answers are rendered back (JSON
+//!    or a replayed SSE stream).
+//! 3. [`cache`]: the request path as typed stages. `cache::request` builds the per-request
+//!    context and plans it (`cache::policy`: hard scope, threshold, read/write, TTL);
+//!    `cache::lookup` runs exact lookup → embedding → index search → precision guards and
+//!    yields a hit or a miss; `cache::miss` owns a miss until its upstream answer is complete,
+//!    then tees, accounts and stores it off the response path.
+//! 4. [`embed`], [`index`], [`store`]: the local sentence encoder (deja's native
+//!    AMX/AVX-512/AVX2 BERT on CPU, candle on GPU, on its own threads), the per-scope vector
+//!    index (flat below a size, HNSW above), and the sled store that is the source of truth for
+//!    every entry.
+//! 5. [`providers`]: on a miss, the routed provider chain answers (retries, fallback, circuit
+//!    breakers, translation between OpenAI and Anthropic); the answer streams back to the
+//!    client while `cache::miss` collects it.
 //!
 //! [`config`] turns `config.toml` into a validated [`config::Config`]; [`metrics`] exports
-//! Prometheus counters; [`bench`] replays labeled datasets through the same [`cache`] code to
-//! choose a threshold.
+//! Prometheus counters with bounded labels; [`bench`] replays labeled datasets through the same
+//! [`cache`] engine to choose a threshold.
 
 #![cfg_attr(
     not(test),

@@ -1,11 +1,27 @@
-//! The heart of deja: policy (scope, cacheability, thresholds), precision guards, and the engine
-//! that orchestrates exact lookup → embedding → index search → guards, and inserts answers after
-//! they were served. Unit-testable without HTTP; the server and `deja bench` both call it.
+//! The heart of deja. The cached request path is a chain of typed stages, one module each, in
+//! the order a request takes them:
+//!
+//! 1. [`request`]: the per-request context ([`CacheRequest`]) and the policy stage
+//!    ([`policy`]: scope, cacheability, threshold, read/write, TTL) → [`Planned`];
+//! 2. [`lookup`]: exact → embed → search → [`guards`] on the [`engine`] → [`LookedUp`]: a
+//!    [`Hit`] to render, or a [`Miss`] (joining the [`singleflight`] when it will write);
+//! 3. [`miss`]: once the upstream replied, the miss becomes a [`Settle`] that tees a stream,
+//!    accounts tokens and inserts the answer after the response, off the response path.
+//!
+//! [`restore`] fills the index from the store at start. Unit-testable without HTTP; the server
+//! adapts HTTP to these stages, and `deja bench` calls the same engine.
 pub mod engine;
 pub mod guards;
+pub mod lookup;
+pub mod miss;
 pub mod policy;
+pub mod request;
 pub mod restore;
 pub mod singleflight;
+
+pub use lookup::{Hit, HitKind, LookedUp};
+pub use miss::{Miss, Settle};
+pub use request::{CacheRequest, Planned};
 
 pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTrace};
 pub use restore::{load_index, IndexLoad};

@@ -23,7 +23,7 @@ pub struct Inner {
     pub config: RwLock<Arc<Config>>,
     pub router: RwLock<Arc<Router>>,
     pub engine: OnceLock<CacheEngine>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub singleflight: Arc<Singleflight>,
     /// Cache inserts running after their response was sent; drained on shutdown.
     pub background: TaskTracker,
@@ -42,7 +42,7 @@ impl AppState {
             config: RwLock::new(Arc::new(config)),
             router: RwLock::new(Arc::new(router)),
             engine: OnceLock::new(),
-            metrics,
+            metrics: Arc::new(metrics),
             singleflight: Singleflight::new(),
             background: TaskTracker::new(),
             config_path,
@@ -63,5 +63,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// An owned handle on the metrics, for work that outlives the request (inserts, tees).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.0.metrics.clone()
     }
 }

@@ -1,0 +1,161 @@
+//! Stage 2 of the cached request path: a [`Planned`] request is looked up (exact → embed →
+//! search → guards) and comes out [`LookedUp::Hit`] or [`LookedUp::Miss`]. A miss that will
+//! write joins the singleflight here: a follower waits for the leader's answer and is served
+//! from it when it landed, so concurrent identical misses cost one upstream call.
+//!
+//! This is where a second judgement on semantic candidates (a verifier) plugs in: between the
+//! engine's candidates and the hit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::engine::{Lookup, LookupTrace};
+use crate::cache::miss::{InsertJob, Miss};
+use crate::cache::request::Planned;
+use crate::cache::singleflight::{Role, Singleflight};
+use crate::metrics::Metrics;
+use crate::store::Entry;
+
+/// How long a follower waits for the leader of an identical miss before going upstream itself.
+pub const FOLLOWER_WAIT: Duration = Duration::from_secs(120);
+
+/// The outcome of the lookup stage.
+pub enum LookedUp {
+    Hit(Hit),
+    Miss(Miss),
+}
+
+/// A stored answer to serve.
+pub struct Hit {
+    pub entry: Entry,
+    pub kind: HitKind,
+    /// Cosine similarity of the served entry (1.0 for exact hits).
+    pub similarity: f32,
+    pub trace: LookupTrace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitKind {
+    Exact,
+    Semantic,
+}
+
+impl HitKind {
+    /// The `x-deja-cache` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HitKind::Exact => "exact-hit",
+            HitKind::Semantic => "semantic-hit",
+        }
+    }
+
+    /// The `outcome` metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HitKind::Exact => "exact_hit",
+            HitKind::Semantic => "semantic_hit",
+        }
+    }
+}
+
+impl Planned {
+    /// Runs the lookup the plan asks for. Never fails: a broken cache must not break the
+    /// chatbot, so a lookup error is logged and the request goes upstream as a miss.
+    pub async fn look_up(self, metrics: &Metrics, singleflight: &Arc<Singleflight>) -> LookedUp {
+        let (engine, plan) = match self {
+            Planned::Bypass(reason) => {
+                tracing::debug!(reason = reason.as_str(), "cache bypassed");
+                return LookedUp::Miss(Miss::bypass());
+            }
+            Planned::Cached { engine, plan } => (engine, plan),
+        };
+        let mut trace = LookupTrace::default();
+        let mut best = None;
+        let mut embedding = None;
+        if plan.read {
+            let lookup = engine
+                .lookup(
+                    plan.scope,
+                    &plan.prompt,
+                    plan.semantic,
+                    plan.threshold,
+                    &mut trace,
+                )
+                .await;
+            for guard in &trace.vetoed {
+                metrics
+                    .guard_vetoes
+                    .with_label_values(&[guard.as_str()])
+                    .inc();
+            }
+            if plan.semantic && !trace.embed.is_zero() {
+                metrics.embed_seconds.observe(trace.embed.as_secs_f64());
+                metrics.search_seconds.observe(trace.search.as_secs_f64());
+            }
+            match lookup {
+                Ok(Lookup::Exact(entry)) => {
+                    return LookedUp::Hit(Hit {
+                        entry,
+                        kind: HitKind::Exact,
+                        similarity: 1.0,
+                        trace,
+                    })
+                }
+                Ok(Lookup::Semantic { entry, similarity }) => {
+                    metrics
+                        .similarity
+                        .with_label_values(&["hit"])
+                        .observe(similarity as f64);
+                    return LookedUp::Hit(Hit {
+                        entry,
+                        kind: HitKind::Semantic,
+                        similarity,
+                        trace,
+                    });
+                }
+                Ok(Lookup::Miss {
+                    embedding: e,
+                    best: b,
+                }) => {
+                    if let Some(b) = b {
+                        metrics
+                            .similarity
+                            .with_label_values(&["miss"])
+                            .observe(b as f64);
+                    }
+                    embedding = e;
+                    best = b;
+                }
+                Err(e) => tracing::error!(error = %e, "cache lookup failed; forwarding uncached"),
+            }
+        }
+
+        let mut flight = None;
+        if plan.write {
+            match singleflight.join(plan.scope, &plan.prompt) {
+                Role::Leader(f) => flight = Some(f),
+                Role::Follower(waiter) => {
+                    metrics.singleflight_waits.inc();
+                    if waiter.wait(FOLLOWER_WAIT).await {
+                        let (scope, prompt, e2) = (plan.scope, plan.prompt.clone(), engine.clone());
+                        let again =
+                            tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt))
+                                .await;
+                        if let Ok(Ok(Some(entry))) = again {
+                            return LookedUp::Hit(Hit {
+                                entry,
+                                kind: HitKind::Exact,
+                                similarity: 1.0,
+                                trace,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let job = plan
+            .write
+            .then(|| InsertJob::new(engine, plan, embedding, flight));
+        LookedUp::Miss(Miss::new(trace, best, job))
+    }
+}

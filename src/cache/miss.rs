@@ -1,0 +1,255 @@
+//! Stage 3 of the cached request path, for misses: a [`Miss`] owns everything the upstream
+//! answer needs once it is complete (the plan, the singleflight flight, the embedding computed
+//! during the lookup) and is turned into a [`Settle`] when the upstream replied. `Settle` tees a
+//! streamed answer to the client while collecting it, accounts its tokens (estimated when the
+//! provider sent no usage) and stores it when the plan says so, after the response, off the
+//! response path. Dropping a `Miss` or a `Settle` anywhere releases its flight, so followers of
+//! an identical miss never wait on a leader that gave up.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::api::canonical::ApiKind;
+use crate::api::collect::NotCacheable;
+use crate::api::inbound::{not_cacheable_label, StreamCollector};
+use crate::cache::engine::{CacheEngine, LookupTrace};
+use crate::cache::policy::CachePlan;
+use crate::cache::request::CacheRequest;
+use crate::cache::singleflight::Flight;
+use crate::config::Config;
+use crate::metrics::{cost, Metrics};
+use crate::providers::{ByteStream, SseParser};
+use crate::store::CachedResponse;
+
+/// A request the cache did not answer.
+pub struct Miss {
+    kind: MissKind,
+    /// What the lookup did (for headers and logs).
+    pub trace: LookupTrace,
+    /// The best similarity seen, for `x-deja-nearest-similarity`.
+    pub best: Option<f32>,
+    job: Option<InsertJob>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MissKind {
+    /// Looked up and not found.
+    Miss,
+    /// Not cacheable, or the cache is not ready: forwarded without a lookup or an insert.
+    Bypass,
+}
+
+impl Miss {
+    pub(crate) fn new(trace: LookupTrace, best: Option<f32>, job: Option<InsertJob>) -> Miss {
+        Miss {
+            kind: MissKind::Miss,
+            trace,
+            best,
+            job,
+        }
+    }
+
+    pub(crate) fn bypass() -> Miss {
+        Miss {
+            kind: MissKind::Bypass,
+            trace: LookupTrace::default(),
+            best: None,
+            job: None,
+        }
+    }
+
+    /// The `x-deja-cache` value (also the `outcome` metric label).
+    pub fn outcome(&self) -> &'static str {
+        match self.kind {
+            MissKind::Miss => "miss",
+            MissKind::Bypass => "bypass",
+        }
+    }
+
+    /// Whether the answer will be stored.
+    pub fn will_store(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// Binds the miss to the upstream answer that `provider` is sending.
+    pub fn settle(self, req: &CacheRequest, metrics: Arc<Metrics>, provider: &str) -> Settle {
+        Settle {
+            api: req.api,
+            model: req.canonical.model.clone(),
+            tenant: req.tenant.clone(),
+            body: req.body.clone(),
+            config: req.config.clone(),
+            provider: provider.to_string(),
+            metrics,
+            job: self.job,
+        }
+    }
+}
+
+/// What happens once an upstream answer is complete: its tokens are accounted for, then it is
+/// stored when the plan says so.
+pub struct Settle {
+    api: ApiKind,
+    model: String,
+    tenant: String,
+    body: Arc<Map<String, Value>>,
+    config: Arc<Config>,
+    provider: String,
+    metrics: Arc<Metrics>,
+    job: Option<InsertJob>,
+}
+
+impl Settle {
+    /// Settles a complete answer (or the reason there is none to store).
+    pub async fn finish(self, answer: Result<CachedResponse, NotCacheable>) {
+        let answer = match answer {
+            Ok(mut a) => {
+                if a.usage.is_none() {
+                    let (api, body, content) = (self.api, self.body.clone(), a.content.clone());
+                    // Tokenizing is CPU work (and loads the BPE once): keep it off the runtime.
+                    let estimate = tokio::task::spawn_blocking(move || {
+                        cost::estimate_usage(api, &body, &content)
+                    })
+                    .await;
+                    if let Ok(u) = estimate {
+                        self.metrics.tokens_estimated.inc();
+                        a.usage = Some(u);
+                    }
+                }
+                if let Some(u) = &a.usage {
+                    cost::record_upstream(
+                        &self.metrics,
+                        &self.config,
+                        &self.model,
+                        &self.tenant,
+                        u,
+                    );
+                }
+                Ok(a)
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(job) = self.job {
+            job.run(&self.metrics, answer).await;
+        }
+    }
+
+    /// Forwards upstream SSE bytes to the client (`tx`) as they arrive while collecting the
+    /// answer, then settles it. If the client goes away the upstream is still read to the end
+    /// when the answer is to be cached (it is paid for either way); otherwise reading stops.
+    pub async fn tee(
+        self,
+        mut upstream: ByteStream,
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let mut parser = SseParser::new();
+        let mut collector = StreamCollector::new(self.api, &self.provider);
+        let mut client_gone = false;
+        let mut failed = None;
+        while let Some(chunk) = upstream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    for event in parser.feed(&bytes) {
+                        collector.push_event_data(&event.data);
+                    }
+                    if !client_gone && tx.send(Ok(bytes)).await.is_err() {
+                        client_gone = true;
+                        if self.job.is_none() {
+                            failed = Some(());
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The router's stats count the cut; /metrics exports them.
+                    tracing::warn!(provider = %self.provider, error = %e, "upstream stream failed");
+                    let _ = tx
+                        .send(Err(std::io::Error::other("upstream stream interrupted")))
+                        .await;
+                    failed = Some(());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let answer = match failed {
+            Some(()) => Err(NotCacheable::Truncated),
+            None => collector.finish(),
+        };
+        self.finish(answer).await;
+    }
+}
+
+/// What to store once the upstream answer completed normally.
+pub(crate) struct InsertJob {
+    engine: CacheEngine,
+    plan: CachePlan,
+    embedding: Option<Arc<[f32]>>,
+    /// Released (waking followers) when the insert is done or abandoned.
+    flight: Option<Flight>,
+}
+
+impl InsertJob {
+    pub(crate) fn new(
+        engine: CacheEngine,
+        plan: CachePlan,
+        embedding: Option<Arc<[f32]>>,
+        flight: Option<Flight>,
+    ) -> InsertJob {
+        InsertJob {
+            engine,
+            plan,
+            embedding,
+            flight,
+        }
+    }
+
+    async fn run(self, metrics: &Metrics, answer: Result<CachedResponse, NotCacheable>) {
+        let answer = match answer {
+            Ok(a) => a,
+            Err(reason) => {
+                metrics
+                    .not_cached
+                    .with_label_values(&[not_cacheable_label(&reason)])
+                    .inc();
+                tracing::debug!(reason = %reason, "answer not cached");
+                return;
+            }
+        };
+        let embedding = match (self.plan.semantic, self.embedding) {
+            (false, _) => None,
+            (true, Some(e)) => Some(e),
+            // `no-cache` skipped the lookup, so the prompt has not been embedded yet.
+            (true, None) => match self.engine.embedder().embed(&self.plan.prompt).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding for insert failed; storing exact-only");
+                    None
+                }
+            },
+        };
+        let res = self
+            .engine
+            .insert(
+                self.plan.scope,
+                self.plan.prompt.clone(),
+                embedding,
+                answer,
+                self.plan.ttl,
+            )
+            .await;
+        match res {
+            Ok(id) => {
+                metrics.inserts.inc();
+                metrics.entries.set(self.engine.store().len() as i64);
+                tracing::debug!(entry = id, "answer cached");
+            }
+            Err(e) => tracing::error!(error = %e, "cache insert failed"),
+        }
+        drop(self.flight);
+    }
+}
