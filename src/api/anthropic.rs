@@ -77,14 +77,10 @@ impl Content {
         match self {
             Content::Text(s) => Some(s.clone()),
             Content::Blocks(blocks) => {
-                let mut texts = Vec::with_capacity(blocks.len());
-                for b in blocks {
-                    match b {
-                        ContentBlock::Text { text, .. } => texts.push(text.as_str()),
-                        _ => return None,
-                    }
-                }
-                Some(texts.join("\n"))
+                crate::api::text::join_parts(blocks.iter().map(|b| match b {
+                    ContentBlock::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                }))
             }
         }
     }

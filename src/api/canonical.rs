@@ -187,26 +187,13 @@ fn check_n(body: &Map<String, Value>, prompt: Result<String, Bypass>) -> Result<
     }
 }
 
-/// Text of a message's content: a string, or an array whose parts are all text (joined by a
-/// newline). Any image/audio/file/tool part bypasses the cache.
+/// Text of a message's content (see [`crate::api::text`]), normalized. Any image, audio, file or
+/// tool part bypasses the cache.
 fn content_text(content: Option<&Value>) -> Result<String, Bypass> {
-    match content {
-        Some(Value::String(s)) => Ok(normalize(s)),
-        Some(Value::Array(parts)) if !parts.is_empty() => {
-            let mut texts = Vec::with_capacity(parts.len());
-            for part in parts {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => texts.push(t),
-                    _ => return Err(Bypass::NonTextContent),
-                }
-            }
-            Ok(normalize(&texts.join("\n")))
-        }
-        _ => Err(Bypass::NonTextContent),
-    }
+    content
+        .and_then(crate::api::text::content_text)
+        .map(|t| normalize(&t))
+        .ok_or(Bypass::NonTextContent)
 }
 
 /// The body without its last `list_key` element and without non-output fields, canonicalized.

@@ -13,6 +13,7 @@
 //! - [`collect`] (and `anthropic::collect_*`): upstream answer → `CachedResponse` or the
 //!   [`collect::NotCacheable`] reason.
 //! - [`error`]: [`ApiError`], its status codes and both error body shapes.
+//! - [`text`]: the text of a message's content, one join rule for every API.
 
 pub mod anthropic;
 pub mod canonical;
@@ -23,6 +24,7 @@ pub mod openai;
 pub mod parse;
 pub mod render;
 pub mod sse;
+pub mod text;
 
 pub use collect::NotCacheable;
 pub use error::{ApiError, Dialect};

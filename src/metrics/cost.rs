@@ -113,22 +113,7 @@ pub fn estimate_usage(api: ApiKind, request: &Map<String, Value>, completion: &s
 }
 
 fn text_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => s.clone(),
-                other => other
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
+    crate::api::text::content_text_lenient(v)
 }
 
 #[cfg(test)]

@@ -180,14 +180,10 @@ impl MessageContent {
         match self {
             MessageContent::Text(s) => Some(s.clone()),
             MessageContent::Parts(parts) => {
-                let mut texts = Vec::with_capacity(parts.len());
-                for p in parts {
-                    match p {
-                        ContentPart::Text { text, .. } => texts.push(text.as_str()),
-                        _ => return None,
-                    }
-                }
-                Some(texts.join("\n"))
+                crate::api::text::join_parts(parts.iter().map(|p| match p {
+                    ContentPart::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                }))
             }
         }
     }
