@@ -67,6 +67,31 @@ pub struct BenchArgs {
     /// Directory for cached dataset embeddings (default: the user cache dir).
     #[arg(long)]
     pub embedding_cache: Option<PathBuf>,
+    /// The request model whose configured decision rule the `configured` row evaluates
+    /// (per-model and per-route thresholds apply as in the server).
+    #[arg(long, default_value = "")]
+    pub model: String,
+}
+
+/// A decision rule the bench evaluates: what the server would serve, given the candidates the
+/// cache engine found. The sweep varies the threshold; the `configured` row is the rule the
+/// config ships, so `report.json` scores exactly what the server serves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rule {
+    /// Minimum cosine similarity of the most similar candidate.
+    pub threshold: f32,
+    /// Whether the precision guards may veto it.
+    pub guards: bool,
+}
+
+impl Rule {
+    /// The rule the server applies to a request for `model` under `config`.
+    pub fn configured(config: &Config, model: &str) -> Rule {
+        Rule {
+            threshold: config.threshold_for(model),
+            guards: config.cache.guards,
+        }
+    }
 }
 
 /// A sweep: `start:end:step`, one value, or several of those joined by commas (sorted, with
@@ -144,21 +169,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let vectors = embeddings::embed_dataset(&*embedder, &data, &cache_dir, settings.max_tokens)?;
     let embed_seconds = embed_started.elapsed().as_secs_f64();
     let guards = !args.no_guards;
-    let (rows, ceiling) = match (&data, args.protocol) {
+    // The sweep's rules, then the configured rule last (evaluated in the same pass).
+    let mut rules: Vec<Rule> = thresholds
+        .iter()
+        .map(|&threshold| Rule { threshold, guards })
+        .collect();
+    let configured_rule = Rule::configured(&config, &args.model);
+    rules.push(configured_rule);
+    let (mut rows, ceiling) = match (&data, args.protocol) {
         (dataset::Dataset::Pairs(p), Protocol::Pairwise) => {
-            (protocols::pairwise(p, &vectors, &thresholds, guards), None)
+            (protocols::pairwise(p, &vectors, &rules), None)
         }
         (dataset::Dataset::Pairs(p), Protocol::Cache) => (
-            protocols::cache(p, &vectors, &thresholds, guards, &config, embedder.clone())?,
+            protocols::cache(p, &vectors, &rules, &config, embedder.clone())?,
             None,
         ),
         (dataset::Dataset::Stream(s), Protocol::Replay) => {
             let (rows, ceiling) =
-                protocols::replay(s, &vectors, &thresholds, guards, &config, embedder.clone())?;
+                protocols::replay(s, &vectors, &rules, &config, embedder.clone())?;
             (rows, Some(ceiling))
         }
         _ => anyhow::bail!("protocol and dataset do not match"),
     };
+    let configured = rows
+        .pop()
+        .map(|row| report::Configured::new(configured_rule, row));
     let report = report::Report {
         dataset: args
             .dataset
@@ -171,6 +206,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         target_precision: args.target_precision,
         recommended: report::recommend(&rows, args.target_precision),
         rows,
+        configured,
         ceiling,
         rows_in_dataset: data.len(),
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -202,5 +238,18 @@ mod tests {
         assert!(parse_thresholds("0.9,x").is_err());
         let default = parse_thresholds("0.70:0.99:0.01,0.991:0.999:0.001").unwrap();
         assert_eq!(default.len(), 30 + 9);
+    }
+
+    #[test]
+    fn the_configured_rule_follows_per_model_thresholds_and_guards() {
+        let config = Config::from_toml_str(
+            "[cache]\nthreshold = 0.97\nguards = false\n[[cache.thresholds]]\nmodel = \"gpt-4o*\"\nthreshold = 0.93\n",
+            Vec::<(String, String)>::new(),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let any = Rule::configured(&config, "");
+        assert_eq!((any.threshold, any.guards), (0.97, false));
+        assert_eq!(Rule::configured(&config, "gpt-4o-mini").threshold, 0.93);
     }
 }

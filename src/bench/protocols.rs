@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::dataset::{PairRow, SameClasses, StreamRow};
 use super::embeddings::Vectors;
 use super::report::{Row, Tally};
+use super::Rule;
 use crate::cache::engine::select;
 use crate::cache::guards;
 use crate::cache::{CacheEngine, Candidate};
@@ -22,7 +23,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-pub fn pairwise(rows: &[PairRow], v: &Vectors, thresholds: &[f32], use_guards: bool) -> Vec<Row> {
+pub fn pairwise(rows: &[PairRow], v: &Vectors, rules: &[Rule]) -> Vec<Row> {
     let scored: Vec<(f32, bool, bool)> = rows
         .iter()
         .map(|r| {
@@ -34,21 +35,21 @@ pub fn pairwise(rows: &[PairRow], v: &Vectors, thresholds: &[f32], use_guards: b
         })
         .collect();
     let positives = rows.iter().filter(|r| r.same).count() as u64;
-    thresholds
+    rules
         .iter()
-        .map(|&t| {
+        .map(|rule| {
             let mut tally = Tally {
                 queries: rows.len() as u64,
                 positives,
                 ..Default::default()
             };
             for &(sim, pass, same) in &scored {
-                if sim >= t && (!use_guards || pass) {
+                if sim >= rule.threshold && (!rule.guards || pass) {
                     tally.hits += 1;
                     tally.correct_hits += same as u64;
                 }
             }
-            tally.row(t)
+            tally.row(rule.threshold)
         })
         .collect()
 }
@@ -96,18 +97,17 @@ fn find(engine: &CacheEngine, scope: ScopeId, text: &str, vector: &[f32]) -> any
     Ok(Found::Candidates(c.into_iter().map(|(c, _)| c).collect()))
 }
 
-fn chosen(found: &Found, t: f32, use_guards: bool) -> Option<EntryId> {
+fn chosen(found: &Found, rule: &Rule) -> Option<EntryId> {
     match found {
         Found::Exact(id) => Some(*id),
-        Found::Candidates(c) => select(c, t, use_guards).map(|c| c.id),
+        Found::Candidates(c) => select(c, rule.threshold, rule.guards).map(|c| c.id),
     }
 }
 
 pub fn cache(
     rows: &[PairRow],
     v: &Vectors,
-    thresholds: &[f32],
-    use_guards: bool,
+    rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<Vec<Row>> {
@@ -151,7 +151,7 @@ pub fn cache(
             positives,
             ..Default::default()
         };
-        thresholds.len()
+        rules.len()
     ];
     let started = Instant::now();
     for (n, r) in rows.iter().enumerate() {
@@ -159,8 +159,8 @@ pub fn cache(
             continue;
         };
         let found = find(&engine, scope, &r.b, v.get(bi))?;
-        for (tally, &t) in tallies.iter_mut().zip(thresholds) {
-            let Some(id) = chosen(&found, t, use_guards) else {
+        for (tally, rule) in tallies.iter_mut().zip(rules) {
+            let Some(id) = chosen(&found, rule) else {
                 continue;
             };
             let Some(&got) = entry_text.get(&id) else {
@@ -184,8 +184,8 @@ pub fn cache(
     }
     Ok(tallies
         .iter()
-        .zip(thresholds)
-        .map(|(t, &th)| t.row(th))
+        .zip(rules)
+        .map(|(t, rule)| t.row(rule.threshold))
         .collect())
 }
 
@@ -193,8 +193,7 @@ pub fn cache(
 pub fn replay(
     rows: &[StreamRow],
     v: &Vectors,
-    thresholds: &[f32],
-    use_guards: bool,
+    rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<(Vec<Row>, f64)> {
@@ -213,25 +212,28 @@ pub fn replay(
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(thresholds.len())
+        .min(rules.len())
         .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = parking_lot::Mutex::new(vec![None; thresholds.len()]);
+    let results = parking_lot::Mutex::new(vec![None; rules.len()]);
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
             handles.push(s.spawn(|| -> anyhow::Result<()> {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&t) = thresholds.get(i) else {
+                    let Some(rule) = rules.get(i) else {
                         return Ok(());
                     };
-                    let mut tally = replay_one(rows, v, t, use_guards, config, embedder.clone())?;
+                    let mut tally = replay_one(rows, v, rule, config, embedder.clone())?;
                     tally.positives = repeats;
-                    results.lock()[i] = Some(tally.row(t));
+                    results.lock()[i] = Some(tally.row(rule.threshold));
                     eprintln!(
-                        "replay: threshold {t:.3} done ({:.0}s)",
-                        started.elapsed().as_secs_f64()
+                        "replay: {} of {} rules done ({:.0}s; threshold {:.3})",
+                        i + 1,
+                        rules.len(),
+                        started.elapsed().as_secs_f64(),
+                        rule.threshold
                     );
                 }
             }));
@@ -249,8 +251,7 @@ pub fn replay(
 fn replay_one(
     rows: &[StreamRow],
     v: &Vectors,
-    t: f32,
-    use_guards: bool,
+    rule: &Rule,
     config: &Config,
     embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<Tally> {
@@ -266,7 +267,7 @@ fn replay_one(
             continue;
         };
         let found = find(&engine, scope, &r.text, v.get(i))?;
-        match chosen(&found, t, use_guards) {
+        match chosen(&found, rule) {
             Some(id) => {
                 tally.hits += 1;
                 let got = class_of.get(&id).copied().flatten();

@@ -70,6 +70,33 @@ pub struct Recommended {
     pub hit_rate: f64,
 }
 
+/// The decision rule the config ships, scored on this dataset: exactly what the server would
+/// serve (threshold for the `--model`, guards as configured).
+#[derive(Debug, Clone, Serialize)]
+pub struct Configured {
+    pub threshold: f64,
+    pub guards: bool,
+    pub hit_rate: f64,
+    pub precision: f64,
+    pub hits: u64,
+    pub false_hits: u64,
+    pub queries: u64,
+}
+
+impl Configured {
+    pub fn new(rule: super::Rule, row: Row) -> Configured {
+        Configured {
+            threshold: row.threshold,
+            guards: rule.guards,
+            hit_rate: row.hit_rate,
+            precision: row.precision,
+            hits: row.hits,
+            false_hits: row.false_hits,
+            queries: row.queries,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub dataset: String,
@@ -82,6 +109,8 @@ pub struct Report {
     /// precision (precision is not monotonic in the threshold; this never recommends a
     /// threshold that sits in a dip). `null` when no threshold reaches it.
     pub recommended: Option<Recommended>,
+    /// The shipped decision rule's figures (`deja bench --config FILE`).
+    pub configured: Option<Configured>,
     /// Replay only: share of prompts whose class had been seen before (the best possible hit rate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<f64>,
@@ -133,6 +162,18 @@ impl Report {
         }
         if let Some(c) = self.ceiling {
             let _ = writeln!(s, "ceiling (prompts whose class was seen before): {c:.4}");
+        }
+        if let Some(c) = &self.configured {
+            let _ = writeln!(
+                s,
+                "configured rule (threshold {:.3}, guards {}): hit rate {:.4}, precision {:.4}, {} hits, {} false",
+                c.threshold,
+                if c.guards { "on" } else { "off" },
+                c.hit_rate,
+                c.precision,
+                c.hits,
+                c.false_hits
+            );
         }
         match &self.recommended {
             Some(r) => {
@@ -361,6 +402,13 @@ mod tests {
             target_precision: 0.99,
             rows: vec![row(0.9, 1.0, 3), row(0.95, 1.0, 1)],
             recommended: None,
+            configured: Some(Configured::new(
+                crate::bench::Rule {
+                    threshold: 0.95,
+                    guards: true,
+                },
+                row(0.95, 1.0, 1),
+            )),
             ceiling: None,
             rows_in_dataset: 10,
             wall_seconds: 1.0,
@@ -371,6 +419,11 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap())
                 .unwrap();
         assert_eq!(json["rows"][0]["threshold"], 0.9);
+        assert_eq!(json["configured"]["threshold"], 0.95);
+        assert_eq!(json["configured"]["hits"], 1);
+        assert!(rep
+            .table()
+            .contains("configured rule (threshold 0.950, guards on)"));
         assert!(std::fs::read_to_string(dir.path().join("report.svg"))
             .unwrap()
             .contains("<polyline"));
