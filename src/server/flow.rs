@@ -17,12 +17,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::api::canonical::{ApiKind, CanonicalRequest};
 use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
-use crate::api::inbound::{self, not_cacheable_label, Rendered, StreamCollector};
+use crate::api::inbound::{self, not_cacheable_label, Rendered, StreamEnd, StreamTee};
 use crate::cache::policy::{self, CachePlan, Plan, RequestControls};
 use crate::cache::singleflight::{Flight, Role};
 use crate::cache::{CacheEngine, Lookup, LookupTrace};
 use crate::metrics::cost;
-use crate::providers::{ProviderErrorKind, RouterError, SseParser, UpstreamBody, UpstreamRequest};
+use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
 use crate::server::state::AppState;
 use crate::store::{CachedResponse, Entry};
@@ -415,7 +415,8 @@ impl Ctx<'_> {
         let mut response = match resp.body {
             UpstreamBody::Json(bytes) => {
                 let answer = if ok {
-                    inbound::collect_json(self.api, &bytes, &provider)
+                    let max_entry_bytes = state.config().cache.max_entry_bytes;
+                    inbound::collect_json(self.api, &bytes, &provider, max_entry_bytes)
                 } else {
                     Err(NotCacheable::UpstreamError)
                 };
@@ -430,8 +431,9 @@ impl Ctx<'_> {
                 let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
                 let api = self.api;
                 let st = state.clone();
+                let max_event_bytes = resp.max_event_bytes;
                 state.0.background.spawn(async move {
-                    tee_stream(st, api, provider, upstream, tx, settle).await;
+                    tee_stream(st, api, provider, upstream, tx, settle, max_event_bytes).await;
                 });
                 let mut r = sse_response(Body::from_stream(ReceiverStream::new(rx)));
                 *r.status_mut() = status;
@@ -446,7 +448,8 @@ impl Ctx<'_> {
 
 /// Forwards upstream SSE bytes to the client as they arrive while collecting the answer. If the
 /// client goes away the upstream is still read to the end when the answer is to be cached (it
-/// is paid for either way); otherwise reading stops.
+/// is paid for either way); otherwise, or once the answer can no longer be cached, reading
+/// stops. A stream that breaks gets the provider-style error event before it ends.
 async fn tee_stream(
     state: AppState,
     api: ApiKind,
@@ -454,41 +457,47 @@ async fn tee_stream(
     mut upstream: crate::providers::ByteStream,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     settle: Settle,
+    max_event_bytes: usize,
 ) {
-    let mut parser = SseParser::new();
-    let mut collector = StreamCollector::new(api, &provider);
+    let max_entry_bytes = state.config().cache.max_entry_bytes;
+    let mut tee = StreamTee::new(api, &provider, max_event_bytes, max_entry_bytes);
     let mut client_gone = false;
-    let mut failed = None;
+    let mut failure = None;
+    let mut abandoned = false;
     while let Some(chunk) = upstream.next().await {
         match chunk {
             Ok(bytes) => {
-                for event in parser.feed(&bytes) {
-                    collector.push_event_data(&event.data);
+                let (relay, intact) = tee.push(bytes);
+                if let (Some(relay), false) = (relay, client_gone) {
+                    client_gone = tx.send(Ok(relay)).await.is_err();
                 }
-                if !client_gone && tx.send(Ok(bytes)).await.is_err() {
-                    client_gone = true;
-                    if settle.job.is_none() {
-                        failed = Some(());
-                        break;
-                    }
+                if !intact {
+                    tracing::warn!(provider = %provider, "upstream stream over max_event_bytes");
+                    break;
+                }
+                if client_gone && (settle.job.is_none() || !tee.cacheable()) {
+                    abandoned = true;
+                    break;
                 }
             }
             Err(e) => {
                 // The router's stats count the cut; /metrics exports them.
                 tracing::warn!(provider = %provider, error = %e, "upstream stream failed");
-                let _ = tx
-                    .send(Err(std::io::Error::other("upstream stream interrupted")))
-                    .await;
-                failed = Some(());
+                failure = Some(e);
                 break;
             }
         }
     }
-    drop(tx);
-    let answer = match failed {
-        Some(()) => Err(NotCacheable::Truncated),
-        None => collector.finish(),
+    let end = match (&failure, abandoned) {
+        (Some(e), _) => StreamEnd::Failed(e),
+        (None, true) => StreamEnd::Abandoned,
+        (None, false) => StreamEnd::Finished,
     };
+    let (tail, answer) = tee.finish(end);
+    if let (Some(tail), false) = (tail, client_gone) {
+        let _ = tx.send(Ok(tail)).await;
+    }
+    drop(tx);
     settle.run(state, answer).await;
 }
 
@@ -538,21 +547,18 @@ impl From<RouterError> for ApiError {
             RouterError::UnknownProvider { provider } => {
                 ApiError::internal(format!("route names unknown provider {provider}"))
             }
-            RouterError::AllFailed { ref attempts } => {
-                let causes: Vec<String> = attempts
-                    .iter()
-                    .map(|(p, err)| match &err.kind {
-                        ProviderErrorKind::Status { status, .. } => format!("{p}: HTTP {status}"),
-                        other => format!("{p}: {}", other.label()),
-                    })
-                    .collect();
-                let message = format!("every upstream attempt failed ({})", causes.join("; "));
-                let retry_after_s = e.retry_after().map(|d| d.as_secs().max(1));
+            RouterError::AllFailed { .. } => {
+                let retry_after_s = e.retry_after_secs();
                 match e.status() {
                     429 => ApiError::RateLimited { retry_after_s },
                     504 => ApiError::UpstreamTimeout,
-                    503 => ApiError::Overloaded { retry_after_s },
-                    _ => ApiError::UpstreamUnavailable { message },
+                    503 => ApiError::ProviderUnavailable {
+                        message: e.client_message(),
+                        retry_after_s,
+                    },
+                    _ => ApiError::UpstreamUnavailable {
+                        message: e.client_message(),
+                    },
                 }
             }
         }
