@@ -48,6 +48,14 @@ pub enum ApiError {
     UpstreamUnavailable { message: String },
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// No request was sent: every provider for the model has its circuit breaker open.
+    /// `message` names the providers (never their URLs); `retry_after_s` is the remaining
+    /// cooldown.
+    #[error("providers unavailable: {message}")]
+    ProviderUnavailable {
+        message: String,
+        retry_after_s: Option<u64>,
+    },
     #[error("rate limited")]
     RateLimited { retry_after_s: Option<u64> },
     /// deja is shedding load (queues full, shutting down).
@@ -97,6 +105,7 @@ impl ApiError {
             },
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,9 +115,9 @@ impl ApiError {
     /// Seconds for a `Retry-After` header, when the variant carries one.
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited { retry_after_s } | ApiError::Overloaded { retry_after_s } => {
-                *retry_after_s
-            }
+            ApiError::RateLimited { retry_after_s }
+            | ApiError::Overloaded { retry_after_s }
+            | ApiError::ProviderUnavailable { retry_after_s, .. } => *retry_after_s,
             _ => None,
         }
     }
@@ -163,6 +172,10 @@ impl ApiError {
             ApiError::UpstreamTimeout => {
                 parts.message = "The upstream provider did not answer in time.".to_string();
                 parts.code = Some("timeout");
+            }
+            ApiError::ProviderUnavailable { message, .. } => {
+                parts.message = message.clone();
+                parts.code = Some("circuit_open");
             }
             ApiError::RateLimited { .. } => {
                 parts.message = "Rate limit reached, please retry later.".to_string();
@@ -312,6 +325,10 @@ mod tests {
                 message: "all providers failed".into(),
             },
             ApiError::UpstreamTimeout,
+            ApiError::ProviderUnavailable {
+                message: "provider `a` is not taking requests".into(),
+                retry_after_s: Some(7),
+            },
             ApiError::RateLimited {
                 retry_after_s: Some(3),
             },
@@ -327,7 +344,7 @@ mod tests {
         let got: Vec<u16> = all_variants().iter().map(|e| e.status().as_u16()).collect();
         assert_eq!(
             got,
-            vec![400, 400, 413, 401, 404, 404, 418, 502, 504, 429, 503, 500]
+            vec![400, 400, 413, 401, 404, 404, 418, 502, 504, 503, 429, 503, 500]
         );
         let weird = ApiError::Upstream {
             status: 200,

@@ -15,14 +15,14 @@ use tokio::sync::mpsc;
 
 use crate::api::canonical::ApiKind;
 use crate::api::collect::NotCacheable;
-use crate::api::inbound::{not_cacheable_label, StreamCollector};
+use crate::api::inbound::{not_cacheable_label, StreamEnd, StreamTee};
 use crate::cache::engine::{CacheEngine, LookupTrace};
 use crate::cache::policy::CachePlan;
 use crate::cache::request::CacheRequest;
 use crate::cache::singleflight::Flight;
 use crate::config::Config;
 use crate::metrics::{cost, Metrics};
-use crate::providers::{ByteStream, SseParser};
+use crate::providers::ByteStream;
 use crate::store::CachedResponse;
 
 /// A request the cache did not answer.
@@ -140,46 +140,54 @@ impl Settle {
 
     /// Forwards upstream SSE bytes to the client (`tx`) as they arrive while collecting the
     /// answer, then settles it. If the client goes away the upstream is still read to the end
-    /// when the answer is to be cached (it is paid for either way); otherwise reading stops.
+    /// when the answer is to be cached (it is paid for either way); otherwise, or once the
+    /// answer can no longer be cached, reading stops. A stream that breaks (cut, timed out, an
+    /// event over `max_event_bytes`) gets the provider-style error event before it ends.
     pub async fn tee(
         self,
         mut upstream: ByteStream,
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+        max_event_bytes: usize,
     ) {
-        let mut parser = SseParser::new();
-        let mut collector = StreamCollector::new(self.api, &self.provider);
+        let max_entry_bytes = self.config.cache.max_entry_bytes;
+        let mut tee = StreamTee::new(self.api, &self.provider, max_event_bytes, max_entry_bytes);
         let mut client_gone = false;
-        let mut failed = None;
+        let mut failure = None;
+        let mut abandoned = false;
         while let Some(chunk) = upstream.next().await {
             match chunk {
                 Ok(bytes) => {
-                    for event in parser.feed(&bytes) {
-                        collector.push_event_data(&event.data);
+                    let (relay, intact) = tee.push(bytes);
+                    if let (Some(relay), false) = (relay, client_gone) {
+                        client_gone = tx.send(Ok(relay)).await.is_err();
                     }
-                    if !client_gone && tx.send(Ok(bytes)).await.is_err() {
-                        client_gone = true;
-                        if self.job.is_none() {
-                            failed = Some(());
-                            break;
-                        }
+                    if !intact {
+                        tracing::warn!(provider = %self.provider, "upstream stream over max_event_bytes");
+                        break;
+                    }
+                    if client_gone && (self.job.is_none() || !tee.cacheable()) {
+                        abandoned = true;
+                        break;
                     }
                 }
                 Err(e) => {
                     // The router's stats count the cut; /metrics exports them.
                     tracing::warn!(provider = %self.provider, error = %e, "upstream stream failed");
-                    let _ = tx
-                        .send(Err(std::io::Error::other("upstream stream interrupted")))
-                        .await;
-                    failed = Some(());
+                    failure = Some(e);
                     break;
                 }
             }
         }
-        drop(tx);
-        let answer = match failed {
-            Some(()) => Err(NotCacheable::Truncated),
-            None => collector.finish(),
+        let end = match (&failure, abandoned) {
+            (Some(e), _) => StreamEnd::Failed(e),
+            (None, true) => StreamEnd::Abandoned,
+            (None, false) => StreamEnd::Finished,
         };
+        let (tail, answer) = tee.finish(end);
+        if let (Some(tail), false) = (tail, client_gone) {
+            let _ = tx.send(Ok(tail)).await;
+        }
+        drop(tx);
         self.finish(answer).await;
     }
 }

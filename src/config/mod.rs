@@ -98,6 +98,10 @@ pub struct CacheConfig {
     pub flush_interval: Duration,
     /// Per-model thresholds (first matching glob wins); routes may also set one.
     pub thresholds: Vec<ThresholdOverride>,
+    // --- Bounded upstream answers (issue 12) ---
+    /// Largest answer stored: the text of a streamed answer, the body of a JSON one. Bigger
+    /// answers are relayed unchanged but not cached (`deja_not_cached_total{reason="too_large"}`).
+    pub max_entry_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +164,10 @@ pub struct ProviderConfig {
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     pub api_version: Option<String>,
+    // --- Bounded upstream answers (issue 12); see `providers::ProviderSettings` ---
+    pub max_response_bytes: usize,
+    pub max_event_bytes: usize,
+    pub stream_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

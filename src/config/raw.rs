@@ -56,6 +56,8 @@ pub struct RawCache {
     pub flush_interval: Option<String>,
     #[serde(default)]
     pub thresholds: Vec<RawThreshold>,
+    // --- Bounded upstream answers (issue 12) ---
+    pub max_entry_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +111,10 @@ pub struct RawProvider {
     pub breaker_failures: Option<u64>,
     pub breaker_cooldown: Option<String>,
     pub api_version: Option<String>,
+    // --- Bounded upstream answers (issue 12) ---
+    pub max_response_bytes: Option<u64>,
+    pub max_event_bytes: Option<u64>,
+    pub stream_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -217,3 +217,61 @@ fn an_invalid_glob_is_a_config_issue() {
         "{issues:?}"
     );
 }
+
+// --- Bounded upstream answers (issue 12) ---
+
+const ONE_PROVIDER: &str = r#"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+"#;
+
+#[test]
+fn issue12_upstream_bounds_have_defaults_and_parse() {
+    let c = parse(ONE_PROVIDER).unwrap();
+    let p = &c.providers[0];
+    assert_eq!(p.max_response_bytes, 64 << 20);
+    assert_eq!(p.max_event_bytes, 1 << 20);
+    assert_eq!(p.stream_timeout, Duration::from_secs(600));
+    assert_eq!(c.cache.max_entry_bytes, 4 << 20);
+    let text = format!(
+        "[cache]\nmax_entry_bytes = 1000\n{ONE_PROVIDER}max_response_bytes = 2000\n\
+         max_event_bytes = 300\nstream_timeout = \"90s\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let p = &c.providers[0];
+    assert_eq!(
+        (p.max_response_bytes, p.max_event_bytes, p.stream_timeout),
+        (2000, 300, Duration::from_secs(90))
+    );
+    assert_eq!(c.cache.max_entry_bytes, 1000);
+    let s = crate::providers::ProviderSettings::from(p);
+    assert_eq!(
+        (s.max_response_bytes, s.max_event_bytes, s.stream_timeout),
+        (2000, 300, Duration::from_secs(90))
+    );
+}
+
+#[test]
+fn issue12_upstream_bounds_reject_bad_values_all_at_once() {
+    let text = format!(
+        "[cache]\nmax_entry_bytes = 0\n{ONE_PROVIDER}max_response_bytes = 0\n\
+         max_event_bytes = 0\nstream_timeout = \"0s\"\n"
+    );
+    let err = parse(&text).unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    for want in [
+        "cache.max_entry_bytes",
+        "providers[0].max_response_bytes",
+        "providers[0].max_event_bytes",
+        "providers[0].stream_timeout",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    let err = parse(&format!("{ONE_PROVIDER}stream_timeout = \"soon\"\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("providers[0].stream_timeout"),
+        "{err}"
+    );
+}

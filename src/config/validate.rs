@@ -7,6 +7,9 @@ use super::*;
 /// Default similarity threshold. Chosen from `deja bench` on qqp-pairs (see docs/benchmarks.md).
 pub const DEFAULT_THRESHOLD: f32 = 0.996;
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// Default `cache.max_entry_bytes`: 4 MiB, the request body cap too. A chat answer is a few
+/// kilobytes; the cap keeps one entry (and every hit rendering it) from costing megabytes.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 4 << 20;
 
 struct Issues(Vec<ConfigIssue>);
 
@@ -141,6 +144,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             Duration::from_millis(200),
         ),
         thresholds,
+        // --- Bounded upstream answers (issue 12) ---
+        max_entry_bytes: is.positive(
+            "cache.max_entry_bytes",
+            c.max_entry_bytes,
+            DEFAULT_MAX_ENTRY_BYTES as u64,
+        ) as usize,
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");
@@ -308,7 +317,26 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
                 Duration::from_secs(30),
             ),
             api_version: p.api_version.clone(),
+            // --- Bounded upstream answers (issue 12) ---
+            max_response_bytes: is.positive(
+                &path("max_response_bytes"),
+                p.max_response_bytes,
+                crate::providers::DEFAULT_MAX_RESPONSE_BYTES as u64,
+            ) as usize,
+            max_event_bytes: is.positive(
+                &path("max_event_bytes"),
+                p.max_event_bytes,
+                crate::providers::DEFAULT_MAX_EVENT_BYTES as u64,
+            ) as usize,
+            stream_timeout: is.duration(
+                &path("stream_timeout"),
+                p.stream_timeout.as_deref(),
+                crate::providers::DEFAULT_STREAM_TIMEOUT,
+            ),
         });
+        if providers.last().is_some_and(|q| q.stream_timeout.is_zero()) {
+            is.push(path("stream_timeout"), "must be greater than 0");
+        }
     }
 
     let mut routes = Vec::new();

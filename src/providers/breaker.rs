@@ -1,7 +1,16 @@
-//! Per-provider circuit breaker: after `threshold` consecutive retryable failures it opens and
-//! rejects at once for `cooldown`, then lets exactly one probe through (half-open); the probe's
-//! success closes it, its failure re-opens it. Time is `tokio::time::Instant` so tests can
-//! pause and advance the clock. The lock is never held across an `.await`.
+//! Per-provider circuit breaker: after `threshold` consecutive failed *requests* it opens and
+//! rejects at once for `cooldown`, then lets exactly one probe request through (half-open); the
+//! probe's success closes it, its failure re-opens it. Time is `tokio::time::Instant` so tests
+//! can pause and advance the clock. The lock is never held across an `.await`.
+//!
+//! One permit covers one client request's attempts on this provider, retries included (the
+//! router holds it across them), so the breaker counts what a client sees, not how many times
+//! the router retried: with the openai SDK's default retries one failing call is 3 requests
+//! (and 9 attempts with deja's default `max_retries`), below the default threshold of 5. A
+//! failure rate over a window (resilience4j, Hystrix) would also ignore a lone failure, but
+//! needs a window and a minimum volume tuned per deployment, and at the low request rates of
+//! a team proxy a dead provider would never reach that volume; consecutive failed requests
+//! need no tuning and open after two failed SDK calls, which is what an operator expects.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,27 +65,29 @@ impl CircuitBreaker {
         }
     }
 
-    /// A permit to send one request, or `None` when the breaker rejects it.
-    pub(crate) fn acquire(&self) -> Option<Permit<'_>> {
+    /// A permit to send one request (all its attempts), or, when the breaker rejects it, how
+    /// long until it lets a probe through (zero while a probe is in flight).
+    pub(crate) fn acquire(&self) -> Result<Permit<'_>, Duration> {
         let mut inner = self.inner.lock();
         let probe = match &mut *inner {
             Inner::Closed { .. } => false,
             Inner::Open { until } => {
-                if Instant::now() < *until {
-                    return None;
+                let now = Instant::now();
+                if now < *until {
+                    return Err(*until - now);
                 }
                 *inner = Inner::HalfOpen { probing: true };
                 true
             }
             Inner::HalfOpen { probing } => {
                 if *probing {
-                    return None;
+                    return Err(Duration::ZERO);
                 }
                 *probing = true;
                 true
             }
         };
-        Some(Permit {
+        Ok(Permit {
             breaker: self,
             probe,
             settled: false,
@@ -106,6 +117,7 @@ impl CircuitBreaker {
 
 /// Outcome slot for one request. Dropping it unsettled (request cancelled, or an outcome that
 /// says nothing about upstream health) frees the probe slot so the breaker cannot stick.
+#[must_use = "settle the permit with success() or failure(), or drop it to say nothing"]
 pub(crate) struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     probe: bool,
@@ -113,7 +125,7 @@ pub(crate) struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// The upstream answered (any non-retryable status counts: it is up).
+    /// The request got an answer (any non-retryable status counts: the upstream is up).
     pub(crate) fn success(mut self) {
         self.settled = true;
         let mut inner = self.breaker.inner.lock();
@@ -124,7 +136,7 @@ impl Permit<'_> {
         }
     }
 
-    /// A retryable failure.
+    /// The request failed after all its attempts on this provider.
     pub(crate) fn failure(mut self) {
         self.settled = true;
         if self.breaker.threshold == 0 {
@@ -162,49 +174,57 @@ mod tests {
     async fn opens_after_threshold_then_half_opens_one_probe() {
         let b = CircuitBreaker::new(3, Duration::from_secs(30));
         for _ in 0..2 {
-            b.acquire().unwrap().failure();
+            b.acquire().ok().unwrap().failure();
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        b.acquire().unwrap().failure();
+        b.acquire().ok().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.times_opened(), 1);
-        assert!(b.acquire().is_none());
+        assert!(b.acquire().is_err());
 
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(b.acquire().is_none());
+        assert_eq!(
+            b.acquire().err(),
+            Some(Duration::from_secs(1)),
+            "remaining cooldown"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        let probe = b.acquire().unwrap();
-        assert!(b.acquire().is_none(), "only one probe at a time");
+        let probe = b.acquire().ok().unwrap();
+        assert_eq!(
+            b.acquire().err(),
+            Some(Duration::ZERO),
+            "only one probe at a time"
+        );
         probe.failure();
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.times_opened(), 2);
 
         tokio::time::advance(Duration::from_secs(30)).await;
-        b.acquire().unwrap().success();
+        b.acquire().ok().unwrap().success();
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.acquire().is_some());
+        assert!(b.acquire().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn success_resets_consecutive_count() {
         let b = CircuitBreaker::new(2, Duration::from_secs(1));
-        b.acquire().unwrap().failure();
-        b.acquire().unwrap().success();
-        b.acquire().unwrap().failure();
+        b.acquire().ok().unwrap().failure();
+        b.acquire().ok().unwrap().success();
+        b.acquire().ok().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Closed);
-        b.acquire().unwrap().failure();
+        b.acquire().ok().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[tokio::test(start_paused = true)]
     async fn dropped_probe_frees_the_slot() {
         let b = CircuitBreaker::new(1, Duration::from_secs(1));
-        b.acquire().unwrap().failure();
+        b.acquire().ok().unwrap().failure();
         tokio::time::advance(Duration::from_secs(1)).await;
-        drop(b.acquire().unwrap());
+        drop(b.acquire().ok().unwrap());
         assert!(
-            b.acquire().is_some(),
+            b.acquire().is_ok(),
             "a cancelled probe must not wedge the breaker"
         );
     }
@@ -213,7 +233,7 @@ mod tests {
     async fn zero_threshold_disables() {
         let b = CircuitBreaker::new(0, Duration::from_secs(1));
         for _ in 0..100 {
-            b.acquire().unwrap().failure();
+            b.acquire().ok().unwrap().failure();
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }

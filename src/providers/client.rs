@@ -1,20 +1,23 @@
 //! One configured provider: its pooled HTTP client, breaker and counters, and a single attempt
 //! (`send_once`) in its vendor's API: addressing and authentication per [`ProviderKind`], and
 //! the request/answer translation of `providers::translate` when the request's dialect is not
-//! the provider's. Retries, backoff and fallback belong to the router; this file never sleeps
-//! or loops. API keys are read from the environment per request and never logged.
+//! the provider's, and the bounds on what comes back (`max_response_bytes`, `max_event_bytes`,
+//! `stream_timeout`, the shape of a 2xx). Retries, backoff, fallback and the breaker belong to
+//! the router; this file never sleeps or loops over attempts. API keys are read from the environment per request and never logged.
 
-use crate::providers::breaker::{CircuitBreaker, Permit};
+use crate::providers::breaker::CircuitBreaker;
 use crate::providers::error::{
     is_retryable_status, ProviderError, ProviderErrorKind, RouterConfigError,
 };
 use crate::providers::settings::{ProviderKind, ProviderSettings};
+use crate::providers::shape;
+use crate::providers::sse::{SseBounds, SseParser};
 use crate::providers::stats::ProviderStats;
 use crate::providers::translate::{self, TranslateError, Translation};
 use crate::providers::types::{
     keep_response_header, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use std::error::Error as _;
@@ -265,8 +268,9 @@ impl Provider {
     }
 
     /// One attempt. A 2xx or a non-retryable status is `Ok` (translated into the request's
-    /// dialect when `prepared` says so); 429/5xx, transport failures and timeouts are `Err`.
-    /// Settles the breaker permit and bumps counters.
+    /// dialect when `prepared` says so); 429/5xx, transport failures and timeouts are `Err`, and
+    /// so are a body over `max_response_bytes` and a 2xx that is not the shape of its endpoint.
+    /// Bumps counters; the breaker is the router's, settled once per request.
     pub(crate) async fn send_once(
         &self,
         req: &UpstreamRequest,
@@ -276,28 +280,23 @@ impl Provider {
         let key = self
             .api_key(req)
             .inspect_err(|e| self.stats.record_error(&e.kind))?;
-        let Some(permit) = self.breaker.acquire() else {
-            let err = self.error(ProviderErrorKind::CircuitOpen);
-            self.stats.record_error(&err.kind);
-            return Err(err);
-        };
-        let builder = match self.build_request(req, prepared, model.as_deref(), key) {
-            Ok(b) => b,
-            Err(e) => return Err(self.settle_error(permit, e)),
-        };
+        let builder = self
+            .build_request(req, prepared, model.as_deref(), key)
+            .map_err(|e| self.settle_error(e))?;
         ProviderStats::bump(&self.stats.attempts);
-        let deadline = Instant::now() + self.settings.request_timeout;
+        let sent = Instant::now();
+        let deadline = sent + self.settings.request_timeout;
         let resp = match tokio::time::timeout_at(deadline, builder.send()).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 let err = self.error(classify(&e)).with_detail(error_chain(&e));
-                return Err(self.settle_error(permit, err));
+                return Err(self.settle_error(err));
             }
             Err(_) => {
                 let err = self
                     .error(ProviderErrorKind::Timeout)
                     .with_detail("no response headers within request_timeout");
-                return Err(self.settle_error(permit, err));
+                return Err(self.settle_error(err));
             }
         };
         let status = resp.status().as_u16();
@@ -309,9 +308,8 @@ impl Provider {
         }
         let success = (200..300).contains(&status);
         if success && req.stream {
-            permit.success();
             ProviderStats::bump(&self.stats.responses);
-            let mut stream = self.byte_stream(resp);
+            let mut stream = self.byte_stream(resp, sent + self.settings.stream_timeout);
             if let Some(t) = &prepared.translation {
                 stream = self.translated_stream(t, stream);
             }
@@ -321,28 +319,22 @@ impl Provider {
                 status,
                 headers,
                 body: UpstreamBody::Stream(stream),
+                max_event_bytes: self.settings.max_event_bytes,
             });
         }
-        let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                let err = self
-                    .error(ProviderErrorKind::StreamCut)
-                    .with_detail(error_chain(&e));
-                return Err(self.settle_error(permit, err));
-            }
-            Err(_) => {
-                let err = self
-                    .error(ProviderErrorKind::Timeout)
-                    .with_detail("body not complete within request_timeout");
-                return Err(self.settle_error(permit, err));
-            }
-        };
+        let body = self
+            .read_body(resp, deadline)
+            .await
+            .map_err(|e| self.settle_error(e))?;
         if is_retryable_status(status) {
             let err = ProviderError::status(&self.settings.name, status, &headers, &body);
-            return Err(self.settle_error(permit, err));
+            return Err(self.settle_error(err));
         }
-        permit.success();
+        if success {
+            self.check_shape(prepared.upstream, &body)
+                .await
+                .map_err(|e| self.settle_error(e))?;
+        }
         let body = match &prepared.translation {
             None => body,
             Some(t) => {
@@ -362,7 +354,68 @@ impl Provider {
             status,
             headers,
             body: UpstreamBody::Json(body),
+            max_event_bytes: self.settings.max_event_bytes,
         })
+    }
+
+    /// The whole body, read chunk by chunk and refused at `max_response_bytes` (before reading
+    /// anything when `Content-Length` already says so), by `deadline`.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<Bytes, ProviderError> {
+        let cap = self.settings.max_response_bytes;
+        let too_large = || {
+            self.error(ProviderErrorKind::TooLarge {
+                setting: "max_response_bytes",
+                limit: cap,
+            })
+        };
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > cap as u64 {
+            return Err(too_large().with_detail(format!("content-length {announced}")));
+        }
+        let mut body = BytesMut::with_capacity(announced as usize);
+        loop {
+            match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    if body.len() + chunk.len() > cap {
+                        // Dropping `resp` closes the connection: nothing more is read.
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Ok(None)) => return Ok(body.freeze()),
+                Ok(Err(e)) => {
+                    return Err(self
+                        .error(ProviderErrorKind::StreamCut)
+                        .with_detail(error_chain(&e)))
+                }
+                Err(_) => {
+                    return Err(self
+                        .error(ProviderErrorKind::Timeout)
+                        .with_detail("body not complete within request_timeout"))
+                }
+            }
+        }
+    }
+
+    /// [`shape::check`], on a blocking thread for a body big enough to take a while to scan.
+    async fn check_shape(&self, dialect: Dialect, body: &Bytes) -> Result<(), ProviderError> {
+        const INLINE: usize = 256 << 10;
+        let result = if body.len() <= INLINE {
+            shape::check(dialect, body)
+        } else {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || shape::check(dialect, &body))
+                .await
+                .unwrap_or_else(|e| {
+                    let what = "could not be checked".to_string();
+                    Err((ProviderErrorKind::BadResponse { what }, e.to_string()))
+                })
+        };
+        result.map_err(|(kind, detail)| self.error(kind).with_detail(detail))
     }
 
     /// The upstream stream translated into the request's dialect; translation failures are
@@ -379,34 +432,40 @@ impl Provider {
             stats.record_error(&err.kind);
             err
         });
-        translate::translate_stream(inner, t.stream_translator(), on_error)
+        let parser = SseParser::with_limit(self.settings.max_event_bytes);
+        let name = &self.settings.name;
+        translate::translate_stream_with(inner, t.stream_translator(), on_error, parser, name)
     }
 
-    /// Retryable failures count against the breaker; the rest say nothing about health.
-    fn settle_error(&self, permit: Permit<'_>, err: ProviderError) -> ProviderError {
+    /// Counts a failed attempt and logs it; retrying and the breaker are the router's.
+    fn settle_error(&self, err: ProviderError) -> ProviderError {
         self.stats.record_error(&err.kind);
-        if err.retryable() {
-            permit.failure();
-        } else {
-            drop(permit);
-        }
         tracing::debug!(provider = %self.settings.name, error = %err, "upstream attempt failed");
         err
     }
 
-    /// The raw body stream, ended by an error on a cut connection or a silence longer than
-    /// `read_timeout`.
-    fn byte_stream(&self, resp: reqwest::Response) -> crate::providers::types::ByteStream {
+    /// The raw body stream, ended by an error on a cut connection, a silence longer than
+    /// `read_timeout`, the `deadline` (`stream_timeout` after the request was sent), or a line
+    /// or event over `max_event_bytes`.
+    fn byte_stream(
+        &self,
+        resp: reqwest::Response,
+        deadline: Instant,
+    ) -> crate::providers::types::ByteStream {
         struct State {
             inner: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
             provider: String,
             read_timeout: std::time::Duration,
+            deadline: Instant,
+            bounds: SseBounds,
             stats: Arc<ProviderStats>,
         }
         let state = State {
             inner: resp.bytes_stream().boxed(),
             provider: self.settings.name.clone(),
             read_timeout: self.settings.read_timeout,
+            deadline,
+            bounds: SseBounds::new(self.settings.max_event_bytes),
             stats: Arc::clone(&self.stats),
         };
         futures::stream::unfold(Some(state), |state| async move {
@@ -415,15 +474,30 @@ impl Provider {
                 st.stats.record_error(&kind);
                 ProviderError::new(st.provider.clone(), kind).with_detail(detail)
             };
-            match tokio::time::timeout(st.read_timeout, st.inner.next()).await {
-                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(st))),
+            let silent_until = Instant::now() + st.read_timeout;
+            match tokio::time::timeout_at(silent_until.min(st.deadline), st.inner.next()).await {
+                Ok(Some(Ok(chunk))) => match st.bounds.check(&chunk) {
+                    Ok(()) => Some((Ok(chunk), Some(st))),
+                    Err(o) => {
+                        let kind = ProviderErrorKind::TooLarge {
+                            setting: "max_event_bytes",
+                            limit: o.limit(),
+                        };
+                        let err = fail(&st, kind, o.to_string());
+                        Some((Err(err), None))
+                    }
+                },
                 Ok(None) => None,
                 Ok(Some(Err(e))) => {
                     let err = fail(&st, ProviderErrorKind::StreamCut, error_chain(&e));
                     Some((Err(err), None))
                 }
                 Err(_) => {
-                    let detail = format!("stream silent for {:?}", st.read_timeout);
+                    let detail = if Instant::now() >= st.deadline {
+                        "stream not complete within stream_timeout".to_string()
+                    } else {
+                        format!("stream silent for {:?}", st.read_timeout)
+                    };
                     let err = fail(&st, ProviderErrorKind::Timeout, detail);
                     Some((Err(err), None))
                 }
@@ -456,6 +530,13 @@ fn translate_error(provider: &str, e: TranslateError) -> ProviderError {
         e @ (TranslateError::UpstreamError(_) | TranslateError::Truncated(_)) => {
             ProviderError::new(provider, ProviderErrorKind::StreamCut).with_detail(e.to_string())
         }
+        TranslateError::Overflow(o) => ProviderError::new(
+            provider,
+            ProviderErrorKind::TooLarge {
+                setting: "max_event_bytes",
+                limit: o.limit(),
+            },
+        ),
     }
 }
 

@@ -25,6 +25,18 @@ pub enum ProviderErrorKind {
     Protocol,
     /// The connection broke after the headers, before the body was complete.
     StreamCut,
+    /// The answer broke one of this provider's size caps: a body over `max_response_bytes`, or
+    /// an SSE line or event over `max_event_bytes`. Reading stopped there. Not retryable: the
+    /// same request is likely to get the same answer.
+    TooLarge {
+        /// The config key whose cap was hit (`max_response_bytes`, `max_event_bytes`).
+        setting: &'static str,
+        limit: usize,
+    },
+    /// A 2xx answer on an endpoint deja understands is not valid JSON of that endpoint's shape
+    /// (`what` says which, for logs and clients; it never quotes the body). Not retryable: the
+    /// upstream did the work, a retry would pay for it again.
+    BadResponse { what: String },
     /// This provider's circuit breaker is open; no request was sent.
     CircuitOpen,
     /// `api_key_env` names a variable that is unset or empty; no request was sent.
@@ -46,6 +58,8 @@ impl ProviderErrorKind {
             ProviderErrorKind::Status { .. } => "status",
             ProviderErrorKind::Protocol => "protocol",
             ProviderErrorKind::StreamCut => "stream_cut",
+            ProviderErrorKind::TooLarge { .. } => "too_large",
+            ProviderErrorKind::BadResponse { .. } => "bad_response",
             ProviderErrorKind::CircuitOpen => "circuit_open",
             ProviderErrorKind::NoApiKey => "no_api_key",
             ProviderErrorKind::Untranslatable { .. } => "untranslatable",
@@ -53,7 +67,7 @@ impl ProviderErrorKind {
     }
 
     /// Every label [`ProviderErrorKind::label`] can return, for pre-registering metrics.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 12] = [
         "connect",
         "timeout",
         "rate_limited",
@@ -61,10 +75,27 @@ impl ProviderErrorKind {
         "status",
         "protocol",
         "stream_cut",
+        "too_large",
+        "bad_response",
         "circuit_open",
         "no_api_key",
         "untranslatable",
     ];
+}
+
+impl ProviderErrorKind {
+    /// The cause as a client may read it: the label, or a short text for the kinds whose
+    /// label alone would not tell the client what to change. Never a body, URL or key.
+    pub fn client_reason(&self) -> String {
+        match self {
+            ProviderErrorKind::Status { status, .. } => format!("HTTP {status}"),
+            ProviderErrorKind::TooLarge { .. } | ProviderErrorKind::BadResponse { .. } => {
+                self.to_string()
+            }
+            ProviderErrorKind::CircuitOpen => "circuit breaker open".to_string(),
+            other => other.label().to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ProviderErrorKind {
@@ -77,6 +108,10 @@ impl fmt::Display for ProviderErrorKind {
             }
             ProviderErrorKind::Protocol => f.write_str("protocol error"),
             ProviderErrorKind::StreamCut => f.write_str("stream cut before completion"),
+            ProviderErrorKind::TooLarge { setting, limit } => {
+                write!(f, "answer over the {setting} cap of {limit} bytes")
+            }
+            ProviderErrorKind::BadResponse { what } => write!(f, "malformed answer: {what}"),
             ProviderErrorKind::CircuitOpen => f.write_str("circuit breaker open"),
             ProviderErrorKind::NoApiKey => f.write_str("API key environment variable not set"),
             ProviderErrorKind::Untranslatable { message } => {
@@ -144,6 +179,8 @@ impl ProviderError {
             | ProviderErrorKind::CircuitOpen => true,
             ProviderErrorKind::Status { status, .. } => is_retryable_status(*status),
             ProviderErrorKind::Protocol
+            | ProviderErrorKind::TooLarge { .. }
+            | ProviderErrorKind::BadResponse { .. }
             | ProviderErrorKind::NoApiKey
             | ProviderErrorKind::Untranslatable { .. } => false,
         }
@@ -285,6 +322,51 @@ impl RouterError {
             }
             _ => None,
         }
+    }
+
+    /// What the client is told about an `AllFailed`: each attempt's provider and
+    /// [`ProviderErrorKind::client_reason`], or, for the 503 of [`RouterError::status`], which
+    /// providers' breakers are open and when to come back. Never a URL, key or body.
+    pub fn client_message(&self) -> String {
+        let RouterError::AllFailed { attempts } = self else {
+            return self.to_string();
+        };
+        if self.status() == 503 {
+            let mut names: Vec<&str> = attempts
+                .iter()
+                .filter(|(_, e)| e.kind == ProviderErrorKind::CircuitOpen)
+                .map(|(p, _)| p.as_str())
+                .collect();
+            names.dedup();
+            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            let wait = self.retry_after_secs().unwrap_or(1);
+            let list = names.join(", ");
+            return if names.len() == 1 {
+                format!(
+                    "provider {list} is failing: its circuit breaker is open and deja sends it \
+                     no requests for now; retry in {wait} s"
+                )
+            } else {
+                format!(
+                    "providers {list} are failing: their circuit breakers are open and deja \
+                     sends them no requests for now; retry in {wait} s"
+                )
+            };
+        }
+        let causes: Vec<String> = attempts
+            .iter()
+            .map(|(p, err)| format!("{p}: {}", err.kind.client_reason()))
+            .collect();
+        format!("every upstream attempt failed ({})", causes.join("; "))
+    }
+
+    /// [`RouterError::retry_after`] in whole seconds for a `Retry-After` header: rounded up,
+    /// and at least 1 (a client told 0 would come back at once).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(|d| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            secs.max(1)
+        })
     }
 
     /// Shortest `Retry-After` any attempt was given, for the client's own `Retry-After`.

@@ -13,9 +13,10 @@
 //! - [`settings`]: plain provider and route settings (the config layer fills them).
 //! - `client`: one provider, one attempt: addressing and authentication per kind.
 //! - [`translate`]: OpenAI chat ⇄ Anthropic Messages requests, answers, errors and streams.
-//! - `breaker`: per-provider circuit breaker.
+//! - `shape`: the least a 2xx answer must be on an endpoint deja understands.
+//! - `breaker`: per-provider circuit breaker, settled once per request.
 //! - [`router`]: route by model glob, retries, backoff, fallback.
-//! - [`sse`]: incremental SSE parser for the server's tee.
+//! - [`sse`]: incremental SSE parser (with its caps) for the server's tee and the translator.
 //! - [`error`], [`stats`], [`types`]: errors, counters for metrics, request/response types.
 
 mod breaker;
@@ -23,6 +24,7 @@ mod client;
 pub mod error;
 pub mod router;
 pub mod settings;
+mod shape;
 pub mod sse;
 pub mod stats;
 pub mod translate;
@@ -33,7 +35,8 @@ pub use error::{ProviderError, ProviderErrorKind, RouterConfigError, RouterError
 pub use router::{Route, Router};
 pub use settings::{ProviderKind, ProviderSettings, RouteSettings, RouteTarget};
 pub use settings::{ANTHROPIC_DEFAULT_VERSION, AZURE_DEFAULT_API_VERSION};
-pub use sse::{SseEvent, SseParser};
+pub use settings::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_TIMEOUT};
+pub use sse::{SseBounds, SseEvent, SseOverflow, SseParser, DEFAULT_MAX_EVENT_BYTES};
 pub use stats::{ProviderStats, ProviderStatsSnapshot};
 pub use translate::{TranslateError, DEFAULT_MAX_TOKENS};
 pub use types::{ByteStream, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse};

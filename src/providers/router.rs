@@ -225,9 +225,11 @@ impl Router {
     }
 }
 
-/// Attempts on one provider until a response, a non-retryable error, an open breaker, or
-/// `max_retries` retries. The request is translated for the provider once, before the first
-/// attempt (an untranslatable one makes none). Every error is appended to `attempts`.
+/// Attempts on one provider until a response, a non-retryable error, or `max_retries`
+/// retries, under one breaker permit: the breaker hears once per request (success when an
+/// attempt got an answer, failure when every attempt failed retryably), not once per retry.
+/// The request is translated for the provider once, before the first attempt (an
+/// untranslatable one makes none). Every error is appended to `attempts`.
 async fn try_provider(
     provider: &Provider,
     req: &UpstreamRequest,
@@ -243,17 +245,34 @@ async fn try_provider(
             return None;
         }
     };
+    let permit = match provider.breaker.acquire() {
+        Ok(permit) => permit,
+        Err(wait) => {
+            let mut err = ProviderError::new(provider.name(), ProviderErrorKind::CircuitOpen);
+            err.retry_after = Some(wait);
+            provider.stats.record_error(&err.kind);
+            attempts.push((provider.name().to_string(), err));
+            return None;
+        }
+    };
     let mut retry: u32 = 0;
     loop {
         match provider.send_once(req, &prepared, model.clone()).await {
-            Ok(resp) => return Some(resp),
+            Ok(resp) => {
+                permit.success();
+                return Some(resp);
+            }
             Err(err) => {
-                let again = err.retryable()
-                    && err.kind != ProviderErrorKind::CircuitOpen
-                    && retry < settings.max_retries;
+                let retryable = err.retryable();
                 let retry_after = err.retry_after;
                 attempts.push((provider.name().to_string(), err));
-                if !again {
+                if !retryable {
+                    // A missing key, an oversized or malformed answer: nothing about health.
+                    drop(permit);
+                    return None;
+                }
+                if retry >= settings.max_retries {
+                    permit.failure();
                     return None;
                 }
                 let delay = backoff_delay(

@@ -13,6 +13,17 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 /// Anthropic's `anthropic-version` header when `api_version` is unset.
 pub const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
 
+/// Default [`ProviderSettings::max_response_bytes`]: 64 MiB. Chat answers are kilobytes, but
+/// the same cap covers pass-through answers, and the largest documented ones are embeddings: a
+/// full 2,048-input batch of 3,072-dimension vectors is ~34 MB in the base64 encoding the
+/// openai SDKs ask for. 32 MiB would cut that; the cap is per answer in flight, so 64 MiB
+/// bounds memory at a size a proxy host has.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Default [`ProviderSettings::stream_timeout`]: 10 minutes, the openai SDK's own request
+/// timeout; reasoning models stream for minutes, nothing legitimate streams for ten.
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Which vendor API a provider exposes. Each variant decides how a request is addressed and
 /// authenticated (see `client::Provider::build_request`) and which request dialects it speaks
 /// natively (see [`ProviderKind::speaks`]); other dialects are translated per attempt.
@@ -60,13 +71,24 @@ pub struct ProviderSettings {
     pub request_timeout: Duration,
     /// Streams only: the longest silence tolerated between two body chunks.
     pub read_timeout: Duration,
+    // --- Bounds on what an upstream may send (issue 12) ---
+    /// Streams only: the whole stream, from sending the request to its last byte. A stream
+    /// still running then is cut (the client gets an error event).
+    pub stream_timeout: Duration,
+    /// Largest non-streamed body read from this provider; a bigger one is a 502 and is not
+    /// read past the cap.
+    pub max_response_bytes: usize,
+    /// Largest SSE line or event buffered from this provider's streams; a stream that sends a
+    /// bigger one is cut (the client gets an error event).
+    pub max_event_bytes: usize,
     /// Retries on this provider after the first attempt (so `max_retries + 1` attempts).
     pub max_retries: u32,
     /// First backoff ceiling; doubles per retry (full jitter draws below it).
     pub backoff_base: Duration,
     /// Ceiling on any single backoff, `Retry-After` included.
     pub backoff_max: Duration,
-    /// Consecutive retryable failures that open the breaker; 0 disables the breaker.
+    /// Consecutive failed requests (each after all its retries on this provider) that open
+    /// the breaker; 0 disables the breaker.
     pub breaker_failures: u32,
     /// How long an open breaker rejects before letting one probe through.
     pub breaker_cooldown: Duration,
@@ -96,6 +118,9 @@ impl ProviderSettings {
             // it is complete.
             request_timeout: Duration::from_secs(600),
             read_timeout: Duration::from_secs(120),
+            stream_timeout: DEFAULT_STREAM_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_event_bytes: crate::providers::sse::DEFAULT_MAX_EVENT_BYTES,
             max_retries: 2,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -155,6 +180,9 @@ impl fmt::Debug for ProviderSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("stream_timeout", &self.stream_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
             .field("max_retries", &self.max_retries)
             .field("backoff_base", &self.backoff_base)
             .field("backoff_max", &self.backoff_max)
@@ -163,6 +191,36 @@ impl fmt::Debug for ProviderSettings {
             .field("extra_headers", &headers)
             .field("api_version", &self.api_version)
             .finish()
+    }
+}
+
+impl From<&crate::config::ProviderConfig> for ProviderSettings {
+    fn from(p: &crate::config::ProviderConfig) -> ProviderSettings {
+        use crate::config::ProviderKind as Cfg;
+        let kind = match p.kind {
+            Cfg::OpenAi => ProviderKind::OpenAi,
+            Cfg::Azure => ProviderKind::Azure,
+            Cfg::Anthropic => ProviderKind::Anthropic,
+        };
+        ProviderSettings {
+            name: p.name.clone(),
+            kind,
+            base_url: p.base_url.clone(),
+            api_key_env: p.api_key_env.clone(),
+            connect_timeout: p.connect_timeout,
+            request_timeout: p.request_timeout,
+            read_timeout: p.read_timeout,
+            stream_timeout: p.stream_timeout,
+            max_response_bytes: p.max_response_bytes,
+            max_event_bytes: p.max_event_bytes,
+            max_retries: p.max_retries,
+            backoff_base: p.backoff_base,
+            backoff_max: p.backoff_max,
+            breaker_failures: p.breaker_failures,
+            breaker_cooldown: p.breaker_cooldown,
+            extra_headers: Vec::new(),
+            api_version: p.api_version.clone(),
+        }
     }
 }
 

@@ -172,6 +172,9 @@ pub struct UpstreamResponse {
     /// `retry-after*`.
     pub headers: HeaderMap,
     pub body: UpstreamBody,
+    /// The answering provider's `max_event_bytes`: the cap for whoever parses the stream's
+    /// events (the provider already cut the stream where it was broken).
+    pub max_event_bytes: usize,
 }
 
 impl UpstreamResponse {

@@ -23,7 +23,7 @@ use crate::cache::miss::Miss;
 use crate::cache::policy::RequestControls;
 use crate::cache::request::CacheRequest;
 use crate::metrics::cost;
-use crate::providers::{ProviderErrorKind, RouterError, UpstreamBody, UpstreamRequest};
+use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
 use crate::server::state::AppState;
 
@@ -190,7 +190,12 @@ async fn forward(
     let mut response = match resp.body {
         UpstreamBody::Json(bytes) => {
             let answer = if ok {
-                inbound::collect_json(req.api, &bytes, &resp.provider)
+                inbound::collect_json(
+                    req.api,
+                    &bytes,
+                    &resp.provider,
+                    req.config.cache.max_entry_bytes,
+                )
             } else {
                 Err(NotCacheable::UpstreamError)
             };
@@ -202,7 +207,11 @@ async fn forward(
         }
         UpstreamBody::Stream(upstream) => {
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-            state.0.background.spawn(settle.tee(upstream, tx));
+            let max_event_bytes = resp.max_event_bytes;
+            state
+                .0
+                .background
+                .spawn(settle.tee(upstream, tx, max_event_bytes));
             let mut r = sse_response(Body::from_stream(ReceiverStream::new(rx)));
             *r.status_mut() = status;
             copy_upstream_headers(&resp.headers, r.headers_mut());
@@ -259,21 +268,18 @@ impl From<RouterError> for ApiError {
             RouterError::UnknownProvider { provider } => {
                 ApiError::internal(format!("route names unknown provider {provider}"))
             }
-            RouterError::AllFailed { ref attempts } => {
-                let causes: Vec<String> = attempts
-                    .iter()
-                    .map(|(p, err)| match &err.kind {
-                        ProviderErrorKind::Status { status, .. } => format!("{p}: HTTP {status}"),
-                        other => format!("{p}: {}", other.label()),
-                    })
-                    .collect();
-                let message = format!("every upstream attempt failed ({})", causes.join("; "));
-                let retry_after_s = e.retry_after().map(|d| d.as_secs().max(1));
+            RouterError::AllFailed { .. } => {
+                let retry_after_s = e.retry_after_secs();
                 match e.status() {
                     429 => ApiError::RateLimited { retry_after_s },
                     504 => ApiError::UpstreamTimeout,
-                    503 => ApiError::Overloaded { retry_after_s },
-                    _ => ApiError::UpstreamUnavailable { message },
+                    503 => ApiError::ProviderUnavailable {
+                        message: e.client_message(),
+                        retry_after_s,
+                    },
+                    _ => ApiError::UpstreamUnavailable {
+                        message: e.client_message(),
+                    },
                 }
             }
         }

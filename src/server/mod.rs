@@ -28,13 +28,11 @@ use tokio::net::TcpListener;
 use crate::api::canonical::ApiKind;
 use crate::api::error::ApiError;
 use crate::cache::{CacheEngine, EngineSettings};
-use crate::config::{Config, ProviderKind as CfgKind};
+use crate::config::Config;
 use crate::embed::{EmbedPool, Embedder};
 use crate::index::ScopedIndex;
 use crate::metrics::Metrics;
-use crate::providers::{
-    ProviderKind, ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest,
-};
+use crate::providers::{ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest};
 use crate::store::{Store, StoreConfig};
 pub use state::AppState;
 
@@ -57,26 +55,11 @@ pub enum ServeError {
 
 /// Builds the provider router from the validated config.
 pub fn build_router(config: &Config) -> Result<Router, ServeError> {
-    let mut providers = Vec::new();
-    for p in &config.providers {
-        let kind = match p.kind {
-            CfgKind::OpenAi => ProviderKind::OpenAi,
-            CfgKind::Azure => ProviderKind::Azure,
-            CfgKind::Anthropic => ProviderKind::Anthropic,
-        };
-        let mut s = ProviderSettings::new(p.name.clone(), kind, p.base_url.clone());
-        s.api_key_env = p.api_key_env.clone();
-        s.connect_timeout = p.connect_timeout;
-        s.request_timeout = p.request_timeout;
-        s.read_timeout = p.read_timeout;
-        s.max_retries = p.max_retries;
-        s.backoff_base = p.backoff_base;
-        s.backoff_max = p.backoff_max;
-        s.breaker_failures = p.breaker_failures;
-        s.breaker_cooldown = p.breaker_cooldown;
-        s.api_version = p.api_version.clone();
-        providers.push(s);
-    }
+    let providers = config
+        .providers
+        .iter()
+        .map(ProviderSettings::from)
+        .collect();
     Router::new(providers, route_settings(config)).map_err(|e| ServeError::Routes(e.to_string()))
 }
 

@@ -4,7 +4,9 @@
 //! (`/openai/deployments/{dep}/chat/completions?api-version=…` with `api-key`) and Anthropic
 //! (`POST /v1/messages` with `x-api-key` and `anthropic-version`, its JSON, events and error
 //! shape). It counts and records every call, and can be told to be slow, fail, rate limit, cut
-//! a stream or fail in the middle of one. Replies are deterministic ("Answer #<call number> to:
+//! a stream or fail in the middle of one, or to misbehave as a broken upstream does
+//! ([`Fault`]: hang, drip, never end a line or a body, send broken or wrong-shape JSON, end a
+//! stream before its terminator). Replies are deterministic ("Answer #<call number> to:
 //! <last user message>") so a test can tell a fresh upstream answer from a cached one. It
 //! never touches the network beyond loopback.
 //!
@@ -35,6 +37,30 @@ use openai::openai_completion;
 /// Custom reply text from the request body.
 pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
 
+/// Ways an upstream breaks, for the fault suite (`tests/proxy_faults.rs`). A fault replaces
+/// the answer of every POST to a completion endpoint (chat, legacy completions, messages; any
+/// vendor) that is not failing by `fail_n_times`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Read the request, never send response headers.
+    HangBeforeHeaders,
+    /// The normal answer, one byte per `chunk_delay` (set it with `with_chunk_delay`).
+    Drip,
+    /// 200 `text/event-stream` whose first line never ends: `data: xxxx…` in 16 KiB chunks
+    /// (`chunk_delay` apart) until `bytes` were sent, then silence with the connection open.
+    EndlessSseLine { bytes: usize },
+    /// 200 `application/json` that never ends: `{"choices":[{"message":{"content":"xxxx…`,
+    /// sent like `EndlessSseLine`.
+    EndlessJson { bytes: usize },
+    /// 200 `application/json` cut in the middle of a value.
+    BrokenJson,
+    /// 200 `application/json`, valid but not the endpoint's shape (a model list).
+    WrongShapeJson,
+    /// Streams end cleanly after their content, before their end: no finish reason and no
+    /// `data: [DONE]` (OpenAI), no `message_delta` and no `message_stop` (Anthropic).
+    NoTerminator,
+}
+
 /// Models listed by `GET /v1/models` unless overridden.
 pub const DEFAULT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct"];
 
@@ -51,6 +77,7 @@ struct Behaviour {
     reply: Option<ReplyFn>,
     tool_call: Option<(String, String)>,
     models: Vec<String>,
+    fault: Option<Fault>,
 }
 
 impl Default for Behaviour {
@@ -67,6 +94,7 @@ impl Default for Behaviour {
             reply: None,
             tool_call: None,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
+            fault: None,
         }
     }
 }
@@ -116,6 +144,24 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     calls: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Response bodies being sent right now (a body the client stopped reading is dropped).
+    open_bodies: Arc<AtomicU64>,
+}
+
+/// Counts a response body as open until the server drops it.
+struct OpenBody(Arc<AtomicU64>);
+
+impl OpenBody {
+    fn new(counter: &Arc<AtomicU64>) -> OpenBody {
+        counter.fetch_add(1, Ordering::SeqCst);
+        OpenBody(Arc::clone(counter))
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Builder: `MockUpstream::builder().with_latency(..).fail_n_times(..).start().await`.
@@ -194,6 +240,12 @@ impl MockUpstreamBuilder {
         self
     }
 
+    /// Misbehave as `fault` says on every completion call.
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.behaviour.fault = Some(fault);
+        self
+    }
+
     /// Model ids listed by `GET /v1/models`.
     pub fn with_models(mut self, models: &[&str]) -> Self {
         self.behaviour.models = models.iter().map(|m| m.to_string()).collect();
@@ -205,6 +257,7 @@ impl MockUpstreamBuilder {
             behaviour: Mutex::new(self.behaviour),
             calls: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            open_bodies: Arc::new(AtomicU64::new(0)),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -283,6 +336,11 @@ impl MockUpstream {
             .count() as u64
     }
 
+    /// Response bodies still being sent: one the client (deja) stopped reading is dropped.
+    pub fn open_bodies(&self) -> u64 {
+        self.shared.open_bodies.load(Ordering::SeqCst)
+    }
+
     pub fn last_request(&self) -> Option<RecordedRequest> {
         self.shared.requests.lock().last().cloned()
     }
@@ -307,6 +365,10 @@ impl MockUpstream {
 
     pub fn set_stream_error_after(&self, events: Option<usize>) {
         self.shared.behaviour.lock().stream_error_after = events;
+    }
+
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.shared.behaviour.lock().fault = fault;
     }
 
     pub fn set_reply(&self, f: impl Fn(&Value) -> String + Send + Sync + 'static) {
@@ -350,7 +412,7 @@ async fn handle(
         }
         snapshot
     };
-    let planned = plan(
+    let mut planned = plan(
         &behaviour,
         call,
         &method,
@@ -359,6 +421,40 @@ async fn handle(
         &headers,
         &body,
     );
+    let fault = behaviour
+        .fault
+        .filter(|_| planned.status == 200 && method == Method::POST && is_completion(&path));
+    match fault {
+        Some(Fault::BrokenJson) => {
+            planned = json_planned(
+                Vec::new(),
+                200,
+                Bytes::from_static(br#"{"id":"x","choices":[{"message":{"role":"assis"#),
+            );
+        }
+        Some(Fault::WrongShapeJson) => {
+            planned = json_planned(
+                Vec::new(),
+                200,
+                Bytes::from_static(br#"{"object":"list","data":[]}"#),
+            );
+        }
+        Some(Fault::NoTerminator) if planned.stream => {
+            let ending = |c: &Bytes| {
+                let t = String::from_utf8_lossy(c);
+                [
+                    "[DONE]",
+                    "\"finish_reason\":\"",
+                    "message_delta",
+                    "message_stop",
+                ]
+                .iter()
+                .any(|m| t.contains(m))
+            };
+            planned.chunks.retain(|c| !ending(c));
+        }
+        _ => {}
+    }
     let sent: Vec<Bytes> = match planned.cut_after {
         Some(k) => planned.chunks.iter().take(k).cloned().collect(),
         None => planned.chunks.clone(),
@@ -377,7 +473,95 @@ async fn handle(
     if !behaviour.latency.is_zero() {
         tokio::time::sleep(behaviour.latency).await;
     }
-    respond(planned, behaviour.chunk_delay)
+    let streamed = planned.stream || fault.is_some();
+    let delay = behaviour.chunk_delay;
+    let response = match fault {
+        Some(Fault::HangBeforeHeaders) => std::future::pending().await,
+        Some(Fault::Drip) => drip(planned, delay),
+        Some(Fault::EndlessSseLine { bytes }) => {
+            endless(b"data: ", "text/event-stream", bytes, delay)
+        }
+        Some(Fault::EndlessJson { bytes }) => endless(
+            br#"{"choices":[{"message":{"role":"assistant","content":""#,
+            "application/json",
+            bytes,
+            delay,
+        ),
+        _ => respond(planned, delay),
+    };
+    if !streamed {
+        return response;
+    }
+    let open = OpenBody::new(&shared.open_bodies);
+    let (parts, body) = response.into_parts();
+    // The guard lives as long as the body: dropped when sent or when the client hangs up.
+    let body = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _ = &open;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+fn is_completion(path: &str) -> bool {
+    path.ends_with("/chat/completions") || path.ends_with("/completions") || path == "/v1/messages"
+}
+
+/// `prefix`, then `x` in 16 KiB chunks `delay` apart until `total` bytes went out; then the
+/// body stays open and silent.
+fn endless(prefix: &'static [u8], content_type: &str, total: usize, delay: Duration) -> Response {
+    const CHUNK: usize = 16 << 10;
+    let filler = Bytes::from(vec![b'x'; CHUNK]);
+    let stream = futures::stream::unfold(0usize, move |sent| {
+        let filler = filler.clone();
+        async move {
+            if sent == 0 {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from_static(prefix)),
+                    prefix.len(),
+                ));
+            }
+            if sent >= total {
+                std::future::pending::<()>().await;
+            }
+            if delay.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok(filler), sent + CHUNK))
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert("content-type", v);
+    }
+    response
+}
+
+/// The planned answer, one byte per `delay`.
+fn drip(planned: Planned, delay: Duration) -> Response {
+    let bytes = Bytes::from(planned.chunks.concat());
+    let stream = futures::stream::unfold(0usize, move |i| {
+        let bytes = bytes.clone();
+        async move {
+            if i >= bytes.len() {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<Bytes, std::io::Error>(bytes.slice(i..i + 1)), i + 1))
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() =
+        StatusCode::from_u16(planned.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in planned.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
 }
 
 fn respond(planned: Planned, chunk_delay: Duration) -> Response {

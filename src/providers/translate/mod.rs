@@ -31,7 +31,10 @@ pub use request::{chat_to_messages, messages_to_chat, DEFAULT_MAX_TOKENS};
 pub use response::{
     chat_json_to_messages, error_to_anthropic, error_to_openai, messages_json_to_chat,
 };
-pub use stream::{translate_stream, ChatToMessagesStream, MessagesToChatStream, StreamTranslate};
+pub use stream::{
+    translate_stream, translate_stream_with, ChatToMessagesStream, MessagesToChatStream,
+    StreamTranslate,
+};
 
 /// Why a body or a stream could not be translated.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,9 @@ pub enum TranslateError {
     /// The upstream stream ended before its terminal event.
     #[error("{0}")]
     Truncated(String),
+    /// The upstream stream sent a line or an event over the provider's `max_event_bytes`.
+    #[error("the upstream sent {0}")]
+    Overflow(crate::providers::sse::SseOverflow),
 }
 
 /// How one provider takes a request in `inbound` dialect: the dialect it is sent in. Equal to

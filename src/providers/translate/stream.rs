@@ -34,8 +34,9 @@ pub trait StreamTranslate: Send {
     fn end(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError>;
     /// The terminal event was written; nothing after it is read.
     fn is_done(&self) -> bool;
-    /// The inbound dialect's in-stream error event, so that the client's SDK raises `err`.
-    fn error_frame(&self, err: &TranslateError) -> Bytes;
+    /// The inbound dialect's in-stream error event with `message`, so that the client's SDK
+    /// raises it.
+    fn error_frame(&self, message: &str) -> Bytes;
 }
 
 /// Drive `translator` over `inner`. Transport errors of `inner` pass through as they are;
@@ -45,6 +46,19 @@ pub fn translate_stream(
     translator: Box<dyn StreamTranslate>,
     on_error: Box<dyn Fn(TranslateError) -> ProviderError + Send>,
 ) -> ByteStream {
+    translate_stream_with(inner, translator, on_error, SseParser::new(), "upstream")
+}
+
+/// [`translate_stream`] with the caller's parser (and so its cap on upstream events: an
+/// upstream line or event over it ends the stream with [`TranslateError::Overflow`]), and the
+/// provider's name for the error events it writes.
+pub fn translate_stream_with(
+    inner: ByteStream,
+    translator: Box<dyn StreamTranslate>,
+    on_error: Box<dyn Fn(TranslateError) -> ProviderError + Send>,
+    parser: SseParser,
+    provider: &str,
+) -> ByteStream {
     struct State {
         inner: ByteStream,
         parser: SseParser,
@@ -52,11 +66,16 @@ pub fn translate_stream(
         on_error: Box<dyn Fn(TranslateError) -> ProviderError + Send>,
         queue: VecDeque<Result<Bytes, ProviderError>>,
         ended: bool,
+        provider: String,
     }
     impl State {
         fn fail(&mut self, mut out: Vec<u8>, err: TranslateError) {
             if !matches!(err, TranslateError::UpstreamError(_)) {
-                out.extend_from_slice(&self.t.error_frame(&err));
+                let message = format!(
+                    "The stream from provider `{}` broke off before it was complete ({err}).",
+                    self.provider
+                );
+                out.extend_from_slice(&self.t.error_frame(&message));
             }
             if !out.is_empty() {
                 self.queue.push_back(Ok(Bytes::from(out)));
@@ -73,11 +92,12 @@ pub fn translate_stream(
     }
     let state = State {
         inner,
-        parser: SseParser::new(),
+        parser,
         t: translator,
         on_error,
         queue: VecDeque::new(),
         ended: false,
+        provider: provider.to_owned(),
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
@@ -90,8 +110,13 @@ pub fn translate_stream(
             match st.inner.next().await {
                 Some(Ok(chunk)) => {
                     let mut out = Vec::new();
-                    let mut fault = None;
-                    for ev in st.parser.feed(&chunk) {
+                    let mut events = Vec::new();
+                    let mut fault = st
+                        .parser
+                        .feed_into(&chunk, &mut events)
+                        .err()
+                        .map(TranslateError::Overflow);
+                    for ev in events {
                         if st.t.is_done() {
                             break;
                         }
@@ -131,16 +156,11 @@ fn malformed(what: &str, e: serde_json::Error) -> TranslateError {
 }
 
 fn openai_error_frame(message: &str, kind: &str) -> Bytes {
-    sse::data_event(&json!({
-        "error": {"message": message, "type": kind, "param": null, "code": null}
-    }))
+    sse::openai_error_event(message, kind, None)
 }
 
 fn anthropic_error_frame(message: &str, kind: &str) -> Bytes {
-    let ev = StreamEvent::Error {
-        error: json!({"type": kind, "message": message}),
-    };
-    sse::named_event(ev.name(), &ev)
+    sse::anthropic_error_event(message, kind)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,8 +367,8 @@ impl StreamTranslate for MessagesToChatStream {
         self.done
     }
 
-    fn error_frame(&self, err: &TranslateError) -> Bytes {
-        openai_error_frame(&err.to_string(), "server_error")
+    fn error_frame(&self, message: &str) -> Bytes {
+        openai_error_frame(message, "server_error")
     }
 }
 
@@ -531,8 +551,8 @@ impl StreamTranslate for ChatToMessagesStream {
         self.done
     }
 
-    fn error_frame(&self, err: &TranslateError) -> Bytes {
-        anthropic_error_frame(&err.to_string(), "api_error")
+    fn error_frame(&self, message: &str) -> Bytes {
+        anthropic_error_frame(message, "api_error")
     }
 }
 
