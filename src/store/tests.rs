@@ -247,3 +247,120 @@ fn concurrent_hits_and_writes_leave_no_orphan_records() {
     assert_eq!(store.inner.access.len(), 50);
     assert_eq!(store.inner.exact.len(), 50);
 }
+
+/// The entries of `tests/fixtures/store-v1.json`, as literals: a full answer with an embedding
+/// and non-ASCII text, an exact-only one with no usage and an empty answer, an expired one, and
+/// a prompt stored twice (the first answer replaced).
+pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
+    let far = 4_102_444_800_000; // 2100-01-01
+    let response = |content: &str| CachedResponse {
+        model: "gpt-4o-mini-2024-07-18".into(),
+        content: content.into(),
+        finish_reason: FinishReason::Stop,
+        usage: Some(Usage {
+            prompt_tokens: 12,
+            completion_tokens: 34,
+        }),
+        provider: "openai".into(),
+        system_fingerprint: Some("fp_0ba0d124f1".into()),
+    };
+    vec![
+        NewEntry {
+            scope: scope(1),
+            prompt: "¿Qué hora es en Tokio? 你好 🙂".into(),
+            embedding: Some(vec![0.5, -0.5, 0.5, 0.5]),
+            response: response("It is \"9:00\"\nin the morning."),
+            created_ms: 1_764_000_000_000,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(2),
+            prompt: "exact only".into(),
+            embedding: None,
+            response: CachedResponse {
+                model: "claude-3-5-haiku".into(),
+                content: String::new(),
+                finish_reason: FinishReason::Length,
+                usage: None,
+                provider: "anthropic".into(),
+                system_fingerprint: None,
+            },
+            created_ms: 1_764_000_000_001,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(1),
+            prompt: "already expired".into(),
+            embedding: Some(vec![1.0, 0.0, 0.0, 0.0]),
+            response: response("too late"),
+            created_ms: 1_000,
+            expires_ms: 2_000,
+        },
+        NewEntry {
+            scope: scope(3),
+            prompt: "asked twice".into(),
+            embedding: Some(vec![0.0, 1.0, 0.0, 0.0]),
+            response: response("first answer"),
+            created_ms: 1_764_000_000_002,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(3),
+            prompt: "asked twice".into(),
+            embedding: Some(vec![0.0, 0.0, 1.0, 0.0]),
+            response: response("second answer"),
+            created_ms: 1_764_000_000_003,
+            expires_ms: far,
+        },
+    ]
+}
+
+pub(crate) const LEGACY_FIXTURE_MODEL: &str = "fixture-model";
+
+/// Writes `tests/fixtures/store-v1.json` with the store code of its commit (schema 1, bincode
+/// entries): every tree of a store holding [`legacy_fixture_entries`], the first hit twice.
+/// Run once: `cargo test --lib store::tests::write_legacy_fixture -- --ignored`.
+#[test]
+#[ignore]
+fn write_legacy_fixture() {
+    let dir = TempDir::new().unwrap();
+    let cfg = StoreConfig {
+        max_entries: 0,
+        flush_every: std::time::Duration::ZERO,
+        ..StoreConfig::new(dir.path().join("store"), LEGACY_FIXTURE_MODEL, DIM)
+    };
+    let store = Store::open(&cfg).unwrap();
+    let ids: Vec<EntryId> = legacy_fixture_entries()
+        .into_iter()
+        .map(|e| store.insert(e).unwrap().id)
+        .collect();
+    assert!(store.record_hit(ids[0], 1_764_000_100_000).unwrap());
+    assert!(store.record_hit(ids[0], 1_764_000_200_000).unwrap());
+    store.flush().unwrap();
+    let mut trees = serde_json::Map::new();
+    for name in ["meta", "entries", "exact", "access"] {
+        let tree = store.inner.db.open_tree(name).unwrap();
+        let pairs: Vec<serde_json::Value> = tree
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                serde_json::json!([hex::encode(k), hex::encode(v)])
+            })
+            .collect();
+        trees.insert(name.to_string(), pairs.into());
+    }
+    let marker = std::fs::read_to_string(cfg.dir.join(meta::MARKER_FILE)).unwrap();
+    let fixture = serde_json::json!({
+        "about": "A schema-1 store (bincode 1 entries) written by deja's store code before the \
+                  switch to postcard: every sled tree as [key, value] hex pairs, and the marker \
+                  file. Made by store::tests::write_legacy_fixture at that commit.",
+        "model_id": LEGACY_FIXTURE_MODEL,
+        "dim": DIM,
+        "ids": ids,
+        "marker": marker,
+        "trees": trees,
+    });
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1.json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, serde_json::to_string_pretty(&fixture).unwrap() + "\n").unwrap();
+}
