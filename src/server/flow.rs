@@ -159,13 +159,8 @@ async fn run(
                 state.metrics().singleflight_waits.inc();
                 let limit = Duration::from_secs(120);
                 if waiter.wait(limit).await {
-                    let scope = plan.scope;
-                    let prompt = plan.prompt.clone();
-                    let e2 = engine.clone();
-                    let again =
-                        tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt))
-                            .await;
-                    if let Ok(Ok(Some(entry))) = again {
+                    let again = engine.exact(plan.scope, plan.prompt.clone()).await;
+                    if let Ok(Some(entry)) = again {
                         return Ok(ctx.hit(entry, "exact-hit", 1.0, &timings));
                     }
                 }
