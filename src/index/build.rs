@@ -121,11 +121,13 @@ impl Background {
     }
 
     /// Builds waiting for a builder thread.
+    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.queue.lock().waiting.len()
     }
 
     /// The most builds that ran at once so far.
+    #[cfg(test)]
     pub(crate) fn peak_running(&self) -> usize {
         self.peak_running.load(Ordering::Acquire)
     }

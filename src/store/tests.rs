@@ -407,7 +407,12 @@ fn issue12_a_schema_1_store_migrates_on_open_and_serves_its_entries() {
     assert_serves_the_fixture(&store, &ids);
     // New writes coexist with the migrated entries.
     let added = store
-        .insert(new_entry(scope(9), "after the migration", 1_000, u64::MAX / 2))
+        .insert(new_entry(
+            scope(9),
+            "after the migration",
+            1_000,
+            u64::MAX / 2,
+        ))
         .unwrap();
     assert!(!ids.contains(&added.id));
     drop(store);
@@ -439,7 +444,10 @@ fn issue12_an_interrupted_migration_reopens_and_finishes() {
         let ids = legacy_store(&path);
         {
             let db = sled::open(&path).unwrap();
-            let (meta, entries) = (db.open_tree("meta").unwrap(), db.open_tree("entries").unwrap());
+            let (meta, entries) = (
+                db.open_tree("meta").unwrap(),
+                db.open_tree("entries").unwrap(),
+            );
             let n = migrate::from_bincode_until(&meta, &entries, b"schema_version", &path, 1, done)
                 .unwrap();
             assert_eq!(n, done.min(4));
@@ -489,7 +497,8 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
     {
         let db = sled::open(&path).unwrap();
         let meta = db.open_tree("meta").unwrap();
-        meta.insert(b"schema_version", &99u32.to_be_bytes()).unwrap();
+        meta.insert(b"schema_version", &99u32.to_be_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
     assert!(matches!(
