@@ -254,6 +254,41 @@ mod tests {
         assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
     }
 
+    /// What the gate adds to one blocking step: the same trivial job through a bare
+    /// `spawn_blocking` (the old path) and through the gate, interleaved. Printed, not asserted:
+    /// `cargo test --lib cache::blocking::tests::gate_overhead -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gate_overhead() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let gate = LookupGate::new(LookupLimits::default());
+        rt.block_on(async {
+            let (mut bare, mut gated) = (Vec::new(), Vec::new());
+            for round in 0..40_000 {
+                let started = std::time::Instant::now();
+                if round % 2 == 0 {
+                    let _ = tokio::task::spawn_blocking(|| Ok::<_, CacheError>(1))
+                        .await
+                        .unwrap();
+                    bare.push(started.elapsed());
+                } else {
+                    let _ = gate.run("bench", || Ok(1)).await.unwrap();
+                    gated.push(started.elapsed());
+                }
+            }
+            for (name, mut v) in [("spawn_blocking", bare), ("gate", gated)] {
+                v.sort();
+                let mean = v.iter().sum::<Duration>() / v.len() as u32;
+                let (p50, p99) = (v[v.len() / 2], v[v.len() * 99 / 100]);
+                println!("{name}: mean {mean:?}, p50 {p50:?}, p99 {p99:?}");
+            }
+        });
+    }
+
     #[test]
     fn limits_scale_with_cores_within_bounds() {
         assert_eq!(LookupLimits::for_cores(1).threads, 4);
