@@ -284,6 +284,12 @@ impl CacheEngine {
             .await
     }
 
+    /// The gate lookups' blocking steps take slots from (tests occupy it).
+    #[cfg(test)]
+    pub(crate) fn lookup_gate(&self) -> &LookupGate {
+        &self.inner.lookups
+    }
+
     /// Exact-key lookup; expired entries count as absent. A hit is recorded.
     pub fn exact_blocking(
         &self,
@@ -473,86 +479,6 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::{EmbedSettings, HashEmbedder};
-    use crate::index::IndexConfig;
-    use crate::store::{FinishReason, StoreConfig};
-
-    const DIM: usize = 16;
-
-    fn engine(dir: &std::path::Path, limits: LookupLimits) -> CacheEngine {
-        let store = Store::open(&StoreConfig::new(dir, "deja/hashing-16", DIM)).unwrap();
-        let index = ScopedIndex::new(IndexConfig {
-            dim: DIM,
-            ..IndexConfig::default()
-        })
-        .unwrap();
-        let pool = EmbedPool::new(Arc::new(HashEmbedder::new(DIM)), &EmbedSettings::default());
-        let settings = EngineSettings::default();
-        CacheEngine::open_with_limits(store, index, Arc::new(pool), settings, None, limits)
-            .unwrap()
-            .0
-    }
-
-    /// With every lookup thread taken by a job that does not end, a lookup of a stored prompt
-    /// comes back `Busy` (which the request path forwards as a miss) after the timeout instead
-    /// of waiting; once the thread is free, the same lookup is a hit.
-    #[tokio::test]
-    async fn issue12_a_busy_lookup_pool_is_a_miss_not_a_hang() {
-        let dir = tempfile::tempdir().unwrap();
-        let timeout = Duration::from_millis(100);
-        let limits = LookupLimits {
-            threads: 1,
-            queue: 4,
-            timeout,
-        };
-        let engine = engine(dir.path(), limits);
-        let scope = ScopeId::from_bytes(b"t");
-        let answer = CachedResponse {
-            model: "m".into(),
-            content: "4".into(),
-            finish_reason: FinishReason::Stop,
-            usage: None,
-            provider: "p".into(),
-            system_fingerprint: None,
-        };
-        let ttl = Duration::from_secs(60);
-        engine
-            .insert(scope, "2+2?".into(), None, answer, ttl)
-            .await
-            .unwrap();
-
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let (started, running) = tokio::sync::oneshot::channel();
-        let e2 = engine.clone();
-        let blocker = tokio::spawn(async move {
-            e2.inner
-                .lookups
-                .run("test", move || {
-                    let _ = started.send(());
-                    let _ = wait.recv();
-                    Ok(())
-                })
-                .await
-        });
-        running.await.unwrap();
-
-        let began = Instant::now();
-        let mut trace = LookupTrace::default();
-        let out = engine.lookup(scope, "2+2?", true, 0.9, &mut trace).await;
-        let waited = began.elapsed();
-        assert!(matches!(out, Err(CacheError::Busy { .. })), "{out:?}");
-        assert!(waited >= timeout && waited < 20 * timeout, "{waited:?}");
-        assert!(matches!(
-            engine.exact(scope, "2+2?".into()).await,
-            Err(CacheError::Busy { .. })
-        ));
-
-        drop(release);
-        let _ = blocker.await.unwrap();
-        let out = engine.lookup(scope, "2+2?", true, 0.9, &mut trace).await;
-        assert!(matches!(out, Ok(Lookup::Exact(_))), "{out:?}");
-    }
-
     fn c(id: EntryId, similarity: f32, guard: GuardVerdict) -> Candidate {
         Candidate {
             id,
