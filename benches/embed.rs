@@ -117,8 +117,8 @@ fn kernel(c: &mut Criterion) {
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
     let mut out = vec![0.0f32; m * n];
     for isa in Isa::available() {
-        if isa == Isa::Amx {
-            use deja::embed::native::{amx, gemm::OutPtr};
+        if let Isa::Amx(token) = isa {
+            use deja::embed::native::amx;
             let packed = PackedB::pack_bf16_tiles(&b, k, n, n, 1);
             let mut rows = Vec::new();
             let ld = amx::size_rows(&mut rows, m, k);
@@ -127,19 +127,10 @@ fn kernel(c: &mut Criterion) {
             group.bench_function("amx-bf16", |bench| {
                 bench.iter(|| {
                     for (src, dst) in a.chunks(k).zip(rows.chunks_mut(ld)) {
-                        amx::convert_row(src, dst);
+                        token.convert_row(src, dst);
                     }
                     let a = amx::Bf16Rows { data: &rows, ld };
-                    let c = OutPtr::new(&mut out, n);
-                    amx::matmul_part(
-                        a,
-                        0..m,
-                        &packed,
-                        None,
-                        Epilogue::None,
-                        c,
-                        0..packed.panels(),
-                    );
+                    token.matmul(a, m, &packed, None, Epilogue::None, &mut out, n);
                     black_box(&out);
                 })
             });

@@ -30,6 +30,9 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// Unsafe code states its proof: every unsafe operation sits in an `unsafe {}` block, even inside
+// an `unsafe fn`, and every block says which invariant makes it sound and where it is set up.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod bench;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use deja::cache::LookupLimits;
 use deja::config::{Config, LogFormat};
 use deja::embed::{self, ResolveOptions};
 use deja::server::{self, Server};
@@ -84,9 +85,13 @@ fn load_config_or_default(path: &std::path::Path) -> anyhow::Result<Config> {
 fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     init_tracing(config.server.log_format);
+    // Blocking threads sized for what uses them (lookups, inserts, flushes, snapshots) instead
+    // of tokio's default 512: lookups are bounded by the engine's gate, the rest is a few at once.
+    let blocking = deja::cache::blocking::runtime_blocking_threads(&LookupLimits::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deja-io")
+        .max_blocking_threads(blocking)
         .build()?;
     runtime.block_on(async move {
         let server = Server::bind(config.clone(), Some(config_path.clone())).await?;

@@ -1,13 +1,15 @@
 //! The cache engine: one object that owns the store, the per-scope index and the embedding
 //! pool, and answers two questions: "is there an answer for this prompt in this scope?" and
 //! "remember this answer". The server and `deja bench` call exactly this code. Index searches
-//! and store writes run on blocking threads, inference on the embedding pool's own threads:
-//! nothing here blocks the async runtime.
+//! and store writes run on blocking threads, bounded (lookups by [`super::blocking`], inserts
+//! by [`INSERT_THREADS`]), inference on the embedding pool's own threads: nothing here blocks
+//! the async runtime.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::blocking::{LookupGate, LookupLimits};
 use super::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::cache::guards::{Features, GuardVerdict};
 use crate::embed::{EmbedError, EmbedPool};
@@ -26,6 +28,16 @@ pub enum CacheError {
     Snapshot(#[from] SnapshotError),
     #[error("background task failed: {0}")]
     Join(String),
+    /// A lookup's blocking step could not run in time (see [`super::blocking`]); the request
+    /// is answered as a miss.
+    #[error(
+        "cache {what} not run ({reason}, all {threads} lookup threads busy): answered as a miss"
+    )]
+    Busy {
+        what: &'static str,
+        threads: usize,
+        reason: &'static str,
+    },
 }
 
 /// Engine-wide knobs that are not per request.
@@ -118,6 +130,7 @@ struct Inner {
     settings: parking_lot::RwLock<EngineSettings>,
     snapshots: Option<PathBuf>,
     inserts: tokio::sync::Semaphore,
+    lookups: LookupGate,
 }
 
 /// Inserts running on blocking threads at once (see [`CacheEngine::insert`]). Two keep both of
@@ -135,6 +148,20 @@ impl CacheEngine {
         settings: EngineSettings,
         snapshots: Option<PathBuf>,
     ) -> Result<(CacheEngine, IndexLoad), CacheError> {
+        let limits = LookupLimits::default();
+        Self::open_with_limits(store, index, embed, settings, snapshots, limits)
+    }
+
+    /// [`Self::open`] with the lookups' blocking work bounded by `limits` instead of the
+    /// defaults for this machine's cores.
+    pub fn open_with_limits(
+        store: Store,
+        index: ScopedIndex,
+        embed: Arc<EmbedPool>,
+        settings: EngineSettings,
+        snapshots: Option<PathBuf>,
+        limits: LookupLimits,
+    ) -> Result<(CacheEngine, IndexLoad), CacheError> {
         let load = load_index(&store, &index, snapshots.as_deref())?;
         let engine = CacheEngine {
             inner: Arc::new(Inner {
@@ -144,6 +171,7 @@ impl CacheEngine {
                 settings: parking_lot::RwLock::new(settings),
                 snapshots,
                 inserts: tokio::sync::Semaphore::new(INSERT_THREADS),
+                lookups: LookupGate::new(limits),
             }),
         };
         Ok((engine, load))
@@ -200,16 +228,18 @@ impl CacheEngine {
         let (exact, pending, exact_time) = {
             let this = self.clone();
             let prompt = prompt.to_string();
-            blocking(move || {
-                let exact = this.exact_blocking(scope, &prompt)?;
-                let exact_time = started.elapsed();
-                let pending = match (&exact, semantic) {
-                    (None, true) => Some(this.inner.embed.submit(&prompt)?),
-                    _ => None,
-                };
-                Ok((exact, pending, exact_time))
-            })
-            .await?
+            self.inner
+                .lookups
+                .run("exact lookup", move || {
+                    let exact = this.exact_blocking(scope, &prompt)?;
+                    let exact_time = started.elapsed();
+                    let pending = match (&exact, semantic) {
+                        (None, true) => Some(this.inner.embed.submit(&prompt)?),
+                        _ => None,
+                    };
+                    Ok((exact, pending, exact_time))
+                })
+                .await?
         };
         timings.exact = exact_time;
         if let Some(entry) = exact {
@@ -227,8 +257,13 @@ impl CacheEngine {
         let this = self.clone();
         let prompt = prompt.to_string();
         let vector = embedding.clone();
-        let found =
-            blocking(move || this.semantic_blocking(scope, &prompt, &vector, threshold)).await?;
+        let found = self
+            .inner
+            .lookups
+            .run("semantic search", move || {
+                this.semantic_blocking(scope, &prompt, &vector, threshold)
+            })
+            .await?;
         timings.search = started.elapsed();
         timings.vetoed = found.vetoed;
         Ok(match found.hit {
@@ -238,6 +273,21 @@ impl CacheEngine {
                 best: found.best,
             },
         })
+    }
+
+    /// [`Self::exact_blocking`] on a lookup thread (bounded as every lookup is).
+    pub async fn exact(&self, scope: ScopeId, prompt: String) -> Result<Option<Entry>, CacheError> {
+        let this = self.clone();
+        self.inner
+            .lookups
+            .run("exact lookup", move || this.exact_blocking(scope, &prompt))
+            .await
+    }
+
+    /// The gate lookups' blocking steps take slots from (tests occupy it).
+    #[cfg(test)]
+    pub(crate) fn lookup_gate(&self) -> &LookupGate {
+        &self.inner.lookups
     }
 
     /// Exact-key lookup; expired entries count as absent. A hit is recorded.
@@ -429,7 +479,6 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
     fn c(id: EntryId, similarity: f32, guard: GuardVerdict) -> Candidate {
         Candidate {
             id,

@@ -137,11 +137,8 @@ impl Planned {
                 Role::Follower(waiter) => {
                     metrics.singleflight_waits.inc();
                     if waiter.wait(FOLLOWER_WAIT).await {
-                        let (scope, prompt, e2) = (plan.scope, plan.prompt.clone(), engine.clone());
-                        let again =
-                            tokio::task::spawn_blocking(move || e2.exact_blocking(scope, &prompt))
-                                .await;
-                        if let Ok(Ok(Some(entry))) = again {
+                        let again = engine.exact(plan.scope, plan.prompt.clone()).await;
+                        if let Ok(Some(entry)) = again {
                             return LookedUp::Hit(Hit {
                                 entry,
                                 kind: HitKind::Exact,

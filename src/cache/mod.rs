@@ -10,6 +10,7 @@
 //!
 //! [`restore`] fills the index from the store at start. Unit-testable without HTTP; the server
 //! adapts HTTP to these stages, and `deja bench` calls the same engine.
+pub mod blocking;
 pub mod engine;
 pub mod guards;
 pub mod lookup;
@@ -23,5 +24,6 @@ pub use lookup::{Hit, HitKind, LookedUp};
 pub use miss::{Miss, Settle};
 pub use request::{CacheRequest, Planned};
 
+pub use blocking::LookupLimits;
 pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTrace};
 pub use restore::{load_index, IndexLoad};

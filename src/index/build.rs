@@ -1,8 +1,12 @@
 //! Background builds of one scope's index: promotion (flat → HNSW once a scope outgrows
 //! [`IndexConfig::flat_max`]) and rebuilds (a fresh graph without tombstones). A build works on
-//! a snapshot taken under the scope's lock, on its own std thread; writes that land meanwhile are
+//! a snapshot taken under the scope's lock, on a builder thread; writes that land meanwhile are
 //! applied to the old index *and* logged in [`ScopeState::pending`], then replayed onto the new
 //! one before the swap, so none is lost. Searches keep using the old index throughout.
+//!
+//! At most [`Background::max_builds`] builds run at once (half the cores, at least one): many
+//! scopes crossing `flat_max` together queue their builds instead of each taking a thread and a
+//! core. Builder threads start on demand and end when the queue is empty.
 //!
 //! It must never hold a scope's lock while building, and never leave `pending` set when a
 //! build ends (a panic included), or that scope's writes would be logged forever.
@@ -12,6 +16,7 @@ use super::hnsw::{GraphNode, HnswIndex};
 use super::{IndexConfig, ScopeIndex, VectorSearch, VectorWrite};
 use crate::store::EntryId;
 use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -50,9 +55,16 @@ pub(crate) enum PendingOp {
 pub(crate) type Slot = Arc<RwLock<ScopeState>>;
 
 /// Bookkeeping shared by the index and its build threads.
-#[derive(Default)]
 pub(crate) struct Background {
+    /// Builds queued or running.
     in_flight: Mutex<usize>,
+    /// Builds waiting for a builder thread, and how many builder threads run.
+    queue: Mutex<BuildQueue>,
+    /// Builder threads (so builds running) at most at once.
+    pub(crate) max_builds: usize,
+    /// Builds running right now, and the most that ever ran at once.
+    running: AtomicUsize,
+    peak_running: AtomicUsize,
     idle: Condvar,
     pub(crate) cancelled: AtomicBool,
     pub(crate) promotions: AtomicU64,
@@ -67,7 +79,59 @@ pub(crate) struct Background {
     pub(crate) gate: Mutex<()>,
 }
 
+#[derive(Default)]
+struct BuildQueue {
+    waiting: VecDeque<Queued>,
+    builders: usize,
+}
+
+/// A build waiting for a builder thread.
+struct Queued {
+    slot: Weak<RwLock<ScopeState>>,
+    job: Job,
+    cfg: Arc<IndexConfig>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_max_builds((cores / 2).max(1))
+    }
+}
+
 impl Background {
+    pub(crate) fn with_max_builds(max_builds: usize) -> Self {
+        Background {
+            in_flight: Mutex::new(0),
+            queue: Mutex::new(BuildQueue::default()),
+            max_builds: max_builds.max(1),
+            running: AtomicUsize::new(0),
+            peak_running: AtomicUsize::new(0),
+            idle: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            promotions: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+            demotions: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            replayed_ops: AtomicU64::new(0),
+            dumping: AtomicUsize::new(0),
+            #[cfg(test)]
+            gate: Mutex::new(()),
+        }
+    }
+
+    /// Builds waiting for a builder thread.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.lock().waiting.len()
+    }
+
+    /// The most builds that ran at once so far.
+    #[cfg(test)]
+    pub(crate) fn peak_running(&self) -> usize {
+        self.peak_running.load(Ordering::Acquire)
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         *self.in_flight.lock()
     }
@@ -144,16 +208,63 @@ pub(crate) fn maybe_start(
     };
     st.pending = Some(Vec::new());
     *bg.in_flight.lock() += 1;
-    let (weak, cfg2, bg2) = (Arc::downgrade(slot), Arc::clone(cfg), Arc::clone(bg));
+    let queued = Queued {
+        slot: Arc::downgrade(slot),
+        job,
+        cfg: Arc::clone(cfg),
+    };
+    let mut queue = bg.queue.lock();
+    queue.waiting.push_back(queued);
+    if queue.builders >= bg.max_builds {
+        // A builder thread takes it when it finishes its current build.
+        return;
+    }
+    // The queue stays locked while the thread starts, so a failure can be undone exactly.
+    let bg2 = Arc::clone(bg);
     let spawned = std::thread::Builder::new()
         .name("deja-index-build".to_string())
-        .spawn(move || run(weak, job, cfg2, bg2));
-    if let Err(e) = spawned {
-        // The scope keeps its current index; the next write tries again.
-        st.pending = None;
-        bg.failed.fetch_add(1, Ordering::Relaxed);
-        bg.finished();
-        tracing::warn!(error = %e, "could not start an index build thread");
+        .spawn(move || builder(bg2));
+    match spawned {
+        Ok(_) => queue.builders += 1,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start an index build thread");
+            if queue.builders > 0 {
+                // A running builder will take this build.
+                return;
+            }
+            // No builder runs, so the queue held only this build (a builder drains the queue
+            // before it ends): take it back; the scope keeps its current index and the next
+            // write tries again.
+            queue.waiting.pop_back();
+            drop(queue);
+            st.pending = None;
+            bg.failed.fetch_add(1, Ordering::Relaxed);
+            bg.finished();
+        }
+    }
+}
+
+/// A builder thread: runs queued builds one after another, and ends when none is left.
+fn builder(bg: Arc<Background>) {
+    loop {
+        let next = {
+            let mut queue = bg.queue.lock();
+            match queue.waiting.pop_front() {
+                Some(next) => next,
+                None => {
+                    queue.builders -= 1;
+                    return;
+                }
+            }
+        };
+        let now = bg.running.fetch_add(1, Ordering::AcqRel) + 1;
+        bg.peak_running.fetch_max(now, Ordering::AcqRel);
+        // A panicking build is cleaned up by its `Guard`; the thread goes on with the queue.
+        let build = std::panic::AssertUnwindSafe(|| run(next.slot, next.job, next.cfg, &bg));
+        if std::panic::catch_unwind(build).is_err() {
+            tracing::warn!("an index build panicked");
+        }
+        bg.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -179,28 +290,28 @@ impl Drop for Guard {
     }
 }
 
-fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: Arc<Background>) {
+fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: &Arc<Background>) {
     let mut guard = Guard {
         slot: weak.clone(),
-        bg: Arc::clone(&bg),
+        bg: Arc::clone(bg),
         swapped: false,
     };
     #[cfg(test)]
     drop(bg.gate.lock());
-    let Some((mut fresh, outcome)) = build(job, &cfg, &bg) else {
+    let Some((mut fresh, outcome)) = build(job, &cfg, bg) else {
         return;
     };
     loop {
         let Some(slot) = weak.upgrade() else {
             return;
         };
-        let mut st = write_slot(&bg, &slot);
+        let mut st = write_slot(bg, &slot);
         let ops = match st.pending.as_mut() {
             Some(log) => std::mem::take(log),
             None => return,
         };
         if ops.len() <= REPLAY_UNDER_LOCK {
-            replay(&mut fresh, ops, &bg);
+            replay(&mut fresh, ops, bg);
             let old = std::mem::replace(&mut st.index, fresh);
             st.pending = None;
             guard.swapped = true;
@@ -211,14 +322,14 @@ fn run(weak: Weak<RwLock<ScopeState>>, job: Job, cfg: Arc<IndexConfig>, bg: Arc<
             };
             counter.fetch_add(1, Ordering::Relaxed);
             // Writes replayed just now may already call for the next build.
-            maybe_start(&cfg, &bg, &slot, &mut st);
+            maybe_start(&cfg, bg, &slot, &mut st);
             drop(st);
             // Dropping a large graph takes a while: not under the lock.
             drop(old);
             return;
         }
         drop(st);
-        replay(&mut fresh, ops, &bg);
+        replay(&mut fresh, ops, bg);
     }
 }
 
@@ -272,6 +383,65 @@ fn replay(index: &mut ScopeIndex, ops: Vec<PendingOp>, bg: &Background) {
             PendingOp::Remove(id) => {
                 index.remove(id);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::synth::Synth;
+    use crate::index::ScopedIndex;
+    use crate::store::ScopeId;
+    use std::time::{Duration, Instant};
+
+    /// `max + 1` scopes outgrow `flat_max` while the builds are held at the gate: `max` builds
+    /// run and one waits in the queue; released, all of them finish, never more than `max` at
+    /// once.
+    #[test]
+    fn issue12_index_builds_run_at_most_max_builds_at_once() {
+        let max = 2;
+        let flat_max = 20;
+        let mut idx = ScopedIndex::new(IndexConfig {
+            dim: 16,
+            flat_max,
+            ef_construction: 32,
+            ..IndexConfig::default()
+        })
+        .unwrap();
+        idx.bg = Arc::new(Background::with_max_builds(max));
+        let mut synth = Synth::new(31, 16, 4);
+        let gate = idx.bg.gate.lock();
+        for s in 0..=max as u8 {
+            for (id, v) in synth.vectors(flat_max + 1).iter().enumerate() {
+                idx.insert(ScopeId::from_bytes(&[s]), id as u64, v).unwrap();
+            }
+        }
+        let started = Instant::now();
+        while idx.bg.running.load(Ordering::Acquire) < max {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "builds never started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(idx.bg.queued(), 1);
+        assert_eq!(idx.stats().builds_in_flight, max + 1);
+        drop(gate);
+        assert!(idx.wait_idle(Duration::from_secs(60)));
+        let stats = idx.stats();
+        assert_eq!((stats.promotions, stats.failed_builds), (max as u64 + 1, 0));
+        assert_eq!(stats.hnsw_scopes, max + 1);
+        assert_eq!(idx.bg.peak_running(), max);
+        assert_eq!(idx.bg.queued(), 0);
+        // The builder threads ended with the queue.
+        let started = Instant::now();
+        while idx.bg.queue.lock().builders > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "builders linger"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

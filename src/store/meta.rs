@@ -2,6 +2,8 @@
 //! created and checked on every open, so vectors from one model are never searched with
 //! another's. It never decides what to do about a mismatch beyond reporting it.
 //!
+//! An older schema is migrated here, before the store is used ([`super::migrate`]).
+//!
 //! It also holds a random instance id, made when the store is created: files derived from a
 //! store (index snapshots) record it, so they are never applied to another store that happens
 //! to use the same ids.
@@ -11,12 +13,13 @@
 //! otherwise reopen as a silently empty one. Metadata missing while the marker exists is
 //! reported as corruption instead.
 
-use super::{StoreConfig, StoreError};
+use super::{migrate, StoreConfig, StoreError};
 use sled::Tree;
 use std::path::Path;
 
-/// Bumped whenever the layout of any tree changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped whenever the layout of any tree changes; an older store is migrated on open
+/// ([`super::migrate`]). 1: bincode 1 entries; 2: postcard entries ([`super::codec`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_MODEL: &[u8] = b"model_id";
@@ -87,7 +90,7 @@ fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result
     let version = <[u8; 4]>::try_from(version.as_ref())
         .map(u32::from_be_bytes)
         .map_err(|_| corrupt("schema version is not 4 bytes".to_string()))?;
-    if version != SCHEMA_VERSION {
+    if version != SCHEMA_VERSION && version != migrate::BINCODE_SCHEMA {
         return Err(StoreError::SchemaMismatch {
             path: path.to_path_buf(),
             found: version,
@@ -110,6 +113,11 @@ fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result
             stored: describe(&model, dim),
             configured: describe(&cfg.model_id, cfg.dim as u64),
         });
+    }
+    if version == migrate::BINCODE_SCHEMA {
+        // Only once the store is known to be ours: a mismatched one is left as it is.
+        migrate::from_bincode(meta, entries, KEY_SCHEMA, path)?;
+        write_marker(cfg, path)?;
     }
     if !path.join(MARKER_FILE).exists() {
         // Created by a run that crashed between the metadata flush and the marker.

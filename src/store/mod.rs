@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! One sled database in [`StoreConfig::dir`], with four trees:
-//! - `entries`: [`EntryId`] (big-endian) → bincode [`Entry`];
+//! - `entries`: [`EntryId`] (big-endian) → postcard [`Entry`] ([`codec`]; schema 1 stores,
+//!   whose entries are bincode 1, are migrated on open);
 //! - `exact`: [`ScopeId`] bytes ‖ blake3(normalized prompt) → [`EntryId`];
 //! - `access`: [`EntryId`] → last access, hit count, expiry (24 bytes, see [`Access`]), so a hit
 //!   never rewrites an entry and opening never decodes one;
@@ -32,9 +33,11 @@
 //! store opens consistent (whole entries only) but without the entries written after it.
 
 mod access;
+mod codec;
 pub mod entry;
 mod flusher;
 pub mod meta;
+mod migrate;
 
 pub use access::Access;
 pub use entry::*;
@@ -265,7 +268,7 @@ impl Store {
             created_ms: e.created_ms,
             expires_ms: e.expires_ms,
         };
-        let bytes = bincode::serialize(&entry)
+        let bytes = codec::encode(&entry)
             .map_err(|err| StoreError::InvalidEntry(format!("cannot encode entry: {err}")))?;
         let acc = Access {
             last_ms: entry.created_ms,
@@ -447,7 +450,7 @@ impl Store {
                 let Some(raw) = entries.remove(&key)? else {
                     return Ok(None);
                 };
-                let entry: Entry = bincode::deserialize(&raw).map_err(|e| {
+                let entry: Entry = codec::decode(&raw).map_err(|e| {
                     TxError::Abort(StoreError::Corrupt {
                         path: path.clone(),
                         message: format!("entry {id} does not decode: {e}"),
@@ -463,8 +466,7 @@ impl Store {
     }
 
     fn decode(&self, id: EntryId, raw: &[u8]) -> Result<Entry, StoreError> {
-        bincode::deserialize(raw)
-            .map_err(|e| self.corrupt(format!("entry {id} does not decode: {e}")))
+        codec::decode(raw).map_err(|e| self.corrupt(format!("entry {id} does not decode: {e}")))
     }
 
     fn corrupt(&self, message: String) -> StoreError {

@@ -1,7 +1,9 @@
 //! Unit tests of [`Store`]: layout, replacement, eviction, expiry and error paths. Reopen and
 //! crash behaviour are in `tests/store_reopen.rs`.
 
+use super::meta::SCHEMA_VERSION;
 use super::*;
+use std::path::Path;
 use tempfile::TempDir;
 
 const DIM: usize = 4;
@@ -246,4 +248,261 @@ fn concurrent_hits_and_writes_leave_no_orphan_records() {
     assert_eq!(store.inner.entries.len(), 50);
     assert_eq!(store.inner.access.len(), 50);
     assert_eq!(store.inner.exact.len(), 50);
+}
+
+/// The entries of `tests/fixtures/store-v1.json`, as literals: a full answer with an embedding
+/// and non-ASCII text, an exact-only one with no usage and an empty answer, an expired one, and
+/// a prompt stored twice (the first answer replaced).
+pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
+    let far = 4_102_444_800_000; // 2100-01-01
+    let response = |content: &str| CachedResponse {
+        model: "gpt-4o-mini-2024-07-18".into(),
+        content: content.into(),
+        finish_reason: FinishReason::Stop,
+        usage: Some(Usage {
+            prompt_tokens: 12,
+            completion_tokens: 34,
+        }),
+        provider: "openai".into(),
+        system_fingerprint: Some("fp_0ba0d124f1".into()),
+    };
+    vec![
+        NewEntry {
+            scope: scope(1),
+            prompt: "¿Qué hora es en Tokio? 你好 🙂".into(),
+            embedding: Some(vec![0.5, -0.5, 0.5, 0.5]),
+            response: response("It is \"9:00\"\nin the morning."),
+            created_ms: 1_764_000_000_000,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(2),
+            prompt: "exact only".into(),
+            embedding: None,
+            response: CachedResponse {
+                model: "claude-3-5-haiku".into(),
+                content: String::new(),
+                finish_reason: FinishReason::Length,
+                usage: None,
+                provider: "anthropic".into(),
+                system_fingerprint: None,
+            },
+            created_ms: 1_764_000_000_001,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(1),
+            prompt: "already expired".into(),
+            embedding: Some(vec![1.0, 0.0, 0.0, 0.0]),
+            response: response("too late"),
+            created_ms: 1_000,
+            expires_ms: 2_000,
+        },
+        NewEntry {
+            scope: scope(3),
+            prompt: "asked twice".into(),
+            embedding: Some(vec![0.0, 1.0, 0.0, 0.0]),
+            response: response("first answer"),
+            created_ms: 1_764_000_000_002,
+            expires_ms: far,
+        },
+        NewEntry {
+            scope: scope(3),
+            prompt: "asked twice".into(),
+            embedding: Some(vec![0.0, 0.0, 1.0, 0.0]),
+            response: response("second answer"),
+            created_ms: 1_764_000_000_003,
+            expires_ms: far,
+        },
+    ]
+}
+
+pub(crate) const LEGACY_FIXTURE_MODEL: &str = "fixture-model";
+
+/// `tests/fixtures/store-v1.json`: every tree of a schema-1 store holding
+/// [`legacy_fixture_entries`] (the first hit twice), written by the bincode-1 store code with
+/// the test `write_legacy_fixture` of commit 646387c.
+const LEGACY_FIXTURE: &str = include_str!("../../tests/fixtures/store-v1.json");
+
+/// Recreates the fixture's store in `dir` as the old code left it: its trees, its marker file,
+/// and sled's id counter past the ids it handed out.
+fn legacy_store(dir: &Path) -> Vec<EntryId> {
+    let fixture: serde_json::Value = serde_json::from_str(LEGACY_FIXTURE).unwrap();
+    let db = sled::open(dir).unwrap();
+    for (name, pairs) in fixture["trees"].as_object().unwrap() {
+        let tree = db.open_tree(name).unwrap();
+        for pair in pairs.as_array().unwrap() {
+            let hex = |i: usize| hex::decode(pair[i].as_str().unwrap()).unwrap();
+            tree.insert(hex(0), hex(1)).unwrap();
+        }
+    }
+    let ids: Vec<EntryId> = serde_json::from_value(fixture["ids"].clone()).unwrap();
+    while db.generate_id().unwrap() < *ids.iter().max().unwrap() {}
+    db.flush().unwrap();
+    let marker = fixture["marker"].as_str().unwrap();
+    std::fs::write(dir.join(meta::MARKER_FILE), marker).unwrap();
+    ids
+}
+
+fn legacy_cfg(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        max_entries: 0,
+        ..StoreConfig::new(dir, LEGACY_FIXTURE_MODEL, DIM)
+    }
+}
+
+/// The store serves exactly what the fixture's old code stored.
+fn assert_serves_the_fixture(store: &Store, ids: &[EntryId]) {
+    let want = legacy_fixture_entries();
+    let entry = |i: usize| {
+        let e = want[i].clone();
+        Entry {
+            id: ids[i],
+            scope: e.scope,
+            prompt: e.prompt,
+            embedding: e.embedding,
+            response: e.response,
+            created_ms: e.created_ms,
+            expires_ms: e.expires_ms,
+        }
+    };
+    // The replaced answer is gone; every other entry is there, whole.
+    assert_eq!(store.get(ids[3]).unwrap(), None);
+    for i in [0, 1, 2, 4] {
+        assert_eq!(store.get(ids[i]).unwrap(), Some(entry(i)), "entry {i}");
+        let exact = store.get_exact(want[i].scope, &want[i].prompt).unwrap();
+        assert_eq!(exact, Some(entry(i)), "exact key of entry {i}");
+    }
+    assert_eq!(store.hits(ids[0]), Some(2));
+    let mut live = Vec::new();
+    store
+        .for_each_live(1_764_000_300_000, |e| live.push(e.id))
+        .unwrap();
+    live.retain(|id| ids.contains(id));
+    assert_eq!(live, vec![ids[0], ids[1], ids[4]]);
+}
+
+/// The raw `entries` values and the schema version in `meta`, read past the store.
+fn raw_state(dir: &Path) -> (Vec<Vec<u8>>, Vec<u8>, bool) {
+    let db = sled::open(dir).unwrap();
+    let entries = db.open_tree("entries").unwrap();
+    let values = entries.iter().map(|kv| kv.unwrap().1.to_vec()).collect();
+    let meta = db.open_tree("meta").unwrap();
+    let version = meta.get(b"schema_version").unwrap().unwrap().to_vec();
+    let cursor = meta.get(b"migrate_v1_cursor").unwrap().is_some();
+    (values, version, cursor)
+}
+
+#[test]
+fn issue12_a_schema_1_store_migrates_on_open_and_serves_its_entries() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store");
+    let ids = legacy_store(&path);
+    let (before, version, _) = raw_state(&path);
+    assert_eq!(version, 1u32.to_be_bytes());
+    assert!(before.iter().all(|raw| codec::decode(raw).is_err()));
+
+    let store = Store::open(&legacy_cfg(&path)).unwrap();
+    assert_eq!(store.len(), 4);
+    assert_serves_the_fixture(&store, &ids);
+    // New writes coexist with the migrated entries.
+    let added = store
+        .insert(new_entry(
+            scope(9),
+            "after the migration",
+            1_000,
+            u64::MAX / 2,
+        ))
+        .unwrap();
+    assert!(!ids.contains(&added.id));
+    drop(store);
+
+    let (after, version, cursor) = raw_state(&path);
+    assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+    assert!(!cursor, "the cursor outlived the migration");
+    assert!(after.iter().all(|raw| codec::decode(raw).is_ok()));
+    let marker = std::fs::read_to_string(path.join(meta::MARKER_FILE)).unwrap();
+    assert!(marker.contains(&format!("schema_version = {SCHEMA_VERSION}\n")));
+
+    // Idempotent: a second open rewrites nothing and serves the same.
+    let store = Store::open(&legacy_cfg(&path)).unwrap();
+    assert_eq!(store.len(), 5);
+    assert_serves_the_fixture(&store, &ids);
+    assert!(store.get(added.id).unwrap().is_some());
+    drop(store);
+    assert_eq!(raw_state(&path).0, after);
+}
+
+/// A migration stopped after any number of batches (as by a crash; one entry per batch) leaves
+/// a store that opens, finishes the migration and serves every entry.
+#[test]
+fn issue12_an_interrupted_migration_reopens_and_finishes() {
+    // Four entries: after 4 batches every entry is rewritten but the schema not yet bumped.
+    for done in 0..=4 {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("store");
+        let ids = legacy_store(&path);
+        {
+            let db = sled::open(&path).unwrap();
+            let (meta, entries) = (
+                db.open_tree("meta").unwrap(),
+                db.open_tree("entries").unwrap(),
+            );
+            let n = migrate::from_bincode_until(&meta, &entries, b"schema_version", &path, 1, done)
+                .unwrap();
+            assert_eq!(n, done.min(4));
+            db.flush().unwrap();
+        }
+        let (_, version, cursor) = raw_state(&path);
+        assert_eq!(version, 1u32.to_be_bytes(), "stopped after {done}");
+        assert_eq!(cursor, done > 0, "stopped after {done}");
+
+        let store = Store::open(&legacy_cfg(&path)).unwrap();
+        assert_eq!(store.len(), 4);
+        assert_serves_the_fixture(&store, &ids);
+        drop(store);
+        let (after, version, cursor) = raw_state(&path);
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        assert!(!cursor && after.iter().all(|raw| codec::decode(raw).is_ok()));
+    }
+}
+
+/// A schema-1 entry that does not decode stops the open with `Corrupt` (naming it), not a
+/// panic, and the store stays schema 1; a schema from the future is refused untouched.
+#[test]
+fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("store");
+    let ids = legacy_store(&path);
+    {
+        let db = sled::open(&path).unwrap();
+        let entries = db.open_tree("entries").unwrap();
+        let raw = entries.get(ids[1].to_be_bytes()).unwrap().unwrap();
+        entries
+            .insert(ids[1].to_be_bytes(), &raw[..raw.len() - 3])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match Store::open(&legacy_cfg(&path)) {
+        Err(StoreError::Corrupt { message, .. }) => {
+            assert!(message.contains("0000000000000001"), "{message}")
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(raw_state(&path).1, 1u32.to_be_bytes());
+
+    let future = TempDir::new().unwrap();
+    let path = future.path().join("store");
+    legacy_store(&path);
+    {
+        let db = sled::open(&path).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(b"schema_version", &99u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(&legacy_cfg(&path)),
+        Err(StoreError::SchemaMismatch { found: 99, .. })
+    ));
 }

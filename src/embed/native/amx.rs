@@ -24,14 +24,15 @@
 #[cfg(target_arch = "x86_64")]
 use super::gemm::PanelEdge;
 use super::gemm::{Epilogue, OutPtr, PackedB, NR};
+use super::isa::Amx;
 use std::ops::Range;
 
 /// Rows of every tile (the hardware maximum).
-pub const TILE_ROWS: usize = 16;
+pub(crate) const TILE_ROWS: usize = 16;
 /// bf16 values per tile row (64 bytes): the depth of one `k` chunk.
-pub const TILE_DEPTH: usize = 32;
+pub(crate) const TILE_DEPTH: usize = 32;
 /// bf16 values in one packed `B` tile.
-pub const TILE_ELEMS: usize = TILE_ROWS * TILE_DEPTH;
+pub(crate) const TILE_ELEMS: usize = TILE_ROWS * TILE_DEPTH;
 /// How many `k` chunks ahead the kernel prefetches `B` into L1. A tile load cannot start before
 /// the multiplies that read its register finish, so without prefetching every chunk waits out
 /// a full L3 round trip: streaming 19 MB of tiles ran at ~3 GB/s, and at ~13 GB/s with 8–12
@@ -39,8 +40,9 @@ pub const TILE_ELEMS: usize = TILE_ROWS * TILE_DEPTH;
 const PREFETCH_CHUNKS: usize = 8;
 
 /// Whether this process can run the AMX kernels: the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16
-/// (for the conversions), and the OS granted the tile state. Checked once.
-pub fn available() -> bool {
+/// (for the conversions), and the OS granted the tile state. Checked once; [`Amx::try_new`]
+/// turns the answer into the token the kernels require.
+pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(detect)
 }
@@ -84,30 +86,19 @@ pub struct Bf16Rows<'a> {
     pub ld: usize,
 }
 
-/// The row stride [`convert_rows`] uses for a depth of `k`.
-pub fn bf16_ld(k: usize) -> usize {
+/// The row stride [`size_rows`] sets for a depth of `k`.
+fn bf16_ld(k: usize) -> usize {
     k.div_ceil(TILE_DEPTH) * TILE_DEPTH
 }
 
 /// Sizes `dst` for `rows` rows of depth `k` (plus the spare tile of zero rows) and returns the
-/// row stride. Every row is then written whole, padding included, by [`convert_row`], so only
+/// row stride. Every row is then written whole, padding included, by [`Amx::convert_row`], so only
 /// the spare rows are zeroed here (a reused buffer is not cleared on every call).
 pub fn size_rows(dst: &mut Vec<u16>, rows: usize, k: usize) -> usize {
     let ld = bf16_ld(k);
     dst.resize((rows + TILE_ROWS) * ld, 0);
     dst[rows * ld..].fill(0);
     ld
-}
-
-/// `dst[..src.len()] = bf16(src)` (round to nearest even), the rest of `dst` zero.
-pub fn convert_row(src: &[f32], dst: &mut [u16]) {
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: `available` checked AVX-512F/BW/BF16.
-        unsafe { convert_row_avx512(src, dst) };
-        return;
-    }
-    convert_row_portable(src, dst);
 }
 
 fn convert_row_portable(src: &[f32], dst: &mut [u16]) {
@@ -119,14 +110,19 @@ fn convert_row_portable(src: &[f32], dst: &mut [u16]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u16]) {
+fn convert_row_avx512(src: &[f32], dst: &mut [u16]) {
     use std::arch::x86_64::*;
     assert!(dst.len() >= src.len(), "bf16 row too short");
     let whole = src.len() / 16 * 16;
     for i in (0..whole).step_by(16) {
-        let v = _mm512_loadu_ps(src.as_ptr().add(i));
-        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        // SAFETY: `i + 16 <= whole <= src.len() <= dst.len()` (asserted above), so the load
+        // and the store of 16 values are inside both slices; `__m256bh` and `__m256i` are
+        // both 256 bits of plain data.
+        unsafe {
+            let v = _mm512_loadu_ps(src.as_ptr().add(i));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        }
     }
     convert_row_portable(&src[whole..], &mut dst[whole..]);
 }
@@ -147,51 +143,106 @@ static CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// `C[rows, panels] = A[rows] · B[.., panels] (+ bias)`, `B` packed by
-/// [`PackedB::pack_bf16_tiles`]: one task's share of a product, as `gemm::matmul_part`.
-///
-/// Panics (a bug, never input-dependent) if an operand is too short for the stated shapes or
-/// `B` is not tile-packed.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_part(
-    a: Bf16Rows<'_>,
-    rows: Range<usize>,
-    b: &PackedB,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    c: OutPtr,
-    panels: Range<usize>,
-) {
-    let tiles = b.bf16_tiles().unwrap_or(&[]);
-    if rows.is_empty() || b.n() == 0 {
-        return;
+impl Amx {
+    /// `dst[..src.len()] = bf16(src)` (round to nearest even), the rest of `dst` zero.
+    #[inline]
+    pub fn convert_row(self, src: &[f32], dst: &mut [u16]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` proves AVX-512F/BW/BF16 (`Amx::try_new` requires `available`, which
+        // checks them), all that the function needs beyond its safe arguments.
+        unsafe {
+            convert_row_avx512(src, dst)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        convert_row_portable(src, dst);
     }
-    let chunks = b.k().div_ceil(TILE_DEPTH);
-    assert!(
-        a.ld >= chunks * TILE_DEPTH,
-        "A stride shorter than B's depth"
-    );
-    assert!(
-        a.data.len() >= (rows.end + TILE_ROWS) * a.ld,
-        "A lacks its spare tile rows"
-    );
-    assert!(c.covers(rows.end - 1, b.n()), "C too short");
-    assert!(panels.end <= b.panels(), "panel range");
-    assert!(
-        tiles.len() >= b.panels() * chunks * 2 * TILE_ELEMS,
-        "B tiles"
-    );
-    if let Some(bias) = bias {
-        assert!(bias.len() >= b.n(), "bias too short");
+
+    /// The whole product `C = A[0..m] · B (+ bias)` on this thread, `B` packed by
+    /// [`PackedB::pack_bf16_tiles`], `A` as [`Amx::convert_row`] writes it into a buffer
+    /// sized by [`size_rows`].
+    ///
+    /// Panics (a bug, never input-dependent) if an operand is too short for the stated shapes or
+    /// `B` is not tile-packed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        self,
+        a: Bf16Rows<'_>,
+        m: usize,
+        b: &PackedB,
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let panels = 0..b.panels();
+        let c = OutPtr::new(c, ldc);
+        // SAFETY: `c` borrows the whole output mutably for this call, and this one call writes
+        // it.
+        unsafe { self.matmul_part(a, 0..m, b, bias, epilogue, c, panels) };
     }
-    assert!(available(), "AMX kernels called where AMX is unavailable");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available()` holds (tile state granted, AVX-512 present); the asserts above bound
-    // every tile load inside `a` and `tiles`, and every store inside `c`'s rows and columns, which
-    // the caller owns for this task.
-    unsafe {
-        matmul_part_amx(a, rows, b.n(), tiles, chunks, bias, epilogue, c, panels)
-    };
+
+    /// `C[rows, panels] = A[rows] · B[.., panels] (+ bias)`, `B` packed by
+    /// [`PackedB::pack_bf16_tiles`]: one task's share of a product, as `gemm::matmul_part`.
+    ///
+    /// Panics (a bug, never input-dependent) if an operand is too short for the stated shapes or
+    /// `B` is not tile-packed.
+    ///
+    /// # Safety
+    /// While this runs, no other thread reads or writes the cells it writes: rows `rows` of `c`,
+    /// columns `panels.start * NR .. min(panels.end * NR, b.n())` (the tasks of
+    /// `gemm::tasks` write disjoint blocks).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn matmul_part(
+        self,
+        a: Bf16Rows<'_>,
+        rows: Range<usize>,
+        b: &PackedB,
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        c: OutPtr<'_>,
+        panels: Range<usize>,
+    ) {
+        let tiles = b.bf16_tiles().unwrap_or(&[]);
+        if rows.is_empty() || b.n() == 0 {
+            return;
+        }
+        let chunks = b.k().div_ceil(TILE_DEPTH);
+        assert!(
+            a.ld >= chunks * TILE_DEPTH,
+            "A stride shorter than B's depth"
+        );
+        assert!(
+            a.data.len() >= (rows.end + TILE_ROWS) * a.ld,
+            "A lacks its spare tile rows"
+        );
+        assert!(c.covers(rows.end - 1, b.n()), "C too short");
+        assert!(panels.end <= b.panels(), "panel range");
+        assert!(
+            tiles.len() >= b.panels() * chunks * 2 * TILE_ELEMS,
+            "B tiles"
+        );
+        if let Some(bias) = bias {
+            assert!(bias.len() >= b.n(), "bias too short");
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` proves the tile state is granted and AVX-512F/BW present
+        // (`Amx::try_new`); the asserts above bound every tile load inside `a` and `tiles`, and
+        // every store inside `c`'s rows and columns, which our caller keeps to this task.
+        unsafe {
+            matmul_part_amx(
+                self,
+                a,
+                rows,
+                b.n(),
+                tiles,
+                chunks,
+                bias,
+                epilogue,
+                c,
+                panels,
+            )
+        };
+    }
 }
 
 /// Prefetches into L1 the two `B` tiles [`PREFETCH_CHUNKS`] chunks after `tiles` (past the end
@@ -199,7 +250,7 @@ pub fn matmul_part(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn prefetch_ahead(tiles: *const u16) {
+fn prefetch_ahead(tiles: *const u16) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     // A prefetch never faults, so the address may lie past the allocation; `wrapping_add`
     // keeps computing it defined.
@@ -212,10 +263,18 @@ unsafe fn prefetch_ahead(tiles: *const u16) {
 #[repr(C, align(64))]
 struct Scratch([[f32; 2 * 16]; 2 * TILE_ROWS]);
 
+/// The AMX kernel behind [`Amx::matmul_part`].
+///
+/// # Safety
+/// The tile state is granted and AVX-512F/BW present (`amx` proves it); `a` holds rows
+/// `rows.start..rows.end + TILE_ROWS` at stride `a.ld >= chunks * TILE_DEPTH`; `tiles` holds
+/// every panel's `chunks × 2` tiles; `c` covers rows `rows` of `n` columns and no other thread
+/// touches the cells of `rows × panels` meanwhile; `bias` (when given) holds `n` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul_part_amx(
+    amx: Amx,
     a: Bf16Rows<'_>,
     rows: Range<usize>,
     n: usize,
@@ -223,109 +282,126 @@ unsafe fn matmul_part_amx(
     chunks: usize,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    c: OutPtr,
+    c: OutPtr<'_>,
     panels: Range<usize>,
 ) {
     use std::arch::asm;
     use std::arch::x86_64::*;
-    asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+    // SAFETY: the tile state is granted (our contract); `CONFIG` is a valid 64-byte palette-1
+    // configuration (every tile 16 rows × 64 bytes), aligned as `ldtilecfg` requires.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
     let mut scratch = Scratch([[0.0; 32]; 32]);
     let a_stride = a.ld * 2;
     let b_stride = TILE_DEPTH * 2;
     let s_stride: usize = 32 * 4;
     for panel in panels {
         let cols = (n - panel * NR).min(NR);
-        let edge = PanelEdge::new(cols, bias.map(|b| &b[panel * NR..]));
-        let panel_tiles = tiles.as_ptr().add(panel * chunks * 2 * TILE_ELEMS);
+        // SAFETY: AVX-512F is present (our contract) and `bias`, when given, holds `n` values,
+        // so from the panel's first column at least `cols` remain.
+        let edge = unsafe { PanelEdge::new(cols, bias.map(|b| &b[panel * NR..])) };
+        // SAFETY: `panel < panels.end <= b.panels()`, and `tiles` holds every panel's tiles.
+        let panel_tiles = unsafe { tiles.as_ptr().add(panel * chunks * 2 * TILE_ELEMS) };
         let mut row = rows.start;
         while row < rows.end {
             let height = (rows.end - row).min(2 * TILE_ROWS);
-            let a0 = a.data.as_ptr().add(row * a.ld);
-            if height > TILE_ROWS {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-                let a1 = a0.add(TILE_ROWS * a.ld);
-                for chunk in 0..chunks {
-                    let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
-                    prefetch_ahead(b0);
+            // SAFETY: every `tileloadd` of A reads 16 rows of 64 bytes from
+            // row `row` or `row + 16` at chunk offset `chunk * TILE_DEPTH < a.ld`, inside `a`,
+            // which holds `TILE_ROWS` spare rows past `rows.end`; every B load reads one 1 KiB
+            // tile of this panel, inside `tiles`; the tile stores write the 32 × 32 `scratch`.
+            // The tile state was configured above.
+            unsafe {
+                let a0 = a.data.as_ptr().add(row * a.ld);
+                if height > TILE_ROWS {
                     asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0.add(chunk * TILE_DEPTH),
-                        a1 = in(reg) a1.add(chunk * TILE_DEPTH),
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b0.add(TILE_ELEMS),
-                        sa = in(reg) a_stride,
-                        sb = in(reg) b_stride,
-                        options(nostack, readonly)
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    let a1 = a0.add(TILE_ROWS * a.ld);
+                    for chunk in 0..chunks {
+                        let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
+                        prefetch_ahead(b0);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(chunk * TILE_DEPTH),
+                            a1 = in(reg) a1.add(chunk * TILE_DEPTH),
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b0.add(TILE_ELEMS),
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let s = scratch.0.as_mut_ptr() as *mut f32;
+                    asm!(
+                        "tilestored [{s0} + {ss}*1], tmm0",
+                        "tilestored [{s1} + {ss}*1], tmm1",
+                        "tilestored [{s2} + {ss}*1], tmm2",
+                        "tilestored [{s3} + {ss}*1], tmm3",
+                        s0 = in(reg) s,
+                        s1 = in(reg) s.add(16),
+                        s2 = in(reg) s.add(TILE_ROWS * 32),
+                        s3 = in(reg) s.add(TILE_ROWS * 32 + 16),
+                        ss = in(reg) s_stride,
+                        options(nostack)
+                    );
+                } else {
+                    asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+                    for chunk in 0..chunks {
+                        let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
+                        prefetch_ahead(b0);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            a0 = in(reg) a0.add(chunk * TILE_DEPTH),
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b0.add(TILE_ELEMS),
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let s = scratch.0.as_mut_ptr() as *mut f32;
+                    asm!(
+                        "tilestored [{s0} + {ss}*1], tmm0",
+                        "tilestored [{s1} + {ss}*1], tmm1",
+                        s0 = in(reg) s,
+                        s1 = in(reg) s.add(16),
+                        ss = in(reg) s_stride,
+                        options(nostack)
                     );
                 }
-                let s = scratch.0.as_mut_ptr() as *mut f32;
-                asm!(
-                    "tilestored [{s0} + {ss}*1], tmm0",
-                    "tilestored [{s1} + {ss}*1], tmm1",
-                    "tilestored [{s2} + {ss}*1], tmm2",
-                    "tilestored [{s3} + {ss}*1], tmm3",
-                    s0 = in(reg) s,
-                    s1 = in(reg) s.add(16),
-                    s2 = in(reg) s.add(TILE_ROWS * 32),
-                    s3 = in(reg) s.add(TILE_ROWS * 32 + 16),
-                    ss = in(reg) s_stride,
-                    options(nostack)
-                );
-            } else {
-                asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-                for chunk in 0..chunks {
-                    let b0 = panel_tiles.add(chunk * 2 * TILE_ELEMS);
-                    prefetch_ahead(b0);
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        a0 = in(reg) a0.add(chunk * TILE_DEPTH),
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b0.add(TILE_ELEMS),
-                        sa = in(reg) a_stride,
-                        sb = in(reg) b_stride,
-                        options(nostack, readonly)
-                    );
-                }
-                let s = scratch.0.as_mut_ptr() as *mut f32;
-                asm!(
-                    "tilestored [{s0} + {ss}*1], tmm0",
-                    "tilestored [{s1} + {ss}*1], tmm1",
-                    s0 = in(reg) s,
-                    s1 = in(reg) s.add(16),
-                    ss = in(reg) s_stride,
-                    options(nostack)
-                );
             }
             for r in 0..height {
                 let src = scratch.0[r].as_ptr();
-                let dst = c.cell(row + r, panel * NR);
-                edge.store(dst, _mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
-                if epilogue == Epilogue::Gelu {
-                    let out = std::slice::from_raw_parts_mut(dst, cols);
-                    super::ops::gelu(super::isa::Isa::Avx512, out);
+                // SAFETY: row `row + r < rows.end` and columns `panel * NR..+cols` lie inside
+                // `c` (asserted by `Amx::matmul_part`), and our caller keeps them to this task;
+                // `src` is a 32-float scratch row; AVX-512F is present (our contract).
+                unsafe {
+                    let dst = c.cell(row + r, panel * NR);
+                    edge.store(dst, _mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+                    if epilogue == Epilogue::Gelu {
+                        amx.avx512().gelu(std::slice::from_raw_parts_mut(dst, cols));
+                    }
                 }
             }
             row += height;
         }
     }
-    asm!("tilerelease", options(nostack, nomem));
+    // SAFETY: releases the tile state configured above; nothing reads the tiles after this.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 #[cfg(test)]
@@ -371,8 +447,12 @@ mod tests {
             7.0,
             -0.0,
         ];
+        let convert = |src: &[f32], dst: &mut [u16]| match Amx::try_new() {
+            Some(amx) => amx.convert_row(src, dst),
+            None => convert_row_portable(src, dst),
+        };
         let mut dst = vec![0xffffu16; 40];
-        convert_row(&src, &mut dst);
+        convert(&src, &mut dst);
         for (d, s) in dst.iter().zip(&src) {
             assert_eq!(*d, half::bf16::from_f32(*s).to_bits(), "{s}");
         }
@@ -382,7 +462,7 @@ mod tests {
         // The vector path (16 at a time) and its scalar tail agree with the portable one.
         let long: Vec<f32> = (0..37).map(|i| i as f32 * 0.3717 - 5.0).collect();
         let (mut fast, mut slow) = (vec![1u16; 64], vec![1u16; 64]);
-        convert_row(&long, &mut fast);
+        convert(&long, &mut fast);
         convert_row_portable(&long, &mut slow);
         assert_eq!(fast, slow);
     }
@@ -391,10 +471,10 @@ mod tests {
     /// outside the range left untouched.
     #[test]
     fn tiles_match_a_naive_bf16_product() {
-        if !available() {
+        let Some(amx) = Amx::try_new() else {
             eprintln!("no AMX on this machine: skipped");
             return;
-        }
+        };
         let mut seed = 11;
         let shapes = [
             (1, 32, 32),
@@ -413,7 +493,7 @@ mod tests {
             let mut rows_bf16 = Vec::new();
             let ld = size_rows(&mut rows_bf16, m, k);
             for (src, dst) in a.chunks(k).zip(rows_bf16.chunks_mut(ld)) {
-                convert_row(src, dst);
+                amx.convert_row(src, dst);
             }
             let want = naive(&a, m, k, &b, n, &bias);
             for epilogue in [Epilogue::None, Epilogue::Gelu] {
@@ -427,17 +507,20 @@ mod tests {
                 };
                 // Two tasks: rows first.. over the panels split in two.
                 let split = packed.panels() / 2;
-                matmul_part(
-                    rows,
-                    first..m,
-                    &packed,
-                    Some(&bias),
-                    epilogue,
-                    out,
-                    0..split,
-                );
-                let all = split..packed.panels();
-                matmul_part(rows, first..m, &packed, Some(&bias), epilogue, out, all);
+                // SAFETY: the two calls run one after the other and write disjoint panels.
+                unsafe {
+                    amx.matmul_part(
+                        rows,
+                        first..m,
+                        &packed,
+                        Some(&bias),
+                        epilogue,
+                        out,
+                        0..split,
+                    );
+                    let all = split..packed.panels();
+                    amx.matmul_part(rows, first..m, &packed, Some(&bias), epilogue, out, all);
+                }
                 for i in 0..m {
                     for j in 0..=n {
                         let got = c[i * ldc + j];
@@ -447,10 +530,7 @@ mod tests {
                         }
                         let mut w = [want[i * n + j]];
                         if epilogue == Epilogue::Gelu {
-                            crate::embed::native::ops::gelu(
-                                super::super::isa::Isa::Portable,
-                                &mut w,
-                            );
+                            super::super::ops::gelu(super::super::isa::Isa::Portable, &mut w);
                         }
                         assert!(
                             (got - w[0]).abs() < 1e-4 * (1.0 + w[0].abs()),
@@ -459,6 +539,19 @@ mod tests {
                         );
                     }
                 }
+            }
+            // The whole product, as the benchmark runs it.
+            let mut whole = vec![0.0f32; m * n];
+            let rows = Bf16Rows {
+                data: &rows_bf16,
+                ld,
+            };
+            amx.matmul(rows, m, &packed, Some(&bias), Epilogue::None, &mut whole, n);
+            for (got, w) in whole.iter().zip(&want) {
+                assert!(
+                    (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                    "{m}x{k}x{n} whole"
+                );
             }
         }
     }

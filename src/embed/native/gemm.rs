@@ -13,6 +13,9 @@
 //! naive product.
 
 use super::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
+use std::marker::PhantomData;
 
 /// Columns per packed panel: two AVX-512 vectors.
 pub const NR: usize = 32;
@@ -218,49 +221,66 @@ pub struct Rows<'a> {
     pub ld: usize,
 }
 
-/// A raw output pointer that tasks on several threads write through, each to its own columns.
+/// The output matrix of a product that tasks on several threads write at once, each to its
+/// own cells. It borrows the buffer mutably for `'a`, so nothing else can touch the buffer while
+/// a copy is alive; writing through it is `unsafe` ([`matmul_part`], [`OutPtr::cell`]), and
+/// those functions state the rule that makes it sound: no two writers share a cell.
 #[derive(Clone, Copy)]
-pub struct OutPtr {
+pub(crate) struct OutPtr<'a> {
     ptr: *mut f32,
     len: usize,
     ld: usize,
+    _buffer: PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: every writer owns a disjoint set of (row, column) cells; see `matmul_panels`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+// SAFETY: an `OutPtr` only hands out addresses inside the buffer it borrows; every write through
+// them is in an `unsafe fn` (`matmul_part`, `amx::Amx::matmul_part`, `OutPtr::cell`) whose
+// contract requires that no other thread reads or writes the same cells meanwhile.
+unsafe impl Send for OutPtr<'_> {}
+// SAFETY: as for `Send`: sharing the handle shares no cell, the writers' contracts split them.
+unsafe impl Sync for OutPtr<'_> {}
 
-impl OutPtr {
-    pub fn new(c: &mut [f32], ld: usize) -> Self {
+impl<'a> OutPtr<'a> {
+    pub(crate) fn new(c: &'a mut [f32], ld: usize) -> Self {
         Self {
             ptr: c.as_mut_ptr(),
             len: c.len(),
             ld,
+            _buffer: PhantomData,
         }
     }
 
     /// Whether rows `0..=last_row` of `cols` columns lie inside the matrix.
-    pub fn covers(&self, last_row: usize, cols: usize) -> bool {
-        self.ld >= cols && self.len >= last_row * self.ld + cols
+    pub(crate) fn covers(&self, last_row: usize, cols: usize) -> bool {
+        self.ld >= cols
+            && last_row
+                .checked_mul(self.ld)
+                .and_then(|n| n.checked_add(cols))
+                .is_some_and(|end| end <= self.len)
     }
 
     /// The address of cell (`row`, `col`).
     ///
     /// # Safety
-    /// The cell must lie inside the matrix (see [`OutPtr::covers`]).
-    pub unsafe fn cell(self, row: usize, col: usize) -> *mut f32 {
-        self.ptr.add(row * self.ld + col)
+    /// The cell must lie inside the matrix (see [`OutPtr::covers`]); writing through the
+    /// address is the caller's to make exclusive.
+    pub(crate) unsafe fn cell(self, row: usize, col: usize) -> *mut f32 {
+        // SAFETY: the caller keeps (`row`, `col`) inside the buffer, so the offset stays in the
+        // allocation `new` borrowed.
+        unsafe { self.ptr.add(row * self.ld + col) }
     }
 
     /// The same matrix starting at cell (`row`, `col`).
-    pub fn offset(self, row: usize, col: usize) -> Self {
+    pub(crate) fn offset(self, row: usize, col: usize) -> Self {
         let skip = row * self.ld + col;
         assert!(skip <= self.len, "offset past the end");
         Self {
-            // SAFETY: `skip` is within the allocation (checked above).
+            // SAFETY: `skip <= len` (asserted above), so the pointer stays inside the buffer
+            // `new` borrowed, or one past its end.
             ptr: unsafe { self.ptr.add(skip) },
             len: self.len - skip,
             ld: self.ld,
+            _buffer: PhantomData,
         }
     }
 }
@@ -268,15 +288,21 @@ impl OutPtr {
 /// `C[rows, panels] = A[rows, 0..k] · B[.., panels] (+ bias)`: one task's share of a product.
 ///
 /// Panics (a bug, never input-dependent) if a slice is too short for the stated shapes.
+///
+/// # Safety
+/// While this runs, no other thread reads or writes the cells it writes: rows `rows` of `c`,
+/// columns `panels.start * NR .. min(panels.end * NR, b.n())`. The tasks of one product from
+/// [`tasks`] write disjoint blocks (its test `tasks_cover_every_cell_once`), as do attention's
+/// (text, head) blocks.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_part(
+pub(crate) unsafe fn matmul_part(
     isa: Isa,
     a: Rows<'_>,
     rows: std::ops::Range<usize>,
     b: &PackedB,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    c: OutPtr,
+    c: OutPtr<'_>,
     panels: std::ops::Range<usize>,
 ) {
     assert!(
@@ -289,14 +315,14 @@ pub fn matmul_part(
     }
     let last = rows.end - 1;
     assert!(a.ld >= k && a.data.len() >= last * a.ld + k, "A too short");
-    assert!(c.ld >= b.n && c.len >= last * c.ld + b.n, "C too short");
+    assert!(c.covers(last, b.n), "C too short");
     assert!(panels.end <= b.panels(), "panel range");
     if let Some(bias) = bias {
         assert!(bias.len() >= b.n, "bias too short");
     }
     let mr = match isa {
-        Isa::Avx512 | Isa::Amx => MR_AVX512,
-        Isa::Avx2 => MR_AVX2,
+        Isa::Avx512(_) | Isa::Amx(_) => MR_AVX512,
+        Isa::Avx2(_) => MR_AVX2,
         Isa::Portable => MR_PORTABLE,
     };
     // Rows split into near-equal blocks (16 rows → 8 + 8, not 14 + 2).
@@ -318,15 +344,18 @@ pub fn matmul_part(
                 cols,
                 bias,
             };
-            // SAFETY: the asserts above bound every row/column this tile touches inside `c`,
-            // and the caller guarantees no other task writes these cells.
-            let out = unsafe { c.ptr.add(row * c.ld + panel * NR) };
-            tile.run(isa, height, out, c.ld);
-            if epilogue == Epilogue::Gelu {
-                for r in 0..height {
-                    // SAFETY: the same bounds as the store that just happened.
-                    let slice = unsafe { std::slice::from_raw_parts_mut(out.add(r * c.ld), cols) };
-                    super::ops::gelu(isa, slice);
+            // SAFETY: `c.covers(last, b.n)` (asserted above) bounds every cell of this tile,
+            // rows `row..row + height` ⊆ `rows` and columns `panel * NR..+cols` ⊆ `0..b.n`;
+            // `a` holds `height` rows of `k` from `row` (asserted above); our caller guarantees
+            // that no other thread touches these cells.
+            unsafe {
+                let out = c.cell(row, panel * NR);
+                tile.run(isa, height, out, c.ld);
+                if epilogue == Epilogue::Gelu {
+                    for r in 0..height {
+                        let slice = std::slice::from_raw_parts_mut(out.add(r * c.ld), cols);
+                        super::ops::gelu(isa, slice);
+                    }
                 }
             }
             row += height;
@@ -336,8 +365,8 @@ pub fn matmul_part(
 
 /// How a product of `m` rows splits into tasks: row chunks that keep `A` in cache, times
 /// panel groups, at least `4 × threads` tasks where the shape allows (enough to rebalance when a core is busy
-/// with something else).
-pub fn tasks(
+/// with something else). Every (row, panel) cell belongs to exactly one task.
+pub(crate) fn tasks(
     m: usize,
     b: &PackedB,
     threads: usize,
@@ -376,7 +405,9 @@ pub fn matmul(
     ldc: usize,
 ) {
     let panels = 0..b.panels();
-    matmul_part(isa, a, 0..m, b, bias, epilogue, OutPtr::new(c, ldc), panels);
+    let c = OutPtr::new(c, ldc);
+    // SAFETY: `c` borrows the whole output mutably for this call, and this one call writes it.
+    unsafe { matmul_part(isa, a, 0..m, b, bias, epilogue, c, panels) };
 }
 
 #[derive(Clone, Copy)]
@@ -385,6 +416,8 @@ enum Panel<'a> {
     F16(&'a [u16]),
 }
 
+/// One register tile's operands: `a` holds the tile's rows (`a[r * lda + p]`, `p < k`), `bp`
+/// the panel (`k × NR` values), `bias` (when given) its `cols` columns.
 struct Tile<'a> {
     k: usize,
     a: &'a [f32],
@@ -416,71 +449,123 @@ macro_rules! by_rows {
 }
 
 impl Tile<'_> {
-    fn run(&self, isa: Isa, rows: usize, out: *mut f32, ldc: usize) {
+    /// Stores the tile's `rows` rows (at most [`MR_AVX512`]) at `out`, stride `ldc`.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `rows` rows of `self.cols` floats at stride `ldc`, no other
+    /// thread touches them meanwhile, and `self.a` holds `rows` rows.
+    unsafe fn run(&self, isa: Isa, rows: usize, out: *mut f32, ldc: usize) {
+        // The token in `isa` proves the CPU feature; the memory contract of every arm is ours,
+        // forwarded unchanged.
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512` (and `Isa::Amx`, which implies it) is only ever produced
-            // after runtime detection.
-            Isa::Avx512 | Isa::Amx => unsafe {
-                match self.bp {
-                    Panel::F32(bp) => by_rows!(rows, tile_avx512_f32, self, bp, out, ldc),
-                    Panel::F16(bp) => by_rows!(rows, tile_avx512_f16, self, bp, out, ldc),
-                }
-            },
+            // SAFETY: memory contract forwarded (see above); the AMX token implies AVX-512F.
+            Isa::Amx(amx) => unsafe { amx.avx512().tile(self, rows, out, ldc) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only ever produced after runtime detection.
-            Isa::Avx2 => unsafe {
-                for half in [0, 16] {
-                    if half < self.cols {
-                        by_rows!(rows.min(MR_AVX2), tile_avx2, self, half, out, ldc);
-                    }
-                }
-            },
-            // SAFETY: `out` covers `rows` rows of `cols` floats (checked by `matmul_panels`).
+            // SAFETY: memory contract forwarded (see above).
+            Isa::Avx512(avx512) => unsafe { avx512.tile(self, rows, out, ldc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: memory contract forwarded (see above).
+            Isa::Avx2(avx2) => unsafe { avx2.tile(self, rows, out, ldc) },
+            // SAFETY: memory contract forwarded (see above); no CPU feature needed.
             _ => unsafe { by_rows!(rows.min(MR_PORTABLE), tile_portable, self, out, ldc) },
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
+impl Avx512 {
+    /// [`Tile::run`] on AVX-512.
+    ///
+    /// # Safety
+    /// As [`Tile::run`] (the token covers the CPU feature).
+    #[inline]
+    unsafe fn tile(self, t: &Tile<'_>, rows: usize, out: *mut f32, ldc: usize) {
+        // SAFETY: `self` proves AVX-512F (only `Avx512::try_new` makes one, after detection);
+        // the memory contract is our caller's.
+        unsafe {
+            match t.bp {
+                Panel::F32(bp) => by_rows!(rows, tile_avx512_f32, t, bp, out, ldc),
+                Panel::F16(bp) => by_rows!(rows, tile_avx512_f16, t, bp, out, ldc),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2 {
+    /// [`Tile::run`] on AVX2, as two 16-column halves of at most [`MR_AVX2`] rows.
+    ///
+    /// # Safety
+    /// As [`Tile::run`] (the token covers the CPU features).
+    #[inline]
+    unsafe fn tile(self, t: &Tile<'_>, rows: usize, out: *mut f32, ldc: usize) {
+        for half in [0, 16] {
+            if half < t.cols {
+                // SAFETY: `self` proves AVX2 + FMA + F16C (only `Avx2::try_new` makes one,
+                // after detection); the memory contract is our caller's.
+                unsafe { by_rows!(rows.min(MR_AVX2), tile_avx2, t, half, out, ldc) };
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512F is available, and the memory contract of [`Tile::run`] holds for `R` rows; `bp` is
+/// `t.bp`'s slice (`t.k × NR` floats).
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512_f32<const R: usize>(t: &Tile<'_>, bp: &[f32], out: *mut f32, ldc: usize) {
     use std::arch::x86_64::*;
     let bp = bp.as_ptr();
-    tile_avx512::<R>(
-        t,
-        |p| {
-            (
-                _mm512_loadu_ps(bp.add(p * NR)),
-                _mm512_loadu_ps(bp.add(p * NR + 16)),
-            )
-        },
-        |p| bp.wrapping_add(p * NR) as *const i8,
-        out,
-        ldc,
-    );
+    // SAFETY: `tile_avx512` calls `load(p)` for `p < t.k` only, and the panel holds
+    // `t.k × NR` floats, so both 16-float loads of row `p` are inside it; the memory contract
+    // for `out` is our caller's.
+    unsafe {
+        tile_avx512::<R>(
+            t,
+            |p| {
+                (
+                    _mm512_loadu_ps(bp.add(p * NR)),
+                    _mm512_loadu_ps(bp.add(p * NR + 16)),
+                )
+            },
+            |p| bp.wrapping_add(p * NR) as *const i8,
+            out,
+            ldc,
+        )
+    }
 }
 
+/// # Safety
+/// As [`tile_avx512_f32`], with `bp` as f16 bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512_f16<const R: usize>(t: &Tile<'_>, bp: &[u16], out: *mut f32, ldc: usize) {
     use std::arch::x86_64::*;
     let bp = bp.as_ptr();
-    tile_avx512::<R>(
-        t,
-        |p| {
-            let lo = _mm256_loadu_si256(bp.add(p * NR) as *const __m256i);
-            let hi = _mm256_loadu_si256(bp.add(p * NR + 16) as *const __m256i);
-            (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
-        },
-        |p| bp.wrapping_add(p * NR) as *const i8,
-        out,
-        ldc,
-    );
+    // SAFETY: as in `tile_avx512_f32`: `p < t.k`, and the panel holds `t.k × NR` halves.
+    unsafe {
+        tile_avx512::<R>(
+            t,
+            |p| {
+                let lo = _mm256_loadu_si256(bp.add(p * NR) as *const __m256i);
+                let hi = _mm256_loadu_si256(bp.add(p * NR + 16) as *const __m256i);
+                (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
+            },
+            |p| bp.wrapping_add(p * NR) as *const i8,
+            out,
+            ldc,
+        )
+    }
 }
 
 /// The AVX-512 tile: `R` rows × 32 columns of accumulators; `load(p)` gives row `p` of the
 /// panel as two f32 vectors, `addr(p)` its address (for prefetching ahead).
+///
+/// # Safety
+/// AVX-512F is available; `load(p)` is sound for every `p < t.k`; the memory contract of
+/// [`Tile::run`] holds for `R` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -498,17 +583,26 @@ unsafe fn tile_avx512<const R: usize>(
     let mut hi = [_mm512_setzero_ps(); R];
     let a = t.a.as_ptr();
     for p in 0..t.k {
-        _mm_prefetch::<_MM_HINT_T0>(addr(p + AHEAD));
-        let (b0, b1) = load(p);
-        for r in 0..R {
-            let av = _mm512_set1_ps(*a.add(r * t.lda + p));
-            lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-            hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+        // SAFETY: a prefetch never faults, whatever the address; `load(p)` is sound for
+        // `p < t.k` (our contract); `t.a` holds `R` rows of `t.k` at stride `t.lda` (the
+        // contract of `Tile::run`), so `a[r * lda + p]` is inside it.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(addr(p + AHEAD));
+            let (b0, b1) = load(p);
+            for r in 0..R {
+                let av = _mm512_set1_ps(*a.add(r * t.lda + p));
+                lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+            }
         }
     }
-    let edge = PanelEdge::new(t.cols, t.bias);
-    for r in 0..R {
-        edge.store(out.add(r * ldc), lo[r], hi[r]);
+    // SAFETY: `t.bias` holds `t.cols` values (see `Tile`); each row at `out + r * ldc` is
+    // valid for `t.cols` floats (the contract of `Tile::run`), which is what `store` writes.
+    unsafe {
+        let edge = PanelEdge::new(t.cols, t.bias);
+        for r in 0..R {
+            edge.store(out.add(r * ldc), lo[r], hi[r]);
+        }
     }
 }
 
@@ -525,7 +619,9 @@ pub(super) struct PanelEdge {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelEdge {
-    /// `bias`, when given, starts at the panel's first column and holds at least `cols` values.
+    /// # Safety
+    /// AVX-512F is available; `bias`, when given, starts at the panel's first column and holds
+    /// at least `min(cols, NR)` values.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn new(cols: usize, bias: Option<&[f32]>) -> Self {
         use std::arch::x86_64::*;
@@ -540,10 +636,14 @@ impl PanelEdge {
             _ => 0,
         };
         let (bias_lo, bias_hi) = match bias {
-            Some(bias) => (
-                _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
-                _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
-            ),
+            // SAFETY: the masks select the first `min(cols, NR)` values, which `bias` holds
+            // (our contract); masked-off lanes are not read.
+            Some(bias) => unsafe {
+                (
+                    _mm512_maskz_loadu_ps(mask_lo, bias.as_ptr()),
+                    _mm512_maskz_loadu_ps(mask_hi, bias.as_ptr().add(16.min(cols))),
+                )
+            },
             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
         };
         Self {
@@ -557,7 +657,7 @@ impl PanelEdge {
     /// Stores `lo | hi` (+ bias) into the row at `dst`.
     ///
     /// # Safety
-    /// `dst` must be valid for the panel's `cols` floats.
+    /// AVX-512F is available; `dst` is valid for writes of the panel's `cols` floats.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn store(
         &self,
@@ -566,13 +666,19 @@ impl PanelEdge {
         hi: std::arch::x86_64::__m512,
     ) {
         use std::arch::x86_64::*;
-        _mm512_mask_storeu_ps(dst, self.mask_lo, _mm512_add_ps(lo, self.bias_lo));
-        if self.mask_hi != 0 {
-            _mm512_mask_storeu_ps(dst.add(16), self.mask_hi, _mm512_add_ps(hi, self.bias_hi));
+        // SAFETY: the masks cover the first `cols` floats only, which `dst` is valid for.
+        unsafe {
+            _mm512_mask_storeu_ps(dst, self.mask_lo, _mm512_add_ps(lo, self.bias_lo));
+            if self.mask_hi != 0 {
+                _mm512_mask_storeu_ps(dst.add(16), self.mask_hi, _mm512_add_ps(hi, self.bias_hi));
+            }
         }
     }
 }
 
+/// # Safety
+/// AVX2 + FMA + F16C are available; the memory contract of [`Tile::run`] holds for `R` rows;
+/// `half` is 0 or 16 and below `t.cols`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // fixed-size index loops keep the accumulators in registers
@@ -582,20 +688,24 @@ unsafe fn tile_avx2<const R: usize>(t: &Tile<'_>, half: usize, out: *mut f32, ld
     let a = t.a.as_ptr();
     for p in 0..t.k {
         let at = p * NR + half;
-        let (b0, b1) = match t.bp {
-            Panel::F32(bp) => (
-                _mm256_loadu_ps(bp.as_ptr().add(at)),
-                _mm256_loadu_ps(bp.as_ptr().add(at + 8)),
-            ),
-            Panel::F16(bp) => (
-                _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at) as *const __m128i)),
-                _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at + 8) as *const __m128i)),
-            ),
-        };
-        for r in 0..R {
-            let av = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+        // SAFETY: `p < t.k` and `half + 16 <= NR`, so the 16 values at `at` lie in the panel's
+        // `t.k × NR`; `t.a` holds `R` rows of `t.k` at stride `t.lda` (`Tile::run`).
+        unsafe {
+            let (b0, b1) = match t.bp {
+                Panel::F32(bp) => (
+                    _mm256_loadu_ps(bp.as_ptr().add(at)),
+                    _mm256_loadu_ps(bp.as_ptr().add(at + 8)),
+                ),
+                Panel::F16(bp) => (
+                    _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at) as *const __m128i)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(bp.as_ptr().add(at + 8) as *const __m128i)),
+                ),
+            };
+            for r in 0..R {
+                let av = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
+                acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+            }
         }
     }
     let cols = (t.cols - half).min(16);
@@ -603,34 +713,44 @@ unsafe fn tile_avx2<const R: usize>(t: &Tile<'_>, half: usize, out: *mut f32, ld
     if let Some(b) = t.bias {
         bias[..cols].copy_from_slice(&b[half..half + cols]);
     }
-    let (bias0, bias1) = (
-        _mm256_loadu_ps(bias.as_ptr()),
-        _mm256_loadu_ps(bias.as_ptr().add(8)),
-    );
+    // SAFETY: `bias` is a local array of 16 floats: both 8-float loads are inside it.
+    let (bias0, bias1) = unsafe {
+        (
+            _mm256_loadu_ps(bias.as_ptr()),
+            _mm256_loadu_ps(bias.as_ptr().add(8)),
+        )
+    };
     let mut row = [0.0f32; 16];
     for r in 0..R {
-        let dst = out.add(r * ldc + half);
-        let (v0, v1) = (
-            _mm256_add_ps(acc[r][0], bias0),
-            _mm256_add_ps(acc[r][1], bias1),
-        );
-        if cols == 16 {
-            _mm256_storeu_ps(dst, v0);
-            _mm256_storeu_ps(dst.add(8), v1);
-        } else {
-            _mm256_storeu_ps(row.as_mut_ptr(), v0);
-            _mm256_storeu_ps(row.as_mut_ptr().add(8), v1);
-            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+        // SAFETY: row `r` at `out + r * ldc` is valid for `t.cols` floats (`Tile::run`), and
+        // `half + cols <= t.cols`, so the stores (16 floats, or `cols` through `row`) stay in it.
+        unsafe {
+            let dst = out.add(r * ldc + half);
+            let (v0, v1) = (
+                _mm256_add_ps(acc[r][0], bias0),
+                _mm256_add_ps(acc[r][1], bias1),
+            );
+            if cols == 16 {
+                _mm256_storeu_ps(dst, v0);
+                _mm256_storeu_ps(dst.add(8), v1);
+            } else {
+                _mm256_storeu_ps(row.as_mut_ptr(), v0);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), v1);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+            }
         }
     }
 }
 
 /// # Safety
-/// `out` must be valid for `R` rows of `t.cols` floats at stride `ldc`.
+/// The memory contract of [`Tile::run`] holds for `R` rows.
 unsafe fn tile_portable<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
-    tile_generic::<R>(t, out, ldc);
+    // SAFETY: forwarded unchanged from our caller.
+    unsafe { tile_generic::<R>(t, out, ldc) }
 }
 
+/// # Safety
+/// As [`tile_portable`].
 #[allow(clippy::needless_range_loop)] // fixed-size index loops are what vectorizes
 #[inline(always)]
 unsafe fn tile_generic<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) {
@@ -638,7 +758,8 @@ unsafe fn tile_generic<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) 
     let mut converted = [0.0f32; NR];
     for p in 0..t.k {
         let b: &[f32; NR] = match t.bp {
-            Panel::F32(bp) => &*(bp.as_ptr().add(p * NR) as *const [f32; NR]),
+            // SAFETY: `p < t.k` and the panel holds `t.k × NR` floats, so row `p` is inside it.
+            Panel::F32(bp) => unsafe { &*(bp.as_ptr().add(p * NR) as *const [f32; NR]) },
             Panel::F16(bp) => {
                 for (c, h) in converted.iter_mut().zip(&bp[p * NR..(p + 1) * NR]) {
                     *c = half::f16::from_bits(*h).to_f32();
@@ -647,17 +768,20 @@ unsafe fn tile_generic<const R: usize>(t: &Tile<'_>, out: *mut f32, ldc: usize) 
             }
         };
         for r in 0..R {
-            let av = *t.a.get_unchecked(r * t.lda + p);
+            // SAFETY: `t.a` holds `R` rows of `t.k` at stride `t.lda` (`Tile::run`).
+            let av = unsafe { *t.a.get_unchecked(r * t.lda + p) };
             for j in 0..NR {
                 local[r][j] += av * b[j];
             }
         }
     }
     for r in 0..R {
-        let row = out.add(r * ldc);
+        // SAFETY: row `r` at `out + r * ldc` is valid for `t.cols` floats (`Tile::run`).
+        let row = unsafe { out.add(r * ldc) };
         for j in 0..t.cols {
             let bias = t.bias.map_or(0.0, |b| b[j]);
-            *row.add(j) = local[r][j] + bias;
+            // SAFETY: `j < t.cols`, inside the row (above).
+            unsafe { *row.add(j) = local[r][j] + bias };
         }
     }
 }

@@ -14,13 +14,18 @@
 //! - where the CPU has AMX ([`Isa::Amx`]), the linears run on bf16 tiles ([`amx`]) with f32
 //!   accumulation; attention, softmax and layer norm stay f32.
 //!
+//! The SIMD kernels are reachable only through the ISA tokens of [`isa`], which only runtime
+//! detection creates, so safe code cannot run a kernel the CPU lacks. What tests and benchmarks
+//! need from outside the crate (the tokens, [`gemm::matmul`], [`isa::Amx::matmul`]) is safe;
+//! the partial products that threads write concurrently are `unsafe fn`s inside the crate.
+//!
 //! `tests/embed_reference.rs` holds it to the float64 reference (cosine ≥ 0.9999) and to candle's
 //! own forward pass on the same weights.
 
 pub mod amx;
 pub mod gemm;
 pub mod isa;
-pub mod ops;
+pub(crate) mod ops;
 
 use super::EmbedError;
 use candle_core::Tensor;
@@ -32,7 +37,7 @@ use std::collections::HashMap;
 
 /// The architecture numbers the forward pass needs (from the model's config.json).
 #[derive(Debug, Clone, Copy)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub hidden: usize,
     pub heads: usize,
     pub intermediate: usize,
@@ -56,7 +61,7 @@ struct Layer {
     ln2_beta: Vec<f32>,
 }
 
-pub struct NativeBert {
+pub(crate) struct NativeBert {
     shape: Shape,
     isa: Isa,
     weights: &'static str,
@@ -117,7 +122,7 @@ thread_local! {
 
 /// How the encoder runs on this machine.
 #[derive(Debug, Clone, Copy)]
-pub struct NativeOptions {
+pub(crate) struct NativeOptions {
     /// Size of its compute pool (at least 1).
     pub threads: usize,
     pub isa: Isa,
@@ -146,14 +151,9 @@ impl NativeBert {
         shape: Shape,
         options: NativeOptions,
     ) -> Result<Self, EmbedError> {
-        if !Isa::available().contains(&options.isa) {
-            return Err(EmbedError::Internal(format!(
-                "{} kernels are not supported on this CPU",
-                options.isa.name()
-            )));
-        }
+        // No check that the CPU runs `options.isa`: holding its token is the proof.
         let weights = match options.isa {
-            Isa::Amx => "bf16",
+            Isa::Amx(_) => "bf16",
             Isa::Portable => "f32",
             _ if options.f16_weights => "f16",
             _ => "f32",
@@ -418,10 +418,10 @@ impl NativeBert {
         bf16: &mut Vec<u16>,
     ) {
         let c = OutPtr::new(out, w.n());
-        if w.bf16_tiles().is_some() {
+        if let (Isa::Amx(amx), Some(_)) = (self.isa, w.bf16_tiles()) {
             let k = w.k();
             let ld = amx::size_rows(bf16, rows, k);
-            let convert = |(src, dst): (&[f32], &mut [u16])| amx::convert_row(&src[..k], dst);
+            let convert = |(src, dst): (&[f32], &mut [u16])| amx.convert_row(&src[..k], dst);
             if rows < 64 {
                 a.chunks(lda).zip(bf16.chunks_mut(ld)).for_each(convert);
             } else {
@@ -433,7 +433,10 @@ impl NativeBert {
             gemm::tasks(rows, w, self.threads)
                 .into_par_iter()
                 .for_each(|(rows, panels)| {
-                    amx::matmul_part(a, rows, w, Some(bias), epilogue, c, panels);
+                    // SAFETY: `gemm::tasks` gives every (row, panel) cell to exactly one task
+                    // (its test `tasks_cover_every_cell_once`), so no two tasks write a cell,
+                    // and `c` borrows `out` until they have all finished.
+                    unsafe { amx.matmul_part(a, rows, w, Some(bias), epilogue, c, panels) };
                 });
             return;
         }
@@ -442,7 +445,8 @@ impl NativeBert {
         gemm::tasks(rows, w, self.threads)
             .into_par_iter()
             .for_each(|(rows, panels)| {
-                gemm::matmul_part(isa, a, rows, w, Some(bias), epilogue, c, panels);
+                // SAFETY: as above, `gemm::tasks` splits the cells between the tasks.
+                unsafe { gemm::matmul_part(isa, a, rows, w, Some(bias), epilogue, c, panels) };
             });
     }
 
@@ -490,19 +494,27 @@ impl NativeBert {
                     ops::softmax(isa, row, scale);
                 }
                 let out = c.offset(span.start, head * d);
-                gemm::matmul_part(
-                    isa,
-                    Rows {
-                        data: scores,
-                        ld: len,
-                    },
-                    0..len,
-                    values,
-                    None,
-                    Epilogue::None,
-                    out,
-                    0..values.panels(),
-                );
+                let scores = Rows {
+                    data: scores,
+                    ld: len,
+                };
+                let panels = 0..values.panels();
+                // SAFETY: this task writes rows `span` and columns `head * d..(head + 1) * d`
+                // of `ctx`; the spans of one batch are disjoint (consecutive in `forward`) and
+                // so are the heads' columns, so no two (text, head) tasks share a cell, and `c`
+                // borrows `ctx` until they have all finished.
+                unsafe {
+                    gemm::matmul_part(
+                        isa,
+                        scores,
+                        0..len,
+                        values,
+                        None,
+                        Epilogue::None,
+                        out,
+                        panels,
+                    )
+                };
             });
         });
     }
@@ -521,17 +533,5 @@ impl NativeBert {
                 .zip(add.par_chunks(h))
                 .for_each(|(row, add)| ops::add_layer_norm(isa, row, add, gamma, beta, eps));
         }
-    }
-
-    /// Heap bytes held by the packed weights and embedding tables.
-    pub fn weight_bytes(&self) -> usize {
-        let f = std::mem::size_of::<f32>();
-        let tables = (self.word.len() + self.position.len()) * f;
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| l.qkv.bytes() + l.out.bytes() + l.up.bytes() + l.down.bytes())
-            .sum();
-        tables + layers
     }
 }

@@ -2,69 +2,100 @@
 //! transcendental functions written as polynomials so the loops vectorize (libm's `erff`/`expf`
 //! are scalar calls: a 512-token prompt needs ~19M exponentials in attention alone).
 //!
-//! Each public function takes the [`Isa`] and runs one generic body compiled three times
-//! (AVX-512, AVX2+FMA, baseline); reductions use 16 independent partial sums so LLVM can
-//! vectorize them without reassociating floating-point math.
+//! Each function takes the [`Isa`] and runs one generic body compiled three times (AVX-512,
+//! AVX2+FMA, baseline), the SIMD ones reached through methods on the ISA tokens; reductions use
+//! 16 independent partial sums so LLVM can vectorize them without reassociating floating-point
+//! math.
 
 use super::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::isa::{Avx2, Avx512};
 
 /// Exact-form GELU in place: `x · ½(1 + erf(x/√2))`.
-pub fn gelu(isa: Isa, xs: &mut [f32]) {
+pub(crate) fn gelu(isa: Isa, xs: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx512 (and Amx, which implies it) exists only after runtime detection.
-        Isa::Avx512 | Isa::Amx => unsafe { gelu_avx512(xs) },
+        Isa::Amx(amx) => amx.avx512().gelu(xs),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 exists only after runtime detection.
-        Isa::Avx2 => unsafe { gelu_avx2(xs) },
+        Isa::Avx512(avx512) => avx512.gelu(xs),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(avx2) => avx2.gelu(xs),
         _ => gelu_body(xs),
     }
 }
 
 /// `row = softmax(row · scale)`.
-pub fn softmax(isa: Isa, row: &mut [f32], scale: f32) {
+pub(crate) fn softmax(isa: Isa, row: &mut [f32], scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx512 | Isa::Amx => unsafe { softmax_avx512(row, scale) },
+        Isa::Amx(amx) => amx.avx512().softmax(row, scale),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { softmax_avx2(row, scale) },
+        Isa::Avx512(avx512) => avx512.softmax(row, scale),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(avx2) => avx2.softmax(row, scale),
         _ => softmax_body(row, scale),
     }
 }
 
 /// `x = LayerNorm(x + add) · gamma + beta` over one row.
-pub fn add_layer_norm(isa: Isa, x: &mut [f32], add: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+pub(crate) fn add_layer_norm(
+    isa: Isa,
+    x: &mut [f32],
+    add: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx512 | Isa::Amx => unsafe { add_layer_norm_avx512(x, add, gamma, beta, eps) },
+        Isa::Amx(amx) => amx.avx512().add_layer_norm(x, add, gamma, beta, eps),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { add_layer_norm_avx2(x, add, gamma, beta, eps) },
+        Isa::Avx512(avx512) => avx512.add_layer_norm(x, add, gamma, beta, eps),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(avx2) => avx2.add_layer_norm(x, add, gamma, beta, eps),
         _ => add_layer_norm_body(x, add, gamma, beta, eps),
     }
 }
 
+/// One safe body compiled for AVX-512 and for AVX2+FMA, each reached only through a method on
+/// the token that proves its features.
 macro_rules! versions {
-    ($body:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+    ($name:ident, $body:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) {
+        fn $avx512($($arg: $ty),*) {
             $body($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) {
+        fn $avx2($($arg: $ty),*) {
             $body($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        impl Avx512 {
+            #[inline]
+            pub(crate) fn $name(self, $($arg: $ty),*) {
+                // SAFETY: `self` proves AVX-512F (only `Avx512::try_new` makes one, after
+                // detection), all that the function needs beyond its safe arguments.
+                unsafe { $avx512($($arg),*) }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        impl Avx2 {
+            #[inline]
+            pub(crate) fn $name(self, $($arg: $ty),*) {
+                // SAFETY: `self` proves AVX2 and FMA (only `Avx2::try_new` makes one, after
+                // detection), all that the function needs beyond its safe arguments.
+                unsafe { $avx2($($arg),*) }
+            }
         }
     };
 }
 
-versions!(gelu_body, gelu_avx512, gelu_avx2, (xs: &mut [f32]));
-versions!(softmax_body, softmax_avx512, softmax_avx2, (row: &mut [f32], scale: f32));
+versions!(gelu, gelu_body, gelu_avx512, gelu_avx2, (xs: &mut [f32]));
+versions!(softmax, softmax_body, softmax_avx512, softmax_avx2, (row: &mut [f32], scale: f32));
 versions!(
+    add_layer_norm,
     add_layer_norm_body,
     add_layer_norm_avx512,
     add_layer_norm_avx2,
