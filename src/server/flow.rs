@@ -18,12 +18,12 @@ use crate::api::canonical::{ApiKind, CanonicalRequest};
 use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
 use crate::api::inbound::{self, not_cacheable_label, Rendered, StreamCollector};
-use crate::cache::policy::{self, CachePlan, Plan, RequestControls};
+use crate::cache::policy::{self, CachePlan, Plan};
 use crate::cache::singleflight::{Flight, Role};
 use crate::cache::{CacheEngine, Lookup, LookupTrace};
 use crate::metrics::cost;
 use crate::providers::{ProviderErrorKind, RouterError, SseParser, UpstreamBody, UpstreamRequest};
-use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
+use crate::server::headers::{client_key, forwardable_headers, DejaHeaders};
 use crate::server::state::AppState;
 use crate::store::{CachedResponse, Entry};
 use serde_json::{Map, Value};
@@ -62,13 +62,7 @@ async fn run(
         ApiKind::Completions => CanonicalRequest::from_completions(&map),
         ApiKind::Messages => CanonicalRequest::from_messages(&map),
     };
-    let controls = RequestControls::parse(
-        header_str(headers, "cache-control"),
-        header_str(headers, "x-deja-threshold"),
-        header_str(headers, "x-deja-ttl"),
-        header_str(headers, "x-deja-namespace"),
-    )
-    .map_err(|e| ApiError::invalid_request(e.to_string(), None))?;
+    let controls = crate::server::headers::controls(headers)?;
     let config = state.config();
     let router = state.router();
     if router.route(&canonical.model).is_none() {
