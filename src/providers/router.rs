@@ -169,6 +169,18 @@ impl Router {
             {
                 return Ok(resp);
             }
+            // Falling back sends the request again, unless this target never sent it.
+            let sent = attempts.last().is_some_and(|(_, e)| {
+                !matches!(
+                    e.kind,
+                    ProviderErrorKind::CircuitOpen
+                        | ProviderErrorKind::NoApiKey
+                        | ProviderErrorKind::Untranslatable { .. }
+                )
+            });
+            if sent && !req.may_resend() {
+                break;
+            }
             ProviderStats::bump(&provider.stats.fallbacks);
             if n + 1 < order.len() {
                 tracing::warn!(
@@ -250,6 +262,7 @@ async fn try_provider(
             Err(err) => {
                 let again = err.retryable()
                     && err.kind != ProviderErrorKind::CircuitOpen
+                    && req.may_resend()
                     && retry < settings.max_retries;
                 let retry_after = err.retry_after;
                 attempts.push((provider.name().to_string(), err));
