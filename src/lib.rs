@@ -4,8 +4,9 @@
 //!
 //! One request walks the modules in this order:
 //!
-//! 1. [`server`]: axum accepts the HTTP request, applies limits, and hands the body to the API
-//!    layer. It holds no cache logic.
+//! 1. [`server`]: its accept loop bounds each connection (header, idle and body timeouts, a
+//!    connection limit), axum routes the request, and the handler hands the body to the API
+//!    layer; other `/v1/*` paths are passed through uncached. It holds no cache logic.
 //! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each request is
 //!    normalized into one canonical request, and answers are rendered back (JSON or SSE).
 //! 3. [`cache`]: the policy decides whether the request is cacheable, derives its hard scope
