@@ -4,8 +4,10 @@
 //!
 //! One request walks the modules in this order:
 //!
-//! 1. [`server`]: axum accepts the HTTP request, applies the connection and body limits, and
-//!    adapts HTTP to the cache's stages (`server::flow`). It makes no cache decision.
+//! 1. [`server`]: its accept loop bounds each connection (header, idle and body timeouts, a
+//!    connection limit), axum routes the request, and `server::flow` adapts HTTP to the cache's
+//!    stages; other `/v1/*` paths are passed through uncached (`server::passthrough`). It makes
+//!    no cache decision.
 //! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each body is
 //!    validated and normalized into one canonical request, and answers are rendered back (JSON
 //!    or a replayed SSE stream).

@@ -16,6 +16,18 @@ pub enum Dialect {
     Anthropic,
 }
 
+impl Dialect {
+    /// The shape a client of `path` expects: Anthropic's under `/v1/messages` (messages,
+    /// batches, token counting), OpenAI's everywhere else.
+    pub fn for_path(path: &str) -> Dialect {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
 /// An error answered at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -37,6 +49,20 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no endpoint {method} {path}")]
     NotFound { method: String, path: String },
+    /// The endpoint exists but not for this method (`GET /v1/chat/completions`).
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// The request line or a header could not be parsed (a bad `Content-Length`, a control
+    /// character in a header value, ...): answered by the connection layer before routing.
+    #[error("malformed request head")]
+    MalformedHead,
+    #[error("request URI too long")]
+    UriTooLong,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The client did not send its whole body within `server.body_read_timeout`.
+    #[error("request body not received within {seconds} s")]
+    BodyTimeout { seconds: f64 },
     /// No provider route serves this model.
     #[error("no route for model {model}")]
     NoRoute { model: String },
@@ -92,9 +118,13 @@ impl ApiError {
     /// HTTP status. Exhaustive on purpose: a new variant must decide its status here.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson { .. } | ApiError::InvalidRequest { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidJson { .. }
+            | ApiError::InvalidRequest { .. }
+            | ApiError::MalformedHead => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -153,6 +183,29 @@ impl ApiError {
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
+            }
+            ApiError::MethodNotAllowed { method, path } => {
+                parts.message = format!("Method not allowed ({method} {path})");
+                parts.code = Some("method_not_allowed");
+            }
+            ApiError::MalformedHead => {
+                parts.message = "The request could not be parsed: its request line or one of \
+                                 its headers is malformed (e.g. an invalid header name or value, \
+                                 or a bad Content-Length)."
+                    .into();
+            }
+            ApiError::UriTooLong => {
+                parts.message = "The request URI is too long.".into();
+                parts.code = Some("uri_too_long");
+            }
+            ApiError::HeadersTooLarge => {
+                parts.message = "The request headers are too large or too many.".into();
+                parts.code = Some("request_header_fields_too_large");
+            }
+            ApiError::BodyTimeout { seconds } => {
+                parts.message =
+                    format!("The request body was not received within {seconds} seconds.");
+                parts.code = Some("request_timeout");
             }
             ApiError::NoRoute { model } => {
                 parts.message =
@@ -316,6 +369,14 @@ mod tests {
                 method: "POST".into(),
                 path: "/v1/x".into(),
             },
+            ApiError::MethodNotAllowed {
+                method: "GET".into(),
+                path: "/v1/chat/completions".into(),
+            },
+            ApiError::MalformedHead,
+            ApiError::UriTooLong,
+            ApiError::HeadersTooLarge,
+            ApiError::BodyTimeout { seconds: 30.0 },
             ApiError::NoRoute { model: "m".into() },
             ApiError::Upstream {
                 status: 418,
@@ -344,7 +405,10 @@ mod tests {
         let got: Vec<u16> = all_variants().iter().map(|e| e.status().as_u16()).collect();
         assert_eq!(
             got,
-            vec![400, 400, 413, 401, 404, 404, 418, 502, 504, 503, 429, 503, 500]
+            vec![
+                400, 400, 413, 401, 404, 405, 400, 414, 431, 408, 404, 418, 502, 504, 503, 429,
+                503, 500
+            ]
         );
         let weird = ApiError::Upstream {
             status: 200,

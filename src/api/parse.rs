@@ -393,3 +393,7 @@ mod tests {
         assert!(matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "messages"));
     }
 }
+
+#[cfg(test)]
+#[path = "parse_props.rs"]
+mod props;

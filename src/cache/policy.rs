@@ -9,6 +9,12 @@ use crate::api::canonical::{ApiKind, Bypass, CanonicalRequest};
 use crate::config::{Config, TenantMode};
 use crate::store::ScopeId;
 
+/// The longest `x-deja-ttl` a client may ask for: ten years. Longer values are rejected rather
+/// than clamped (as an out-of-range threshold is), since they are a client bug; unchecked, a value
+/// near 2^64 ms wrapped into an entry that expired within a second.
+pub const MAX_TTL: Duration = Duration::from_secs(MAX_TTL_DAYS * 86_400);
+const MAX_TTL_DAYS: u64 = 3650;
+
 /// Per-request controls taken from headers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestControls {
@@ -30,6 +36,8 @@ pub enum ControlError {
     Threshold(String),
     #[error("header x-deja-ttl: '{0}' is not a duration (e.g. \"10m\", \"1d\")")]
     Ttl(String),
+    #[error("header x-deja-ttl: '{0}' is longer than the maximum of {max} days", max = MAX_TTL_DAYS)]
+    TtlTooLong(String),
     #[error("header x-deja-namespace: must be 1 to 128 printable ASCII characters")]
     Namespace,
 }
@@ -66,6 +74,9 @@ impl RequestControls {
             let d = humantime::parse_duration(t.trim()).map_err(|_| ControlError::Ttl(t.into()))?;
             if d.is_zero() {
                 return Err(ControlError::Ttl(t.into()));
+            }
+            if d > MAX_TTL {
+                return Err(ControlError::TtlTooLong(t.into()));
             }
             c.ttl = Some(d);
         }
@@ -286,5 +297,19 @@ mod tests {
         assert!(RequestControls::parse(None, None, None, Some("has space")).is_err());
         let ok = RequestControls::parse(None, Some("0.95"), Some("10m"), Some("team-a")).unwrap();
         assert_eq!(ok.ttl, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn issue12_ttl_overflow_is_rejected() {
+        // 2^64 / 1000 seconds: in milliseconds it wrapped to a 384 ms entry.
+        for huge in ["18446744073709552s", "3651d", "11y"] {
+            assert_eq!(
+                RequestControls::parse(None, None, Some(huge), None),
+                Err(ControlError::TtlTooLong(huge.into())),
+                "{huge}"
+            );
+        }
+        let max = RequestControls::parse(None, None, Some("3650d"), None).unwrap();
+        assert_eq!(max.ttl, Some(MAX_TTL));
     }
 }

@@ -66,6 +66,15 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub watch_config: bool,
+    /// How long a client has to send a request's line and headers, from the moment the
+    /// connection opens or its previous request's first byte arrives (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request in flight before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a handler waits for the whole request body; past it the answer is 408.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// Whose answers a client may see.

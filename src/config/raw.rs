@@ -39,6 +39,11 @@ pub struct RawServer {
     pub log_format: Option<String>,
     pub shutdown_grace: Option<String>,
     pub watch_config: Option<bool>,
+    // Connection bounds (issue 12): see `config::ServerConfig`.
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -275,3 +275,38 @@ fn issue12_upstream_bounds_reject_bad_values_all_at_once() {
         "{err}"
     );
 }
+
+// Connection bounds (issue 12).
+#[test]
+fn server_connection_bounds_are_parsed_and_checked() {
+    let c = parse("").unwrap();
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_connections, 1024);
+    let c = parse(
+        "[server]\nheader_read_timeout = \"250ms\"\nidle_timeout = \"5s\"\n\
+         body_read_timeout = \"2s\"\nmax_connections = 8\n",
+    )
+    .unwrap();
+    assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.max_connections, 8);
+    let err = parse(
+        "[server]\nheader_read_timeout = \"0s\"\nidle_timeout = \"soon\"\n\
+         body_read_timeout = \"0ms\"\nmax_connections = 0\n",
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "server.header_read_timeout",
+            "server.idle_timeout",
+            "server.body_read_timeout",
+            "server.max_connections"
+        ],
+        "{err}"
+    );
+}

@@ -11,6 +11,17 @@ pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// kilobytes; the cap keeps one entry (and every hit rendering it) from costing megabytes.
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 4 << 20;
 
+// Connection bounds, as a production sidecar would set them (issue 12). Headers are small and
+// come in one packet from a live client: 10 s is generous. Idle keep-alive connections outlive
+// the clients' own pool timeouts (Go's 90 s, httpx's 5 s), so the client closes first and never
+// sends a request on a connection deja is closing. 1024 connections fit the usual open-file
+// limit with room for the store and the upstream pools.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+
 struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
@@ -50,6 +61,29 @@ impl Issues {
             self.push(path, "must be greater than 0");
         }
         v
+    }
+
+    /// A duration that must be greater than zero (a zero timeout would close every connection).
+    fn nonzero_duration(&mut self, path: &str, v: Option<&str>, default: Duration) -> Duration {
+        let d = self.duration(path, v, default);
+        if d.is_zero() {
+            self.push(path, "must be greater than 0");
+            return default;
+        }
+        d
+    }
+
+    fn max_connections(&mut self, v: Option<u64>) -> usize {
+        let path = "server.max_connections";
+        let v = v.unwrap_or(DEFAULT_MAX_CONNECTIONS as u64);
+        if !(1..=MAX_MAX_CONNECTIONS as u64).contains(&v) {
+            self.push(
+                path,
+                format!("{v} is not between 1 and {MAX_MAX_CONNECTIONS}"),
+            );
+            return DEFAULT_MAX_CONNECTIONS;
+        }
+        v as usize
     }
 
     /// The compiled glob; an invalid one is an issue (and a glob that matches nothing).
@@ -94,6 +128,22 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             Duration::from_secs(30),
         ),
         watch_config: raw.server.watch_config.unwrap_or(true),
+        header_read_timeout: is.nonzero_duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout.as_deref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+        ),
+        idle_timeout: is.nonzero_duration(
+            "server.idle_timeout",
+            raw.server.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        ),
+        body_read_timeout: is.nonzero_duration(
+            "server.body_read_timeout",
+            raw.server.body_read_timeout.as_deref(),
+            DEFAULT_BODY_READ_TIMEOUT,
+        ),
+        max_connections: is.max_connections(raw.server.max_connections),
     };
 
     let c = raw.cache;

@@ -43,6 +43,8 @@ const NEVER_FORWARD: [&str; 11] = [
 pub(crate) struct Provider {
     pub(crate) settings: ProviderSettings,
     base: String,
+    /// Every URL this provider sends to has `base`'s origin and a path under this prefix.
+    api_prefix: ApiPrefix,
     client: reqwest::Client,
     extra_headers: HeaderMap,
     pub(crate) breaker: CircuitBreaker,
@@ -65,6 +67,7 @@ impl Provider {
                 message: "scheme must be http or https".to_string(),
             });
         }
+        let api_prefix = ApiPrefix::of(&parsed, settings.kind);
         let mut extra_headers = HeaderMap::new();
         for (k, v) in &settings.extra_headers {
             let bad = || RouterConfigError::BadHeader {
@@ -90,6 +93,7 @@ impl Provider {
             breaker: CircuitBreaker::new(settings.breaker_failures, settings.breaker_cooldown),
             settings,
             base,
+            api_prefix,
             client,
             extra_headers,
             stats: Arc::new(ProviderStats::default()),
@@ -149,8 +153,27 @@ impl Provider {
         translate_error(&self.settings.name, e)
     }
 
-    /// The URL of one attempt, per kind (see [`ProviderKind`]).
+    /// The URL of one attempt, refused unless it stays under the provider's API prefix: URL
+    /// parsing resolves `..` and `%2e%2e` segments, which would otherwise reach the upstream
+    /// host's other endpoints with the operator's key (the server refuses such paths first;
+    /// this holds for every caller).
     fn url(
+        &self,
+        req: &UpstreamRequest,
+        prepared: &Prepared,
+        model: Option<&str>,
+    ) -> Result<reqwest::Url, ProviderError> {
+        let url = self.address(req, prepared, model)?;
+        if !self.api_prefix.contains(&url) {
+            return Err(self
+                .error(ProviderErrorKind::Protocol)
+                .with_detail("request path leaves the provider's API prefix"));
+        }
+        Ok(url)
+    }
+
+    /// The URL of one attempt, per kind (see [`ProviderKind`]).
+    fn address(
         &self,
         req: &UpstreamRequest,
         prepared: &Prepared,
@@ -228,7 +251,10 @@ impl Provider {
                 headers.append(name.clone(), value.clone());
             }
         }
-        if !prepared.body.is_empty() {
+        // A translated body is JSON deja wrote; any other keeps the client's type (a multipart
+        // upload needs its boundary), JSON when the caller gave none.
+        let keep_type = prepared.translation.is_none() && headers.contains_key(CONTENT_TYPE);
+        if !prepared.body.is_empty() && !keep_type {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         if let Some(key) = key {
@@ -507,6 +533,37 @@ impl Provider {
     }
 }
 
+/// The origin and path prefix a provider's URLs must keep: the base URL's, plus `/openai` for
+/// Azure and `/v1` for Anthropic (see [`ProviderKind`]).
+struct ApiPrefix {
+    origin: reqwest::Url,
+    /// Ends with `/`.
+    path: String,
+}
+
+impl ApiPrefix {
+    fn of(base: &reqwest::Url, kind: ProviderKind) -> ApiPrefix {
+        let mut path = base.path().trim_end_matches('/').to_string();
+        path.push_str(match kind {
+            ProviderKind::OpenAi => "",
+            ProviderKind::Azure => "/openai",
+            ProviderKind::Anthropic => "/v1",
+        });
+        path.push('/');
+        ApiPrefix {
+            origin: base.clone(),
+            path,
+        }
+    }
+
+    fn contains(&self, url: &reqwest::Url) -> bool {
+        url.origin() == self.origin.origin()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.path().starts_with(&self.path)
+    }
+}
+
 /// What the attempts of one target send, prepared once before its retries.
 pub(crate) struct Prepared {
     pub(crate) body: Bytes,
@@ -649,6 +706,36 @@ mod tests {
             url_of(openai(), &messages, Some("gpt-4o")),
             "http://h/v1/chat/completions"
         );
+    }
+
+    #[test]
+    fn issue12_urls_never_leave_the_api_prefix() {
+        let kinds = [
+            ProviderSettings::openai("o", "http://h/v1/"),
+            ProviderSettings::azure("z", "https://res.openai.azure.com/"),
+            ProviderSettings::anthropic("a", "https://api.anthropic.com"),
+        ];
+        for settings in kinds {
+            let name = settings.name.clone();
+            let p = Provider::new(settings).unwrap();
+            for path in [
+                "/../_calls",
+                "/%2e%2e/_calls",
+                "/%2E%2e/_calls",
+                "/.%2e/_calls",
+                "/models/../../_calls",
+                "/..\\_calls",
+                "/../../../x",
+            ] {
+                let req = UpstreamRequest::get(path);
+                let prepared = p.prepare(&req, req.body.clone()).unwrap();
+                let got = p.url(&req, &prepared, None);
+                assert!(got.is_err(), "{name} {path}: {got:?}");
+            }
+            let req = UpstreamRequest::get("/models");
+            let prepared = p.prepare(&req, req.body.clone()).unwrap();
+            assert!(p.url(&req, &prepared, None).is_ok(), "{name}");
+        }
     }
 
     #[test]

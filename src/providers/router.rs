@@ -169,6 +169,18 @@ impl Router {
             {
                 return Ok(resp);
             }
+            // Falling back sends the request again, unless this target never sent it.
+            let sent = attempts.last().is_some_and(|(_, e)| {
+                !matches!(
+                    e.kind,
+                    ProviderErrorKind::CircuitOpen
+                        | ProviderErrorKind::NoApiKey
+                        | ProviderErrorKind::Untranslatable { .. }
+                )
+            });
+            if sent && !req.may_resend() {
+                break;
+            }
             ProviderStats::bump(&provider.stats.fallbacks);
             if n + 1 < order.len() {
                 tracing::warn!(
@@ -271,7 +283,8 @@ async fn try_provider(
                     drop(permit);
                     return None;
                 }
-                if retry >= settings.max_retries {
+                // A request that may not be resent (a non-idempotent pass-through) gets one try.
+                if retry >= settings.max_retries || !req.may_resend() {
                     permit.failure();
                     return None;
                 }

@@ -122,6 +122,14 @@ impl UpstreamRequest {
         self.dialect = dialect;
         self
     }
+
+    /// Whether a failed attempt may be sent again (retried, or tried on the next target). The
+    /// cached APIs may: a completion has no side effect. A pass-through request may only when
+    /// its method is idempotent (RFC 9110 §9.2.2): a `POST /files` or `/batches` whose answer
+    /// was lost may still have taken effect.
+    pub fn may_resend(&self) -> bool {
+        self.dialect != Dialect::Passthrough || self.method.is_idempotent()
+    }
 }
 
 impl fmt::Debug for UpstreamRequest {

@@ -20,11 +20,10 @@ use crate::api::error::ApiError;
 use crate::api::inbound::{self, Rendered};
 use crate::cache::lookup::{Hit, LookedUp};
 use crate::cache::miss::Miss;
-use crate::cache::policy::RequestControls;
 use crate::cache::request::CacheRequest;
 use crate::metrics::cost;
 use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
-use crate::server::headers::{client_key, forwardable_headers, header_str, DejaHeaders};
+use crate::server::headers::{client_key, forwardable_headers, DejaHeaders};
 use crate::server::state::AppState;
 
 /// Entry point for `POST /v1/chat/completions`, `/v1/completions` and `/v1/messages`.
@@ -56,13 +55,7 @@ async fn run(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let parsed = inbound::parse_request(api, &body)?;
-    let controls = RequestControls::parse(
-        header_str(headers, "cache-control"),
-        header_str(headers, "x-deja-threshold"),
-        header_str(headers, "x-deja-ttl"),
-        header_str(headers, "x-deja-namespace"),
-    )
-    .map_err(|e| ApiError::invalid_request(e.to_string(), None))?;
+    let controls = crate::server::headers::controls(headers)?;
     let req = CacheRequest::new(
         api,
         parsed,

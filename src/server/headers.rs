@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
+use crate::api::error::ApiError;
+use crate::cache::policy::{ControlError, RequestControls};
 use crate::cache::LookupTrace;
 
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -45,6 +47,50 @@ pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// The request headers of a pass-through call (`/v1/files`, `/v1/embeddings`, ...): those of
+/// [`forwardable_headers`] plus the client's `Content-Type`, since deja does not know these
+/// bodies (a multipart upload must keep its boundary).
+pub fn passthrough_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = forwardable_headers(headers);
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        out.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    out
+}
+
+/// The client's cache controls (`Cache-Control`, `x-deja-threshold`, `x-deja-ttl`,
+/// `x-deja-namespace`). A bad `x-deja-*` value, or one that is not visible ASCII text, is a
+/// 400 whose `param` names the header, never silently ignored.
+pub fn controls(headers: &HeaderMap) -> Result<RequestControls, ApiError> {
+    const DEJA: [&str; 3] = ["x-deja-threshold", "x-deja-ttl", "x-deja-namespace"];
+    let mut values = [None; 3];
+    for (slot, name) in values.iter_mut().zip(DEJA) {
+        if let Some(v) = headers.get(name) {
+            *slot = Some(v.to_str().map_err(|_| {
+                ApiError::invalid_request(
+                    format!("header {name}: the value is not visible ASCII text"),
+                    Some(name.to_string()),
+                )
+            })?);
+        }
+    }
+    let [threshold, ttl, namespace] = values;
+    RequestControls::parse(
+        header_str(headers, "cache-control"),
+        threshold,
+        ttl,
+        namespace,
+    )
+    .map_err(|e| {
+        let name = match e {
+            ControlError::Threshold(_) => "x-deja-threshold",
+            ControlError::Ttl(_) | ControlError::TtlTooLong(_) => "x-deja-ttl",
+            ControlError::Namespace => "x-deja-namespace",
+        };
+        ApiError::invalid_request(e.to_string(), Some(name.to_string()))
+    })
 }
 
 /// The `x-deja-*` headers of one response.
@@ -137,6 +183,58 @@ mod tests {
         assert!(f.get("authorization").is_none());
         assert!(f.get("x-deja-threshold").is_none());
         assert_eq!(f.get("openai-beta").unwrap(), "assistants=v2");
+    }
+
+    #[test]
+    fn passthrough_keeps_the_client_content_type() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("multipart/form-data; boundary=x"),
+        );
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        assert!(forwardable_headers(&h).get("content-type").is_none());
+        let p = passthrough_headers(&h);
+        assert_eq!(p["content-type"], "multipart/form-data; boundary=x");
+        assert!(p.get("authorization").is_none());
+    }
+
+    #[test]
+    fn issue12_bad_deja_headers_name_the_header() {
+        let param = |name: &'static str, value: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_bytes(value).unwrap());
+            match controls(&h) {
+                Err(ApiError::InvalidRequest { param, message }) => {
+                    assert!(message.contains(name), "{message}");
+                    param
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            param("x-deja-ttl", b"forever").as_deref(),
+            Some("x-deja-ttl")
+        );
+        assert_eq!(
+            param("x-deja-ttl", b"18446744073709552s").as_deref(),
+            Some("x-deja-ttl")
+        );
+        assert_eq!(
+            param("x-deja-threshold", b"2").as_deref(),
+            Some("x-deja-threshold")
+        );
+        // obs-text: valid on the wire, but not text deja can read.
+        assert_eq!(
+            param("x-deja-namespace", b"team-\xff").as_deref(),
+            Some("x-deja-namespace")
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-deja-ttl", HeaderValue::from_static("10m"));
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        let c = controls(&h).unwrap();
+        assert_eq!(c.ttl, Some(Duration::from_secs(600)));
+        assert!(c.no_store);
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The HTTP edge: axum router, handlers, health/readiness, metrics endpoint, start-up and
-//! graceful shutdown. Thin by design: the cache flow lives in [`flow`] (which calls `cache`),
-//! wire formats in `api`, upstream calls in `providers`.
+//! graceful shutdown. Thin by design: connections are accepted and bounded in [`conn`], the
+//! cache flow lives in [`flow`] (which calls `cache`), uncached `/v1/*` paths in
+//! [`passthrough`], wire formats in `api`, upstream calls in `providers`.
 //!
 //! Start-up binds the socket first and loads the model and the store in the background, so
 //! `/healthz` answers at once, `/readyz` says 503 until the cache is ready, and requests that
 //! arrive meanwhile are forwarded uncached (`x-deja-cache: bypass`) instead of failing.
 
+pub mod conn;
 pub mod flow;
 pub mod headers;
+pub mod passthrough;
 pub mod reload;
 pub mod state;
 
@@ -17,22 +20,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::canonical::ApiKind;
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, Dialect};
 use crate::cache::{CacheEngine, EngineSettings};
 use crate::config::Config;
 use crate::embed::{EmbedPool, Embedder};
 use crate::index::ScopedIndex;
 use crate::metrics::Metrics;
-use crate::providers::{ProviderSettings, RouteSettings, RouteTarget, Router, UpstreamRequest};
+use crate::providers::{ProviderSettings, RouteSettings, RouteTarget, Router};
 use crate::store::{Store, StoreConfig};
 pub use state::AppState;
 
@@ -172,6 +173,7 @@ impl Server {
         let router = build_router(&config)?;
         let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
         let addr = config.server.listen;
+        conn::fit_open_file_limit(config.server.max_connections);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -200,16 +202,8 @@ impl Server {
         let sweeper = tokio::spawn(sweep_loop(state.clone()));
         let snapshotter = tokio::spawn(snapshot_loop(state.clone()));
         let app = app(state.clone());
-        // Streamed answers are many small writes: without TCP_NODELAY each one after the first
-        // waits for the client's ACK of the previous (Nagle), which can stall a token stream.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let limits = conn::ConnLimits::from(&state.config().server);
+        conn::serve(self.listener, app, limits, shutdown).await;
         sweeper.abort();
         snapshotter.abort();
         state.0.background.close();
@@ -233,7 +227,6 @@ impl Server {
 
 /// The axum application.
 pub fn app(state: AppState) -> axum::Router {
-    let limit = state.config().server.max_body_bytes;
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -241,56 +234,58 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/{*rest}", any(passthrough))
+        .route("/v1/{*rest}", any(passthrough::passthrough))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::invalid_request(format!("could not read the request body: {e}"), None)
-        }
-    })
+/// The whole request body, within `server.max_body_bytes` (else 413) and
+/// `server.body_read_timeout` (else 408: a client that stops sending mid-body must not hold a
+/// handler and its connection).
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let server = &state.config().server;
+    let (limit, timeout) = (server.max_body_bytes, server.body_read_timeout);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::BodyTooLarge { limit }),
+        Ok(Err(e)) => Err(ApiError::invalid_request(
+            format!("could not read the request body: {e}"),
+            None,
+        )),
+        Err(_) => Err(ApiError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        }),
+    }
 }
 
-async fn cached(
-    state: AppState,
-    api: ApiKind,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let limit = state.config().server.max_body_bytes;
-    match body_or_error(body, limit) {
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Body) -> Response {
+    match read_body(&state, body).await {
         Ok(bytes) => flow::handle(state, api, headers, bytes).await,
         Err(e) => e.into_response_for(api.dialect()),
     }
 }
 
-async fn chat(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn chat(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
     cached(s, ApiKind::Chat, h, body).await
 }
 
-async fn completions(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn completions(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
     cached(s, ApiKind::Completions, h, body).await
 }
 
-async fn messages(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn messages(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
     cached(s, ApiKind::Messages, h, body).await
 }
 
@@ -354,58 +349,16 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-    .into_response()
+    .into_response_for(Dialect::for_path(uri.path()))
 }
 
-/// Other `/v1/*` paths (`GET /v1/models`, embeddings, files, …) go to the first provider of the
-/// matching route, uncached.
-async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
-    let limit = state.config().server.max_body_bytes;
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path().trim_start_matches("/v1").to_string();
-    let path = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::BodyTooLarge { limit }.into_response(),
-    };
-    let model = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_default();
-    let router = state.router();
-    let mut up = UpstreamRequest::post_bytes(path, bytes, false)
-        .with_client_key(headers::client_key(&parts.headers));
-    up.headers = headers::forwardable_headers(&parts.headers);
-    up.method = parts.method.clone();
-    if parts.method == Method::GET {
-        up.body = Bytes::new();
+/// `GET /v1/chat/completions` and the like: a JSON 405 (axum's own has no body).
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
     }
-    match router.send(up, &model).await {
-        Ok(resp) => {
-            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let body = match resp.body {
-                crate::providers::UpstreamBody::Json(b) => Body::from(b),
-                crate::providers::UpstreamBody::Stream(s) => Body::from_stream(s),
-            };
-            let mut r = Response::new(body);
-            *r.status_mut() = status;
-            for (k, v) in &resp.headers {
-                r.headers_mut().insert(k.clone(), v.clone());
-            }
-            r.headers_mut()
-                .insert("x-deja-cache", HeaderValue::from_static("bypass"));
-            r.headers_mut().insert(
-                "x-deja-provider",
-                HeaderValue::from_str(&resp.provider)
-                    .unwrap_or(HeaderValue::from_static("unknown")),
-            );
-            r
-        }
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    .into_response_for(Dialect::for_path(uri.path()))
 }
 
 /// Removes expired entries once a minute, off the runtime.
