@@ -56,6 +56,18 @@ pub struct RawCache {
     pub flush_interval: Option<String>,
     #[serde(default)]
     pub thresholds: Vec<RawThreshold>,
+    /// Namespaces the operator grants to listed client keys (`x-deja-namespace`).
+    #[serde(default)]
+    pub namespaces: Vec<RawNamespace>,
+}
+
+/// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
