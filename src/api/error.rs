@@ -34,6 +34,9 @@ pub enum ApiError {
     /// The client's credentials were refused by deja itself.
     #[error("unauthorized: {message}")]
     Unauthorized { message: String },
+    /// The client may not use what it asked for (a namespace it was not granted).
+    #[error("forbidden: {message}")]
+    Forbidden { message: String },
     /// No such endpoint.
     #[error("no endpoint {method} {path}")]
     NotFound { method: String, path: String },
@@ -89,6 +92,7 @@ impl ApiError {
             }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
                 // A 2xx/3xx "error" is an upstream bug; anything non-error becomes a bad gateway.
@@ -141,6 +145,10 @@ impl ApiError {
             ApiError::Unauthorized { message } => {
                 parts.message = message.clone();
                 parts.code = Some("invalid_api_key");
+            }
+            ApiError::Forbidden { message } => {
+                parts.message = message.clone();
+                parts.code = Some("namespace_not_granted");
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
@@ -299,6 +307,9 @@ mod tests {
             ApiError::Unauthorized {
                 message: "no".into(),
             },
+            ApiError::Forbidden {
+                message: "not granted".into(),
+            },
             ApiError::NotFound {
                 method: "POST".into(),
                 path: "/v1/x".into(),
@@ -327,7 +338,7 @@ mod tests {
         let got: Vec<u16> = all_variants().iter().map(|e| e.status().as_u16()).collect();
         assert_eq!(
             got,
-            vec![400, 400, 413, 401, 404, 404, 418, 502, 504, 429, 503, 500]
+            vec![400, 400, 413, 401, 403, 404, 404, 418, 502, 504, 429, 503, 500]
         );
         let weird = ApiError::Upstream {
             status: 200,

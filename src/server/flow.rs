@@ -77,12 +77,13 @@ async fn run(
         });
     }
     let key = client_key(headers);
+    // issue 12 (policy): a namespace the key was not granted is a 403, before anything else.
+    let tenant = policy::tenant(&config, key.as_deref(), &controls)?;
     let ctx = Ctx {
         state,
         api,
         canonical: &canonical,
         headers,
-        tenant: policy::tenant(&config, key.as_deref(), &controls),
         key: key.clone(),
         request: Arc::new(map),
         started,
@@ -90,7 +91,7 @@ async fn run(
 
     let plan = match state.engine() {
         None => Plan::Bypass(policy::BypassReason::Warming),
-        Some(_) => policy::plan(&config, &canonical, key.as_deref(), &controls),
+        Some(_) => policy::plan(&config, &canonical, &tenant, &controls),
     };
     let (engine, plan) = match (state.engine(), plan) {
         (Some(engine), Plan::Use(p)) => (engine.clone(), p),
@@ -155,6 +156,9 @@ async fn run(
     if plan.write {
         match state.0.singleflight.join(plan.scope, &plan.prompt) {
             Role::Leader(f) => flight = Some(f),
+            // issue 12 (policy): `no-cache` (plan.read false) must not be answered from the
+            // leader's entry; it asks upstream itself, and its answer replaces the entry.
+            Role::Follower(_) if !plan.read => {}
             Role::Follower(waiter) => {
                 state.metrics().singleflight_waits.inc();
                 let limit = Duration::from_secs(120);
@@ -186,7 +190,6 @@ async fn run(
 struct Settle {
     api: ApiKind,
     model: String,
-    tenant: String,
     request: Arc<Map<String, Value>>,
     job: Option<InsertJob>,
 }
@@ -209,13 +212,7 @@ impl Settle {
                     }
                 }
                 if let Some(u) = &a.usage {
-                    cost::record_upstream(
-                        state.metrics(),
-                        &state.config(),
-                        &self.model,
-                        &self.tenant,
-                        u,
-                    );
+                    cost::record_upstream(state.metrics(), &state.config(), &self.model, u);
                 }
                 Ok(a)
             }
@@ -291,8 +288,6 @@ struct Ctx<'a> {
     canonical: &'a CanonicalRequest,
     headers: &'a HeaderMap,
     key: Option<String>,
-    /// The scope's tenant (a hash of the key or a namespace), for per-tenant accounting.
-    tenant: String,
     /// The parsed request, kept for token estimation after the response.
     request: Arc<Map<String, Value>>,
     started: Instant,
@@ -308,13 +303,7 @@ impl Ctx<'_> {
     ) -> Response {
         let m = self.state.metrics();
         let usage = entry.response.usage.unwrap_or_default();
-        cost::record_saved(
-            m,
-            &self.state.config(),
-            &self.canonical.model,
-            &self.tenant,
-            &usage,
-        );
+        cost::record_saved(m, &self.state.config(), &self.canonical.model, &usage);
         let body = inbound::render_hit(
             self.api,
             &entry.response,
@@ -408,7 +397,6 @@ impl Ctx<'_> {
         let settle = Settle {
             api: self.api,
             model: self.canonical.model.clone(),
-            tenant: self.tenant.clone(),
             request: self.request.clone(),
             job,
         };
