@@ -1,5 +1,6 @@
 //! The `deja` command: `serve` runs the proxy, `model fetch` obtains and verifies the embedding
-//! model, `bench` measures hit rate and false hits on labeled data to choose a threshold.
+//! model, `bench` measures hit rate and false hits on labeled data to choose a threshold,
+//! `key-hash` prints the hash of an API key for `[[cache.namespaces]]`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +37,9 @@ enum Command {
     },
     /// Measure cache quality on a labeled dataset and recommend a threshold.
     Bench(deja::bench::BenchArgs),
+    /// Read an API key from stdin and print its hash (`sha256:…`), for the `keys` of a
+    /// `[[cache.namespaces]]` grant. The key is never written anywhere.
+    KeyHash,
 }
 
 #[derive(Subcommand)]
@@ -66,7 +70,21 @@ fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             deja::bench::run(args)
         }
+        Command::KeyHash => key_hash(),
     }
+}
+
+/// One key on stdin (a trailing newline is not part of it), its hash on stdout.
+fn key_hash() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .context("reading the key from stdin")?;
+    let key = input.trim_end_matches(['\r', '\n']);
+    if key.is_empty() {
+        anyhow::bail!("no key on stdin (e.g. `printf %s \"$KEY\" | deja key-hash`)");
+    }
+    println!("{}", deja::config::KeyHash::of(key));
+    Ok(())
 }
 
 /// `model fetch` works without a config file (the Dockerfile runs it before one exists).
@@ -88,6 +106,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     // Blocking threads sized for what uses them (lookups, inserts, flushes, snapshots) instead
     // of tokio's default 512: lookups are bounded by the engine's gate, the rest is a few at once.
     let blocking = deja::cache::blocking::runtime_blocking_threads(&LookupLimits::default());
+    config.log_warnings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deja-io")
@@ -124,9 +143,9 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         "cache ready"
                     );
                 }
+                // Said once, by the log (stderr): the process then ends without more output.
                 Err(e) => {
                     tracing::error!("cache start-up failed: {e:#}");
-                    eprintln!("deja: cache start-up failed: {e:#}");
                     std::process::exit(1);
                 }
             }

@@ -159,7 +159,13 @@ async fn every_scope_dimension_separates_entries() {
 #[tokio::test]
 async fn namespace_header_shares_answers_across_keys() {
     let mock = MockUpstream::start().await;
-    let d = Deja::start(&mock.base_url(), hash_model()).await;
+    // Sharing is granted by the operator: both keys are listed for the namespace.
+    let grant = format!(
+        "[[cache.namespaces]]\nname = \"team-a\"\nkeys = [\"{}\", \"{}\"]\n",
+        deja::config::KeyHash::of("key-1"),
+        deja::config::KeyHash::of("key-2")
+    );
+    let d = Deja::start_with(&mock.base_url(), hash_model(), &grant, "").await;
     let send = |key: &'static str| {
         let url = d.url("/v1/chat/completions");
         async move {

@@ -262,6 +262,12 @@ fn a_crash_after_flush_keeps_every_flushed_entry_intact() {
         .unwrap();
     assert!(!status.success(), "the child should have aborted");
     let store = Store::open(&cfg(dir.path())).unwrap();
+    // Losing what was never flushed is not damage: no false alarm.
+    assert!(
+        !store.recovery().lost_flushed_writes,
+        "{:?}",
+        store.recovery()
+    );
     for i in 0..300 {
         let want = entry(i, 2_500);
         let got = store.get_exact(want.scope, &want.prompt).unwrap();
@@ -339,5 +345,74 @@ fn measure_put_get_reopen_at_100k() {
         "reopen {open:?} (len {}), for_each_live over {seen} entries {:?}",
         store.len(),
         t.elapsed()
+    );
+}
+
+/// Truncates `file` to `keep` of its length.
+fn truncate(file: &Path, keep: f64) {
+    let len = std::fs::metadata(file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len((len as f64 * keep) as u64).unwrap();
+}
+
+#[test]
+fn issue12_a_truncated_store_reports_the_entries_it_lost() {
+    let dir = TempDir::new().unwrap();
+    let base = dir.path().join("template");
+    let total = 300u64;
+    {
+        let store = Store::open(&cfg(&base)).unwrap();
+        for i in 0..total {
+            store.insert(entry(i, 2_500)).unwrap();
+            if i % 50 == 49 {
+                store.flush().unwrap();
+            }
+        }
+    }
+    // A clean reopen lost nothing.
+    let clean = dir.path().join("clean");
+    copy_dir(&base, &clean);
+    {
+        let store = Store::open(&cfg(&clean)).unwrap();
+        assert_eq!(store.len(), total as usize);
+        assert_eq!(store.recovery(), &deja::store::Recovery::default());
+    }
+    // sled recovers a cut log up to the cut, or refuses it when the cut is deep.
+    let mut noticed = 0;
+    for keep in [0.99, 0.95, 0.9, 0.75, 0.5] {
+        let copy = dir.path().join(format!("cut{keep}"));
+        copy_dir(&base, &copy);
+        truncate(&copy.join("db"), keep);
+        let store = match Store::open(&cfg(&copy)) {
+            Ok(s) => s,
+            Err(e) => {
+                // Refusing to open is the other honest outcome.
+                assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+                println!("db cut to {keep}: {e}");
+                continue;
+            }
+        };
+        let live = store.len();
+        let r = store.recovery().clone();
+        println!("db cut to {keep}: opened with {live} entries, {r:?}");
+        if live < total as usize {
+            assert!(
+                r.lost_flushed_writes,
+                "a silent loss at {keep}: {live} of {total}"
+            );
+            assert_eq!(r.lost_entries, total as usize - live);
+            noticed += 1;
+        }
+        drop(store);
+        // The loss is reported once: the next open starts from what survived. (sled may also
+        // refuse a log it recovered from a cut once it has written to it: that is an error too.)
+        match Store::open(&cfg(&copy)) {
+            Ok(again) => assert!(!again.recovery().lost_flushed_writes),
+            Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}"),
+        }
+    }
+    assert!(
+        noticed > 0,
+        "no truncation lost entries: the test did not exercise anything"
     );
 }

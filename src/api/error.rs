@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The client's credentials were refused by deja itself.
     #[error("unauthorized: {message}")]
     Unauthorized { message: String },
+    /// The client may not use what it asked for (a namespace it was not granted).
+    #[error("forbidden: {message}")]
+    Forbidden { message: String },
     /// No such endpoint.
     #[error("no endpoint {method} {path}")]
     NotFound { method: String, path: String },
@@ -127,6 +130,7 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
                 // A 2xx/3xx "error" is an upstream bug; anything non-error becomes a bad gateway.
@@ -180,6 +184,10 @@ impl ApiError {
             ApiError::Unauthorized { message } => {
                 parts.message = message.clone();
                 parts.code = Some("invalid_api_key");
+            }
+            ApiError::Forbidden { message } => {
+                parts.message = message.clone();
+                parts.code = Some("namespace_not_granted");
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
@@ -365,6 +373,9 @@ mod tests {
             ApiError::Unauthorized {
                 message: "no".into(),
             },
+            ApiError::Forbidden {
+                message: "not granted".into(),
+            },
             ApiError::NotFound {
                 method: "POST".into(),
                 path: "/v1/x".into(),
@@ -406,8 +417,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                400, 400, 413, 401, 404, 405, 400, 414, 431, 408, 404, 418, 502, 504, 503, 429,
-                503, 500
+                400, 400, 413, 401, 403, 404, 405, 400, 414, 431, 408, 404, 418, 502, 504, 503,
+                429, 503, 500
             ]
         );
         let weird = ApiError::Upstream {

@@ -134,6 +134,9 @@ impl Planned {
         if plan.write {
             match singleflight.join(plan.scope, &plan.prompt) {
                 Role::Leader(f) => flight = Some(f),
+                // `no-cache` (the plan does not read) must not be answered from the leader's
+                // entry: it asks upstream itself, and its answer replaces the entry.
+                Role::Follower(_) if !plan.read => {}
                 Role::Follower(waiter) => {
                     metrics.singleflight_waits.inc();
                     if waiter.wait(FOLLOWER_WAIT).await {

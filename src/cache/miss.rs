@@ -80,7 +80,6 @@ impl Miss {
         Settle {
             api: req.api,
             model: req.canonical.model.clone(),
-            tenant: req.tenant.clone(),
             body: req.body.clone(),
             config: req.config.clone(),
             provider: provider.to_string(),
@@ -95,7 +94,6 @@ impl Miss {
 pub struct Settle {
     api: ApiKind,
     model: String,
-    tenant: String,
     body: Arc<Map<String, Value>>,
     config: Arc<Config>,
     provider: String,
@@ -121,13 +119,7 @@ impl Settle {
                     }
                 }
                 if let Some(u) = &a.usage {
-                    cost::record_upstream(
-                        &self.metrics,
-                        &self.config,
-                        &self.model,
-                        &self.tenant,
-                        u,
-                    );
+                    cost::record_upstream(&self.metrics, &self.config, &self.model, u);
                 }
                 Ok(a)
             }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::api::canonical::{ApiKind, Bypass, CanonicalRequest};
-use crate::config::{Config, TenantMode};
+use crate::config::{grants, Config, KeyHash, TenantMode};
 use crate::store::ScopeId;
 
 /// The longest `x-deja-ttl` a client may ask for: ten years. Longer values are rejected rather
@@ -81,7 +81,7 @@ impl RequestControls {
             c.ttl = Some(d);
         }
         if let Some(ns) = namespace {
-            if ns.is_empty() || ns.len() > 128 || !ns.chars().all(|ch| ch.is_ascii_graphic()) {
+            if !grants::valid_namespace(ns) {
                 return Err(ControlError::Namespace);
             }
             c.namespace = Some(ns.to_string());
@@ -90,20 +90,62 @@ impl RequestControls {
     }
 }
 
-/// Who is asking. Isolation by key is the default: two clients with different keys never
-/// share answers unless the config says `tenant = "shared"` or both name the same namespace.
-pub fn tenant(config: &Config, client_key: Option<&str>, controls: &RequestControls) -> String {
-    if let Some(ns) = &controls.namespace {
-        return format!("ns:{ns}");
+/// Why a request may not use the namespace it names. The message is the same whether or not
+/// the namespace exists, so it tells a client nothing about other tenants.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NamespaceDenied {
+    #[error(
+        "x-deja-namespace '{0}' needs an API key the namespace is granted to \
+         ([[cache.namespaces]] in deja's config)"
+    )]
+    NoKey(String),
+    #[error(
+        "x-deja-namespace '{0}' is not granted to this API key \
+         ([[cache.namespaces]] in deja's config)"
+    )]
+    NotGranted(String),
+}
+
+impl From<NamespaceDenied> for crate::api::error::ApiError {
+    fn from(e: NamespaceDenied) -> Self {
+        crate::api::error::ApiError::Forbidden {
+            message: e.to_string(),
+        }
     }
-    match config.cache.tenant {
+}
+
+/// Who is asking. Isolation by key is the default: two clients with different keys never
+/// share answers unless the config says `tenant = "shared"`, or the operator granted both keys
+/// the namespace they name (`[[cache.namespaces]]`). A namespace nobody granted is refused
+/// rather than ignored: a client that means to share should learn it does not.
+pub fn tenant(
+    config: &Config,
+    client_key: Option<&str>,
+    controls: &RequestControls,
+) -> Result<String, NamespaceDenied> {
+    if let Some(ns) = &controls.namespace {
+        let Some(key) = client_key else {
+            return Err(NamespaceDenied::NoKey(ns.clone()));
+        };
+        let hash = KeyHash::of(key);
+        let granted = config
+            .cache
+            .namespaces
+            .iter()
+            .any(|g| g.name == *ns && g.allows(&hash));
+        if !granted {
+            return Err(NamespaceDenied::NotGranted(ns.clone()));
+        }
+        return Ok(format!("ns:{ns}"));
+    }
+    Ok(match config.cache.tenant {
         TenantMode::Shared => format!("ns:{}", config.cache.namespace),
         TenantMode::ApiKey => match client_key {
             // The key itself never leaves this function: only its hash is kept.
             Some(k) => format!("key:{}", blake3::hash(k.as_bytes()).to_hex()),
             None => "anonymous".to_string(),
         },
-    }
+    })
 }
 
 /// The hard scope: tenant + API + everything in the request except the prompt.
@@ -157,10 +199,11 @@ pub struct CachePlan {
     pub api: ApiKind,
 }
 
+/// The plan for one request of `tenant` (from [`tenant`], which has checked its namespace).
 pub fn plan(
     config: &Config,
     request: &CanonicalRequest,
-    client_key: Option<&str>,
+    tenant: &str,
     controls: &RequestControls,
 ) -> Plan {
     let prompt = match &request.prompt {
@@ -175,9 +218,8 @@ pub fn plan(
         Some(t) => t.max(configured),
         None => configured,
     };
-    let tenant = tenant(config, client_key, controls);
     Plan::Use(CachePlan {
-        scope: scope_id(&tenant, request),
+        scope: scope_id(tenant, request),
         semantic: request.turns <= config.cache.max_turns && !prompt.is_empty(),
         prompt,
         threshold,
@@ -205,6 +247,17 @@ mod tests {
 
     fn chat(v: serde_json::Value) -> CanonicalRequest {
         CanonicalRequest::from_chat(v.as_object().unwrap())
+    }
+
+    /// The plan as the flow builds it: the tenant first (its namespace checked), then the plan.
+    fn plan(
+        config: &Config,
+        request: &CanonicalRequest,
+        key: Option<&str>,
+        controls: &RequestControls,
+    ) -> Plan {
+        let tenant = tenant(config, key, controls).unwrap();
+        super::plan(config, request, &tenant, controls)
     }
 
     fn use_plan(p: Plan) -> CachePlan {
@@ -246,15 +299,60 @@ mod tests {
             namespace: Some("team".into()),
             ..Default::default()
         };
-        let a = use_plan(plan(&c, &r, Some("sk-a"), &ns)).scope;
-        let b = use_plan(plan(&c, &r, Some("sk-b"), &ns)).scope;
+        let granted = config(&grant("team", &["sk-a", "sk-b"]));
+        let a = use_plan(plan(&granted, &r, Some("sk-a"), &ns)).scope;
+        let b = use_plan(plan(&granted, &r, Some("sk-b"), &ns)).scope;
         assert_eq!(a, b);
+    }
+
+    fn grant(name: &str, keys: &[&str]) -> String {
+        let hashes: Vec<String> = keys
+            .iter()
+            .map(|k| format!("\"{}\"", KeyHash::of(k)))
+            .collect();
+        format!(
+            "[[cache.namespaces]]\nname = \"{name}\"\nkeys = [{}]\n",
+            hashes.join(", ")
+        )
+    }
+
+    #[test]
+    fn issue12_namespace_needs_a_grant() {
+        let ns = RequestControls {
+            namespace: Some("team-a".into()),
+            ..Default::default()
+        };
+        // Nobody is granted anything by default, with or without a key.
+        let c = config("");
+        assert_eq!(
+            tenant(&c, Some("sk-b"), &ns),
+            Err(NamespaceDenied::NotGranted("team-a".into()))
+        );
+        assert_eq!(
+            tenant(&c, None, &ns),
+            Err(NamespaceDenied::NoKey("team-a".into()))
+        );
+        // A grant covers the keys it lists, and only for its own name.
+        let c = config(&grant("team-a", &["sk-a"]));
+        assert_eq!(tenant(&c, Some("sk-a"), &ns), Ok("ns:team-a".to_string()));
+        assert!(tenant(&c, Some("sk-b"), &ns).is_err());
+        assert!(tenant(&c, None, &ns).is_err());
+        let other = RequestControls {
+            namespace: Some("team-b".into()),
+            ..Default::default()
+        };
+        assert!(tenant(&c, Some("sk-a"), &other).is_err());
+        // Shared mode still puts everyone in one namespace when no header names another.
+        let shared = config("tenant = \"shared\"\nnamespace = \"everyone\"");
+        let none = RequestControls::default();
+        assert_eq!(tenant(&shared, None, &none), Ok("ns:everyone".to_string()));
+        assert!(tenant(&shared, Some("sk-a"), &ns).is_err());
     }
 
     #[test]
     fn tenant_never_contains_the_key() {
         let c = config("");
-        let t = tenant(&c, Some("sk-secret-123"), &RequestControls::default());
+        let t = tenant(&c, Some("sk-secret-123"), &RequestControls::default()).unwrap();
         assert!(!t.contains("sk-secret-123"));
     }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::api::canonical::{ApiKind, CanonicalRequest};
 use crate::cache::engine::CacheEngine;
-use crate::cache::policy::{self, BypassReason, CachePlan, Plan, RequestControls};
+use crate::cache::policy::{self, BypassReason, CachePlan, NamespaceDenied, Plan, RequestControls};
 use crate::config::Config;
 
 /// One request on the cached path, as every stage sees it. Built once, never mutated.
@@ -38,7 +38,8 @@ pub struct CacheRequest {
 }
 
 impl CacheRequest {
-    /// `body` is the validated request object (see `api::inbound::parse_request`).
+    /// `body` is the validated request object (see `api::inbound::parse_request`). Fails when
+    /// the request names a namespace its key was not granted.
     pub fn new(
         api: ApiKind,
         body: Map<String, Value>,
@@ -46,14 +47,14 @@ impl CacheRequest {
         key: Option<String>,
         config: Arc<Config>,
         started: Instant,
-    ) -> CacheRequest {
+    ) -> Result<CacheRequest, NamespaceDenied> {
         let canonical = match api {
             ApiKind::Chat => CanonicalRequest::from_chat(&body),
             ApiKind::Completions => CanonicalRequest::from_completions(&body),
             ApiKind::Messages => CanonicalRequest::from_messages(&body),
         };
-        let tenant = policy::tenant(&config, key.as_deref(), &controls);
-        CacheRequest {
+        let tenant = policy::tenant(&config, key.as_deref(), &controls)?;
+        Ok(CacheRequest {
             api,
             canonical,
             body: Arc::new(body),
@@ -62,7 +63,7 @@ impl CacheRequest {
             tenant,
             config,
             started,
-        }
+        })
     }
 
     /// The key to send upstream when the provider has none of its own.
@@ -80,12 +81,7 @@ impl CacheRequest {
         let Some(engine) = engine else {
             return Planned::Bypass(BypassReason::Warming);
         };
-        match policy::plan(
-            &self.config,
-            &self.canonical,
-            self.key.as_deref(),
-            &self.controls,
-        ) {
+        match policy::plan(&self.config, &self.canonical, &self.tenant, &self.controls) {
             Plan::Bypass(reason) => Planned::Bypass(reason),
             Plan::Use(plan) => Planned::Cached {
                 engine: engine.clone(),

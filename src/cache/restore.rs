@@ -23,8 +23,12 @@ pub struct IndexLoad {
     pub restored: usize,
     /// Entries newer than the snapshot, inserted into restored graphs.
     pub replayed: usize,
-    /// Snapshot entries the store no longer holds, tombstoned.
+    /// Snapshot entries the store no longer holds, tombstoned: evicted, expired or replaced
+    /// after the snapshot was taken (normal), or lost by the store (see `lost_in_store`).
     pub stale: usize,
+    /// Entries the store lost to damaged files since its last recorded flush
+    /// ([`crate::store::Store::recovery`]); the store has logged a warning.
+    pub lost_in_store: usize,
     /// Why the snapshot, or a scope of it, was not used.
     pub discarded: Vec<String>,
     pub elapsed: Duration,
@@ -49,7 +53,10 @@ pub fn load_index(
     snapshots: Option<&Path>,
 ) -> Result<IndexLoad, CacheError> {
     let started = Instant::now();
-    let mut report = IndexLoad::default();
+    let mut report = IndexLoad {
+        lost_in_store: store.recovery().lost_entries,
+        ..IndexLoad::default()
+    };
     let scopes = match snapshots.map(|root| open_snapshot(root, &snapshot_tag(store))) {
         Some(Ok(Some((snap, scopes)))) => Some((snap, scopes)),
         Some(Err(e)) => {

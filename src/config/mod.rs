@@ -3,6 +3,8 @@
 //! its field path. Secrets never live here: providers name the env var that holds their key.
 //! This module never touches the network, the store or the model.
 
+pub mod grants;
+mod parse;
 pub mod raw;
 mod validate;
 
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use grants::{KeyHash, NamespaceGrant};
 pub use validate::validate;
 
 /// One problem in a config, with the dotted path of the field it concerns.
@@ -111,6 +114,8 @@ pub struct CacheConfig {
     /// Largest answer stored: the text of a streamed answer, the body of a JSON one. Bigger
     /// answers are relayed unchanged but not cached (`deja_not_cached_total{reason="too_large"}`).
     pub max_entry_bytes: usize,
+    /// Namespaces clients may name in `x-deja-namespace`, each with the keys granted it.
+    pub namespaces: Vec<NamespaceGrant>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,17 +265,50 @@ impl Config {
         })?;
         let mut issues = Vec::new();
         apply_env_overrides(&mut value, env, &mut issues);
-        if !issues.is_empty() {
+        // Unknown keys, type errors and value errors are reported together. A value taken out
+        // for its type is not judged again (it fell back to its default).
+        let Some((raw, repairs)) = parse::raw_config(value, &mut issues) else {
             return Err(ConfigError::Invalid(issues));
+        };
+        match validate(raw, base_dir) {
+            Ok(config) if issues.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid(issues)),
+            Err(e) => {
+                for issue in e.issues() {
+                    let path = repairs.original_path(&issue.path);
+                    if !issues.iter().any(|r| r.path == path) {
+                        issues.push(ConfigIssue {
+                            path,
+                            message: issue.message.clone(),
+                        });
+                    }
+                }
+                Err(ConfigError::Invalid(issues))
+            }
         }
-        let raw: raw::RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::Invalid(vec![ConfigIssue {
-                path: if path == "." { "<root>".into() } else { path },
-                message: e.into_inner().to_string(),
-            }])
-        })?;
-        validate(raw, base_dir)
+    }
+
+    /// Things that are valid but probably not what the operator meant, for a warning at start
+    /// (and on reload): the server runs, but does not do what a proxy is for.
+    pub fn warnings(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        if self.routes.is_empty() {
+            out.push(ConfigIssue {
+                path: "routes".into(),
+                message: "no [[routes]] configured: every request to /v1 is answered 404 \
+                          (no route for the model) until a route is added (the file is \
+                          reloaded without a restart)"
+                    .into(),
+            });
+        }
+        out
+    }
+
+    /// Logs [`Config::warnings`] at WARN, one line each.
+    pub fn log_warnings(&self) {
+        for w in self.warnings() {
+            tracing::warn!(path = %w.path, "config: {}", w.message);
+        }
     }
 
     /// The threshold for a model: per-route, then `[[cache.thresholds]]`, then the default.

@@ -63,6 +63,18 @@ pub struct RawCache {
     pub thresholds: Vec<RawThreshold>,
     // --- Bounded upstream answers (issue 12) ---
     pub max_entry_bytes: Option<u64>,
+    /// Namespaces the operator grants to listed client keys (`x-deja-namespace`).
+    #[serde(default)]
+    pub namespaces: Vec<RawNamespace>,
+}
+
+/// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

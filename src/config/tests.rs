@@ -310,3 +310,140 @@ fn server_connection_bounds_are_parsed_and_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn issue12_unknown_keys_type_errors_and_values_are_reported_together() {
+    let text = r#"
+[server]
+listne = "127.0.0.1:1"
+max_body_bytes = "big"
+[cache]
+threshold = 1.5
+max_entries = "lots"
+colour = "blue"
+[[cache.thresholds]]
+model = "gpt-*"
+threshold = "high"
+[index]
+hnsw_m = 0
+[embedding]
+device = "tpu"
+[[providers]]
+name = "first"
+base_url = "http://127.0.0.1:1/v1"
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "ftp://x"
+retries = 3
+[[routes]]
+model = "*"
+providers = ["second", 7]
+[surprise]
+x = 1
+"#;
+    let err = parse(text).unwrap_err();
+    let issues = err.issues();
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    for expected in [
+        // unknown keys
+        "server.listne",
+        "cache.colour",
+        "providers[1].retries",
+        "surprise",
+        // type errors
+        "server.max_body_bytes",
+        "cache.max_entries",
+        "cache.thresholds[0].threshold",
+        "routes[0].providers[1]",
+        // a missing required field: the element is left out, later indices keep their number
+        "providers[0].kind",
+        // value errors, judged on what remains
+        "cache.threshold",
+        "index.hnsw_m",
+        "embedding.device",
+        "providers[1].base_url",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "missing {expected} in {issues:#?}"
+        );
+    }
+    let unknown = issues.iter().find(|i| i.path == "cache.colour").unwrap();
+    assert!(unknown.message.contains("unknown field"), "{unknown:?}");
+    let typed = issues
+        .iter()
+        .find(|i| i.path == "cache.max_entries")
+        .unwrap();
+    assert!(typed.message.contains("invalid type"), "{typed:?}");
+    // Each problem once, with nothing judged twice.
+    let mut sorted = paths.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), paths.len(), "{paths:?}");
+}
+
+#[test]
+fn issue12_env_override_problems_do_not_hide_file_problems() {
+    let env = vec![
+        ("DEJA__CACHE__NOPE".to_string(), "1".to_string()),
+        ("DEJA__".to_string(), "1".to_string()),
+    ];
+    let err = Config::from_toml_str("[cache]\nthreshold = 3\n", env, Path::new("/")).unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    for expected in ["DEJA__", "cache.nope", "cache.threshold"] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn issue12_a_config_without_routes_warns() {
+    let c = parse("").unwrap();
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].path, "routes");
+    assert!(warnings[0].message.contains("404"), "{warnings:?}");
+    assert!(parse(GOOD).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn namespace_grants_are_parsed_and_checked() {
+    let a = KeyHash::of("sk-a");
+    let text = format!(
+        "[[cache.namespaces]]\nname = \"team-a\"\nkeys = [\"{a}\", \"{}\"]\n",
+        a.to_string()
+            .to_ascii_uppercase()
+            .replace("SHA256:", "sha256:")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.cache.namespaces.len(), 1);
+    assert_eq!(c.cache.namespaces[0].name, "team-a");
+    assert!(c.cache.namespaces[0].allows(&a));
+    assert!(!c.cache.namespaces[0].allows(&KeyHash::of("sk-b")));
+    assert!(parse("").unwrap().cache.namespaces.is_empty());
+
+    let bad = r#"
+[[cache.namespaces]]
+name = "team a"
+keys = ["sk-live-secret"]
+[[cache.namespaces]]
+name = "team-b"
+keys = []
+[[cache.namespaces]]
+name = "team-b"
+keys = ["sha256:00"]
+"#;
+    let err = parse(bad).unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    for expected in [
+        "cache.namespaces[0].name",
+        "cache.namespaces[0].keys[0]",
+        "cache.namespaces[1].keys",
+        "cache.namespaces[2].name",
+        "cache.namespaces[2].keys[0]",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+    // A key pasted by mistake is never echoed back.
+    assert!(!err.to_string().contains("sk-live-secret"), "{err}");
+}

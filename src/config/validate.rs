@@ -172,6 +172,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
         });
     }
+    let namespaces = namespace_grants(&c.namespaces, &mut is);
     let cache = CacheConfig {
         dir,
         threshold: is.threshold(
@@ -200,6 +201,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             c.max_entry_bytes,
             DEFAULT_MAX_ENTRY_BYTES as u64,
         ) as usize,
+        namespaces,
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");
@@ -467,4 +469,43 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     } else {
         Err(ConfigError::Invalid(is.0))
     }
+}
+
+/// `[[cache.namespaces]]`: names as the header allows them, each listing key hashes. A value
+/// that is not a hash is never echoed: it may be a key pasted by mistake.
+fn namespace_grants(raw: &[RawNamespace], is: &mut Issues) -> Vec<NamespaceGrant> {
+    let mut grants: Vec<NamespaceGrant> = Vec::new();
+    for (i, n) in raw.iter().enumerate() {
+        let path = |f: &str| format!("cache.namespaces[{i}].{f}");
+        if !grants::valid_namespace(&n.name) {
+            is.push(
+                path("name"),
+                "must be 1 to 128 printable ASCII characters without spaces",
+            );
+        } else if grants.iter().any(|g| g.name == n.name) {
+            is.push(path("name"), format!("duplicate namespace '{}'", n.name));
+        }
+        if n.keys.is_empty() {
+            is.push(
+                path("keys"),
+                "list the hash of at least one API key (`deja key-hash` prints it)",
+            );
+        }
+        let mut keys = Vec::new();
+        for (j, k) in n.keys.iter().enumerate() {
+            match KeyHash::parse(k.trim()) {
+                Some(h) => keys.push(h),
+                None => is.push(
+                    format!("cache.namespaces[{i}].keys[{j}]"),
+                    "not \"sha256:\" followed by 64 hex digits: list the SHA-256 of each key, as \
+                     `deja key-hash` prints it, never a key itself",
+                ),
+            }
+        }
+        grants.push(NamespaceGrant {
+            name: n.name.clone(),
+            keys,
+        });
+    }
+    grants
 }

@@ -1,69 +1,79 @@
-//! Tokens and money: what each upstream answer cost and what each hit saved, by model and
-//! tenant, priced from the `[[prices]]` table. When a streamed answer carries no usage, tokens
-//! are estimated with OpenAI's o200k_base tokenizer (an estimate for other vendors' models; the
-//! loader runs once, off the async runtime). Tenants appear only as short hashes.
+//! Tokens and money: what each upstream answer cost and what each hit saved, by model, priced
+//! from the `[[prices]]` table. When a streamed answer carries no usage, tokens are estimated
+//! with OpenAI's o200k_base tokenizer (an estimate for other vendors' models; the loader runs
+//! once, off the async runtime). The model label is a glob from the config, never the model
+//! name a client sent; there is no per-tenant label (per-tenant figures belong in an admin API).
 
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
 use crate::api::canonical::ApiKind;
-use crate::config::Config;
+use crate::config::{Config, PriceConfig};
 use crate::metrics::Metrics;
 use crate::store::Usage;
 
-/// A low-cardinality tenant label: the namespace, or the first 8 hex digits of the key hash.
-pub fn tenant_label(tenant: &str) -> String {
-    if let Some(ns) = tenant.strip_prefix("ns:") {
-        return format!("ns:{}", truncate(ns, 32));
-    }
-    if let Some(hash) = tenant.strip_prefix("key:") {
-        return format!("key:{}", truncate(hash, 8));
-    }
-    truncate(tenant, 32).to_string()
+/// Label for values that do not come from the config.
+pub const OTHER: &str = "other";
+
+/// The `model` label of a request's model: the `[[prices]]` glob it matches, else the first
+/// `[[routes]]` glob that matches it (the one that routed it), else `other`. Model names are
+/// client-chosen text: a label built from them would let clients mint series without bound.
+pub fn model_label<'c>(config: &'c Config, model: &str) -> &'c str {
+    let glob = match price_of(config, model) {
+        Some(p) => Some(p.model_glob.as_str()),
+        None => config
+            .routes
+            .iter()
+            .find(|r| r.model_glob.matches(model))
+            .map(|r| r.model_glob.as_str()),
+    };
+    glob.map(config_label).unwrap_or(OTHER)
 }
 
-/// Model names are client-chosen text: bound them so a label cannot grow without limit.
-pub fn model_label(model: &str) -> &str {
-    truncate(model, 64)
+/// A label value taken from the config, `other` if it holds a control character (a CR or LF
+/// would break the exposition's lines).
+pub fn config_label(s: &str) -> &str {
+    if s.is_empty() || s.chars().any(char::is_control) {
+        OTHER
+    } else {
+        s
+    }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+fn price_of<'c>(config: &'c Config, model: &str) -> Option<&'c PriceConfig> {
+    config.prices.iter().find(|p| p.model_glob.matches(model))
 }
 
 /// Records what an upstream answer cost.
-pub fn record_upstream(m: &Metrics, config: &Config, model: &str, tenant: &str, usage: &Usage) {
-    let (model, tenant) = (model_label(model), tenant_label(tenant));
+pub fn record_upstream(m: &Metrics, config: &Config, model: &str, usage: &Usage) {
+    let label = model_label(config, model);
     m.tokens_upstream
-        .with_label_values(&[model, &tenant, "prompt"])
+        .with_label_values(&[label, "prompt"])
         .inc_by(usage.prompt_tokens as u64);
     m.tokens_upstream
-        .with_label_values(&[model, &tenant, "completion"])
+        .with_label_values(&[label, "completion"])
         .inc_by(usage.completion_tokens as u64);
-    if let Some(price) = config.price_for(model) {
+    if let Some(p) = price_of(config, model) {
         m.cost_upstream
-            .with_label_values(&[model, &tenant])
-            .inc_by(price.cost(usage));
+            .with_label_values(&[label])
+            .inc_by(p.price.cost(usage));
     }
 }
 
 /// Records what a hit saved.
-pub fn record_saved(m: &Metrics, config: &Config, model: &str, tenant: &str, usage: &Usage) {
-    let (model, tenant) = (model_label(model), tenant_label(tenant));
+pub fn record_saved(m: &Metrics, config: &Config, model: &str, usage: &Usage) {
+    let label = model_label(config, model);
     m.tokens_saved
-        .with_label_values(&[model, &tenant, "prompt"])
+        .with_label_values(&[label, "prompt"])
         .inc_by(usage.prompt_tokens as u64);
     m.tokens_saved
-        .with_label_values(&[model, &tenant, "completion"])
+        .with_label_values(&[label, "completion"])
         .inc_by(usage.completion_tokens as u64);
-    if let Some(price) = config.price_for(model) {
+    if let Some(p) = price_of(config, model) {
         m.cost_saved
-            .with_label_values(&[model, &tenant])
-            .inc_by(price.cost(usage));
+            .with_label_values(&[label])
+            .inc_by(p.price.cost(usage));
     }
 }
 
@@ -120,6 +130,7 @@ fn text_of(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     #[test]
     fn prices_and_labels() {
@@ -132,9 +143,33 @@ mod tests {
             completion_tokens: 500_000,
         });
         assert!((cost - 0.45).abs() < 1e-9);
-        assert_eq!(tenant_label("key:0123456789abcdef"), "key:01234567");
-        assert_eq!(tenant_label("ns:team-a"), "ns:team-a");
-        assert_eq!(model_label(&"m".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn issue12_model_labels_come_from_the_config() {
+        let text = r#"
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+[[routes]]
+model = "llama*"
+providers = ["p"]
+[[routes]]
+model = "gpt-*"
+providers = ["p"]
+[[prices]]
+model = "gpt-4o-mini*"
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+"#;
+        let c =
+            Config::from_toml_str(text, Vec::<(String, String)>::new(), Path::new("/")).unwrap();
+        assert_eq!(model_label(&c, "gpt-4o-mini-2024"), "gpt-4o-mini*");
+        assert_eq!(model_label(&c, "gpt-4o"), "gpt-*");
+        assert_eq!(model_label(&c, "llama3\r\n# HELP"), "llama*");
+        assert_eq!(model_label(&c, "claude\"}"), OTHER);
+        assert_eq!(config_label("bad\rglob"), OTHER);
     }
 
     #[test]

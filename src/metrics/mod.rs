@@ -1,6 +1,8 @@
-//! Prometheus metrics, every name prefixed `deja_`, labels kept low-cardinality (outcome, api,
-//! provider, reason: never a tenant, prompt or model-controlled free text beyond the model
-//! name). Rendering happens on scrape; recording is a few atomic adds on the request path.
+//! Prometheus metrics, every name prefixed `deja_`. Label values come only from small fixed sets
+//! (api, outcome, reason, guard, error kind) or from the config (provider names, route and price
+//! globs, see [`cost::model_label`]): never from what a client sent (model names, namespaces,
+//! keys), so clients cannot grow the series count, and never a tenant. Rendering happens on
+//! scrape; recording is a few atomic adds on the request path.
 
 pub mod cost;
 
@@ -28,6 +30,7 @@ pub struct Metrics {
     pub breaker_state: prometheus::IntGaugeVec,
     pub breaker_opened: IntCounterVec,
     pub entries: IntGauge,
+    pub store_entries_dropped: IntCounter,
     pub inserts: IntCounter,
     pub not_cached: IntCounterVec,
     pub guard_vetoes: IntCounterVec,
@@ -96,21 +99,21 @@ impl Metrics {
             )?,
             tokens_saved: counter_vec(
                 "deja_tokens_saved_total",
-                "Tokens of answers served from cache instead of upstream, by model, tenant and kind (prompt/completion).",
-                &["model", "tenant", "kind"],
+                "Tokens of answers served from cache instead of upstream, by model glob and kind (prompt/completion).",
+                &["model", "kind"],
             )?,
             tokens_upstream: counter_vec(
                 "deja_tokens_upstream_total",
-                "Tokens of upstream answers, by model, tenant and kind (prompt/completion).",
-                &["model", "tenant", "kind"],
+                "Tokens of upstream answers, by model glob and kind (prompt/completion).",
+                &["model", "kind"],
             )?,
             cost_saved: CounterVec::new(
-                Opts::new("deja_cost_saved_usd_total", "Money not spent upstream thanks to hits, from the [[prices]] table."),
-                &["model", "tenant"],
+                Opts::new("deja_cost_saved_usd_total", "Money not spent upstream thanks to hits, by [[prices]] glob."),
+                &["model"],
             )?,
             cost_upstream: CounterVec::new(
-                Opts::new("deja_cost_upstream_usd_total", "Money spent upstream, from the [[prices]] table."),
-                &["model", "tenant"],
+                Opts::new("deja_cost_upstream_usd_total", "Money spent upstream, by [[prices]] glob."),
+                &["model"],
             )?,
             tokens_estimated: IntCounter::new(
                 "deja_tokens_estimated_total",
@@ -125,6 +128,10 @@ impl Metrics {
             )?,
             breaker_opened: counter_vec("deja_breaker_opened_total", "Times a provider's breaker opened.", &["provider"])?,
             entries: IntGauge::new("deja_cache_entries", "Entries in the store.")?,
+            store_entries_dropped: IntCounter::new(
+                "deja_store_entries_dropped_total",
+                "Entries the store lost to truncated or damaged files, found when it was opened.",
+            )?,
             inserts: IntCounter::new("deja_cache_inserts_total", "Answers written to the cache.")?,
             not_cached: counter_vec(
                 "deja_not_cached_total",
@@ -170,6 +177,8 @@ impl Metrics {
         m.registry.register(Box::new(m.breaker_state.clone()))?;
         m.registry.register(Box::new(m.breaker_opened.clone()))?;
         m.registry.register(Box::new(m.entries.clone()))?;
+        m.registry
+            .register(Box::new(m.store_entries_dropped.clone()))?;
         m.registry.register(Box::new(m.inserts.clone()))?;
         m.registry.register(Box::new(m.not_cached.clone()))?;
         m.registry.register(Box::new(m.guard_vetoes.clone()))?;
@@ -178,6 +187,17 @@ impl Metrics {
             .register(Box::new(m.singleflight_waits.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
         Ok(m)
+    }
+
+    /// Brings `deja_store_entries_dropped_total` up to what opening the store found.
+    pub fn store_lost(&self, recovery: &crate::store::Recovery) {
+        let (found, shown) = (
+            recovery.lost_entries as u64,
+            self.store_entries_dropped.get(),
+        );
+        if found > shown {
+            self.store_entries_dropped.inc_by(found - shown);
+        }
     }
 
     /// Prometheus text exposition format.
@@ -214,5 +234,21 @@ mod tests {
         {
             assert!(line.starts_with("deja_"), "{line}");
         }
+    }
+
+    #[test]
+    fn issue12_store_losses_are_exported_once() {
+        let m = Metrics::new().unwrap();
+        let lost = crate::store::Recovery {
+            lost_flushed_writes: true,
+            lost_entries: 177,
+        };
+        m.store_lost(&lost);
+        m.store_lost(&lost);
+        assert!(
+            m.render().contains("deja_store_entries_dropped_total 177"),
+            "{}",
+            m.render()
+        );
     }
 }

@@ -63,7 +63,7 @@ async fn run(
         client_key(headers),
         state.config(),
         started,
-    );
+    )?;
     if state.router().route(req.model()).is_none() {
         return Err(ApiError::NoRoute {
             model: req.model().to_string(),
@@ -89,7 +89,7 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         trace,
     } = hit;
     let usage = entry.response.usage.unwrap_or_default();
-    cost::record_saved(m, &req.config, req.model(), &req.tenant, &usage);
+    cost::record_saved(m, &req.config, req.model(), &usage);
     let body = inbound::render_hit(
         req.api,
         &entry.response,

@@ -48,7 +48,8 @@ pub enum ServeError {
     Routes(String),
     #[error("metrics registry: {0}")]
     Metrics(String),
-    #[error("cache start-up failed: {0}")]
+    /// The store or the index could not be opened (`main` says "cache start-up failed").
+    #[error("cannot open the cache: {0}")]
     Cache(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -112,6 +113,7 @@ pub fn open_engine(
         restored = load.restored,
         replayed = load.replayed,
         stale = load.stale,
+        lost_in_store = load.lost_in_store,
         snapshot_problems = load.discarded.len(),
         secs = load.elapsed.as_secs_f64(),
         "index loaded"
@@ -302,7 +304,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(engine) = state.engine() {
-        state.metrics().entries.set(engine.store().len() as i64);
+        let m = state.metrics();
+        m.entries.set(engine.store().len() as i64);
+        m.store_lost(engine.store().recovery());
     }
     sync_provider_metrics(&state);
     let mut r = state.metrics().render().into_response();

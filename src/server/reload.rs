@@ -35,6 +35,7 @@ pub fn reload(state: &AppState) -> Result<(), String> {
         });
     match result {
         Ok((new, router)) => {
+            new.log_warnings();
             for note in restart_only_changes(&old, &new) {
                 tracing::warn!("config reload: {note} changed; it takes effect after a restart");
             }

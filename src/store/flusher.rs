@@ -1,8 +1,11 @@
 //! The store's background flusher: one std thread that makes sled's buffered writes durable
 //! every `flush_every`, and once more when the store is dropped. It owns nothing but a handle
-//! to the database; it never runs on the async runtime and never outlives the store.
+//! to the database's [`Durable`] flush; it never runs on the async runtime and never outlives
+//! the store.
 
+use super::watermark::Durable;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(db: sled::Db, every: Duration) -> std::io::Result<Flusher> {
+    pub(crate) fn start(db: Arc<Durable>, every: Duration) -> std::io::Result<Flusher> {
         let (stop, stopped) = bounded::<()>(1);
         let handle = std::thread::Builder::new()
             .name("deja-store-flush".to_string())

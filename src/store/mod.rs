@@ -12,7 +12,8 @@
 //! - `exact`: [`ScopeId`] bytes ‖ blake3(normalized prompt) → [`EntryId`];
 //! - `access`: [`EntryId`] → last access, hit count, expiry (24 bytes, see [`Access`]), so a hit
 //!   never rewrites an entry and opening never decodes one;
-//! - `meta`: schema version, embedding model id, dimension ([`meta`]).
+//! - `meta`: schema version, embedding model id, dimension ([`meta`]), and the sequence
+//!   number of the last recorded flush ([`watermark`]).
 //!
 //! An entry, its exact key and its access record are written and removed together in one sled
 //! transaction, so an exact key never points at a missing entry.
@@ -30,7 +31,9 @@
 //! Damaged files: a store sled cannot read, or whose metadata was lost (see [`meta`]), is
 //! reported as [`StoreError::Corrupt`], never a panic. Damage in the middle of sled's log is
 //! indistinguishable from a torn write to sled: it recovers the log up to the damage, so the
-//! store opens consistent (whole entries only) but without the entries written after it.
+//! store opens consistent (whole entries only) but without the entries written after it. Each
+//! flush is recorded beside sled's files, so such a loss of flushed writes is noticed on open,
+//! logged at WARN and reported by [`Store::recovery`] ([`watermark`]).
 
 mod access;
 mod codec;
@@ -38,9 +41,11 @@ pub mod entry;
 mod flusher;
 pub mod meta;
 mod migrate;
+pub mod watermark;
 
 pub use access::Access;
 pub use entry::*;
+pub use watermark::Recovery;
 
 use access::{id_from_key, id_key, Tracker};
 use flusher::Flusher;
@@ -148,7 +153,11 @@ struct Inner {
     entries: sled::Tree,
     exact: sled::Tree,
     access: sled::Tree,
-    tracker: Mutex<Tracker>,
+    tracker: Arc<Mutex<Tracker>>,
+    /// Flushes, recording each flush so that lost writes are noticed on the next open.
+    durable: Arc<watermark::Durable>,
+    /// What opening found about lost writes.
+    recovery: Recovery,
     /// Serializes writers so in-memory order and sled agree; hits only take `tracker`.
     writer: Mutex<()>,
     flusher: Mutex<Option<Flusher>>,
@@ -158,7 +167,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Stops and joins the flusher, which flushes one last time.
         drop(self.flusher.lock().take());
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.durable.flush() {
             tracing::error!(error = %e, "flushing the store on close failed");
         }
     }
@@ -205,13 +214,24 @@ impl Store {
                 }
             }
         }
+        let (recovery, flush_seq) = watermark::recover(&meta_tree, &path, tracker.len())?;
+        let tracker = Arc::new(Mutex::new(tracker));
+        let durable = Arc::new(watermark::Durable::new(
+            db.clone(),
+            meta_tree,
+            &path,
+            tracker.clone(),
+            flush_seq,
+        ));
         let flusher = if cfg.flush_every.is_zero() {
             None
         } else {
             Some(
-                Flusher::start(db.clone(), cfg.flush_every).map_err(|source| StoreError::Io {
-                    path: path.clone(),
-                    source,
+                Flusher::start(durable.clone(), cfg.flush_every).map_err(|source| {
+                    StoreError::Io {
+                        path: path.clone(),
+                        source,
+                    }
                 })?,
             )
         };
@@ -223,7 +243,9 @@ impl Store {
                 entries,
                 exact,
                 access,
-                tracker: Mutex::new(tracker),
+                tracker,
+                durable,
+                recovery,
                 writer: Mutex::new(()),
                 flusher: Mutex::new(flusher),
             }),
@@ -240,6 +262,11 @@ impl Store {
         &self.inner.cfg
     }
 
+    /// Whether opening found that the store lost writes it had flushed (damaged files).
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.cfg.dir
     }
@@ -249,6 +276,7 @@ impl Store {
         self.check(&e)?;
         let inner = &*self.inner;
         let _writer = inner.writer.lock();
+        inner.durable.mark_changed();
         let id = inner.db.generate_id().map_err(|e| self.db_err(e))?;
         let ekey = exact_key(e.scope, &e.prompt);
         // Writers are serialized, so the exact key cannot change before the transaction. Forget
@@ -406,11 +434,7 @@ impl Store {
 
     /// Makes every acknowledged write durable (fsync). Call it at shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| self.db_err(e))
+        self.inner.durable.flush().map_err(|e| self.db_err(e))
     }
 
     /// Bytes the store occupies on disk.
@@ -439,6 +463,7 @@ impl Store {
     /// Removes one entry; the caller holds the writer lock.
     fn remove_locked(&self, id: EntryId) -> Result<Option<Entry>, StoreError> {
         let inner = &*self.inner;
+        inner.durable.mark_changed();
         // Forget it in memory first, so a concurrent hit cannot re-create its access record
         // after the transaction deleted it.
         inner.tracker.lock().remove(id);
