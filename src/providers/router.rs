@@ -178,7 +178,7 @@ impl Router {
                         | ProviderErrorKind::Untranslatable { .. }
                 )
             });
-            if sent && !req.may_resend() {
+            if sent && !req.resend {
                 break;
             }
             ProviderStats::bump(&provider.stats.fallbacks);
@@ -262,7 +262,7 @@ async fn try_provider(
             Err(err) => {
                 let again = err.retryable()
                     && err.kind != ProviderErrorKind::CircuitOpen
-                    && req.may_resend()
+                    && req.resend
                     && retry < settings.max_retries;
                 let retry_after = err.retry_after;
                 attempts.push((provider.name().to_string(), err));
