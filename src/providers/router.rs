@@ -178,7 +178,7 @@ impl Router {
                         | ProviderErrorKind::Untranslatable { .. }
                 )
             });
-            if sent && !req.may_resend() {
+            if sent && !req.resend {
                 break;
             }
             ProviderStats::bump(&provider.stats.fallbacks);
@@ -284,7 +284,7 @@ async fn try_provider(
                     return None;
                 }
                 // A request that may not be resent (a non-idempotent pass-through) gets one try.
-                if retry >= settings.max_retries || !req.may_resend() {
+                if retry >= settings.max_retries || !req.resend {
                     permit.failure();
                     return None;
                 }

@@ -69,6 +69,10 @@ pub struct UpstreamRequest {
     pub headers: HeaderMap,
     /// What `body` is written in; [`Dialect::Passthrough`] (the default) sends it untouched.
     pub dialect: Dialect,
+    /// Whether a failed attempt may be sent again (retried, or tried on the next target). True
+    /// unless [`UpstreamRequest::resend_if_idempotent`] says otherwise: a completion has no
+    /// side effect.
+    pub resend: bool,
 }
 
 impl UpstreamRequest {
@@ -83,6 +87,7 @@ impl UpstreamRequest {
             client_key: None,
             headers: HeaderMap::new(),
             dialect: Dialect::Passthrough,
+            resend: true,
         }
     }
 
@@ -96,6 +101,7 @@ impl UpstreamRequest {
             client_key: None,
             headers: HeaderMap::new(),
             dialect: Dialect::Passthrough,
+            resend: true,
         }
     }
 
@@ -109,6 +115,7 @@ impl UpstreamRequest {
             client_key: None,
             headers: HeaderMap::new(),
             dialect: Dialect::Passthrough,
+            resend: true,
         }
     }
 
@@ -123,12 +130,12 @@ impl UpstreamRequest {
         self
     }
 
-    /// Whether a failed attempt may be sent again (retried, or tried on the next target). The
-    /// cached APIs may: a completion has no side effect. A pass-through request may only when
-    /// its method is idempotent (RFC 9110 §9.2.2): a `POST /files` or `/batches` whose answer
-    /// was lost may still have taken effect.
-    pub fn may_resend(&self) -> bool {
-        self.dialect != Dialect::Passthrough || self.method.is_idempotent()
+    /// Send a failed attempt again (retry it, or try the next target) only when `method` is
+    /// idempotent (RFC 9110 §9.2.2): for pass-through requests, since a `POST /files` or
+    /// `/batches` whose answer was lost may still have taken effect.
+    pub fn resend_if_idempotent(mut self) -> Self {
+        self.resend = self.method.is_idempotent();
+        self
     }
 }
 
@@ -145,6 +152,7 @@ impl fmt::Debug for UpstreamRequest {
             )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("dialect", &self.dialect)
+            .field("resend", &self.resend)
             .finish()
     }
 }

@@ -119,7 +119,10 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     if parts.method == Method::GET {
         up.body = axum::body::Bytes::new();
     }
-    let resp = state.router().send(up, &model).await?;
+    let resp = state
+        .router()
+        .send(up.resend_if_idempotent(), &model)
+        .await?;
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = match resp.body {
         UpstreamBody::Json(b) => Body::from(b),
