@@ -70,11 +70,6 @@ impl Miss {
         }
     }
 
-    /// Whether the answer will be stored.
-    pub fn will_store(&self) -> bool {
-        self.job.is_some()
-    }
-
     /// Binds the miss to the upstream answer that `provider` is sending.
     pub fn settle(self, req: &CacheRequest, metrics: Arc<Metrics>, provider: &str) -> Settle {
         Settle {
