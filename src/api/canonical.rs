@@ -249,8 +249,10 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
 }
 
 /// Prompt normalization shared by the exact key, the embedding LRU and the bench: Unicode
-/// NFKC, whitespace runs collapsed to one space, trimmed. Case is kept (code is
-/// case-sensitive; the embedding model lowercases on its own).
+/// NFKC, whitespace runs collapsed to one space, trimmed. Case and punctuation are kept: this
+/// is the prompt stored and embedded (the embedding model lowercases on its own). The exact key
+/// goes one step further for prose only, folding case and trailing sentence punctuation
+/// ([`crate::api::exact_form`]), since code, names and quotations are case-sensitive.
 pub fn normalize(text: &str) -> String {
     let nfkc: String = text.nfkc().collect();
     let mut out = String::with_capacity(nfkc.len());

@@ -14,11 +14,14 @@
 //!   [`collect::NotCacheable`] reason.
 //! - [`error`]: [`ApiError`], its status codes and both error body shapes.
 //! - [`text`]: the text of a message's content, one join rule for every API.
+//! - [`exact_form`]: the text the exact layer keys on (prose folded for case and trailing
+//!   punctuation; code, names and quotations kept as they are).
 
 pub mod anthropic;
 pub mod canonical;
 pub mod collect;
 pub mod error;
+pub mod exact_form;
 pub mod inbound;
 pub mod openai;
 pub mod parse;

@@ -1,7 +1,7 @@
 //! Property tests of the request parsers (issue 12): whatever JSON-ish bytes arrive, parsing
 //! never panics; a rejection is a 400 whose `param` names the field it is about, whenever the
 //! body is an object; and the normalizations (typed round trip, prompt text, canonical scope
-//! JSON) are idempotent. A few hundred cases each, well under a second.
+//! JSON, the exact-key text) are idempotent. A few hundred cases each, well under a second.
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 use crate::api::canonical::{normalize, write_canonical, ApiKind, CanonicalRequest};
+use crate::api::exact_form::exact_form;
 use crate::api::inbound;
 
 /// Field names the parsers know, so that generated objects reach past the first level.
@@ -257,6 +258,19 @@ proptest! {
         prop_assert_eq!(normalize(&once), once.clone());
         prop_assert_eq!(once.trim(), once.as_str());
         prop_assert!(!once.contains("  "));
+    }
+
+    /// Prose-like text (letters of several cases and scripts, sentence punctuation, the
+    /// characters the prose rules look at) or anything at all: the exact form is a fixed point,
+    /// so an exact key derived from a derived key is the same key.
+    #[test]
+    fn exact_form_is_idempotent(s in "[A-Za-zÉéİıΣσςß I'’.,?!:()%+…？！。¿\\-]{0,24}|\\PC{0,24}") {
+        let prompt = normalize(&s);
+        let once = exact_form(&prompt).into_owned();
+        prop_assert_eq!(exact_form(&once), once.as_str());
+        // Folding only ever lowercases and shortens: the key text is never longer in chars
+        // than its lowercase prompt.
+        prop_assert!(once.chars().count() <= prompt.to_lowercase().chars().count());
     }
 
     #[test]
