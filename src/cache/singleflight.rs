@@ -1,7 +1,8 @@
-//! Singleflight for misses: concurrent identical misses (same scope, same normalized prompt)
-//! make one upstream call. The first request becomes the leader and holds a [`Flight`] until its
-//! answer is stored (or it gives up); the others wait for that and then look the cache up again.
-//! If the leader fails, each follower goes upstream on its own: a failure is never shared.
+//! Singleflight for misses: concurrent identical misses (same scope and exact key, see
+//! [`crate::store::exact_key`]) make one upstream call. The first request becomes the leader
+//! and holds a [`Flight`] until its answer is stored (or it gives up); the others wait for that
+//! and then look the cache up again, by the same exact key. If the leader fails, each follower
+//! goes upstream on its own: a failure is never shared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::store::ScopeId;
+use crate::store::{exact_key, ScopeId};
 
-type Key = (ScopeId, blake3::Hash);
+/// The exact key: a follower looks the leader's entry up by it.
+type Key = [u8; 48];
 
 #[derive(Default)]
 pub struct Singleflight {
@@ -57,7 +59,7 @@ impl Singleflight {
     }
 
     pub fn join(self: &Arc<Self>, scope: ScopeId, prompt: &str) -> Role {
-        let key = (scope, blake3::hash(prompt.as_bytes()));
+        let key = exact_key(scope, prompt);
         let mut flights = self.flights.lock();
         if let Some(rx) = flights.get(&key) {
             return Role::Follower(Follower { rx: rx.clone() });
@@ -100,6 +102,19 @@ mod tests {
         assert!(waiter.await.unwrap());
         assert_eq!(sf.in_flight(), 0);
         assert!(matches!(sf.join(scope, "q"), Role::Leader(_)));
+    }
+
+    #[test]
+    fn flights_are_keyed_by_the_exact_key() {
+        let sf = Singleflight::new();
+        let scope = ScopeId([3; 16]);
+        let _leader = sf.join(scope, "How do I reset my password");
+        assert!(matches!(
+            sf.join(scope, "how do I reset my password?"),
+            Role::Follower(_)
+        ));
+        let _code = sf.join(scope, "print(x)");
+        assert!(matches!(sf.join(scope, "Print(X)"), Role::Leader(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,8 +18,9 @@ use sled::Tree;
 use std::path::Path;
 
 /// Bumped whenever the layout of any tree changes; an older store is migrated on open
-/// ([`super::migrate`]). 1: bincode 1 entries; 2: postcard entries ([`super::codec`]).
-pub const SCHEMA_VERSION: u32 = 2;
+/// ([`super::migrate`]). 1: bincode 1 entries; 2: postcard entries ([`super::codec`]); 3: exact
+/// keys hash the prompt's exact form ([`super::exact_key`]).
+pub const SCHEMA_VERSION: u32 = 3;
 
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_MODEL: &[u8] = b"model_id";
@@ -32,13 +33,12 @@ pub const MARKER_FILE: &str = "deja-store";
 /// Creates the metadata of a new store, or checks an existing store's against `cfg`. Returns
 /// the store's instance id (hex).
 pub(crate) fn create_or_verify(
-    meta: &Tree,
-    entries: &Tree,
+    trees: &migrate::Trees<'_>,
     cfg: &StoreConfig,
     path: &Path,
 ) -> Result<String, StoreError> {
-    verify(meta, entries, cfg, path)?;
-    instance_id(meta, path)
+    verify(trees, cfg, path)?;
+    instance_id(trees.meta, path)
 }
 
 /// The store's instance id, made on first use (stores created before it existed get one too).
@@ -62,7 +62,8 @@ fn instance_id(meta: &Tree, path: &Path) -> Result<String, StoreError> {
     Ok(hex::encode(id))
 }
 
-fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result<(), StoreError> {
+fn verify(trees: &migrate::Trees<'_>, cfg: &StoreConfig, path: &Path) -> Result<(), StoreError> {
+    let (meta, entries) = (trees.meta, trees.entries);
     let corrupt = |message: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         message,
@@ -90,7 +91,7 @@ fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result
     let version = <[u8; 4]>::try_from(version.as_ref())
         .map(u32::from_be_bytes)
         .map_err(|_| corrupt("schema version is not 4 bytes".to_string()))?;
-    if version != SCHEMA_VERSION && version != migrate::BINCODE_SCHEMA {
+    if !(migrate::BINCODE_SCHEMA..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::SchemaMismatch {
             path: path.to_path_buf(),
             found: version,
@@ -114,9 +115,12 @@ fn verify(meta: &Tree, entries: &Tree, cfg: &StoreConfig, path: &Path) -> Result
             configured: describe(&cfg.model_id, cfg.dim as u64),
         });
     }
+    // Only once the store is known to be ours: a mismatched one is left as it is.
     if version == migrate::BINCODE_SCHEMA {
-        // Only once the store is known to be ours: a mismatched one is left as it is.
         migrate::from_bincode(meta, entries, KEY_SCHEMA, path)?;
+    }
+    if version <= migrate::PROMPT_KEY_SCHEMA {
+        migrate::rekey_exact(trees, KEY_SCHEMA, path)?;
         write_marker(cfg, path)?;
     }
     if !path.join(MARKER_FILE).exists() {

@@ -1,16 +1,22 @@
 //! Schema migrations, run by [`super::meta`] when it opens a store older than
-//! [`SCHEMA_VERSION`]. Only one exists: schema 1 (bincode 1 entries) → 2 (postcard, see
-//! [`super::codec`]); the `exact` and `access` trees and every id are the same in both.
+//! [`SCHEMA_VERSION`], one step after the other:
+//! - schema 1 (bincode 1 entries) → 2 (postcard, see [`super::codec`]): entries rewritten; the
+//!   `exact` and `access` trees and every id are the same in both ([`from_bincode`]);
+//! - schema 2 (exact keys hash the normalized prompt) → 3 (they hash its exact form,
+//!   [`super::exact_key`]): the `exact` tree is cleared and rebuilt from each entry's scope and
+//!   prompt ([`rekey_exact`]). Entries whose prompts now share a key (a prose prompt stored
+//!   once with and once without its question mark) are merged as an insert would merge them:
+//!   the newest keeps the key, the older ones are removed with their access records.
 //!
-//! It is crash-safe and idempotent: entries are rewritten in batches, each batch in one sled
-//! transaction with a cursor in `meta` (the last entry key done), and the schema version changes
-//! in the transaction that removes the cursor. sled replays whole transactions in order after a
-//! crash, so an interrupted migration reopens as schema 1 with a cursor that matches the
-//! entries, and resumes after it; a finished one is never run again.
+//! Both are crash-safe and idempotent: entries are read in key (id) order in batches, each
+//! batch written in one sled transaction with a cursor in `meta` (the last entry key done), and
+//! the schema version changes in the transaction that removes the cursor. sled replays whole
+//! transactions in order after a crash, so an interrupted migration reopens at the old schema
+//! with a cursor that matches the trees, and resumes after it; a finished one is never run
+//! again. Memory stays bounded by one batch.
 
-use super::codec;
 use super::meta::SCHEMA_VERSION;
-use super::StoreError;
+use super::{codec, exact_key, StoreError};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
 use std::ops::Bound;
@@ -19,11 +25,18 @@ use std::path::Path;
 /// The schema whose entries are bincode 1.
 pub(crate) const BINCODE_SCHEMA: u32 = 1;
 
+/// The schema whose entries are postcard and whose exact keys hash the normalized prompt.
+pub(crate) const PROMPT_KEY_SCHEMA: u32 = 2;
+
 /// Entries rewritten per transaction (a few hundred KB of writes).
 const BATCH: usize = 256;
 
 /// In `meta` while a migration from schema 1 runs: the key of the last entry rewritten.
 const KEY_CURSOR: &[u8] = b"migrate_v1_cursor";
+
+/// In `meta` while the exact tree is rebuilt (schema 2 → 3): the key of the last entry
+/// re-keyed, empty once the old tree is cleared and before any entry is done.
+const KEY_REKEY_CURSOR: &[u8] = b"migrate_v2_cursor";
 
 /// Rewrites every schema-1 entry as schema 2, then records schema 2 under `schema_key`.
 /// Returns how many entries it rewrote (0 if an earlier run had done them all).
@@ -65,7 +78,7 @@ pub(crate) fn from_bincode_until(
             let entry = codec::legacy::decode_v1(&raw).map_err(|message| StoreError::Corrupt {
                 path: path.to_path_buf(),
                 message: format!(
-                    "migrating to schema {SCHEMA_VERSION}: entry {} does not decode as \
+                    "migrating to schema {PROMPT_KEY_SCHEMA}: entry {} does not decode as \
                      schema {BINCODE_SCHEMA}: {message}",
                     hex::encode(&key)
                 ),
@@ -76,12 +89,12 @@ pub(crate) fn from_bincode_until(
             batch.push((key, bytes));
         }
         let Some((last, _)) = batch.last() else {
-            finish(meta, schema_key, path)?;
+            finish(meta, schema_key, KEY_CURSOR, PROMPT_KEY_SCHEMA, path)?;
             if rewritten > 0 || after.is_some() {
                 tracing::info!(
                     rewritten,
                     secs = started.elapsed().as_secs_f64(),
-                    "store migrated from schema {BINCODE_SCHEMA} to {SCHEMA_VERSION}"
+                    "store migrated from schema {BINCODE_SCHEMA} to {PROMPT_KEY_SCHEMA}"
                 );
             }
             return Ok(rewritten);
@@ -101,16 +114,130 @@ pub(crate) fn from_bincode_until(
     Ok(rewritten)
 }
 
-/// Schema 2 recorded and the cursor gone, in one transaction, then made durable.
-fn finish(meta: &Tree, schema_key: &[u8], path: &Path) -> Result<(), StoreError> {
+/// `version` recorded and `cursor` gone, in one transaction, then made durable.
+fn finish(
+    meta: &Tree,
+    schema_key: &[u8],
+    cursor: &[u8],
+    version: u32,
+    path: &Path,
+) -> Result<(), StoreError> {
     meta.transaction(|meta| {
-        meta.insert(schema_key, &SCHEMA_VERSION.to_be_bytes())?;
-        meta.remove(KEY_CURSOR)?;
+        meta.insert(schema_key, &version.to_be_bytes())?;
+        meta.remove(cursor)?;
         Ok::<_, ConflictableTransactionError<StoreError>>(())
     })
     .map_err(|e| tx_err(path, e))?;
     meta.flush().map_err(|e| StoreError::from_sled(path, e))?;
     Ok(())
+}
+
+/// The store's trees a migration reads and writes.
+pub(crate) struct Trees<'a> {
+    pub meta: &'a Tree,
+    pub entries: &'a Tree,
+    pub exact: &'a Tree,
+    pub access: &'a Tree,
+}
+
+/// What [`rekey_exact`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rekeyed {
+    /// Entries given their new exact key.
+    pub keyed: usize,
+    /// Older entries removed because a newer one now has the same exact key.
+    pub merged: usize,
+}
+
+/// Rebuilds the `exact` tree of a schema-2 store with [`exact_key`], then records
+/// [`SCHEMA_VERSION`] under `schema_key`.
+pub(crate) fn rekey_exact(
+    trees: &Trees<'_>,
+    schema_key: &[u8],
+    path: &Path,
+) -> Result<Rekeyed, StoreError> {
+    rekey_exact_until(trees, schema_key, path, BATCH, usize::MAX)
+}
+
+/// [`rekey_exact`] in batches of `batch` entries, stopping (as a crash would) after `batches`
+/// of them; tests interrupt it this way.
+pub(crate) fn rekey_exact_until(
+    trees: &Trees<'_>,
+    schema_key: &[u8],
+    path: &Path,
+    batch: usize,
+    batches: usize,
+) -> Result<Rekeyed, StoreError> {
+    let Trees {
+        meta,
+        entries,
+        exact,
+        access,
+    } = *trees;
+    let size = batch.max(1);
+    let started = std::time::Instant::now();
+    let db = |e| StoreError::from_sled(path, e);
+    let mut done = Rekeyed::default();
+    for _ in 0..batches {
+        let after = match meta.get(KEY_REKEY_CURSOR).map_err(db)? {
+            Some(key) => key,
+            None => {
+                // Not started: the old keys go first. A crash while clearing leaves no cursor,
+                // so the next open clears again; the cursor is written after every removal.
+                exact.clear().map_err(db)?;
+                meta.insert(KEY_REKEY_CURSOR, &[]).map_err(db)?;
+                IVec::default()
+            }
+        };
+        let mut batch: Vec<(IVec, [u8; 48])> = Vec::with_capacity(size);
+        for kv in entries
+            .range::<IVec, _>((Bound::Excluded(after), Bound::Unbounded))
+            .take(size)
+        {
+            let (key, raw) = kv.map_err(db)?;
+            let entry = codec::decode(&raw).map_err(|message| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                message: format!(
+                    "migrating to schema {SCHEMA_VERSION}: entry {} does not decode: {message}",
+                    hex::encode(&key)
+                ),
+            })?;
+            batch.push((key, exact_key(entry.scope, &entry.prompt)));
+        }
+        let Some((last, _)) = batch.last() else {
+            finish(meta, schema_key, KEY_REKEY_CURSOR, SCHEMA_VERSION, path)?;
+            tracing::info!(
+                keyed = done.keyed,
+                merged = done.merged,
+                secs = started.elapsed().as_secs_f64(),
+                "store migrated from schema {PROMPT_KEY_SCHEMA} to {SCHEMA_VERSION} \
+                 (exact keys rebuilt)"
+            );
+            return Ok(done);
+        };
+        let last = last.clone();
+        let merged = (entries, exact, access, meta)
+            .transaction(|(entries, exact, access, meta)| {
+                let mut merged = 0;
+                for (key, ekey) in &batch {
+                    // Entries come in id order and the tree started empty, so a key already
+                    // there belongs to an older entry: the newer answer wins, as on insert.
+                    if let Some(older) = exact.insert(&ekey[..], key)? {
+                        if older != *key {
+                            entries.remove(&older)?;
+                            access.remove(&older)?;
+                            merged += 1;
+                        }
+                    }
+                }
+                meta.insert(KEY_REKEY_CURSOR, &last)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(merged)
+            })
+            .map_err(|e| tx_err(path, e))?;
+        done.keyed += batch.len();
+        done.merged += merged;
+    }
+    Ok(done)
 }
 
 fn tx_err(path: &Path, e: TransactionError<StoreError>) -> StoreError {

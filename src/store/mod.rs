@@ -8,8 +8,10 @@
 //!
 //! One sled database in [`StoreConfig::dir`], with four trees:
 //! - `entries`: [`EntryId`] (big-endian) → postcard [`Entry`] ([`codec`]; schema 1 stores,
-//!   whose entries are bincode 1, are migrated on open);
-//! - `exact`: [`ScopeId`] bytes ‖ blake3(normalized prompt) → [`EntryId`];
+//!   whose entries are bincode 1, are migrated on open, see `migrate`);
+//! - `exact`: [`ScopeId`] bytes ‖ blake3(exact form of the normalized prompt) → [`EntryId`]
+//!   ([`exact_key`]; schema 2 stores, keyed by the normalized prompt itself, are re-keyed on
+//!   open);
 //! - `access`: [`EntryId`] → last access, hit count, expiry (24 bytes, see [`Access`]), so a hit
 //!   never rewrites an entry and opening never decodes one;
 //! - `meta`: schema version, embedding model id, dimension ([`meta`]), and the sequence
@@ -47,6 +49,7 @@ pub use access::Access;
 pub use entry::*;
 pub use watermark::Recovery;
 
+use crate::api::exact_form::exact_form;
 use access::{id_from_key, id_key, Tracker};
 use flusher::Flusher;
 use parking_lot::Mutex;
@@ -200,7 +203,13 @@ impl Store {
             tree("access")?,
             tree("meta")?,
         );
-        let instance_id = meta::create_or_verify(&meta_tree, &entries, cfg, &path)?;
+        let trees = migrate::Trees {
+            meta: &meta_tree,
+            entries: &entries,
+            exact: &exact,
+            access: &access,
+        };
+        let instance_id = meta::create_or_verify(&trees, cfg, &path)?;
         let mut tracker = Tracker::default();
         for kv in access.iter() {
             let (k, v) = kv.map_err(|e| StoreError::from_sled(&path, e))?;
@@ -353,8 +362,9 @@ impl Store {
         }
     }
 
-    /// The entry stored for exactly this scope and normalized prompt, expired or not (callers
-    /// check [`Entry::is_expired`]).
+    /// The entry stored for this scope and normalized prompt (compared by [`exact_key`], so a
+    /// prose prompt also finds its case and trailing-punctuation variants), expired or not
+    /// (callers check [`Entry::is_expired`]).
     pub fn get_exact(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, StoreError> {
         let key = exact_key(scope, prompt);
         match self.inner.exact.get(key).map_err(|e| self.db_err(e))? {
@@ -513,11 +523,15 @@ impl Store {
     }
 }
 
-/// Key of the exact-match tree: the scope, then blake3 of the normalized prompt.
+/// Key of the exact-match tree: the scope, then blake3 of the normalized prompt's exact form
+/// ([`exact_form`]: prose folded for case and trailing punctuation, anything else as it is).
+/// Every exact key is derived here: inserts, lookups, removals, the migration that rebuilds
+/// the tree, and the singleflight of misses.
 pub fn exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
     let mut k = [0u8; 48];
     k[..16].copy_from_slice(&scope.0);
-    k[16..].copy_from_slice(blake3::hash(prompt.as_bytes()).as_bytes());
+    let text = exact_form(prompt);
+    k[16..].copy_from_slice(blake3::hash(text.as_bytes()).as_bytes());
     k
 }
 

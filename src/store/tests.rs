@@ -54,10 +54,11 @@ fn insert_get_and_exact_lookup() {
         (out.id, "hello", 1_000)
     );
     assert_eq!(e.response.content, "answer to hello");
-    assert_eq!(store.get_exact(scope(1), "hello").unwrap(), Some(e));
-    // Exact keys are per scope and per prompt.
+    assert_eq!(store.get_exact(scope(1), "hello").unwrap(), Some(e.clone()));
+    // Exact keys are per scope and per prompt's exact form (prose folds case and a final "?").
     assert_eq!(store.get_exact(scope(2), "hello").unwrap(), None);
-    assert_eq!(store.get_exact(scope(1), "hello ").unwrap(), None);
+    assert_eq!(store.get_exact(scope(1), "Hello?").unwrap(), Some(e));
+    assert_eq!(store.get_exact(scope(1), "hello()").unwrap(), None);
     assert_eq!(store.get(out.id + 1_000).unwrap(), None);
     assert_eq!(store.len(), 1);
 }
@@ -505,4 +506,196 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
         Store::open(&legacy_cfg(&path)),
         Err(StoreError::SchemaMismatch { found: 99, .. })
     ));
+}
+
+/// The exact key schema 2 wrote: the scope, then blake3 of the normalized prompt itself.
+fn schema2_exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&scope.0);
+    k[16..].copy_from_slice(blake3::hash(prompt.as_bytes()).as_bytes());
+    k
+}
+
+/// A schema-2 store holding `entries`, as the schema-2 code left it: its metadata and marker
+/// (made by opening it), each entry and access record in the layout both schemas share, and
+/// schema 2's exact keys. Prompts that now share a key are all there, as schema 2 kept them.
+/// Returns the ids, in order.
+fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
+    drop(Store::open(&cfg(dir)).unwrap());
+    let db = sled::open(cfg(dir).dir).unwrap();
+    let tree = |n: &str| db.open_tree(n).unwrap();
+    let (entries_tree, exact, access, meta) =
+        (tree("entries"), tree("exact"), tree("access"), tree("meta"));
+    let mut ids = Vec::new();
+    for e in entries.iter().cloned() {
+        let id = db.generate_id().unwrap();
+        let acc = Access {
+            last_ms: e.created_ms,
+            hits: 0,
+            expires_ms: e.expires_ms,
+        };
+        let key = schema2_exact_key(e.scope, &e.prompt);
+        let entry = Entry {
+            id,
+            scope: e.scope,
+            prompt: e.prompt,
+            embedding: e.embedding,
+            response: e.response,
+            created_ms: e.created_ms,
+            expires_ms: e.expires_ms,
+        };
+        entries_tree
+            .insert(id_key(id), codec::encode(&entry).unwrap())
+            .unwrap();
+        access.insert(id_key(id), &acc.encode()).unwrap();
+        exact.insert(key, &id_key(id)).unwrap();
+        ids.push(id);
+    }
+    meta.insert(b"schema_version", &2u32.to_be_bytes()).unwrap();
+    db.flush().unwrap();
+    ids
+}
+
+/// Prompts a schema-2 store kept apart, two of which now share an exact key (the second,
+/// newer one wins), and code that keeps its own key.
+fn schema2_entries() -> Vec<NewEntry> {
+    vec![
+        new_entry(scope(1), "How do I reset my password?", 1, u64::MAX / 2),
+        new_entry(scope(1), "print(x)", 2, u64::MAX / 2),
+        new_entry(scope(1), "Print(X)", 3, u64::MAX / 2),
+        new_entry(scope(2), "What is US policy?", 4, u64::MAX / 2),
+        new_entry(scope(1), "how do I reset my password", 5, u64::MAX / 2),
+    ]
+}
+
+/// The raw trees and schema version of the store in `dir`, read past the store.
+fn raw_exact_state(dir: &TempDir) -> (usize, usize, usize, Vec<u8>, bool) {
+    let db = sled::open(cfg(dir).dir).unwrap();
+    let tree = |n: &str| db.open_tree(n).unwrap();
+    let meta = tree("meta");
+    (
+        tree("entries").len(),
+        tree("exact").len(),
+        tree("access").len(),
+        meta.get(b"schema_version").unwrap().unwrap().to_vec(),
+        meta.get(b"migrate_v2_cursor").unwrap().is_some(),
+    )
+}
+
+/// After the rebuild: a case and punctuation variant finds the prose entry (the newer of the
+/// two that merged), code keeps its case, and every tree agrees.
+fn assert_rekeyed(store: &Store, ids: &[EntryId]) {
+    let prose = store
+        .get_exact(scope(1), "how do I reset my password?")
+        .unwrap()
+        .unwrap();
+    assert_eq!(prose.id, ids[4]);
+    assert_eq!(
+        prose.prompt, "how do I reset my password",
+        "the prompt is kept"
+    );
+    assert_eq!(
+        store
+            .get_exact(scope(1), "HOW do I reset my password")
+            .unwrap(),
+        None,
+        "not prose: its own key"
+    );
+    assert_eq!(
+        store.get(ids[0]).unwrap(),
+        None,
+        "merged into the newer entry"
+    );
+    assert_eq!(store.hits(ids[0]), None);
+    let exact_id = |s: u8, p: &str| store.get_exact(scope(s), p).unwrap().map(|e| e.id);
+    assert_eq!(exact_id(1, "print(x)"), Some(ids[1]));
+    assert_eq!(exact_id(1, "Print(X)"), Some(ids[2]));
+    assert_eq!(exact_id(2, "What is US policy?"), Some(ids[3]));
+    assert_eq!(exact_id(2, "what is us policy"), None);
+    assert_eq!(store.len(), 4);
+    assert_eq!(store.inner.entries.len(), 4);
+    assert_eq!(store.inner.exact.len(), 4);
+    assert_eq!(store.inner.access.len(), 4);
+}
+
+#[test]
+fn a_schema_2_store_is_rekeyed_on_open() {
+    let dir = TempDir::new().unwrap();
+    let ids = schema2_store(&dir, &schema2_entries());
+    assert_eq!(
+        raw_exact_state(&dir),
+        (5, 5, 5, 2u32.to_be_bytes().to_vec(), false)
+    );
+
+    let store = Store::open(&cfg(&dir)).unwrap();
+    assert_rekeyed(&store, &ids);
+    drop(store);
+    let (entries, exact, access, version, cursor) = raw_exact_state(&dir);
+    assert_eq!((entries, exact, access), (4, 4, 4));
+    assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+    assert!(!cursor, "the cursor outlived the migration");
+    let marker = std::fs::read_to_string(cfg(&dir).dir.join(meta::MARKER_FILE)).unwrap();
+    assert!(marker.contains(&format!("schema_version = {SCHEMA_VERSION}\n")));
+
+    // Idempotent: a second open serves the same; new inserts replace by the new key.
+    let store = Store::open(&cfg(&dir)).unwrap();
+    assert_rekeyed(&store, &ids);
+    let out = store
+        .insert(new_entry(scope(1), "How do I reset my password!", 9, 1_000))
+        .unwrap();
+    assert_eq!(out.removed, vec![(scope(1), ids[4])]);
+}
+
+/// A rebuild stopped after any number of batches (one entry per batch, as by a crash) reopens,
+/// finishes and serves the same; the merge crosses batches.
+#[test]
+fn an_interrupted_exact_key_rebuild_reopens_and_finishes() {
+    for done in 0..=5 {
+        let dir = TempDir::new().unwrap();
+        let ids = schema2_store(&dir, &schema2_entries());
+        {
+            let db = sled::open(cfg(&dir).dir).unwrap();
+            let tree = |n: &str| db.open_tree(n).unwrap();
+            let (meta, entries, exact, access) =
+                (tree("meta"), tree("entries"), tree("exact"), tree("access"));
+            let trees = migrate::Trees {
+                meta: &meta,
+                entries: &entries,
+                exact: &exact,
+                access: &access,
+            };
+            let path = cfg(&dir).dir;
+            let n = migrate::rekey_exact_until(&trees, b"schema_version", &path, 1, done).unwrap();
+            assert_eq!(n.keyed, done, "stopped after {done}");
+            assert_eq!(n.merged, usize::from(done == 5));
+            db.flush().unwrap();
+        }
+        let (_, _, _, version, cursor) = raw_exact_state(&dir);
+        assert_eq!(version, 2u32.to_be_bytes(), "stopped after {done}");
+        assert_eq!(cursor, done > 0, "stopped after {done}");
+
+        let store = Store::open(&cfg(&dir)).unwrap();
+        assert_rekeyed(&store, &ids);
+        drop(store);
+        let (_, _, _, version, cursor) = raw_exact_state(&dir);
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        assert!(!cursor);
+    }
+}
+
+/// Merges inside one batch: the newest of several variants keeps the key.
+#[test]
+fn an_exact_key_rebuild_merges_within_a_batch() {
+    let dir = TempDir::new().unwrap();
+    let entries = vec![
+        new_entry(scope(1), "Is it done?", 1, u64::MAX / 2),
+        new_entry(scope(1), "is it done", 2, u64::MAX / 2),
+        new_entry(scope(1), "Is it done...", 3, u64::MAX / 2),
+    ];
+    let ids = schema2_store(&dir, &entries);
+    let store = Store::open(&cfg(&dir)).unwrap();
+    let e = store.get_exact(scope(1), "is it done?").unwrap().unwrap();
+    assert_eq!(e.id, ids[2]);
+    assert_eq!(store.len(), 1);
+    assert_eq!((store.inner.entries.len(), store.inner.exact.len()), (1, 1));
 }
