@@ -102,6 +102,40 @@ async fn exact_repeat_is_an_exact_hit() {
     assert_eq!(mock.calls(), 1);
 }
 
+/// Issue 13: the exact key folds the case and trailing punctuation of prose, never of code.
+/// Three-message conversations with `max_turns = 1` skip the semantic layer, so every hit
+/// here is the exact layer's.
+#[tokio::test]
+async fn prose_differing_in_case_and_question_mark_is_an_exact_hit_but_code_is_not() {
+    let mock = MockUpstream::start().await;
+    let d = Deja::start_with(&mock.base_url(), hash_model(), "max_turns = 1", "").await;
+    let convo = |text: &str| {
+        json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": text}]})
+    };
+    let r1 = post(&d, &convo("How do I reset my password"), "k").await;
+    assert_eq!(r1.header("x-deja-cache"), "miss");
+    d.wait_entries(1).await;
+    let r2 = post(&d, &convo("how do I reset my password?"), "k").await;
+    assert_eq!(r2.header("x-deja-cache"), "exact-hit");
+    assert_eq!(r2.content(), r1.content());
+    assert_eq!(mock.calls(), 1);
+
+    let r3 = post(&d, &convo("print(x)"), "k").await;
+    assert_eq!(r3.header("x-deja-cache"), "miss");
+    d.wait_entries(2).await;
+    let r4 = post(&d, &convo("Print(X)"), "k").await;
+    assert_eq!(r4.header("x-deja-cache"), "miss", "code keeps its case");
+    assert_eq!(mock.calls(), 3);
+    d.wait_entries(3).await;
+    let r5 = post(&d, &convo("Print(X)"), "k").await;
+    assert_eq!(r5.header("x-deja-cache"), "exact-hit");
+    assert_eq!(r5.content(), r4.content());
+    assert_eq!(mock.calls(), 3);
+}
+
 #[tokio::test]
 async fn every_scope_dimension_separates_entries() {
     let mock = MockUpstream::start().await;

@@ -9,8 +9,9 @@
 //!
 //! # What counts as prose
 //!
-//! Decided on the whole text, conservatively; every rule below that fails keeps the text as it
-//! is:
+//! Decided on the whole normalized text, conservatively; every rule below that fails keeps the
+//! text as it is. Line breaks and indentation are gone by then (normalization collapses
+//! whitespace), so code is recognized by its characters and shapes:
 //! - **Characters**: letters, digits, whitespace and the punctuation of running text
 //!   (`. , ? ! : - ( ) % +`, apostrophes inside words, dashes, `¿ ¡`, CJK sentence marks).
 //!   Anything else, such as backticks, `{ } [ ] < > ; = | \ / _ * # @ & $ ~ ^`, quotation marks
