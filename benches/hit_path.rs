@@ -13,7 +13,7 @@
 mod prompts;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use deja::cache::{CacheEngine, Lookup, LookupTrace};
+use deja::cache::{CacheEngine, Lookup, LookupTrace, Rule};
 use deja::config::Config;
 use deja::server;
 use deja::store::{CachedResponse, FinishReason, ScopeId};
@@ -63,7 +63,7 @@ fn kind(l: &Lookup) -> &'static str {
     match l {
         Lookup::Exact(_) => "exact",
         Lookup::Semantic { .. } => "semantic",
-        Lookup::Miss { .. } => "miss",
+        Lookup::Uncertain { .. } | Lookup::Miss { .. } => "miss",
     }
 }
 
@@ -74,8 +74,14 @@ fn hit_path(c: &mut Criterion) {
         .expect("runtime");
     let (engine, _dir) = engine(&rt);
     let lookup = |prompt: &str| {
-        rt.block_on(engine.lookup(scope(), prompt, true, 0.80, &mut LookupTrace::default()))
-            .expect("lookup")
+        rt.block_on(engine.lookup(
+            scope(),
+            prompt,
+            true,
+            Rule::cosine(0.80, true),
+            &mut LookupTrace::default(),
+        ))
+        .expect("lookup")
     };
     // Each case must take the path it is named after, or its timing means nothing.
     let exact = format!("How do I {}?", TOPICS[0]);

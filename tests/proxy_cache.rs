@@ -526,3 +526,93 @@ async fn a_streamed_miss_is_relayed_chunk_by_chunk() {
         );
     }
 }
+
+/// The shipped decision rule on hand-picked pairs, with the real model: each pair in its own
+/// scope (its own API key), the first prompt answered upstream, the second looked up.
+#[tokio::test]
+async fn the_shipped_rule_serves_rewordings_and_refuses_lookalikes() {
+    let mock = MockUpstream::start().await;
+    // The rule in the repository's config.toml, which is what ships (and what the code
+    // defaults to: `config::tests` checks they agree).
+    let shipped = deja::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config.toml"
+    )))
+    .unwrap();
+    let rule = format!(
+        "threshold = {}\nverified_threshold = {}",
+        shipped.cache.threshold, shipped.cache.verified_threshold
+    );
+    let d = Deja::start_with(&mock.base_url(), real_model(), &rule, "").await;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (stored, asked, expected x-deja-cache, expected x-deja-verified or "")
+        (
+            "How do I reset my password?",
+            "How can I reset my password?",
+            "semantic-hit",
+            "lexical",
+        ),
+        (
+            "What's the capital of France?",
+            "what is the capital of france",
+            "semantic-hit",
+            "lexical",
+        ),
+        (
+            "How do I reset my password?",
+            "How do I NOT reset my password?",
+            "miss",
+            "",
+        ),
+        (
+            "Who won the 2014 world cup?",
+            "Who won the 2018 world cup?",
+            "miss",
+            "",
+        ),
+        (
+            "How do I convert ethanol to ethanoic acid?",
+            "How do I convert ethanoic acid to ethanol?",
+            "miss",
+            "",
+        ),
+        ("What is my name?", "What is your name?", "miss", ""),
+        (
+            "What is the best cab service in Pune?",
+            "What is the best cab service in Mumbai?",
+            "miss",
+            "",
+        ),
+        (
+            "A man is playing a guitar on stage.",
+            "A woman is playing a guitar on stage.",
+            "miss",
+            "",
+        ),
+        (
+            "How do I reset my password?",
+            "How do I change my email address?",
+            "miss",
+            "",
+        ),
+    ];
+    for (i, (stored, asked, outcome, verified)) in cases.iter().enumerate() {
+        let key = format!("k{i}");
+        let first = post(&d, &chat(stored), &key).await;
+        assert_eq!(first.header("x-deja-cache"), "miss", "{stored}");
+        d.wait_entries(i + 1).await;
+        let r = post(&d, &chat(asked), &key).await;
+        assert_eq!(
+            r.header("x-deja-cache"),
+            *outcome,
+            "'{asked}' after '{stored}' (similarity {:?}, nearest {:?})",
+            r.headers.get("x-deja-similarity"),
+            r.headers.get("x-deja-nearest-similarity"),
+        );
+        if !verified.is_empty() {
+            assert_eq!(r.header("x-deja-verified"), *verified, "{asked}");
+        } else {
+            assert!(r.headers.get("x-deja-verified").is_none(), "{asked}");
+        }
+    }
+}

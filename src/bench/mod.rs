@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// is fine-grained above 0.99, where high-precision thresholds live.
     #[arg(long, default_value = "0.70:0.99:0.01,0.991:0.999:0.001")]
     pub thresholds: String,
+    /// The lexical verifier's sweep: `verified_threshold` values tried with the configured
+    /// `threshold` (a second table in the report).
+    #[arg(long, default_value = "0.80:0.99:0.01")]
+    pub verified_thresholds: String,
     /// Precision the recommended threshold must keep.
     #[arg(long, default_value_t = 0.99)]
     pub target_precision: f64,
@@ -73,26 +77,10 @@ pub struct BenchArgs {
     pub model: String,
 }
 
-/// A decision rule the bench evaluates: what the server would serve, given the candidates the
-/// cache engine found. The sweep varies the threshold; the `configured` row is the rule the
-/// config ships, so `report.json` scores exactly what the server serves.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rule {
-    /// Minimum cosine similarity of the most similar candidate.
-    pub threshold: f32,
-    /// Whether the precision guards may veto it.
-    pub guards: bool,
-}
-
-impl Rule {
-    /// The rule the server applies to a request for `model` under `config`.
-    pub fn configured(config: &Config, model: &str) -> Rule {
-        Rule {
-            threshold: config.threshold_for(model),
-            guards: config.cache.guards,
-        }
-    }
-}
+/// The decision rule the bench evaluates is the server's own ([`crate::cache::verify`]): the
+/// sweeps vary its bars, the `configured` row is the rule the config ships, so `report.json`
+/// scores exactly what the server serves.
+pub use crate::cache::verify::Rule;
 
 /// A sweep: `start:end:step`, one value, or several of those joined by commas (sorted, with
 /// duplicates removed), e.g. `0.70:0.99:0.01,0.991:0.999:0.001`.
@@ -170,23 +158,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let embed_seconds = embed_started.elapsed().as_secs_f64();
     let guards = !args.no_guards;
     // The sweep's rules, then the configured rule last (evaluated in the same pass).
+    let configured_rule = config.rule_for(&args.model);
     let mut rules: Vec<Rule> = thresholds
         .iter()
-        .map(|&threshold| Rule { threshold, guards })
+        .map(|&threshold| Rule::cosine(threshold, guards))
         .collect();
-    let configured_rule = Rule::configured(&config, &args.model);
+    let verified = parse_thresholds(&args.verified_thresholds)?;
+    rules.extend(verified.iter().map(|&v| Rule {
+        verified_threshold: v,
+        guards,
+        ..configured_rule
+    }));
     rules.push(configured_rule);
+    let mut audit = Vec::new();
     let (mut rows, ceiling) = match (&data, args.protocol) {
         (dataset::Dataset::Pairs(p), Protocol::Pairwise) => {
-            (protocols::pairwise(p, &vectors, &rules), None)
+            (protocols::pairwise(p, &vectors, &rules, &mut audit), None)
         }
         (dataset::Dataset::Pairs(p), Protocol::Cache) => (
-            protocols::cache(p, &vectors, &rules, &config, embedder.clone())?,
+            protocols::cache(p, &vectors, &rules, &config, embedder.clone(), &mut audit)?,
             None,
         ),
         (dataset::Dataset::Stream(s), Protocol::Replay) => {
             let (rows, ceiling) =
-                protocols::replay(s, &vectors, &rules, &config, embedder.clone())?;
+                protocols::replay(s, &vectors, &rules, &config, embedder.clone(), &mut audit)?;
             (rows, Some(ceiling))
         }
         _ => anyhow::bail!("protocol and dataset do not match"),
@@ -194,6 +189,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let configured = rows
         .pop()
         .map(|row| report::Configured::new(configured_rule, row));
+    let mut verified_rows = rows.split_off(thresholds.len());
+    for (row, v) in verified_rows.iter_mut().zip(&verified) {
+        row.threshold = (*v as f64 * 1000.0).round() / 1000.0;
+    }
     let report = report::Report {
         dataset: args
             .dataset
@@ -206,6 +205,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         target_precision: args.target_precision,
         recommended: report::recommend(&rows, args.target_precision),
         rows,
+        verified_rows,
         configured,
         ceiling,
         rows_in_dataset: data.len(),
@@ -214,7 +214,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     print!("{}", report.table());
     report.write(&args.out)?;
-    eprintln!("wrote {}/report.{{json,csv,svg}}", args.out.display());
+    report::write_false_hits(&args.out, audit)?;
+    eprintln!(
+        "wrote {}/report.{{json,csv,svg}} and the configured rule's false hits to {}/false-hits.jsonl",
+        args.out.display(),
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -248,8 +253,23 @@ mod tests {
             std::path::Path::new("/"),
         )
         .unwrap();
-        let any = Rule::configured(&config, "");
+        let any = config.rule_for("");
         assert_eq!((any.threshold, any.guards), (0.97, false));
-        assert_eq!(Rule::configured(&config, "gpt-4o-mini").threshold, 0.93);
+        assert_eq!(
+            any.verified_threshold, 0.97,
+            "a config that sets only `threshold` keeps a plain cosine rule"
+        );
+        let gpt = config.rule_for("gpt-4o-mini");
+        assert_eq!((gpt.threshold, gpt.verified_threshold), (0.93, 0.93));
+        let both = Config::from_toml_str(
+            "[cache]\nthreshold = 0.99\nverified_threshold = 0.9\n[[cache.thresholds]]\nmodel = \"x*\"\nthreshold = 0.995\nverified_threshold = 0.95\n",
+            Vec::<(String, String)>::new(),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let d = both.rule_for("gpt");
+        assert_eq!((d.threshold, d.verified_threshold), (0.99, 0.9));
+        let x = both.rule_for("x1");
+        assert_eq!((x.threshold, x.verified_threshold), (0.995, 0.95));
     }
 }

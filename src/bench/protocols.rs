@@ -1,5 +1,5 @@
 //! The three protocols of `../shared/datasets/README.md`, each driving the real cache engine:
-//! - **pairwise**: cosine(a, b) and the guards for every pair;
+//! - **pairwise**: cosine(a, b), the guards and the lexical verifier for every pair;
 //! - **cache**: every distinct `a` inserted into an empty cache, then each `b` looked up
 //!   (exact layer, index search, guards, the server's hit rule);
 //! - **replay**: a stream through a cold cache per threshold, inserting on every miss.
@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use super::dataset::{PairRow, SameClasses, StreamRow};
 use super::embeddings::Vectors;
-use super::report::{Row, Tally};
+use super::report::{FalseHit, Row, Tally};
 use super::Rule;
-use crate::cache::engine::select;
-use crate::cache::guards;
-use crate::cache::{CacheEngine, Candidate};
+use crate::cache::guards::Features;
+use crate::cache::verify::{decide, Candidate, Decision};
+use crate::cache::CacheEngine;
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::store::{CachedResponse, EntryId, FinishReason, ScopeId};
@@ -23,30 +23,49 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-pub fn pairwise(rows: &[PairRow], v: &Vectors, rules: &[Rule]) -> Vec<Row> {
-    let scored: Vec<(f32, bool, bool)> = rows
+/// Scores every rule; the false hits of the last rule (the configured one) go to `audit`.
+pub fn pairwise(
+    rows: &[PairRow],
+    v: &Vectors,
+    rules: &[Rule],
+    audit: &mut Vec<FalseHit>,
+) -> Vec<Row> {
+    let scored: Vec<(Candidate, &PairRow)> = rows
         .iter()
         .map(|r| {
-            let sim = match (v.of(&r.a), v.of(&r.b)) {
+            let similarity = match (v.of(&r.a), v.of(&r.b)) {
                 (Some(a), Some(b)) => dot(a, b),
                 _ => -1.0,
             };
-            (sim, guards::check(&r.b, &r.a).passed(), r.same)
+            let (query, stored) = (Features::of(&r.b), Features::of(&r.a));
+            let candidate = Candidate {
+                id: 0,
+                similarity,
+                guard: query.compare(&stored),
+                same_content: query.same_content(&stored),
+            };
+            (candidate, r)
         })
         .collect();
     let positives = rows.iter().filter(|r| r.same).count() as u64;
     rules
         .iter()
-        .map(|rule| {
+        .enumerate()
+        .map(|(i, rule)| {
             let mut tally = Tally {
                 queries: rows.len() as u64,
                 positives,
                 ..Default::default()
             };
-            for &(sim, pass, same) in &scored {
-                if sim >= rule.threshold && (!rule.guards || pass) {
+            for (candidate, r) in &scored {
+                let decision = decide(std::slice::from_ref(candidate), rule);
+                tally.count(&decision);
+                if matches!(decision, Decision::Hit { .. }) {
                     tally.hits += 1;
-                    tally.correct_hits += same as u64;
+                    tally.correct_hits += r.same as u64;
+                    if !r.same && i + 1 == rules.len() {
+                        audit.push(FalseHit::new(&r.b, &r.a, candidate.similarity));
+                    }
                 }
             }
             tally.row(rule.threshold)
@@ -97,10 +116,21 @@ fn find(engine: &CacheEngine, scope: ScopeId, text: &str, vector: &[f32]) -> any
     Ok(Found::Candidates(c.into_iter().map(|(c, _)| c).collect()))
 }
 
-fn chosen(found: &Found, rule: &Rule) -> Option<EntryId> {
+/// The entry the rule serves, counting the verifier's and the judge's work on `tally`. An
+/// uncertain candidate is a miss here: the bench does not call a judge.
+fn chosen(found: &Found, rule: &Rule, tally: &mut Tally) -> Option<(EntryId, f32)> {
     match found {
-        Found::Exact(id) => Some(*id),
-        Found::Candidates(c) => select(c, rule.threshold, rule.guards).map(|c| c.id),
+        Found::Exact(id) => Some((*id, 1.0)),
+        Found::Candidates(c) => {
+            let decision = decide(c, rule);
+            tally.count(&decision);
+            match decision {
+                Decision::Hit { id, .. } => {
+                    c.iter().find(|c| c.id == id).map(|c| (id, c.similarity))
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -110,6 +140,7 @@ pub fn cache(
     rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
+    audit: &mut Vec<FalseHit>,
 ) -> anyhow::Result<Vec<Row>> {
     let (engine, _dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
@@ -159,8 +190,8 @@ pub fn cache(
             continue;
         };
         let found = find(&engine, scope, &r.b, v.get(bi))?;
-        for (tally, rule) in tallies.iter_mut().zip(rules) {
-            let Some(id) = chosen(&found, rule) else {
+        for (k, (tally, rule)) in tallies.iter_mut().zip(rules).enumerate() {
+            let Some((id, similarity)) = chosen(&found, rule, tally) else {
                 continue;
             };
             let Some(&got) = entry_text.get(&id) else {
@@ -173,6 +204,9 @@ pub fn cache(
                 classes.find(got) == classes.find(bi)
             };
             tally.correct_hits += correct as u64;
+            if !correct && k + 1 == rules.len() {
+                audit.push(FalseHit::new(&r.b, &v.texts.list[got], similarity));
+            }
         }
         if (n + 1) % 20_000 == 0 {
             eprintln!(
@@ -196,6 +230,7 @@ pub fn replay(
     rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
+    audit: &mut Vec<FalseHit>,
 ) -> anyhow::Result<(Vec<Row>, f64)> {
     let mut seen = std::collections::HashSet::new();
     let mut repeats = 0u64;
@@ -216,6 +251,7 @@ pub fn replay(
         .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = parking_lot::Mutex::new(vec![None; rules.len()]);
+    let configured_false = parking_lot::Mutex::new(Vec::new());
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..workers {
@@ -225,7 +261,11 @@ pub fn replay(
                     let Some(rule) = rules.get(i) else {
                         return Ok(());
                     };
-                    let mut tally = replay_one(rows, v, rule, config, embedder.clone())?;
+                    let (mut tally, false_hits) =
+                        replay_one(rows, v, rule, config, embedder.clone())?;
+                    if i + 1 == rules.len() {
+                        *configured_false.lock() = false_hits;
+                    }
                     tally.positives = repeats;
                     results.lock()[i] = Some(tally.row(rule.threshold));
                     eprintln!(
@@ -245,6 +285,7 @@ pub fn replay(
         Ok(())
     })?;
     let rows_out = results.into_inner().into_iter().flatten().collect();
+    *audit = configured_false.into_inner();
     Ok((rows_out, ceiling))
 }
 
@@ -254,10 +295,11 @@ fn replay_one(
     rule: &Rule,
     config: &Config,
     embedder: Arc<dyn Embedder>,
-) -> anyhow::Result<Tally> {
+) -> anyhow::Result<(Tally, Vec<FalseHit>)> {
     let (engine, _dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
-    let mut class_of: HashMap<EntryId, Option<&str>> = HashMap::new();
+    let mut class_of: HashMap<EntryId, (Option<&str>, &str)> = HashMap::new();
+    let mut false_hits = Vec::new();
     let mut tally = Tally {
         queries: rows.len() as u64,
         ..Default::default()
@@ -267,18 +309,21 @@ fn replay_one(
             continue;
         };
         let found = find(&engine, scope, &r.text, v.get(i))?;
-        match chosen(&found, rule) {
-            Some(id) => {
+        match chosen(&found, rule, &mut tally) {
+            Some((id, similarity)) => {
                 tally.hits += 1;
-                let got = class_of.get(&id).copied().flatten();
+                let (got, served) = class_of.get(&id).copied().unwrap_or((None, ""));
                 let correct = matches!((got, r.class.as_deref()), (Some(a), Some(b)) if a == b);
                 tally.correct_hits += correct as u64;
+                if !correct {
+                    false_hits.push(FalseHit::new(&r.text, served, similarity));
+                }
             }
             None => {
                 let id = engine.insert_blocking(scope, &r.text, Some(v.get(i)), answer(), TTL)?;
-                class_of.insert(id, r.class.as_deref());
+                class_of.insert(id, (r.class.as_deref(), r.text.as_str()));
             }
         }
     }
-    Ok(tally)
+    Ok((tally, false_hits))
 }

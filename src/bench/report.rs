@@ -14,9 +14,30 @@ pub struct Tally {
     pub correct_hits: u64,
     /// Queries that had a right answer available (denominator of recall).
     pub positives: u64,
+    /// Lookups whose candidate the lexical verifier had to judge (between the bars).
+    pub verifier_calls: u64,
+    /// Lookups that would have gone to the LLM judge (uncertain; a miss here).
+    pub judge_calls: u64,
 }
 
 impl Tally {
+    /// Counts the verifier's and the judge's work in one decision.
+    pub fn count(&mut self, decision: &crate::cache::verify::Decision) {
+        use crate::cache::verify::{Decision, MissReason, Verified};
+        match decision {
+            Decision::Hit {
+                verified: Verified::Lexical | Verified::Judge,
+                ..
+            }
+            | Decision::Miss(MissReason::Unverified) => self.verifier_calls += 1,
+            Decision::Uncertain { .. } => {
+                self.verifier_calls += 1;
+                self.judge_calls += 1;
+            }
+            _ => {}
+        }
+    }
+
     pub fn row(&self, threshold: f32) -> Row {
         let q = self.queries.max(1) as f64;
         let false_hits = self.hits - self.correct_hits;
@@ -45,6 +66,8 @@ impl Tally {
             hits: self.hits,
             false_hits,
             queries: self.queries,
+            verifier_calls_per_1k: self.verifier_calls as f64 * 1000.0 / q,
+            judge_calls_per_1k: self.judge_calls as f64 * 1000.0 / q,
         }
     }
 }
@@ -61,6 +84,40 @@ pub struct Row {
     pub hits: u64,
     pub false_hits: u64,
     pub queries: u64,
+    pub verifier_calls_per_1k: f64,
+    pub judge_calls_per_1k: f64,
+}
+
+/// A hit the configured rule served wrongly (by the dataset's labels), for auditing: written
+/// to `false-hits.jsonl`, most similar first.
+#[derive(Debug, Clone, Serialize)]
+pub struct FalseHit {
+    pub query: String,
+    pub served: String,
+    pub similarity: f32,
+}
+
+impl FalseHit {
+    pub fn new(query: &str, served: &str, similarity: f32) -> FalseHit {
+        FalseHit {
+            query: query.to_string(),
+            served: served.to_string(),
+            similarity: (similarity * 10_000.0).round() / 10_000.0,
+        }
+    }
+}
+
+/// Writes false hits as JSON Lines, most similar first.
+pub fn write_false_hits(dir: &Path, mut hits: Vec<FalseHit>) -> anyhow::Result<()> {
+    hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    let mut out = String::new();
+    for h in &hits {
+        out.push_str(&serde_json::to_string(h)?);
+        out.push('\n');
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("false-hits.jsonl"), out)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +132,12 @@ pub struct Recommended {
 #[derive(Debug, Clone, Serialize)]
 pub struct Configured {
     pub threshold: f64,
+    pub verified_threshold: f64,
     pub guards: bool,
+    /// Lookups per 1,000 whose candidate the lexical verifier judged.
+    pub verifier_calls_per_1k: f64,
+    /// Lookups per 1,000 that a configured LLM judge would be asked about (counted as misses).
+    pub judge_calls_per_1k: f64,
     pub hit_rate: f64,
     pub precision: f64,
     pub hits: u64,
@@ -86,8 +148,11 @@ pub struct Configured {
 impl Configured {
     pub fn new(rule: super::Rule, row: Row) -> Configured {
         Configured {
-            threshold: row.threshold,
+            threshold: (rule.threshold as f64 * 1000.0).round() / 1000.0,
+            verified_threshold: (rule.verified_threshold as f64 * 1000.0).round() / 1000.0,
             guards: rule.guards,
+            verifier_calls_per_1k: row.verifier_calls_per_1k,
+            judge_calls_per_1k: row.judge_calls_per_1k,
             hit_rate: row.hit_rate,
             precision: row.precision,
             hits: row.hits,
@@ -105,6 +170,9 @@ pub struct Report {
     pub guards: bool,
     pub target_precision: f64,
     pub rows: Vec<Row>,
+    /// The lexical verifier's sweep: `verified_threshold` (in `threshold`) with the configured
+    /// `threshold`.
+    pub verified_rows: Vec<Row>,
     /// The lowest threshold from which every stricter threshold also reaches the target
     /// precision (precision is not monotonic in the threshold; this never recommends a
     /// threshold that sits in a dip). `null` when no threshold reaches it.
@@ -160,19 +228,41 @@ impl Report {
                 r.threshold, r.hit_rate, r.precision, r.recall, r.f1, r.false_hits_per_1k, r.hits
             );
         }
+        if !self.verified_rows.is_empty() {
+            let _ = writeln!(
+                s,
+                "lexical verifier sweep (verified_threshold, with the configured threshold):"
+            );
+            for r in &self.verified_rows {
+                let _ = writeln!(
+                    s,
+                    "{:>9.3} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.2} {:>7}",
+                    r.threshold,
+                    r.hit_rate,
+                    r.precision,
+                    r.recall,
+                    r.f1,
+                    r.false_hits_per_1k,
+                    r.hits
+                );
+            }
+        }
         if let Some(c) = self.ceiling {
             let _ = writeln!(s, "ceiling (prompts whose class was seen before): {c:.4}");
         }
         if let Some(c) = &self.configured {
             let _ = writeln!(
                 s,
-                "configured rule (threshold {:.3}, guards {}): hit rate {:.4}, precision {:.4}, {} hits, {} false",
+                "configured rule (threshold {:.3}, verified_threshold {:.3}, guards {}): hit rate {:.4}, precision {:.4}, {} hits, {} false; verifier calls {:.1}/1k lookups, judge calls {:.1}/1k",
                 c.threshold,
+                c.verified_threshold,
                 if c.guards { "on" } else { "off" },
                 c.hit_rate,
                 c.precision,
                 c.hits,
-                c.false_hits
+                c.false_hits,
+                c.verifier_calls_per_1k,
+                c.judge_calls_per_1k
             );
         }
         match &self.recommended {
@@ -356,6 +446,8 @@ mod tests {
             hits,
             false_hits: 0,
             queries: 100,
+            verifier_calls_per_1k: 0.0,
+            judge_calls_per_1k: 0.0,
         }
     }
 
@@ -366,8 +458,11 @@ mod tests {
             hits: 100,
             correct_hits: 90,
             positives: 300,
+            verifier_calls: 250,
+            judge_calls: 0,
         }
         .row(0.9);
+        assert!((r.verifier_calls_per_1k - 250.0).abs() < 1e-9);
         assert!((r.precision - 0.9).abs() < 1e-9);
         assert!((r.recall - 0.3).abs() < 1e-9);
         assert!((r.false_hits_per_1k - 10.0).abs() < 1e-9);
@@ -402,10 +497,13 @@ mod tests {
             target_precision: 0.99,
             rows: vec![row(0.9, 1.0, 3), row(0.95, 1.0, 1)],
             recommended: None,
+            verified_rows: vec![row(0.9, 1.0, 2)],
             configured: Some(Configured::new(
                 crate::bench::Rule {
                     threshold: 0.95,
+                    verified_threshold: 0.9,
                     guards: true,
+                    judge_floor: None,
                 },
                 row(0.95, 1.0, 1),
             )),
@@ -423,7 +521,9 @@ mod tests {
         assert_eq!(json["configured"]["hits"], 1);
         assert!(rep
             .table()
-            .contains("configured rule (threshold 0.950, guards on)"));
+            .contains("configured rule (threshold 0.950, verified_threshold 0.900, guards on)"));
+        assert_eq!(json["configured"]["verified_threshold"], 0.9);
+        assert_eq!(json["verified_rows"][0]["threshold"], 0.9);
         assert!(std::fs::read_to_string(dir.path().join("report.svg"))
             .unwrap()
             .contains("<polyline"));

@@ -361,7 +361,15 @@ mod tests {
 
             let began = Instant::now();
             let mut trace = LookupTrace::default();
-            let out = engine.lookup(scope, "2+2?", true, 0.9, &mut trace).await;
+            let out = engine
+                .lookup(
+                    scope,
+                    "2+2?",
+                    true,
+                    crate::cache::verify::Rule::cosine(0.9, true),
+                    &mut trace,
+                )
+                .await;
             let waited = began.elapsed();
             assert!(matches!(out, Err(CacheError::Busy { .. })), "{out:?}");
             assert!(waited >= timeout && waited < 20 * timeout, "{waited:?}");
@@ -372,7 +380,15 @@ mod tests {
 
             drop(release);
             let _ = blocker.await.unwrap();
-            let out = engine.lookup(scope, "2+2?", true, 0.9, &mut trace).await;
+            let out = engine
+                .lookup(
+                    scope,
+                    "2+2?",
+                    true,
+                    crate::cache::verify::Rule::cosine(0.9, true),
+                    &mut trace,
+                )
+                .await;
             assert!(matches!(out, Ok(Lookup::Exact(_))), "{out:?}");
         }
     }

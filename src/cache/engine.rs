@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::blocking::{LookupGate, LookupLimits};
 use super::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::cache::guards::{Features, GuardVerdict};
+use crate::cache::verify::{decide, Candidate, Decision, MissReason, Rule, Verified};
 use crate::embed::{EmbedError, EmbedPool};
 use crate::index::{IndexError, Neighbor, ScopedIndex, SnapshotError, SnapshotStats};
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
@@ -53,26 +54,6 @@ impl Default for EngineSettings {
     }
 }
 
-/// One nearest neighbour with what the guards said about it.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub id: EntryId,
-    pub similarity: f32,
-    pub guard: GuardVerdict,
-}
-
-/// The hit rule, shared by the server and the bench's threshold sweep: the most similar
-/// candidate decides. It is a hit when it reaches the threshold and the guards let it through;
-/// a veto is a miss. Falling through to the next candidate would let the guards *create* hits on
-/// less similar entries (measured: it lowered precision on the paraphrase set), and guards must
-/// only ever turn a hit into a miss.
-pub fn select(candidates: &[Candidate], threshold: f32, guards: bool) -> Option<&Candidate> {
-    candidates
-        .first()
-        .filter(|c| c.similarity >= threshold)
-        .filter(|c| !guards || c.guard.passed())
-}
-
 /// Result of a lookup.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -80,6 +61,14 @@ pub enum Lookup {
     Semantic {
         entry: Entry,
         similarity: f32,
+        verified: Verified,
+    },
+    /// The rule could not decide the most similar candidate: only the judge can (see
+    /// [`super::verify`]). Carries what a miss carries too, for when the judge says no.
+    Uncertain {
+        entry: Entry,
+        similarity: f32,
+        embedding: Arc<[f32]>,
     },
     /// No usable answer. The embedding (when computed) is handed back so the insert after the
     /// upstream answer does not pay for the model again; `best` is the top similarity seen.
@@ -92,13 +81,17 @@ pub enum Lookup {
 /// The semantic step's result.
 #[derive(Debug, Clone)]
 pub struct SemanticOutcome {
-    /// The selected entry with its similarity.
-    pub hit: Option<(Entry, f32)>,
+    /// The selected entry with its similarity and how it was verified.
+    pub hit: Option<(Entry, f32, Verified)>,
+    /// The most similar candidate, when only the judge can decide it.
+    pub uncertain: Option<(Entry, f32)>,
     /// The best similarity seen (for near-miss metrics and headers). Below the threshold it is
     /// the nearest indexed neighbour's, whose entry is not read.
     pub best: Option<f32>,
     /// Guards that turned away candidates above the threshold.
     pub vetoed: Vec<GuardVerdict>,
+    /// The candidate was between the bars and the verifier did not confirm it.
+    pub unverified: bool,
 }
 
 /// What a lookup did, for headers, logs and metrics: where it spent its time and which guards
@@ -109,6 +102,8 @@ pub struct LookupTrace {
     pub embed: Duration,
     pub search: Duration,
     pub vetoed: Vec<GuardVerdict>,
+    /// The most similar candidate passed the guards but the verifier did not confirm it.
+    pub unverified: bool,
 }
 
 impl LookupTrace {
@@ -217,7 +212,7 @@ impl CacheEngine {
         scope: ScopeId,
         prompt: &str,
         semantic: bool,
-        threshold: f32,
+        rule: Rule,
         timings: &mut LookupTrace,
     ) -> Result<Lookup, CacheError> {
         // One blocking task does the exact lookup and, on a miss, queues the embedding itself:
@@ -261,14 +256,24 @@ impl CacheEngine {
             .inner
             .lookups
             .run("semantic search", move || {
-                this.semantic_blocking(scope, &prompt, &vector, threshold)
+                this.semantic_blocking(scope, &prompt, &vector, &rule)
             })
             .await?;
         timings.search = started.elapsed();
         timings.vetoed = found.vetoed;
-        Ok(match found.hit {
-            Some((entry, similarity)) => Lookup::Semantic { entry, similarity },
-            None => Lookup::Miss {
+        timings.unverified = found.unverified;
+        Ok(match (found.hit, found.uncertain) {
+            (Some((entry, similarity, verified)), _) => Lookup::Semantic {
+                entry,
+                similarity,
+                verified,
+            },
+            (None, Some((entry, similarity))) => Lookup::Uncertain {
+                entry,
+                similarity,
+                embedding,
+            },
+            (None, None) => Lookup::Miss {
                 embedding: Some(embedding),
                 best: found.best,
             },
@@ -349,12 +354,13 @@ impl CacheEngine {
             if entry.is_expired(now) || entry.scope != scope {
                 continue;
             }
-            let guard = query.compare(&Features::of(&entry.prompt));
+            let features = Features::of(&entry.prompt);
             out.push((
                 Candidate {
                     id: n.id,
                     similarity: n.similarity,
-                    guard,
+                    guard: query.compare(&features),
+                    same_content: query.same_content(&features),
                 },
                 entry,
             ));
@@ -362,46 +368,70 @@ impl CacheEngine {
         Ok(out)
     }
 
-    /// The semantic step: the selected entry (if any) and the best similarity seen.
+    /// The semantic step: the selected entry (if any) and the best similarity seen. `rule`
+    /// comes with the request; whether guards run is the engine's setting.
     pub fn semantic_blocking(
         &self,
         scope: ScopeId,
         prompt: &str,
         embedding: &[f32],
-        threshold: f32,
+        rule: &Rule,
     ) -> Result<SemanticOutcome, CacheError> {
-        let guards = self.inner.settings.read().guards;
+        let rule = Rule {
+            guards: rule.guards && self.inner.settings.read().guards,
+            ..*rule
+        };
         let neighbours = self.nearest_blocking(scope, embedding)?;
-        // Below the threshold nothing can be served, so the store read and the guards are
+        // Below the rule's floor nothing can be served, so the store read and the guards are
         // skipped: `best` is then the nearest indexed neighbour, not checked for expiry.
-        if let Some(top) = neighbours.first().filter(|n| n.similarity < threshold) {
+        if let Some(top) = neighbours.first().filter(|n| n.similarity < rule.floor()) {
             return Ok(SemanticOutcome {
                 hit: None,
+                uncertain: None,
                 best: Some(top.similarity),
                 vetoed: Vec::new(),
+                unverified: false,
             });
         }
         let candidates = self.resolve_blocking(scope, prompt, neighbours)?;
         let best = candidates.first().map(|(c, _)| c.similarity);
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
-        let chosen = select(&only, threshold, guards).map(|c| c.id);
-        // The top candidate reached the threshold but a guard turned it away.
-        let vetoed = match only.first() {
-            Some(c) if guards && c.similarity >= threshold && !c.guard.passed() => vec![c.guard],
-            _ => Vec::new(),
-        };
-        let hit = chosen.and_then(|id| {
+        let decision = decide(&only, &rule);
+        let mut vetoed = Vec::new();
+        let unverified = decision == Decision::Miss(MissReason::Unverified);
+        let take = |id: EntryId| {
             candidates
                 .into_iter()
                 .find(|(c, _)| c.id == id)
                 .map(|(c, e)| (e, c.similarity))
-        });
-        if let Some((e, _)) = &hit {
-            if let Err(err) = self.inner.store.record_hit(e.id, now_ms()) {
-                tracing::debug!(error = %err, "recording a hit failed");
+        };
+        let (hit, uncertain) = match decision {
+            Decision::Hit { id, verified } => (take(id).map(|(e, s)| (e, s, verified)), None),
+            Decision::Uncertain { id } => (None, take(id)),
+            Decision::Miss(reason) => {
+                if let MissReason::Vetoed(g) = reason {
+                    vetoed.push(g);
+                }
+                (None, None)
             }
+        };
+        if let Some((e, _, _)) = &hit {
+            self.record_hit(e.id);
         }
-        Ok(SemanticOutcome { hit, best, vetoed })
+        Ok(SemanticOutcome {
+            hit,
+            uncertain,
+            best,
+            vetoed,
+            unverified,
+        })
+    }
+
+    /// Recency bookkeeping for eviction: a failed write must not fail the hit.
+    pub fn record_hit(&self, id: EntryId) {
+        if let Err(err) = self.inner.store.record_hit(id, now_ms()) {
+            tracing::debug!(error = %err, "recording a hit failed");
+        }
     }
 
     /// Stores an answer and indexes its embedding. Replaced and evicted entries leave the index.
@@ -474,38 +504,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CacheError::Join(e.to_string()))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    fn c(id: EntryId, similarity: f32, guard: GuardVerdict) -> Candidate {
-        Candidate {
-            id,
-            similarity,
-            guard,
-        }
-    }
-
-    #[test]
-    fn the_most_similar_candidate_decides() {
-        let pass = GuardVerdict::Pass;
-        let cands = [c(1, 0.97, pass), c(2, 0.96, pass)];
-        assert_eq!(select(&cands, 0.95, true).map(|c| c.id), Some(1));
-        assert!(select(&cands, 0.98, true).is_none());
-        assert!(select(&[], 0.5, true).is_none());
-    }
-
-    #[test]
-    fn a_veto_is_a_miss_not_a_fall_through() {
-        let cands = [
-            c(1, 0.97, GuardVerdict::Negation),
-            c(2, 0.96, GuardVerdict::Pass),
-        ];
-        assert!(
-            select(&cands, 0.95, true).is_none(),
-            "guards must never create a hit"
-        );
-        assert_eq!(select(&cands, 0.95, false).map(|c| c.id), Some(1));
-    }
 }

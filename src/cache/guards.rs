@@ -14,6 +14,12 @@ pub enum GuardVerdict {
     Negation,
     /// The texts mention different numbers.
     Numbers,
+    /// A word shared by both texts belongs to different people: "what is *my* name" / "what
+    /// is *your* name", "call *me* Bob" / "call *you* Bob".
+    Roles,
+    /// The same words related the other way round: "convert pounds to kilos" / "convert
+    /// kilos to pounds", "move money from checking to savings" / "… from savings to checking".
+    Direction,
 }
 
 impl GuardVerdict {
@@ -26,6 +32,8 @@ impl GuardVerdict {
             GuardVerdict::Pass => "pass",
             GuardVerdict::Negation => "negation",
             GuardVerdict::Numbers => "numbers",
+            GuardVerdict::Roles => "roles",
+            GuardVerdict::Direction => "direction",
         }
     }
 }
@@ -35,32 +43,424 @@ impl GuardVerdict {
 pub struct Features {
     negated: bool,
     numbers: BTreeMap<String, u32>,
+    /// How often the word "one" occurs: a pronoun as often as a number ("how can one train
+    /// their own model"), so it only stands in for a "1" the other text has.
+    ones: u32,
+    /// Content words (not function words, negations or numbers), lightly stemmed, in order.
+    content: Vec<String>,
+    /// Persons the text speaks of (bit 0 first person, bit 1 second person).
+    persons: u8,
+    /// Question words that ask for a different slot: who, where, when, why (bits).
+    asks: u8,
+    /// Content words owned by a person: (word, slot) → persons seen (bit 0 first person, bit 1
+    /// second person).
+    roles: BTreeMap<(String, Slot), u8>,
+    /// (x, y) for every "x <relation> y" with content words right next to the relation word
+    /// ("pounds to kilos", "Boston to Denver", "checking to savings").
+    relations: Vec<(String, String)>,
+}
+
+/// Where a pronoun stands next to a content word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    /// "my name", "your account".
+    Possessive,
+    /// "call me", "remind you".
+    Object,
+}
+
+/// One token as the direction check sees it.
+enum Part {
+    Word(String),
+    Relation,
+    Other,
 }
 
 impl Features {
     pub fn of(text: &str) -> Features {
-        let mut negated = false;
-        let mut numbers = BTreeMap::new();
-        for token in tokens(text) {
-            if is_negation(&token) {
-                negated = true;
+        let tokens: Vec<String> = tokens(text).collect();
+        let mut f = Features {
+            negated: false,
+            numbers: BTreeMap::new(),
+            ones: 0,
+            content: Vec::new(),
+            persons: 0,
+            asks: 0,
+            roles: BTreeMap::new(),
+            relations: Vec::new(),
+        };
+        let mut parts = Vec::with_capacity(tokens.len());
+        for (i, token) in tokens.iter().enumerate() {
+            f.persons |= person(token);
+            f.asks |= asks(token);
+            if is_relation(token) {
+                parts.push(Part::Relation);
+                continue;
             }
-            if let Some(n) = number_value(&token) {
-                *numbers.entry(n).or_insert(0) += 1;
+            if is_determiner(token) {
+                continue;
+            }
+            if is_negation(token) {
+                f.negated = true;
+            } else if token == "one" {
+                f.ones += 1;
+            } else if let Some(n) = number_value(token) {
+                *f.numbers.entry(n).or_insert(0) += 1;
+            } else if !is_function_word(token) {
+                let word = stem(token);
+                if let Some(p) = i.checked_sub(1).and_then(|j| possessive(&tokens[j])) {
+                    *f.roles.entry((word.clone(), Slot::Possessive)).or_insert(0) |= p;
+                }
+                if let Some(p) = tokens.get(i + 1).and_then(|t| object(t)) {
+                    *f.roles.entry((word.clone(), Slot::Object)).or_insert(0) |= p;
+                }
+                f.content.push(word.clone());
+                parts.push(Part::Word(word));
+                continue;
+            }
+            parts.push(Part::Other);
+        }
+        for w in parts.windows(3) {
+            if let [Part::Word(x), Part::Relation, Part::Word(y)] = w {
+                if x != y {
+                    f.relations.push((x.clone(), y.clone()));
+                }
             }
         }
-        Features { negated, numbers }
+        f
     }
 
     pub fn compare(&self, other: &Features) -> GuardVerdict {
         if self.negated != other.negated {
             GuardVerdict::Negation
-        } else if self.numbers != other.numbers {
+        } else if !same_numbers(self, other) {
             GuardVerdict::Numbers
+        } else if roles_swapped(self, other) {
+            GuardVerdict::Roles
+        } else if reversed(self, other) || reversed(other, self) {
+            GuardVerdict::Direction
         } else {
             GuardVerdict::Pass
         }
     }
+
+    /// The lexical verifier: both texts have the same content words in the same order (after
+    /// stemming), do not speak of different people ("what do I go by" / "what do you go by")
+    /// and ask the same kind of question (who / where / when / why). They then differ only in
+    /// function words, inflection, case or punctuation: "How can I reset my password?" /
+    /// "How do I reset my password".
+    pub fn same_content(&self, other: &Features) -> bool {
+        let disjoint_persons =
+            self.persons != 0 && other.persons != 0 && self.persons & other.persons == 0;
+        self.content == other.content && !disjoint_persons && self.asks == other.asks
+    }
+}
+
+/// `a` relates x to y ("convert pounds to kilos") where `b`, with the same content words,
+/// puts y before x ("convert kilos to pounds").
+fn reversed(a: &Features, b: &Features) -> bool {
+    if a.relations.is_empty() || a.content == b.content {
+        return false;
+    }
+    let mut sa = a.content.clone();
+    let mut sb = b.content.clone();
+    sa.sort();
+    sb.sort();
+    if sa != sb {
+        return false;
+    }
+    let first = |w: &str| b.content.iter().position(|c| c == w);
+    a.relations
+        .iter()
+        .any(|(x, y)| matches!((first(x), first(y)), (Some(px), Some(py)) if py < px))
+}
+
+/// Numbers equal as multisets, where a "1" on one side may be the word "one" on the other.
+fn same_numbers(a: &Features, b: &Features) -> bool {
+    if a.numbers == b.numbers {
+        return true;
+    }
+    let ones = |f: &Features| f.numbers.get("1").copied().unwrap_or(0);
+    let (a1, b1) = (ones(a), ones(b));
+    let covered = if a1 > b1 {
+        a1 - b1 <= b.ones
+    } else {
+        b1 - a1 <= a.ones
+    };
+    let rest_equal = a
+        .numbers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "1")
+        .eq(b.numbers.iter().filter(|(k, _)| k.as_str() != "1"));
+    covered && rest_equal
+}
+
+/// A content word both texts attach a pronoun to, with disjoint persons on the two sides.
+fn roles_swapped(a: &Features, b: &Features) -> bool {
+    a.roles
+        .iter()
+        .any(|(k, pa)| b.roles.get(k).is_some_and(|pb| pa & pb == 0))
+}
+
+fn is_relation(token: &str) -> bool {
+    matches!(
+        token,
+        "to" | "from" | "into" | "than" | "vs" | "versus" | "against" | "over" | "before" | "after"
+    )
+}
+
+/// Words skipped when deciding whether a content word stands right next to a relation word.
+fn is_determiner(token: &str) -> bool {
+    matches!(
+        token,
+        "the" | "a" | "an" | "my" | "your" | "our" | "their" | "his" | "her" | "its"
+    )
+}
+
+/// Question words that ask for a different slot: who, where, when, why.
+fn asks(token: &str) -> u8 {
+    match token {
+        "who" | "whom" | "whose" => 1,
+        "where" => 2,
+        "when" => 4,
+        "why" => 8,
+        _ => 0,
+    }
+}
+
+/// The person a pronoun speaks of (bit 0 first, bit 1 second), or 0.
+fn person(token: &str) -> u8 {
+    match token {
+        "i" | "me" | "my" | "mine" | "myself" | "we" | "us" | "our" | "ours" | "ourselves"
+        | "i'm" | "i've" | "i'd" | "i'll" => 1,
+        "you" | "your" | "yours" | "yourself" | "yourselves" | "you're" | "you've" | "you'd"
+        | "you'll" => 2,
+        _ => 0,
+    }
+}
+
+fn possessive(token: &str) -> Option<u8> {
+    match token {
+        "my" | "our" => Some(1),
+        "your" => Some(2),
+        _ => None,
+    }
+}
+
+fn object(token: &str) -> Option<u8> {
+    match token {
+        "me" | "us" => Some(1),
+        "you" => Some(2),
+        _ => None,
+    }
+}
+
+/// Words that carry no topic of their own: articles, pronouns, auxiliaries, prepositions,
+/// conjunctions, question words and request framing ("please", "tell", "know").
+fn is_function_word(token: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "done",
+        "have",
+        "has",
+        "had",
+        "having",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "myself",
+        "we",
+        "our",
+        "ours",
+        "us",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "it",
+        "its",
+        "they",
+        "them",
+        "their",
+        "theirs",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "of",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "about",
+        "as",
+        "into",
+        "onto",
+        "to",
+        "from",
+        "up",
+        "out",
+        "off",
+        "over",
+        "under",
+        "through",
+        "during",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "so",
+        "than",
+        "too",
+        "very",
+        "just",
+        "also",
+        "any",
+        "some",
+        "all",
+        "each",
+        "every",
+        "both",
+        "either",
+        "few",
+        "more",
+        "most",
+        "other",
+        "another",
+        "such",
+        "own",
+        "same",
+        "s",
+        "t",
+        "d",
+        "ll",
+        "m",
+        "re",
+        "ve",
+        "y",
+        "get",
+        "gets",
+        "got",
+        "getting",
+        "please",
+        "tell",
+        "let",
+        "really",
+        "actually",
+        "ever",
+        "even",
+        "much",
+        "many",
+        "lot",
+        "lots",
+        "someone",
+        "something",
+        "anyone",
+        "anything",
+        "somebody",
+        "anybody",
+        "way",
+        "ways",
+        "ones",
+        "thing",
+        "things",
+        "like",
+        "know",
+        "want",
+        "need",
+        "what's",
+        "i'm",
+        "i've",
+        "i'd",
+        "i'll",
+        "it's",
+        "that's",
+        "there's",
+        "you're",
+        "you've",
+        "let's",
+        "how's",
+        "where's",
+        "who's",
+    ];
+    WORDS.contains(&token) || token.chars().count() == 1
+}
+
+/// Light suffix stripping, so inflections of one word compare equal: "resetting"/"reset",
+/// "movies"/"movie", "changed"/"change", "cities"/"city". Errs towards keeping words apart.
+fn stem(token: &str) -> String {
+    let t = token.trim_end_matches(['\'', '\u{2019}']);
+    let t = t
+        .strip_suffix("'s")
+        .or_else(|| t.strip_suffix("\u{2019}s"))
+        .unwrap_or(t);
+    let mut w: Vec<char> = t.chars().collect();
+    let ends = |w: &[char], s: &str| {
+        let s: Vec<char> = s.chars().collect();
+        w.len() >= s.len() && w[w.len() - s.len()..] == s[..]
+    };
+    if ends(&w, "ing") && w.len() >= 6 {
+        w.truncate(w.len() - 3);
+    } else if ends(&w, "ed") && w.len() >= 5 {
+        w.truncate(w.len() - 2);
+    } else if ends(&w, "s") && !ends(&w, "ss") && w.len() >= 4 {
+        w.truncate(w.len() - 1);
+    }
+    if ends(&w, "e") && w.len() >= 4 {
+        w.pop();
+    }
+    if ends(&w, "y") && w.len() >= 3 {
+        w.pop();
+        w.push('i');
+    }
+    let n = w.len();
+    if n >= 4 && w[n - 1] == w[n - 2] && !"aeiou".contains(w[n - 1]) && w[n - 1].is_alphabetic() {
+        w.pop();
+    }
+    w.into_iter().collect()
 }
 
 /// Compares two prompts.
@@ -107,7 +507,6 @@ fn is_negation(token: &str) -> bool {
 fn number_value(token: &str) -> Option<String> {
     const WORDS: &[(&str, u32)] = &[
         ("zero", 0),
-        ("one", 1),
         ("two", 2),
         ("three", 3),
         ("four", 4),
@@ -251,6 +650,121 @@ mod tests {
         assert_eq!(
             check("I have 2, 3 apples", "I have 2 3 apples"),
             GuardVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_pronoun_one_is_not_a_number() {
+        assert_eq!(
+            check(
+                "How can I train my own model?",
+                "How can one train their own model?"
+            ),
+            GuardVerdict::Pass
+        );
+        assert_eq!(check("one dog", "1 dog"), GuardVerdict::Pass);
+        assert_eq!(check("one dog", "two dogs"), GuardVerdict::Numbers);
+        assert_eq!(check("111 apples", "1111 apples"), GuardVerdict::Numbers);
+        assert_eq!(check("version 2.3", "version 2.2.3"), GuardVerdict::Numbers);
+    }
+
+    #[test]
+    fn whose_thing_it_is_matters() {
+        assert_eq!(
+            check("what is my name", "what is your name"),
+            GuardVerdict::Roles
+        );
+        assert_eq!(
+            check("what can you call me", "what can i call you"),
+            GuardVerdict::Roles
+        );
+        assert_eq!(
+            check("can you tell me my balance", "tell me my balance"),
+            GuardVerdict::Pass
+        );
+        assert_eq!(
+            check(
+                "how do you set up direct deposit",
+                "how do i set up direct deposit"
+            ),
+            GuardVerdict::Pass,
+            "a generic 'you' as subject is not a role"
+        );
+    }
+
+    #[test]
+    fn a_reversed_relation_is_vetoed() {
+        assert_eq!(
+            check(
+                "How do I convert ethanol to ethanoic acid?",
+                "How do I convert ethanoic acid to ethanol?"
+            ),
+            GuardVerdict::Direction
+        );
+        assert_eq!(
+            check(
+                "move 100 dollars from checking to savings",
+                "move 100 dollars from savings to checking"
+            ),
+            GuardVerdict::Direction
+        );
+        assert_eq!(
+            check(
+                "Cheapest flight from Boston to Denver",
+                "Cheapest flight from Denver to Boston"
+            ),
+            GuardVerdict::Direction
+        );
+        assert_eq!(
+            check(
+                "i will be in uruguay from january to august, let my bank know",
+                "let my bank know that i will be in uruguay from january to august"
+            ),
+            GuardVerdict::Pass,
+            "moving a whole phrase keeps its relations"
+        );
+    }
+
+    fn same(a: &str, b: &str) -> bool {
+        Features::of(a).same_content(&Features::of(b))
+    }
+
+    #[test]
+    fn the_lexical_verifier_confirms_rewordings_only() {
+        assert!(same(
+            "How do I reset my password?",
+            "How can I reset my password"
+        ));
+        assert!(same("resetting passwords", "reset password"));
+        assert!(same(
+            "What's the capital of France?",
+            "what is the capital of france"
+        ));
+        assert!(!same(
+            "How do I reset my password?",
+            "How do I change my password?"
+        ));
+        assert!(
+            !same("what do i go by", "what do you go by"),
+            "persons differ"
+        );
+        assert!(
+            !same(
+                "Where is Martin O'Malley from?",
+                "Who is Martin O'Malley from?"
+            ),
+            "who and where ask different things"
+        );
+        assert!(
+            !same(
+                "What percentage of Muslims are terrorists?",
+                "What percentage of terrorists are Muslim?"
+            ),
+            "the same words in another order"
+        );
+        assert!(
+            !same("Hello hello", "hello"),
+            "content words count, not just occur"
         );
     }
 }

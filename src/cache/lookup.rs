@@ -13,6 +13,7 @@ use crate::cache::engine::{Lookup, LookupTrace};
 use crate::cache::miss::{InsertJob, Miss};
 use crate::cache::request::Planned;
 use crate::cache::singleflight::{Role, Singleflight};
+use crate::cache::verify::Verified;
 use crate::metrics::Metrics;
 use crate::store::Entry;
 
@@ -31,6 +32,8 @@ pub struct Hit {
     pub kind: HitKind,
     /// Cosine similarity of the served entry (1.0 for exact hits).
     pub similarity: f32,
+    /// How a semantic hit was decided (`None` for exact hits).
+    pub verified: Option<Verified>,
     pub trace: LookupTrace,
 }
 
@@ -78,7 +81,7 @@ impl Planned {
                     plan.scope,
                     &plan.prompt,
                     plan.semantic,
-                    plan.threshold,
+                    plan.rule,
                     &mut trace,
                 )
                 .await;
@@ -86,6 +89,12 @@ impl Planned {
                 metrics
                     .guard_vetoes
                     .with_label_values(&[guard.as_str()])
+                    .inc();
+            }
+            if trace.unverified {
+                metrics
+                    .verified_hits
+                    .with_label_values(&["unverified"])
                     .inc();
             }
             if plan.semantic && !trace.embed.is_zero() {
@@ -98,20 +107,43 @@ impl Planned {
                         entry,
                         kind: HitKind::Exact,
                         similarity: 1.0,
+                        verified: None,
                         trace,
                     })
                 }
-                Ok(Lookup::Semantic { entry, similarity }) => {
+                Ok(Lookup::Semantic {
+                    entry,
+                    similarity,
+                    verified,
+                }) => {
                     metrics
                         .similarity
                         .with_label_values(&["hit"])
                         .observe(similarity as f64);
+                    metrics
+                        .verified_hits
+                        .with_label_values(&[verified.as_str()])
+                        .inc();
                     return LookedUp::Hit(Hit {
                         entry,
                         kind: HitKind::Semantic,
                         similarity,
+                        verified: Some(verified),
                         trace,
                     });
+                }
+                Ok(Lookup::Uncertain {
+                    similarity,
+                    embedding: e,
+                    ..
+                }) => {
+                    // No judge is wired in yet: an uncertain candidate is a miss.
+                    metrics
+                        .similarity
+                        .with_label_values(&["miss"])
+                        .observe(similarity as f64);
+                    embedding = Some(e);
+                    best = Some(similarity);
                 }
                 Ok(Lookup::Miss {
                     embedding: e,
@@ -146,6 +178,7 @@ impl Planned {
                                 entry,
                                 kind: HitKind::Exact,
                                 similarity: 1.0,
+                                verified: None,
                                 trace,
                             });
                         }

@@ -3,7 +3,8 @@
 //!
 //! 1. [`request`]: the per-request context ([`CacheRequest`]) and the policy stage
 //!    ([`policy`]: scope, cacheability, threshold, read/write, TTL) → [`Planned`];
-//! 2. [`lookup`]: exact → embed → search → [`guards`] on the [`engine`] → [`LookedUp`]: a
+//! 2. [`lookup`]: exact → embed → search → [`guards`] and the decision rule ([`verify`]) on
+//!    the [`engine`] → [`LookedUp`]: a
 //!    [`Hit`] to render, or a [`Miss`] (joining the [`singleflight`] when it will write);
 //! 3. [`miss`]: once the upstream replied, the miss becomes a [`Settle`] that tees a stream,
 //!    accounts tokens and inserts the answer after the response, off the response path.
@@ -19,11 +20,13 @@ pub mod policy;
 pub mod request;
 pub mod restore;
 pub mod singleflight;
+pub mod verify;
 
 pub use lookup::{Hit, HitKind, LookedUp};
 pub use miss::{Miss, Settle};
 pub use request::{CacheRequest, Planned};
 
 pub use blocking::LookupLimits;
-pub use engine::{CacheEngine, CacheError, Candidate, EngineSettings, Lookup, LookupTrace};
+pub use engine::{CacheEngine, CacheError, EngineSettings, Lookup, LookupTrace};
 pub use restore::{load_index, IndexLoad};
+pub use verify::{Candidate, Decision, Rule, Verified};

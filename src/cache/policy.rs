@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::api::canonical::{ApiKind, Bypass, CanonicalRequest};
+use crate::cache::verify::Rule;
 use crate::config::{grants, Config, KeyHash, TenantMode};
 use crate::store::ScopeId;
 
@@ -192,7 +193,8 @@ pub struct CachePlan {
     pub prompt: String,
     /// Whether the semantic layer may run (else exact only).
     pub semantic: bool,
-    pub threshold: f32,
+    /// The decision rule for semantic candidates, tightened by `x-deja-threshold`.
+    pub rule: Rule,
     pub read: bool,
     pub write: bool,
     pub ttl: Duration,
@@ -213,16 +215,14 @@ pub fn plan(
     if controls.no_cache && controls.no_store {
         return Plan::Bypass(BypassReason::ClientOptOut);
     }
-    let configured = config.threshold_for(&request.model);
-    let threshold = match controls.threshold {
-        Some(t) => t.max(configured),
-        None => configured,
-    };
+    let rule = config
+        .rule_for(&request.model)
+        .tightened(controls.threshold);
     Plan::Use(CachePlan {
         scope: scope_id(tenant, request),
         semantic: request.turns <= config.cache.max_turns && !prompt.is_empty(),
         prompt,
-        threshold,
+        rule,
         read: !controls.no_cache,
         write: !controls.no_store,
         ttl: controls.ttl.unwrap_or(config.cache.ttl),
@@ -275,12 +275,12 @@ mod tests {
             threshold: Some(0.5),
             ..Default::default()
         };
-        assert_eq!(use_plan(plan(&c, &r, None, &loose)).threshold, 0.9);
+        assert_eq!(use_plan(plan(&c, &r, None, &loose)).rule.threshold, 0.9);
         let tight = RequestControls {
             threshold: Some(0.97),
             ..Default::default()
         };
-        assert_eq!(use_plan(plan(&c, &r, None, &tight)).threshold, 0.97);
+        assert_eq!(use_plan(plan(&c, &r, None, &tight)).rule.threshold, 0.97);
     }
 
     #[test]

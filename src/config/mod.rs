@@ -8,6 +8,7 @@ mod parse;
 pub mod raw;
 mod validate;
 
+use crate::cache::verify::Rule;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -93,13 +94,19 @@ pub enum TenantMode {
 pub struct ThresholdOverride {
     pub model_glob: ModelGlob,
     pub threshold: f32,
+    /// The lexical verifier's bar for this model; unset = `threshold` (a plain cosine rule).
+    pub verified_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub dir: PathBuf,
-    /// Cosine similarity in [-1, 1]; higher = stricter.
+    /// Cosine similarity in [-1, 1] at which a candidate is served on similarity alone; higher
+    /// = stricter.
     pub threshold: f32,
+    /// Cosine at which a candidate the lexical verifier confirms (same content words, guards
+    /// passed) is served (see `cache::verify`).
+    pub verified_threshold: f32,
     pub ttl: Duration,
     pub max_entries: usize,
     pub guards: bool,
@@ -196,6 +203,7 @@ pub struct RouteConfig {
     pub model_glob: ModelGlob,
     pub targets: Vec<RouteTarget>,
     pub threshold: Option<f32>,
+    pub verified_threshold: Option<f32>,
 }
 
 /// Price of the models a glob matches, in currency units (USD by convention) per million tokens.
@@ -309,6 +317,36 @@ impl Config {
         for w in self.warnings() {
             tracing::warn!(path = %w.path, "config: {}", w.message);
         }
+    }
+
+    /// The decision rule for a model: per-route, then `[[cache.thresholds]]`, then the
+    /// defaults. An override that sets `threshold` without `verified_threshold` is a plain
+    /// cosine rule (the lexical verifier cannot lower a bar someone raised for that model).
+    pub fn rule_for(&self, model: &str) -> Rule {
+        let (threshold, verified) = self.thresholds_for(model);
+        Rule {
+            threshold,
+            verified_threshold: verified,
+            guards: self.cache.guards,
+            judge_floor: None,
+        }
+    }
+
+    fn thresholds_for(&self, model: &str) -> (f32, f32) {
+        for route in &self.routes {
+            if route.model_glob.matches(model) {
+                if let Some(t) = route.threshold {
+                    return (t, route.verified_threshold.unwrap_or(t));
+                }
+                break;
+            }
+        }
+        for o in &self.cache.thresholds {
+            if o.model_glob.matches(model) {
+                return (o.threshold, o.verified_threshold.unwrap_or(o.threshold));
+            }
+        }
+        (self.cache.threshold, self.cache.verified_threshold)
     }
 
     /// The threshold for a model: per-route, then `[[cache.thresholds]]`, then the default.

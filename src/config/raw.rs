@@ -51,6 +51,7 @@ pub struct RawServer {
 pub struct RawCache {
     pub dir: Option<String>,
     pub threshold: Option<f64>,
+    pub verified_threshold: Option<f64>,
     pub ttl: Option<String>,
     pub max_entries: Option<u64>,
     pub guards: Option<bool>,
@@ -82,6 +83,7 @@ pub struct RawNamespace {
 pub struct RawThreshold {
     pub model: String,
     pub threshold: f64,
+    pub verified_threshold: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +147,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub targets: Vec<RawTarget>,
     pub threshold: Option<f64>,
+    pub verified_threshold: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

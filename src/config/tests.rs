@@ -59,10 +59,29 @@ fn thresholds_resolve_route_then_model_then_default() {
 fn empty_config_uses_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c.cache.threshold, validate::DEFAULT_THRESHOLD);
+    assert_eq!(
+        c.cache.verified_threshold,
+        validate::DEFAULT_VERIFIED_THRESHOLD
+    );
     assert_eq!(c.embedding.model, validate::DEFAULT_MODEL);
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.embedding.cpu_backend, crate::embed::CpuBackend::Native);
     assert_eq!(c.embedding.compute_threads, 0);
+}
+
+#[test]
+fn the_shipped_config_toml_carries_the_default_decision_rule() {
+    let shipped = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config.toml"
+    )))
+    .unwrap();
+    assert_eq!(shipped.cache.threshold, validate::DEFAULT_THRESHOLD);
+    assert_eq!(
+        shipped.cache.verified_threshold,
+        validate::DEFAULT_VERIFIED_THRESHOLD
+    );
+    assert!(shipped.cache.guards);
 }
 
 #[test]

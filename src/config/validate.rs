@@ -6,6 +6,8 @@ use super::*;
 
 /// Default similarity threshold. Chosen from `deja bench` on qqp-pairs (see docs/benchmarks.md).
 pub const DEFAULT_THRESHOLD: f32 = 0.996;
+/// Default `cache.verified_threshold`, the lexical verifier's bar (see docs/benchmarks.md).
+pub const DEFAULT_VERIFIED_THRESHOLD: f32 = 0.90;
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// Default `cache.max_entry_bytes`: 4 MiB, the request body cap too. A chat answer is a few
 /// kilobytes; the cap keeps one entry (and every hit rendering it) from costing megabytes.
@@ -170,6 +172,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         thresholds.push(ThresholdOverride {
             model_glob,
             threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
+            verified_threshold: t
+                .verified_threshold
+                .map(|v| is.threshold(&format!("cache.thresholds[{i}].verified_threshold"), v)),
         });
     }
     let namespaces = namespace_grants(&c.namespaces, &mut is);
@@ -178,6 +183,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         threshold: is.threshold(
             "cache.threshold",
             c.threshold.unwrap_or(DEFAULT_THRESHOLD as f64),
+        ),
+        // A config that sets only `threshold` keeps the plain cosine rule it asked for.
+        verified_threshold: is.threshold(
+            "cache.verified_threshold",
+            c.verified_threshold.unwrap_or(match c.threshold {
+                Some(t) => t,
+                None => DEFAULT_VERIFIED_THRESHOLD as f64,
+            }),
         ),
         ttl: is.duration(
             "cache.ttl",
@@ -430,6 +443,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             model_glob,
             targets,
             threshold: r.threshold.map(|t| is.threshold(&path("threshold"), t)),
+            verified_threshold: r
+                .verified_threshold
+                .map(|t| is.threshold(&path("verified_threshold"), t)),
         });
     }
 

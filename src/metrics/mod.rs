@@ -34,6 +34,8 @@ pub struct Metrics {
     pub inserts: IntCounter,
     pub not_cached: IntCounterVec,
     pub guard_vetoes: IntCounterVec,
+    /// Decisions of the verifier on semantic candidates between the bars and above.
+    pub verified_hits: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub singleflight_waits: IntCounter,
     pub reloads: IntCounterVec,
@@ -143,6 +145,13 @@ impl Metrics {
                 "Semantic candidates above threshold vetoed by a precision guard.",
                 &["guard"],
             )?,
+            verified_hits: counter_vec(
+                "deja_verifier_decisions_total",
+                "Decisions on the most similar semantic candidate once it passed the guards: \
+                 skipped (served on cosine alone), lexical (served, verified), judge (served, \
+                 judged), unverified (not served).",
+                &["decision"],
+            )?,
             upstream_errors: counter_vec(
                 "deja_upstream_errors_total",
                 "Failed upstream calls by provider and kind.",
@@ -182,6 +191,7 @@ impl Metrics {
         m.registry.register(Box::new(m.inserts.clone()))?;
         m.registry.register(Box::new(m.not_cached.clone()))?;
         m.registry.register(Box::new(m.guard_vetoes.clone()))?;
+        m.registry.register(Box::new(m.verified_hits.clone()))?;
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
         m.registry
             .register(Box::new(m.singleflight_waits.clone()))?;

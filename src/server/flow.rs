@@ -86,6 +86,7 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         entry,
         kind,
         similarity,
+        verified,
         trace,
     } = hit;
     let usage = entry.response.usage.unwrap_or_default();
@@ -114,6 +115,9 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
     );
     let mut deja = DejaHeaders::new(kind.as_str());
     deja.similarity(similarity);
+    if let Some(v) = verified {
+        deja.verified(v.as_str());
+    }
     deja.entry(entry.id);
     deja.timing(&trace, None, elapsed);
     deja.tokens_saved(usage.total());

@@ -109,6 +109,11 @@ impl DejaHeaders {
         self.values.push(("x-deja-similarity", format!("{s:.4}")));
     }
 
+    /// How a semantic hit was decided: `skipped` (cosine alone), `lexical`, `judge`.
+    pub fn verified(&mut self, how: &str) {
+        self.values.push(("x-deja-verified", how.to_string()));
+    }
+
     /// Best similarity seen on a miss (helps choosing a threshold).
     pub fn nearest(&mut self, s: f32) {
         self.values
