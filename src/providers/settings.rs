@@ -25,8 +25,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which vendor API a provider exposes. Each variant decides how a request is addressed and
-/// authenticated (see `client::Provider::build_request`) and which request dialects it speaks
-/// natively (see [`ProviderKind::speaks`]); other dialects are translated per attempt.
+/// authenticated (see `client::Provider::build_request`) and which client APIs it speaks
+/// natively (see [`crate::providers::translate::upstream_api`]); other APIs are translated per
+/// attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ProviderKind {

@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 
-use crate::api::canonical::ApiKind;
-use crate::api::error::{ApiError, Dialect};
+use crate::api::error::ApiError;
+use crate::api::ApiKind;
 use crate::cache::{CacheEngine, EngineSettings};
 use crate::config::Config;
 use crate::embed::{EmbedPool, Embedder};
@@ -275,7 +275,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Body) -> Response {
     match read_body(&state, body).await {
         Ok(bytes) => flow::handle(state, api, headers, bytes).await,
-        Err(e) => e.into_response_for(api.dialect()),
+        Err(e) => e.into_response_for(Some(api)),
     }
 }
 
@@ -353,7 +353,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-    .into_response_for(Dialect::for_path(uri.path()))
+    .into_response_for(ApiKind::for_path(uri.path()))
 }
 
 /// `GET /v1/chat/completions` and the like: a JSON 405 (axum's own has no body).
@@ -362,7 +362,7 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-    .into_response_for(Dialect::for_path(uri.path()))
+    .into_response_for(ApiKind::for_path(uri.path()))
 }
 
 /// Removes expired entries once a minute, off the runtime.
