@@ -234,6 +234,15 @@ pub struct RouteSettings {
     pub targets: Vec<RouteTarget>,
 }
 
+impl From<&crate::config::RouteConfig> for RouteSettings {
+    fn from(r: &crate::config::RouteConfig) -> RouteSettings {
+        RouteSettings {
+            model_glob: r.model_glob.as_str().to_string(),
+            targets: r.targets.iter().map(RouteTarget::from).collect(),
+        }
+    }
+}
+
 /// One provider in a route's fallback chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteTarget {
@@ -253,6 +262,16 @@ impl RouteTarget {
             provider: provider.into(),
             model: None,
             weight: None,
+        }
+    }
+}
+
+impl From<&crate::config::RouteTarget> for RouteTarget {
+    fn from(t: &crate::config::RouteTarget) -> RouteTarget {
+        RouteTarget {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            weight: t.weight,
         }
     }
 }
