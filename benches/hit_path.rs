@@ -30,7 +30,7 @@ fn engine(rt: &tokio::runtime::Runtime) -> (CacheEngine, tempfile::TempDir) {
     );
     let config =
         Config::from_toml_str(&text, Vec::<(String, String)>::new(), dir.path()).expect("config");
-    let settings = server::embed_settings(&config);
+    let settings = deja::embed::EmbedSettings::from(&config.embedding);
     let embedder = deja::embed::load_default(&settings, &deja::embed::ResolveOptions::from_env())
         .expect("model");
     let engine = server::open_engine(&config, embedder).expect("engine");

@@ -182,7 +182,7 @@ fn main() {
         let s = Server::bind(config.clone(), None).await.expect("bind");
         let addr = s.local_addr().expect("addr");
         let state = s.state().clone();
-        let settings = server::embed_settings(&config);
+        let settings = deja::embed::EmbedSettings::from(&config.embedding);
         let embedder =
             deja::embed::load_default(&settings, &deja::embed::ResolveOptions::from_env())
                 .expect("model");

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use deja::cache::LookupLimits;
 use deja::config::{Config, LogFormat};
-use deja::embed::{self, ResolveOptions};
+use deja::embed::{self, EmbedSettings, ResolveOptions};
 use deja::server::{self, Server};
 
 #[derive(Parser)]
@@ -60,9 +60,11 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_tracing(LogFormat::Text);
             let cfg = load_config_or_default(&config)?;
-            let files =
-                embed::resolve_model(&server::embed_settings(&cfg), &ResolveOptions::from_env())
-                    .context("could not obtain the embedding model")?;
+            let files = embed::resolve_model(
+                &EmbedSettings::from(&cfg.embedding),
+                &ResolveOptions::from_env(),
+            )
+            .context("could not obtain the embedding model")?;
             println!("model ready: {} ({:?})", files.dir.display(), files.source);
             Ok(())
         }
@@ -124,13 +126,15 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let cfg = loader_state.config();
-            let loaded =
-                embed::load_default(&server::embed_settings(&cfg), &ResolveOptions::from_env())
+            let loaded = embed::load_default(
+                &EmbedSettings::from(&cfg.embedding),
+                &ResolveOptions::from_env(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))
+            .and_then(|embedder| {
+                server::open_engine(&cfg, embedder as Arc<dyn deja::embed::Embedder>)
                     .map_err(|e| anyhow::anyhow!(e))
-                    .and_then(|embedder| {
-                        server::open_engine(&cfg, embedder as Arc<dyn deja::embed::Embedder>)
-                            .map_err(|e| anyhow::anyhow!(e))
-                    });
+            });
             match loaded {
                 Ok(engine) => {
                     let entries = engine.store().len();

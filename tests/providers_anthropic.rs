@@ -10,9 +10,10 @@ use common::mock_upstream::MockUpstream;
 use common::providers::{drain, fast, json_body, router};
 use deja::api::anthropic::MessagesStreamCollector;
 use deja::api::collect::{collect_chat_json, ChatStreamCollector};
+use deja::api::ApiKind;
 use deja::providers::{
-    Dialect, ProviderError, ProviderErrorKind, ProviderSettings, RouteSettings, RouteTarget,
-    Router, RouterError, SseEvent, SseParser, UpstreamRequest, DEFAULT_MAX_TOKENS,
+    ProviderError, ProviderErrorKind, ProviderSettings, RouteSettings, RouteTarget, Router,
+    RouterError, SseEvent, SseParser, UpstreamRequest, DEFAULT_MAX_TOKENS,
 };
 use serde_json::{json, Value};
 
@@ -30,7 +31,7 @@ fn openai(name: &str, up: &MockUpstream) -> ProviderSettings {
 fn chat_req(body: Value) -> UpstreamRequest {
     let stream = body["stream"].as_bool().unwrap_or(false);
     UpstreamRequest::post_json("/chat/completions", &body, stream)
-        .with_dialect(Dialect::OpenAiChat)
+        .with_api(ApiKind::Chat)
         .with_client_key(Some(CLIENT_KEY.to_string()))
 }
 
@@ -44,7 +45,7 @@ fn chat(text: &str) -> Value {
 fn messages_req(body: Value) -> UpstreamRequest {
     let stream = body["stream"].as_bool().unwrap_or(false);
     UpstreamRequest::post_json("/messages", &body, stream)
-        .with_dialect(Dialect::AnthropicMessages)
+        .with_api(ApiKind::Messages)
         .with_client_key(Some("sk-openai-client".to_string()))
 }
 
@@ -272,7 +273,7 @@ async fn untranslatable_parameters_fail_without_an_upstream_call() {
         &json!({"model": "m", "prompt": "Say hi"}),
         false,
     )
-    .with_dialect(Dialect::OpenAiCompletions);
+    .with_api(ApiKind::Completions);
     let err = r.send(legacy, "m").await.unwrap_err();
     assert!(err.untranslatable().unwrap().contains("completions"));
     assert_eq!(up.calls(), 0, "nothing reached the upstream");

@@ -6,8 +6,9 @@ mod common;
 
 use common::mock_upstream::MockUpstream;
 use common::providers::{drain, fast, json_body, router};
+use deja::api::ApiKind;
 use deja::providers::{
-    Dialect, ProviderSettings, RouteSettings, RouteTarget, Router, SseParser, UpstreamRequest,
+    ProviderSettings, RouteSettings, RouteTarget, Router, SseParser, UpstreamRequest,
     UpstreamResponse, AZURE_DEFAULT_API_VERSION,
 };
 use serde_json::{json, Value};
@@ -23,7 +24,7 @@ fn chat(text: &str, stream: bool) -> UpstreamRequest {
         "stream": stream,
     });
     UpstreamRequest::post_json("/chat/completions", &body, stream)
-        .with_dialect(Dialect::OpenAiChat)
+        .with_api(ApiKind::Chat)
         .with_client_key(Some("azure-client-key".to_string()))
 }
 
@@ -115,7 +116,7 @@ async fn client_key_goes_in_api_key_and_streams_pass_through() {
         &json!({"model": "instruct", "prompt": "Say hi"}),
         false,
     )
-    .with_dialect(Dialect::OpenAiCompletions)
+    .with_api(ApiKind::Completions)
     .with_client_key(Some("k".to_string()));
     let resp = r.send(legacy, "instruct").await.unwrap();
     assert_eq!(
@@ -146,7 +147,7 @@ async fn anthropic_dialect_is_translated_for_azure() {
                       "system": "Be brief.",
                       "messages": [{"role": "user", "content": "naïve café"}]});
     let req = UpstreamRequest::post_json("/messages", &body, true)
-        .with_dialect(Dialect::AnthropicMessages)
+        .with_api(ApiKind::Messages)
         .with_client_key(Some("k".to_string()));
     let resp = r.send(req, "gpt-4o-mini").await.unwrap();
     let rec = up.last_request().unwrap();

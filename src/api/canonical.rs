@@ -7,27 +7,9 @@
 //! scopes instead of leaking answers across them. This module never decides policy (thresholds,
 //! tenants): that is `cache::policy`.
 
+use crate::api::ApiKind;
 use serde_json::{Map, Value};
 use unicode_normalization::UnicodeNormalization;
-
-/// Which inbound API a request came through (part of the scope: a chat answer is not a
-/// completion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ApiKind {
-    Chat,
-    Completions,
-    Messages,
-}
-
-impl ApiKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ApiKind::Chat => "chat",
-            ApiKind::Completions => "completions",
-            ApiKind::Messages => "messages",
-        }
-    }
-}
 
 /// Why a request is served without the cache at all.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,24 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-/// Which SDK family the error body is shaped for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    Anthropic,
-}
-
-impl Dialect {
-    /// The shape a client of `path` expects: Anthropic's under `/v1/messages` (messages,
-    /// batches, token counting), OpenAI's everywhere else.
-    pub fn for_path(path: &str) -> Dialect {
-        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-            Dialect::Anthropic
-        } else {
-            Dialect::OpenAi
-        }
-    }
-}
+use crate::api::ApiKind;
 
 /// An error answered at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -297,15 +280,23 @@ impl ApiError {
         })
     }
 
-    /// The full HTTP response for one dialect. Logs `Internal` detail (the only place it goes).
-    pub fn into_response_for(self, dialect: Dialect) -> Response {
+    /// The error body a client of `api` expects: Anthropic's shape for [`ApiKind::Messages`],
+    /// OpenAI's for the OpenAI APIs and for pass-through requests (`None`; see
+    /// [`ApiKind::for_path`] for those under `/v1/messages`).
+    pub fn body_for(&self, api: Option<ApiKind>) -> Value {
+        match api {
+            Some(ApiKind::Messages) => self.to_anthropic_body(),
+            Some(ApiKind::Chat | ApiKind::Completions) | None => self.to_openai_body(),
+        }
+    }
+
+    /// The full HTTP response for a client of `api` (body shape as in [`ApiError::body_for`]).
+    /// Logs `Internal` detail (the only place it goes).
+    pub fn into_response_for(self, api: Option<ApiKind>) -> Response {
         if let ApiError::Internal { detail } = &self {
             tracing::error!(detail = %detail, "internal error answered with 500");
         }
-        let body = match dialect {
-            Dialect::OpenAi => self.to_openai_body(),
-            Dialect::Anthropic => self.to_anthropic_body(),
-        };
+        let body = self.body_for(api);
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (self.status(), bytes).into_response();
         let headers = resp.headers_mut();
@@ -322,7 +313,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.into_response_for(Dialect::OpenAi)
+        self.into_response_for(None)
     }
 }
 
@@ -530,7 +521,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
 
-        let resp = ApiError::BodyTooLarge { limit: 5 }.into_response_for(Dialect::Anthropic);
+        let resp = ApiError::BodyTooLarge { limit: 5 }.into_response_for(Some(ApiKind::Messages));
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
             .await

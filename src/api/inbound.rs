@@ -9,32 +9,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::api::anthropic::{self, MessagesStreamCollector};
-use crate::api::canonical::ApiKind;
 use crate::api::collect::{self, ChatStreamCollector, CompletionStreamCollector, NotCacheable};
-use crate::api::error::{ApiError, Dialect};
+use crate::api::error::ApiError;
 use crate::api::sse::{self, SseEvent, SseParser};
-use crate::api::{parse, render};
+use crate::api::{parse, render, ApiKind};
 use crate::providers::{ProviderError, ProviderErrorKind, SseOverflow};
 use crate::store::CachedResponse;
-
-impl ApiKind {
-    /// Path appended to a provider's base URL for this API.
-    pub fn upstream_path(&self) -> &'static str {
-        match self {
-            ApiKind::Chat => "/chat/completions",
-            ApiKind::Completions => "/completions",
-            ApiKind::Messages => "/messages",
-        }
-    }
-
-    /// Which error body shape the client's SDK expects.
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            ApiKind::Chat | ApiKind::Completions => Dialect::OpenAi,
-            ApiKind::Messages => Dialect::Anthropic,
-        }
-    }
-}
 
 /// Validates the body against the API's wire types (precise 400s with field paths) and returns
 /// it as a JSON object for the canonical request. The body itself is forwarded untouched.
@@ -247,7 +227,7 @@ impl StreamTee {
             if !self.closed {
                 self.closed = closes(self.api, ev);
             }
-            if !self.finished && self.api.dialect() == Dialect::OpenAi {
+            if !self.finished && matches!(self.api, ApiKind::Chat | ApiKind::Completions) {
                 self.finished = has_finish_reason(&ev.data);
             }
             self.collector.push_event_data(&ev.data);
@@ -335,9 +315,11 @@ impl StreamTee {
             "The stream from provider `{}` broke off before it was complete ({reason}).",
             self.provider
         );
-        match self.api.dialect() {
-            Dialect::OpenAi => sse::openai_error_event(&message, "server_error", Some(code)),
-            Dialect::Anthropic => {
+        match self.api {
+            ApiKind::Chat | ApiKind::Completions => {
+                sse::openai_error_event(&message, "server_error", Some(code))
+            }
+            ApiKind::Messages => {
                 let kind = if timeout {
                     "timeout_error"
                 } else {
@@ -372,12 +354,12 @@ fn closes(api: ApiKind, ev: &SseEvent) -> bool {
         error: Option<IgnoredAny>,
     }
     let parse = || serde_json::from_str::<Fields>(&ev.data).ok();
-    match api.dialect() {
-        Dialect::OpenAi => {
+    match api {
+        ApiKind::Chat | ApiKind::Completions => {
             ev.data.trim() == "[DONE]"
                 || (ev.data.contains("\"error\"") && parse().is_some_and(|f| f.error.is_some()))
         }
-        Dialect::Anthropic => match ev.event.as_deref() {
+        ApiKind::Messages => match ev.event.as_deref() {
             Some(name) => matches!(name, "message_stop" | "error"),
             None => {
                 parse().is_some_and(|f| matches!(f.kind.as_deref(), Some("message_stop" | "error")))

@@ -13,6 +13,8 @@
 //! - [`collect`] (and `anthropic::collect_*`): upstream answer → `CachedResponse` or the
 //!   [`collect::NotCacheable`] reason.
 //! - [`error`]: [`ApiError`], its status codes and both error body shapes.
+//! - [`kind`]: [`ApiKind`], which client API a request speaks (cache scope, dispatch, error
+//!   shape, provider translation).
 //! - [`text`]: the text of a message's content, one join rule for every API.
 //! - [`exact_form`]: the text the exact layer keys on (prose folded for case and trailing
 //!   punctuation; code, names and quotations kept as they are).
@@ -23,6 +25,7 @@ pub mod collect;
 pub mod error;
 pub mod exact_form;
 pub mod inbound;
+pub mod kind;
 pub mod openai;
 pub mod parse;
 pub mod render;
@@ -30,4 +33,5 @@ pub mod sse;
 pub mod text;
 
 pub use collect::NotCacheable;
-pub use error::{ApiError, Dialect};
+pub use error::ApiError;
+pub use kind::ApiKind;

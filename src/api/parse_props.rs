@@ -8,9 +8,10 @@ use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
 
 use super::*;
-use crate::api::canonical::{normalize, write_canonical, ApiKind, CanonicalRequest};
+use crate::api::canonical::{normalize, write_canonical, CanonicalRequest};
 use crate::api::exact_form::exact_form;
 use crate::api::inbound;
+use crate::api::ApiKind;
 
 /// Field names the parsers know, so that generated objects reach past the first level.
 const KEYS: [&str; 24] = [

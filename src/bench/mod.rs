@@ -147,7 +147,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         data.kind(),
         args.protocol.as_str()
     );
-    let settings = crate::server::embed_settings(&config);
+    let settings = crate::embed::EmbedSettings::from(&config.embedding);
     let embedder = crate::embed::load_default(&settings, &ResolveOptions::from_env())?;
     let cache_dir = args
         .embedding_cache

@@ -13,9 +13,9 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::api::canonical::ApiKind;
 use crate::api::collect::NotCacheable;
 use crate::api::inbound::{not_cacheable_label, StreamEnd, StreamTee};
+use crate::api::ApiKind;
 use crate::cache::engine::{CacheEngine, LookupTrace};
 use crate::cache::policy::CachePlan;
 use crate::cache::request::CacheRequest;

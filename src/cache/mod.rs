@@ -28,5 +28,13 @@ pub use request::{CacheRequest, Planned};
 
 pub use blocking::LookupLimits;
 pub use engine::{CacheEngine, CacheError, EngineSettings, Lookup, LookupTrace};
+
+/// The engine-wide knobs of the `[cache]` section. Here rather than in `engine.rs`, which knows
+/// nothing of the config.
+impl From<&crate::config::CacheConfig> for EngineSettings {
+    fn from(c: &crate::config::CacheConfig) -> EngineSettings {
+        EngineSettings { guards: c.guards }
+    }
+}
 pub use restore::{load_index, IndexLoad};
 pub use verify::{Candidate, Decision, Rule, Verified};

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::api::canonical::{ApiKind, Bypass, CanonicalRequest};
+use crate::api::canonical::{Bypass, CanonicalRequest};
+use crate::api::ApiKind;
 use crate::cache::verify::Rule;
 use crate::config::{grants, Config, KeyHash, TenantMode};
 use crate::store::ScopeId;

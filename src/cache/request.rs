@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::api::canonical::{ApiKind, CanonicalRequest};
+use crate::api::canonical::CanonicalRequest;
+use crate::api::ApiKind;
 use crate::cache::engine::CacheEngine;
 use crate::cache::policy::{self, BypassReason, CachePlan, NamespaceDenied, Plan, RequestControls};
 use crate::config::Config;

@@ -24,17 +24,18 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
-struct Issues(Vec<ConfigIssue>);
+/// The problems found so far, shared by every section validator (and by those in sibling files).
+pub(super) struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn duration(&mut self, path: &str, v: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, v: Option<&str>, default: Duration) -> Duration {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
@@ -50,14 +51,14 @@ impl Issues {
         }
     }
 
-    fn threshold(&mut self, path: &str, v: f64) -> f32 {
+    pub(super) fn threshold(&mut self, path: &str, v: f64) -> f32 {
         if !(-1.0..=1.0).contains(&v) || v.is_nan() {
             self.push(path, format!("{v} is not a cosine similarity in [-1, 1]"));
         }
         v as f32
     }
 
-    fn positive(&mut self, path: &str, v: Option<u64>, default: u64) -> u64 {
+    pub(super) fn positive(&mut self, path: &str, v: Option<u64>, default: u64) -> u64 {
         let v = v.unwrap_or(default);
         if v == 0 {
             self.push(path, "must be greater than 0");
@@ -66,7 +67,12 @@ impl Issues {
     }
 
     /// A duration that must be greater than zero (a zero timeout would close every connection).
-    fn nonzero_duration(&mut self, path: &str, v: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn nonzero_duration(
+        &mut self,
+        path: &str,
+        v: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         let d = self.duration(path, v, default);
         if d.is_zero() {
             self.push(path, "must be greater than 0");
@@ -75,7 +81,7 @@ impl Issues {
         d
     }
 
-    fn max_connections(&mut self, v: Option<u64>) -> usize {
+    pub(super) fn max_connections(&mut self, v: Option<u64>) -> usize {
         let path = "server.max_connections";
         let v = v.unwrap_or(DEFAULT_MAX_CONNECTIONS as u64);
         if !(1..=MAX_MAX_CONNECTIONS as u64).contains(&v) {
@@ -89,7 +95,7 @@ impl Issues {
     }
 
     /// The compiled glob; an invalid one is an issue (and a glob that matches nothing).
-    fn glob(&mut self, path: &str, glob: &str) -> ModelGlob {
+    pub(super) fn glob(&mut self, path: &str, glob: &str) -> ModelGlob {
         ModelGlob::new(glob).unwrap_or_else(|e| {
             self.push(path, format!("invalid glob '{glob}': {e}"));
             ModelGlob::invalid(glob)
@@ -97,10 +103,37 @@ impl Issues {
     }
 }
 
+/// Every section in turn, in file order; each pushes its problems into the shared list, so that
+/// all of them are reported at once. A new section, or a block validated in a file of its own
+/// (`judge::validate(..., &mut is)`), is one more line here.
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let mut is = Issues(Vec::new());
+    let server = server(&raw.server, &mut is);
+    let cache = cache(&raw.cache, base_dir, &mut is);
+    let index = index(&raw.index, &mut is);
+    let embedding = embedding(&raw.embedding, &mut is);
+    let providers = providers(&raw.providers, &mut is);
+    let routes = routes(&raw.routes, &providers, &mut is);
+    let prices = prices(&raw.prices, &mut is);
 
-    let listen_str = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    if is.0.is_empty() {
+        Ok(Config {
+            server,
+            cache,
+            index,
+            embedding,
+            providers,
+            routes,
+            prices,
+        })
+    } else {
+        Err(ConfigError::Invalid(is.0))
+    }
+}
+
+/// `[server]`.
+fn server(s: &RawServer, is: &mut Issues) -> ServerConfig {
+    let listen_str = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen = listen_str.parse::<SocketAddr>().unwrap_or_else(|e| {
         is.push(
             "server.listen",
@@ -108,7 +141,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
-    let log_format = match raw.server.log_format.as_deref().unwrap_or("text") {
+    let log_format = match s.log_format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
@@ -119,36 +152,38 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             LogFormat::Text
         }
     };
-    let server = ServerConfig {
+    ServerConfig {
         listen,
-        max_body_bytes: is.positive("server.max_body_bytes", raw.server.max_body_bytes, 4 << 20)
-            as usize,
+        max_body_bytes: is.positive("server.max_body_bytes", s.max_body_bytes, 4 << 20) as usize,
         log_format,
         shutdown_grace: is.duration(
             "server.shutdown_grace",
-            raw.server.shutdown_grace.as_deref(),
+            s.shutdown_grace.as_deref(),
             Duration::from_secs(30),
         ),
-        watch_config: raw.server.watch_config.unwrap_or(true),
+        watch_config: s.watch_config.unwrap_or(true),
         header_read_timeout: is.nonzero_duration(
             "server.header_read_timeout",
-            raw.server.header_read_timeout.as_deref(),
+            s.header_read_timeout.as_deref(),
             DEFAULT_HEADER_READ_TIMEOUT,
         ),
         idle_timeout: is.nonzero_duration(
             "server.idle_timeout",
-            raw.server.idle_timeout.as_deref(),
+            s.idle_timeout.as_deref(),
             DEFAULT_IDLE_TIMEOUT,
         ),
         body_read_timeout: is.nonzero_duration(
             "server.body_read_timeout",
-            raw.server.body_read_timeout.as_deref(),
+            s.body_read_timeout.as_deref(),
             DEFAULT_BODY_READ_TIMEOUT,
         ),
-        max_connections: is.max_connections(raw.server.max_connections),
-    };
+        max_connections: is.max_connections(s.max_connections),
+    }
+}
 
-    let c = raw.cache;
+/// `[cache]`, with its `[[cache.thresholds]]` and `[[cache.namespaces]]`; a relative `dir` is
+/// taken from `base_dir` (the config file's directory).
+fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
     let dir = PathBuf::from(c.dir.as_deref().unwrap_or("./data"));
     let dir = if dir.is_relative() {
         base_dir.join(dir)
@@ -166,18 +201,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             TenantMode::ApiKey
         }
     };
-    let mut thresholds = Vec::new();
-    for (i, t) in c.thresholds.iter().enumerate() {
-        let model_glob = is.glob(&format!("cache.thresholds[{i}].model"), &t.model);
-        thresholds.push(ThresholdOverride {
-            model_glob,
-            threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
-            verified_threshold: t
-                .verified_threshold
-                .map(|v| is.threshold(&format!("cache.thresholds[{i}].verified_threshold"), v)),
-        });
-    }
-    let namespaces = namespace_grants(&c.namespaces, &mut is);
+    let thresholds = threshold_overrides(&c.thresholds, is);
+    let namespaces = namespace_grants(&c.namespaces, is);
     let cache = CacheConfig {
         dir,
         threshold: is.threshold(
@@ -201,7 +226,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         guards: c.guards.unwrap_or(true),
         max_turns: is.positive("cache.max_turns", c.max_turns, 16) as usize,
         tenant,
-        namespace: c.namespace.unwrap_or_else(|| "default".into()),
+        namespace: c.namespace.clone().unwrap_or_else(|| "default".into()),
         flush_interval: is.duration(
             "cache.flush_interval",
             c.flush_interval.as_deref(),
@@ -219,8 +244,27 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");
     }
+    cache
+}
 
-    let x = raw.index;
+/// `[[cache.thresholds]]`: per-model thresholds.
+fn threshold_overrides(raw: &[RawThreshold], is: &mut Issues) -> Vec<ThresholdOverride> {
+    let mut thresholds = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let model_glob = is.glob(&format!("cache.thresholds[{i}].model"), &t.model);
+        thresholds.push(ThresholdOverride {
+            model_glob,
+            threshold: is.threshold(&format!("cache.thresholds[{i}].threshold"), t.threshold),
+            verified_threshold: t
+                .verified_threshold
+                .map(|v| is.threshold(&format!("cache.thresholds[{i}].verified_threshold"), v)),
+        });
+    }
+    thresholds
+}
+
+/// `[index]`.
+fn index(x: &RawIndex, is: &mut Issues) -> IndexConfig {
     let fraction = x.rebuild_tombstone_fraction.unwrap_or(0.2);
     if !(0.0..=1.0).contains(&fraction) || fraction == 0.0 {
         is.push(
@@ -228,7 +272,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             format!("{fraction} is not in (0, 1]"),
         );
     }
-    let index = IndexConfig {
+    IndexConfig {
         flat_max: x.flat_max.unwrap_or(10_000) as usize,
         hnsw_m: is.positive("index.hnsw_m", x.hnsw_m, 16) as usize,
         ef_construction: is.positive("index.ef_construction", x.ef_construction, 200) as usize,
@@ -240,9 +284,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             x.snapshot_every.as_deref(),
             Duration::from_secs(600),
         ),
-    };
+    }
+}
 
-    let e = raw.embedding;
+/// `[embedding]`.
+fn embedding(e: &RawEmbedding, is: &mut Issues) -> EmbeddingConfig {
     let device = match e.device.as_deref().unwrap_or("cpu") {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda,
@@ -290,122 +336,141 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             crate::embed::CpuBackend::Native
         }
     };
-    let embedding = EmbeddingConfig {
-        model: e.model.unwrap_or_else(|| DEFAULT_MODEL.into()),
-        revision: e.revision,
+    EmbeddingConfig {
+        model: e.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
+        revision: e.revision.clone(),
         device,
         max_tokens,
-        sha256: e.sha256.map(|s| s.to_ascii_lowercase()),
+        sha256: e.sha256.as_deref().map(str::to_ascii_lowercase),
         threads: is.positive("embedding.threads", e.threads, 1) as usize,
         compute_threads: e.compute_threads.unwrap_or(0) as usize,
         cpu_backend,
         max_batch: is.positive("embedding.max_batch", e.max_batch, 32) as usize,
         lru_capacity: e.lru_capacity.unwrap_or(10_000) as usize,
         queue_capacity: is.positive("embedding.queue_capacity", e.queue_capacity, 1024) as usize,
-    };
+    }
+}
 
+/// `[[providers]]`, in order (a name must not repeat an earlier one).
+fn providers(raw: &[RawProvider], is: &mut Issues) -> Vec<ProviderConfig> {
     let mut providers = Vec::new();
-    for (i, p) in raw.providers.iter().enumerate() {
-        let path = |f: &str| format!("providers[{i}].{f}");
-        let kind = match p.kind.as_str() {
-            "openai" => ProviderKind::OpenAi,
-            "azure" => ProviderKind::Azure,
-            "anthropic" => ProviderKind::Anthropic,
-            other => {
-                is.push(
-                    path("kind"),
-                    format!("'{other}' is not one of: openai, azure, anthropic"),
-                );
-                ProviderKind::OpenAi
-            }
-        };
-        if p.name.trim().is_empty() {
-            is.push(path("name"), "must not be empty");
-        }
-        if providers.iter().any(|q: &ProviderConfig| q.name == p.name) {
+    for (i, p) in raw.iter().enumerate() {
+        let provider = provider(i, p, &providers, is);
+        providers.push(provider);
+    }
+    providers
+}
+
+/// `providers[i]`, given the providers before it.
+fn provider(
+    i: usize,
+    p: &RawProvider,
+    before: &[ProviderConfig],
+    is: &mut Issues,
+) -> ProviderConfig {
+    let path = |f: &str| format!("providers[{i}].{f}");
+    let kind = match p.kind.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        "azure" => ProviderKind::Azure,
+        "anthropic" => ProviderKind::Anthropic,
+        other => {
             is.push(
-                path("name"),
-                format!("duplicate provider name '{}'", p.name),
+                path("kind"),
+                format!("'{other}' is not one of: openai, azure, anthropic"),
             );
+            ProviderKind::OpenAi
         }
-        match reqwest::Url::parse(&p.base_url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => is.push(
-                path("base_url"),
-                format!("scheme '{}' is not http(s)", u.scheme()),
-            ),
-            Err(e) => is.push(
-                path("base_url"),
-                format!("'{}' is not a URL: {e}", p.base_url),
-            ),
-        }
-        if let Some(env) = &p.api_key_env {
-            if env.is_empty() || env.contains('=') {
-                is.push(path("api_key_env"), "must be an environment variable name");
-            }
-        }
-        providers.push(ProviderConfig {
-            name: p.name.clone(),
-            kind,
-            base_url: p.base_url.trim_end_matches('/').to_string(),
-            api_key_env: p.api_key_env.clone(),
-            connect_timeout: is.duration(
-                &path("connect_timeout"),
-                p.connect_timeout.as_deref(),
-                Duration::from_secs(5),
-            ),
-            request_timeout: is.duration(
-                &path("request_timeout"),
-                p.request_timeout.as_deref(),
-                Duration::from_secs(60),
-            ),
-            read_timeout: is.duration(
-                &path("read_timeout"),
-                p.read_timeout.as_deref(),
-                Duration::from_secs(60),
-            ),
-            max_retries: p.max_retries.unwrap_or(2) as u32,
-            backoff_base: is.duration(
-                &path("backoff_base"),
-                p.backoff_base.as_deref(),
-                Duration::from_millis(100),
-            ),
-            backoff_max: is.duration(
-                &path("backoff_max"),
-                p.backoff_max.as_deref(),
-                Duration::from_secs(5),
-            ),
-            breaker_failures: is.positive(&path("breaker_failures"), p.breaker_failures, 5) as u32,
-            breaker_cooldown: is.duration(
-                &path("breaker_cooldown"),
-                p.breaker_cooldown.as_deref(),
-                Duration::from_secs(30),
-            ),
-            api_version: p.api_version.clone(),
-            // --- Bounded upstream answers (issue 12) ---
-            max_response_bytes: is.positive(
-                &path("max_response_bytes"),
-                p.max_response_bytes,
-                crate::providers::DEFAULT_MAX_RESPONSE_BYTES as u64,
-            ) as usize,
-            max_event_bytes: is.positive(
-                &path("max_event_bytes"),
-                p.max_event_bytes,
-                crate::providers::DEFAULT_MAX_EVENT_BYTES as u64,
-            ) as usize,
-            stream_timeout: is.duration(
-                &path("stream_timeout"),
-                p.stream_timeout.as_deref(),
-                crate::providers::DEFAULT_STREAM_TIMEOUT,
-            ),
-        });
-        if providers.last().is_some_and(|q| q.stream_timeout.is_zero()) {
-            is.push(path("stream_timeout"), "must be greater than 0");
+    };
+    if p.name.trim().is_empty() {
+        is.push(path("name"), "must not be empty");
+    }
+    if before.iter().any(|q| q.name == p.name) {
+        is.push(
+            path("name"),
+            format!("duplicate provider name '{}'", p.name),
+        );
+    }
+    match reqwest::Url::parse(&p.base_url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => is.push(
+            path("base_url"),
+            format!("scheme '{}' is not http(s)", u.scheme()),
+        ),
+        Err(e) => is.push(
+            path("base_url"),
+            format!("'{}' is not a URL: {e}", p.base_url),
+        ),
+    }
+    if let Some(env) = &p.api_key_env {
+        if env.is_empty() || env.contains('=') {
+            is.push(path("api_key_env"), "must be an environment variable name");
         }
     }
+    let provider = ProviderConfig {
+        name: p.name.clone(),
+        kind,
+        base_url: p.base_url.trim_end_matches('/').to_string(),
+        api_key_env: p.api_key_env.clone(),
+        connect_timeout: is.duration(
+            &path("connect_timeout"),
+            p.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        ),
+        request_timeout: is.duration(
+            &path("request_timeout"),
+            p.request_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        read_timeout: is.duration(
+            &path("read_timeout"),
+            p.read_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        max_retries: p.max_retries.unwrap_or(2) as u32,
+        backoff_base: is.duration(
+            &path("backoff_base"),
+            p.backoff_base.as_deref(),
+            Duration::from_millis(100),
+        ),
+        backoff_max: is.duration(
+            &path("backoff_max"),
+            p.backoff_max.as_deref(),
+            Duration::from_secs(5),
+        ),
+        breaker_failures: is.positive(&path("breaker_failures"), p.breaker_failures, 5) as u32,
+        breaker_cooldown: is.duration(
+            &path("breaker_cooldown"),
+            p.breaker_cooldown.as_deref(),
+            Duration::from_secs(30),
+        ),
+        api_version: p.api_version.clone(),
+        // --- Bounded upstream answers (issue 12) ---
+        max_response_bytes: is.positive(
+            &path("max_response_bytes"),
+            p.max_response_bytes,
+            crate::providers::DEFAULT_MAX_RESPONSE_BYTES as u64,
+        ) as usize,
+        max_event_bytes: is.positive(
+            &path("max_event_bytes"),
+            p.max_event_bytes,
+            crate::providers::DEFAULT_MAX_EVENT_BYTES as u64,
+        ) as usize,
+        stream_timeout: is.duration(
+            &path("stream_timeout"),
+            p.stream_timeout.as_deref(),
+            crate::providers::DEFAULT_STREAM_TIMEOUT,
+        ),
+    };
+    if provider.stream_timeout.is_zero() {
+        is.push(path("stream_timeout"), "must be greater than 0");
+    }
+    provider
+}
 
+/// `[[routes]]`: each names providers of `providers`.
+fn routes(raw: &[RawRoute], providers: &[ProviderConfig], is: &mut Issues) -> Vec<RouteConfig> {
     let mut routes = Vec::new();
-    for (i, r) in raw.routes.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         let path = |f: &str| format!("routes[{i}].{f}");
         let model_glob = is.glob(&path("model"), &r.model);
         let mut targets: Vec<RouteTarget> = r
@@ -448,9 +513,13 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
                 .map(|t| is.threshold(&path("verified_threshold"), t)),
         });
     }
+    routes
+}
 
+/// `[[prices]]`.
+fn prices(raw: &[RawPrice], is: &mut Issues) -> Vec<PriceConfig> {
     let mut prices = Vec::new();
-    for (i, p) in raw.prices.iter().enumerate() {
+    for (i, p) in raw.iter().enumerate() {
         let model_glob = is.glob(&format!("prices[{i}].model"), &p.model);
         for (field, v) in [
             ("input_per_mtok", p.input_per_mtok),
@@ -471,20 +540,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             },
         });
     }
-
-    if is.0.is_empty() {
-        Ok(Config {
-            server,
-            cache,
-            index,
-            embedding,
-            providers,
-            routes,
-            prices,
-        })
-    } else {
-        Err(ConfigError::Invalid(is.0))
-    }
+    prices
 }
 
 /// `[[cache.namespaces]]`: names as the header allows them, each listing key hashes. A value

@@ -107,6 +107,16 @@ pub enum DeviceKind {
     Metal,
 }
 
+impl From<crate::config::Device> for DeviceKind {
+    fn from(d: crate::config::Device) -> DeviceKind {
+        match d {
+            crate::config::Device::Cpu => DeviceKind::Cpu,
+            crate::config::Device::Cuda => DeviceKind::Cuda,
+            crate::config::Device::Metal => DeviceKind::Metal,
+        }
+    }
+}
+
 impl std::str::FromStr for DeviceKind {
     type Err = EmbedError;
 
@@ -210,6 +220,24 @@ impl Default for EmbedSettings {
             max_batch: 32,
             lru_capacity: 10_000,
             queue_capacity: 1024,
+        }
+    }
+}
+
+impl From<&crate::config::EmbeddingConfig> for EmbedSettings {
+    fn from(e: &crate::config::EmbeddingConfig) -> EmbedSettings {
+        EmbedSettings {
+            model: e.model.clone(),
+            revision: e.revision.clone(),
+            device: e.device.into(),
+            max_tokens: e.max_tokens,
+            sha256: e.sha256.clone(),
+            threads: e.threads,
+            compute_threads: e.compute_threads,
+            cpu_backend: e.cpu_backend,
+            max_batch: e.max_batch,
+            lru_capacity: e.lru_capacity,
+            queue_capacity: e.queue_capacity,
         }
     }
 }

@@ -71,6 +71,22 @@ impl Default for IndexConfig {
     }
 }
 
+/// The `[index]` section. `dim` is not configured but the embedder's, known once the model is
+/// loaded: this leaves the default's, and the caller sets it
+/// (`IndexConfig { dim, ..IndexConfig::from(&config.index) }`).
+impl From<&crate::config::IndexConfig> for IndexConfig {
+    fn from(x: &crate::config::IndexConfig) -> IndexConfig {
+        IndexConfig {
+            flat_max: x.flat_max,
+            hnsw_m: x.hnsw_m,
+            ef_construction: x.ef_construction,
+            ef_search: x.ef_search,
+            rebuild_tombstone_fraction: x.rebuild_tombstone_fraction,
+            ..IndexConfig::default()
+        }
+    }
+}
+
 impl IndexConfig {
     /// Rejects values that would make hnsw_rs exit or the index misbehave.
     pub fn validate(&self) -> Result<(), IndexError> {

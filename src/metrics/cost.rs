@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
-use crate::api::canonical::ApiKind;
+use crate::api::ApiKind;
 use crate::config::{Config, PriceConfig};
 use crate::metrics::Metrics;
 use crate::store::Usage;

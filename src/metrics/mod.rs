@@ -6,9 +6,10 @@
 
 pub mod cost;
 
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -27,7 +28,7 @@ pub struct Metrics {
     pub provider_attempts: IntCounterVec,
     pub provider_retries: IntCounterVec,
     pub provider_fallbacks: IntCounterVec,
-    pub breaker_state: prometheus::IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
     pub breaker_opened: IntCounterVec,
     pub entries: IntGauge,
     pub store_entries_dropped: IntCounter,
@@ -46,157 +47,201 @@ const LATENCY_BUCKETS: &[f64] = &[
     8.0, 16.0, 32.0, 64.0,
 ];
 
+const SIMILARITY_BUCKETS: &[f64] = &[
+    0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0,
+];
+
+/// Creates metrics and registers each as it is made, so that a family is one call.
+struct Families(Registry);
+
+impl Families {
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> Result<M, prometheus::Error> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::new(name, help)?)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A float counter (money).
+    fn amounts(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterVec, prometheus::Error> {
+        self.add(CounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::new(name, help)?)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A histogram of seconds, on [`LATENCY_BUCKETS`].
+    fn latency(&self, name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(Histogram::with_opts(opts)?)
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels)?)
+    }
+}
+
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels)
-        };
-        let m = Metrics {
-            requests: counter_vec(
+        let f = Families(Registry::new());
+        Ok(Metrics {
+            // Requests and where their time goes.
+            requests: f.counters(
                 "deja_requests_total",
                 "Requests by API and cache outcome (exact_hit, semantic_hit, miss, bypass, error).",
                 &["api", "outcome"],
             )?,
-            request_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "deja_request_duration_seconds",
-                    "Time to response headers (hits: whole response), by outcome.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            request_seconds: f.histograms(
+                "deja_request_duration_seconds",
+                "Time to response headers (hits: whole response), by outcome.",
+                LATENCY_BUCKETS,
                 &["outcome"],
             )?,
-            embed_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "deja_embed_duration_seconds",
-                    "Embedding time per lookup (queueing included).",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            embed_seconds: f.latency(
+                "deja_embed_duration_seconds",
+                "Embedding time per lookup (queueing included).",
             )?,
-            search_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "deja_search_duration_seconds",
-                    "Index search + candidate fetch + guards per lookup.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            search_seconds: f.latency(
+                "deja_search_duration_seconds",
+                "Index search + candidate fetch + guards per lookup.",
             )?,
-            upstream_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "deja_upstream_duration_seconds",
-                    "Upstream time to response headers, by provider.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            upstream_seconds: f.histograms(
+                "deja_upstream_duration_seconds",
+                "Upstream time to response headers, by provider.",
+                LATENCY_BUCKETS,
                 &["provider"],
             )?,
-            similarity: HistogramVec::new(
-                HistogramOpts::new(
-                    "deja_similarity",
-                    "Best similarity per semantic lookup: hits and near-misses.",
-                )
-                .buckets(vec![
-                    0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98,
-                    0.99, 1.0,
-                ]),
+            similarity: f.histograms(
+                "deja_similarity",
+                "Best similarity per semantic lookup: hits and near-misses.",
+                SIMILARITY_BUCKETS,
                 &["result"],
             )?,
-            tokens_saved: counter_vec(
+            // Tokens and money.
+            tokens_saved: f.counters(
                 "deja_tokens_saved_total",
                 "Tokens of answers served from cache instead of upstream, by model glob and kind (prompt/completion).",
                 &["model", "kind"],
             )?,
-            tokens_upstream: counter_vec(
+            tokens_upstream: f.counters(
                 "deja_tokens_upstream_total",
                 "Tokens of upstream answers, by model glob and kind (prompt/completion).",
                 &["model", "kind"],
             )?,
-            cost_saved: CounterVec::new(
-                Opts::new("deja_cost_saved_usd_total", "Money not spent upstream thanks to hits, by [[prices]] glob."),
+            cost_saved: f.amounts(
+                "deja_cost_saved_usd_total",
+                "Money not spent upstream thanks to hits, by [[prices]] glob.",
                 &["model"],
             )?,
-            cost_upstream: CounterVec::new(
-                Opts::new("deja_cost_upstream_usd_total", "Money spent upstream, by [[prices]] glob."),
+            cost_upstream: f.amounts(
+                "deja_cost_upstream_usd_total",
+                "Money spent upstream, by [[prices]] glob.",
                 &["model"],
             )?,
-            tokens_estimated: IntCounter::new(
+            tokens_estimated: f.counter(
                 "deja_tokens_estimated_total",
                 "Upstream answers whose usage was estimated with a tokenizer (the stream carried none).",
             )?,
-            provider_attempts: counter_vec("deja_provider_attempts_total", "Upstream attempts by provider.", &["provider"])?,
-            provider_retries: counter_vec("deja_provider_retries_total", "Retries by provider.", &["provider"])?,
-            provider_fallbacks: counter_vec("deja_provider_fallbacks_total", "Fallbacks away from a provider.", &["provider"])?,
-            breaker_state: prometheus::IntGaugeVec::new(
-                Opts::new("deja_breaker_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open."),
+            // Providers.
+            provider_attempts: f.counters(
+                "deja_provider_attempts_total",
+                "Upstream attempts by provider.",
                 &["provider"],
             )?,
-            breaker_opened: counter_vec("deja_breaker_opened_total", "Times a provider's breaker opened.", &["provider"])?,
-            entries: IntGauge::new("deja_cache_entries", "Entries in the store.")?,
-            store_entries_dropped: IntCounter::new(
+            provider_retries: f.counters(
+                "deja_provider_retries_total",
+                "Retries by provider.",
+                &["provider"],
+            )?,
+            provider_fallbacks: f.counters(
+                "deja_provider_fallbacks_total",
+                "Fallbacks away from a provider.",
+                &["provider"],
+            )?,
+            breaker_state: f.gauges(
+                "deja_breaker_state",
+                "Circuit breaker per provider: 0 closed, 1 open, 2 half-open.",
+                &["provider"],
+            )?,
+            breaker_opened: f.counters(
+                "deja_breaker_opened_total",
+                "Times a provider's breaker opened.",
+                &["provider"],
+            )?,
+            // The cache and its store.
+            entries: f.gauge("deja_cache_entries", "Entries in the store.")?,
+            store_entries_dropped: f.counter(
                 "deja_store_entries_dropped_total",
                 "Entries the store lost to truncated or damaged files, found when it was opened.",
             )?,
-            inserts: IntCounter::new("deja_cache_inserts_total", "Answers written to the cache.")?,
-            not_cached: counter_vec(
+            inserts: f.counter("deja_cache_inserts_total", "Answers written to the cache.")?,
+            not_cached: f.counters(
                 "deja_not_cached_total",
                 "Upstream answers not written, by reason.",
                 &["reason"],
             )?,
-            guard_vetoes: counter_vec(
+            guard_vetoes: f.counters(
                 "deja_guard_vetoes_total",
                 "Semantic candidates above threshold vetoed by a precision guard.",
                 &["guard"],
             )?,
-            verified_hits: counter_vec(
+            verified_hits: f.counters(
                 "deja_verifier_decisions_total",
                 "Decisions on the most similar semantic candidate once it passed the guards: \
                  skipped (served on cosine alone), lexical (served, verified), judge (served, \
                  judged), unverified (not served).",
                 &["decision"],
             )?,
-            upstream_errors: counter_vec(
+            upstream_errors: f.counters(
                 "deja_upstream_errors_total",
                 "Failed upstream calls by provider and kind.",
                 &["provider", "kind"],
             )?,
-            singleflight_waits: IntCounter::new(
+            singleflight_waits: f.counter(
                 "deja_singleflight_waits_total",
                 "Misses that waited for an identical in-flight request.",
             )?,
-            reloads: counter_vec(
+            // Operations.
+            reloads: f.counters(
                 "deja_config_reloads_total",
                 "Config reloads by result.",
                 &["result"],
             )?,
-            registry,
-        };
-        m.registry.register(Box::new(m.requests.clone()))?;
-        m.registry.register(Box::new(m.request_seconds.clone()))?;
-        m.registry.register(Box::new(m.embed_seconds.clone()))?;
-        m.registry.register(Box::new(m.search_seconds.clone()))?;
-        m.registry.register(Box::new(m.upstream_seconds.clone()))?;
-        m.registry.register(Box::new(m.similarity.clone()))?;
-        m.registry.register(Box::new(m.tokens_saved.clone()))?;
-        m.registry.register(Box::new(m.tokens_upstream.clone()))?;
-        m.registry.register(Box::new(m.cost_saved.clone()))?;
-        m.registry.register(Box::new(m.cost_upstream.clone()))?;
-        m.registry.register(Box::new(m.tokens_estimated.clone()))?;
-        m.registry.register(Box::new(m.provider_attempts.clone()))?;
-        m.registry.register(Box::new(m.provider_retries.clone()))?;
-        m.registry
-            .register(Box::new(m.provider_fallbacks.clone()))?;
-        m.registry.register(Box::new(m.breaker_state.clone()))?;
-        m.registry.register(Box::new(m.breaker_opened.clone()))?;
-        m.registry.register(Box::new(m.entries.clone()))?;
-        m.registry
-            .register(Box::new(m.store_entries_dropped.clone()))?;
-        m.registry.register(Box::new(m.inserts.clone()))?;
-        m.registry.register(Box::new(m.not_cached.clone()))?;
-        m.registry.register(Box::new(m.guard_vetoes.clone()))?;
-        m.registry.register(Box::new(m.verified_hits.clone()))?;
-        m.registry.register(Box::new(m.upstream_errors.clone()))?;
-        m.registry
-            .register(Box::new(m.singleflight_waits.clone()))?;
-        m.registry.register(Box::new(m.reloads.clone()))?;
-        Ok(m)
+            registry: f.0,
+        })
     }
 
     /// Brings `deja_store_entries_dropped_total` up to what opening the store found.

@@ -1,10 +1,11 @@
 //! One configured provider: its pooled HTTP client, breaker and counters, and a single attempt
 //! (`send_once`) in its vendor's API: addressing and authentication per [`ProviderKind`], and
-//! the request/answer translation of `providers::translate` when the request's dialect is not
+//! the request/answer translation of `providers::translate` when the request's API is not
 //! the provider's, and the bounds on what comes back (`max_response_bytes`, `max_event_bytes`,
 //! `stream_timeout`, the shape of a 2xx). Retries, backoff, fallback and the breaker belong to
 //! the router; this file never sleeps or loops over attempts. API keys are read from the environment per request and never logged.
 
+use crate::api::ApiKind;
 use crate::providers::breaker::CircuitBreaker;
 use crate::providers::error::{
     is_retryable_status, ProviderError, ProviderErrorKind, RouterConfigError,
@@ -15,7 +16,7 @@ use crate::providers::sse::{SseBounds, SseParser};
 use crate::providers::stats::ProviderStats;
 use crate::providers::translate::{self, TranslateError, Translation};
 use crate::providers::types::{
-    keep_response_header, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse,
+    keep_response_header, UpstreamBody, UpstreamRequest, UpstreamResponse,
 };
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -130,7 +131,7 @@ impl Provider {
         body: Bytes,
     ) -> Result<Prepared, ProviderError> {
         let kind = self.settings.kind;
-        let translated = translate::translate_request(kind, req.dialect, &body).map_err(|e| {
+        let translated = translate::translate_request(kind, req.api, &body).map_err(|e| {
             let err = self.translate_error(e);
             self.stats.record_error(&err.kind);
             err
@@ -138,12 +139,12 @@ impl Provider {
         Ok(match translated {
             None => Prepared {
                 body,
-                upstream: req.dialect,
+                upstream: req.api,
                 translation: None,
             },
             Some((body, t)) => Prepared {
                 body,
-                upstream: t.upstream,
+                upstream: Some(t.upstream),
                 translation: Some(t),
             },
         })
@@ -183,13 +184,13 @@ impl Provider {
         let text = match self.settings.kind {
             ProviderKind::OpenAi => match prepared.upstream {
                 _ if prepared.translation.is_none() => format!("{}{}", self.base, req.path),
-                Dialect::OpenAiCompletions => format!("{}/completions", self.base),
+                Some(ApiKind::Completions) => format!("{}/completions", self.base),
                 _ => format!("{}/chat/completions", self.base),
             },
             ProviderKind::Azure => {
                 let op = match prepared.upstream {
-                    Dialect::OpenAiChat => Some("/chat/completions"),
-                    Dialect::OpenAiCompletions => Some("/completions"),
+                    Some(ApiKind::Chat) => Some("/chat/completions"),
+                    Some(ApiKind::Completions) => Some("/completions"),
                     _ => ["/chat/completions", "/completions", "/embeddings"]
                         .into_iter()
                         .find(|p| req.path == *p),
@@ -220,7 +221,7 @@ impl Provider {
                 return Ok(url);
             }
             ProviderKind::Anthropic => match prepared.upstream {
-                Dialect::AnthropicMessages => format!("{}/v1/messages", self.base),
+                Some(ApiKind::Messages) => format!("{}/v1/messages", self.base),
                 _ if req.path.starts_with("/v1/") => format!("{}{}", self.base, req.path),
                 _ => format!("{}/v1{}", self.base, req.path),
             },
@@ -294,7 +295,7 @@ impl Provider {
     }
 
     /// One attempt. A 2xx or a non-retryable status is `Ok` (translated into the request's
-    /// dialect when `prepared` says so); 429/5xx, transport failures and timeouts are `Err`, and
+    /// API when `prepared` says so); 429/5xx, transport failures and timeouts are `Err`, and
     /// so are a body over `max_response_bytes` and a 2xx that is not the shape of its endpoint.
     /// Bumps counters; the breaker is the router's, settled once per request.
     pub(crate) async fn send_once(
@@ -428,13 +429,13 @@ impl Provider {
     }
 
     /// [`shape::check`], on a blocking thread for a body big enough to take a while to scan.
-    async fn check_shape(&self, dialect: Dialect, body: &Bytes) -> Result<(), ProviderError> {
+    async fn check_shape(&self, api: Option<ApiKind>, body: &Bytes) -> Result<(), ProviderError> {
         const INLINE: usize = 256 << 10;
         let result = if body.len() <= INLINE {
-            shape::check(dialect, body)
+            shape::check(api, body)
         } else {
             let body = body.clone();
-            tokio::task::spawn_blocking(move || shape::check(dialect, &body))
+            tokio::task::spawn_blocking(move || shape::check(api, &body))
                 .await
                 .unwrap_or_else(|e| {
                     let what = "could not be checked".to_string();
@@ -444,7 +445,7 @@ impl Provider {
         result.map_err(|(kind, detail)| self.error(kind).with_detail(detail))
     }
 
-    /// The upstream stream translated into the request's dialect; translation failures are
+    /// The upstream stream translated into the request's API; translation failures are
     /// counted like the stream errors of `byte_stream`.
     fn translated_stream(
         &self,
@@ -567,9 +568,9 @@ impl ApiPrefix {
 /// What the attempts of one target send, prepared once before its retries.
 pub(crate) struct Prepared {
     pub(crate) body: Bytes,
-    /// The dialect `body` is in.
-    pub(crate) upstream: Dialect,
-    /// How answers go back into the request's dialect; `None` when they pass through.
+    /// The API `body` is in (`None`: pass-through).
+    pub(crate) upstream: Option<ApiKind>,
+    /// How answers go back into the request's API; `None` when they pass through.
     pub(crate) translation: Option<Translation>,
 }
 
@@ -644,19 +645,21 @@ mod tests {
         p.url(req, &prepared, model).unwrap().to_string()
     }
 
-    fn chat(dialect: Dialect) -> UpstreamRequest {
+    fn chat(api: Option<ApiKind>) -> UpstreamRequest {
         let body =
             serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
-        UpstreamRequest::post_json("/chat/completions", &body, false).with_dialect(dialect)
+        let mut req = UpstreamRequest::post_json("/chat/completions", &body, false);
+        req.api = api;
+        req
     }
 
     #[test]
-    fn urls_per_kind_and_dialect() {
+    fn urls_per_kind_and_api() {
         let openai = || ProviderSettings::openai("o", "http://h/v1/");
         let azure = || ProviderSettings::azure("z", "https://res.openai.azure.com/");
         let anthropic = || ProviderSettings::anthropic("a", "https://api.anthropic.com");
         assert_eq!(
-            url_of(openai(), &chat(Dialect::OpenAiChat), Some("gpt-4o")),
+            url_of(openai(), &chat(Some(ApiKind::Chat)), Some("gpt-4o")),
             "http://h/v1/chat/completions"
         );
         assert_eq!(
@@ -664,13 +667,13 @@ mod tests {
             "http://h/v1/models"
         );
         assert_eq!(
-            url_of(azure(), &chat(Dialect::OpenAiChat), Some("my dep")),
+            url_of(azure(), &chat(Some(ApiKind::Chat)), Some("my dep")),
             "https://res.openai.azure.com/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
         );
         let mut pinned = azure();
         pinned.api_version = Some("2025-01-01-preview".into());
         assert_eq!(
-            url_of(pinned, &chat(Dialect::Passthrough), None),
+            url_of(pinned, &chat(None), None),
             "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2025-01-01-preview"
         );
         assert_eq!(
@@ -682,13 +685,13 @@ mod tests {
             &serde_json::json!({"model": "inst", "prompt": "x"}),
             false,
         )
-        .with_dialect(Dialect::OpenAiCompletions);
+        .with_api(ApiKind::Completions);
         assert_eq!(
             url_of(azure(), &legacy, Some("inst")),
             "https://res.openai.azure.com/openai/deployments/inst/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            url_of(anthropic(), &chat(Dialect::OpenAiChat), Some("claude")),
+            url_of(anthropic(), &chat(Some(ApiKind::Chat)), Some("claude")),
             "https://api.anthropic.com/v1/messages"
         );
         assert_eq!(
@@ -701,7 +704,7 @@ mod tests {
                                 "messages": [{"role": "user", "content": "hi"}]}),
             false,
         )
-        .with_dialect(Dialect::AnthropicMessages);
+        .with_api(ApiKind::Messages);
         assert_eq!(
             url_of(openai(), &messages, Some("gpt-4o")),
             "http://h/v1/chat/completions"
@@ -746,7 +749,7 @@ mod tests {
             &serde_json::json!({"model": "m", "prompt": "x"}),
             false,
         )
-        .with_dialect(Dialect::OpenAiCompletions);
+        .with_api(ApiKind::Completions);
         let err = p.prepare(&req, req.body.clone()).err().unwrap();
         assert!(matches!(err.kind, ProviderErrorKind::Untranslatable { .. }));
         assert_eq!(p.stats.errors("untranslatable"), 1);

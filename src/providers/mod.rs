@@ -1,13 +1,13 @@
 //! The upstream side of deja: on a cache miss, [`Router::send`] picks the route for the
 //! request's model and walks its provider chain (retries with jittered backoff, fallback,
 //! circuit breakers, timeouts) until one provider answers. Providers are OpenAI-compatible,
-//! Azure OpenAI or Anthropic ([`ProviderKind`]); a request declares its [`Dialect`], and a
-//! provider that does not speak it gets it translated ([`translate`]) with its answer
-//! translated back, so fallback works across kinds. Answers come back in the request's
-//! dialect ([`UpstreamBody::Json`] or a live [`UpstreamBody::Stream`] of SSE bytes, the
-//! upstream's own bytes when no translation was needed) so the server can forward them while
-//! teeing them through [`SseParser`] for the cache. This layer never caches and never logs an
-//! API key.
+//! Azure OpenAI or Anthropic ([`ProviderKind`]); a request declares its client API
+//! ([`crate::api::ApiKind`], none for pass-through), and a provider that does not speak it gets
+//! it translated ([`translate`]) with its answer translated back, so fallback works across
+//! kinds. Answers come back in the request's API ([`UpstreamBody::Json`] or a live
+//! [`UpstreamBody::Stream`] of SSE bytes, the upstream's own bytes when no translation was
+//! needed) so the server can forward them while teeing them through [`SseParser`] for the cache.
+//! This layer never caches and never logs an API key.
 //!
 //! # Layout
 //! - [`settings`]: plain provider and route settings (the config layer fills them).
@@ -39,4 +39,4 @@ pub use settings::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_TIMEOUT};
 pub use sse::{SseBounds, SseEvent, SseOverflow, SseParser, DEFAULT_MAX_EVENT_BYTES};
 pub use stats::{ProviderStats, ProviderStatsSnapshot};
 pub use translate::{TranslateError, DEFAULT_MAX_TOKENS};
-pub use types::{ByteStream, Dialect, UpstreamBody, UpstreamRequest, UpstreamResponse};
+pub use types::{ByteStream, UpstreamBody, UpstreamRequest, UpstreamResponse};

@@ -25,8 +25,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which vendor API a provider exposes. Each variant decides how a request is addressed and
-/// authenticated (see `client::Provider::build_request`) and which request dialects it speaks
-/// natively (see [`ProviderKind::speaks`]); other dialects are translated per attempt.
+/// authenticated (see `client::Provider::build_request`) and which client APIs it speaks
+/// natively (see [`crate::providers::translate::upstream_api`]); other APIs are translated per
+/// attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ProviderKind {
@@ -233,6 +234,15 @@ pub struct RouteSettings {
     pub targets: Vec<RouteTarget>,
 }
 
+impl From<&crate::config::RouteConfig> for RouteSettings {
+    fn from(r: &crate::config::RouteConfig) -> RouteSettings {
+        RouteSettings {
+            model_glob: r.model_glob.as_str().to_string(),
+            targets: r.targets.iter().map(RouteTarget::from).collect(),
+        }
+    }
+}
+
 /// One provider in a route's fallback chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteTarget {
@@ -252,6 +262,16 @@ impl RouteTarget {
             provider: provider.into(),
             model: None,
             weight: None,
+        }
+    }
+}
+
+impl From<&crate::config::RouteTarget> for RouteTarget {
+    fn from(t: &crate::config::RouteTarget) -> RouteTarget {
+        RouteTarget {
+            provider: t.provider.clone(),
+            model: t.model.clone(),
+            weight: t.weight,
         }
     }
 }

@@ -6,8 +6,8 @@
 //! empty answer; the provider reports it as [`ProviderErrorKind::BadResponse`] instead. The
 //! check skips every other field without building it, so it allocates next to nothing.
 
+use crate::api::ApiKind;
 use crate::providers::error::ProviderErrorKind;
-use crate::providers::types::Dialect;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -41,20 +41,22 @@ struct Message {
     content: Vec<Object>,
 }
 
-/// Checks a 2xx body in `dialect` (the dialect the upstream was asked to speak). `Err` carries
-/// the kind for clients and the parser's message for logs. Pass-through bodies are not checked.
-pub(crate) fn check(dialect: Dialect, body: &[u8]) -> Result<(), (ProviderErrorKind, String)> {
-    let (name, result) = match dialect {
-        Dialect::Passthrough => return Ok(()),
-        Dialect::OpenAiChat => (
+/// Checks a 2xx body in `api` (the API the upstream was asked to speak). `Err` carries the kind
+/// for clients and the parser's message for logs. Pass-through bodies (`None`) are not checked.
+pub(crate) fn check(api: Option<ApiKind>, body: &[u8]) -> Result<(), (ProviderErrorKind, String)> {
+    let Some(api) = api else {
+        return Ok(());
+    };
+    let (name, result) = match api {
+        ApiKind::Chat => (
             "a chat completion",
             serde_json::from_slice::<ChatCompletion>(body).map(drop),
         ),
-        Dialect::OpenAiCompletions => (
+        ApiKind::Completions => (
             "a text completion",
             serde_json::from_slice::<Completion>(body).map(drop),
         ),
-        Dialect::AnthropicMessages => (
+        ApiKind::Messages => (
             "a message",
             serde_json::from_slice::<Message>(body).map(drop),
         ),
@@ -78,8 +80,8 @@ fn is_json(body: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn what(dialect: Dialect, body: &str) -> Option<String> {
-        match check(dialect, body.as_bytes()) {
+    fn what(api: Option<ApiKind>, body: &str) -> Option<String> {
+        match check(api, body.as_bytes()) {
             Ok(()) => None,
             Err((ProviderErrorKind::BadResponse { what }, _)) => Some(what),
             Err((other, _)) => panic!("unexpected {other:?}"),
@@ -89,11 +91,11 @@ mod tests {
     #[test]
     fn issue12_wrong_shape_and_broken_json_are_told_apart() {
         let chat = r#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{}}"#;
-        assert_eq!(what(Dialect::OpenAiChat, chat), None);
-        assert_eq!(what(Dialect::OpenAiChat, r#"{"choices":[]}"#), None);
+        assert_eq!(what(Some(ApiKind::Chat), chat), None);
+        assert_eq!(what(Some(ApiKind::Chat), r#"{"choices":[]}"#), None);
         assert_eq!(
             what(
-                Dialect::OpenAiChat,
+                Some(ApiKind::Chat),
                 r#"{"choices":[{"message":{"content":"x"}"#
             )
             .as_deref(),
@@ -108,29 +110,29 @@ mod tests {
             r#"{"error":{"message":"oops"}}"#,
         ] {
             assert_eq!(
-                what(Dialect::OpenAiChat, wrong).as_deref(),
+                what(Some(ApiKind::Chat), wrong).as_deref(),
                 Some("not a chat completion"),
                 "{wrong}"
             );
         }
         assert_eq!(
-            what(Dialect::OpenAiCompletions, r#"{"choices":[{"text":"hi"}]}"#),
+            what(Some(ApiKind::Completions), r#"{"choices":[{"text":"hi"}]}"#),
             None
         );
         assert_eq!(
-            what(Dialect::OpenAiCompletions, r#"{"id":"x"}"#).as_deref(),
+            what(Some(ApiKind::Completions), r#"{"id":"x"}"#).as_deref(),
             Some("not a text completion")
         );
         let message = r#"{"type":"message","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn"}"#;
-        assert_eq!(what(Dialect::AnthropicMessages, message), None);
+        assert_eq!(what(Some(ApiKind::Messages), message), None);
         assert_eq!(
             what(
-                Dialect::AnthropicMessages,
+                Some(ApiKind::Messages),
                 r#"{"type":"message","content":"hi"}"#
             )
             .as_deref(),
             Some("not a message")
         );
-        assert_eq!(what(Dialect::Passthrough, "not json"), None);
+        assert_eq!(what(None, "not json"), None);
     }
 }

@@ -1,8 +1,9 @@
 //! What goes to an upstream and what comes back. The request body is the client's wire body in
-//! its [`Dialect`]; the response comes back in that same dialect: the upstream's own bytes when
-//! the provider speaks it, else translated per attempt by `providers::translate`. Nothing here
-//! parses or re-encodes a body.
+//! its API ([`ApiKind`], or none for a pass-through request); the response comes back in that
+//! same API: the upstream's own bytes when the provider speaks it, else translated per attempt
+//! by `providers::translate`. Nothing here parses or re-encodes a body.
 
+use crate::api::ApiKind;
 use crate::providers::error::ProviderError;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -10,54 +11,16 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use std::fmt;
 
-/// The inbound API a request body is written in, and so the API its answer must come back in.
-/// A provider that does not speak it natively gets a translated request, and its answer
-/// (JSON, error body or SSE stream) is translated back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Dialect {
-    /// OpenAI `POST /chat/completions`.
-    OpenAiChat,
-    /// OpenAI legacy `POST /completions`.
-    OpenAiCompletions,
-    /// Anthropic `POST /v1/messages`.
-    AnthropicMessages,
-    /// Sent as is to `path` (after the provider's addressing); the answer is not touched.
-    #[default]
-    Passthrough,
-}
-
-impl Dialect {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Dialect::OpenAiChat => "openai_chat",
-            Dialect::OpenAiCompletions => "openai_completions",
-            Dialect::AnthropicMessages => "anthropic_messages",
-            Dialect::Passthrough => "passthrough",
-        }
-    }
-}
-
-impl From<crate::api::canonical::ApiKind> for Dialect {
-    fn from(api: crate::api::canonical::ApiKind) -> Dialect {
-        use crate::api::canonical::ApiKind;
-        match api {
-            ApiKind::Chat => Dialect::OpenAiChat,
-            ApiKind::Completions => Dialect::OpenAiCompletions,
-            ApiKind::Messages => Dialect::AnthropicMessages,
-        }
-    }
-}
-
 /// One call to make upstream, independent of which provider ends up answering it.
 #[derive(Clone)]
 pub struct UpstreamRequest {
     /// Appended to an OpenAI provider's base URL: `/chat/completions`, `/completions`,
     /// `/models`, or any other `/...`. Azure and Anthropic map it onto their own layouts
     /// (`/openai/deployments/{model}/...`, `/v1/...`), and a translated request goes to the
-    /// path of the dialect it was translated into.
+    /// path of the API it was translated into.
     pub path: String,
     pub method: Method,
-    /// Wire body in `dialect`; empty for GET. The router touches it only to rename the `model`
+    /// Wire body in `api`; empty for GET. The router touches it only to rename the `model`
     /// field for a target that asks for it, the provider only to translate it.
     pub body: Bytes,
     /// The client asked for SSE: a 2xx answer comes back as [`UpstreamBody::Stream`].
@@ -67,8 +30,10 @@ pub struct UpstreamRequest {
     /// Extra per-request headers to forward (e.g. `OpenAI-Beta`); the provider's
     /// authentication and `extra_headers` take precedence.
     pub headers: HeaderMap,
-    /// What `body` is written in; [`Dialect::Passthrough`] (the default) sends it untouched.
-    pub dialect: Dialect,
+    /// The client API `body` is written in; a provider of another kind gets it translated (and
+    /// its answer translated back). `None` (the default: pass-through) sends it untouched to
+    /// `path` (after the provider's addressing) and leaves the answer as it comes.
+    pub api: Option<ApiKind>,
     /// Whether a failed attempt may be sent again (retried, or tried on the next target). True
     /// unless [`UpstreamRequest::resend_if_idempotent`] says otherwise: a completion has no
     /// side effect.
@@ -86,7 +51,7 @@ impl UpstreamRequest {
             stream,
             client_key: None,
             headers: HeaderMap::new(),
-            dialect: Dialect::Passthrough,
+            api: None,
             resend: true,
         }
     }
@@ -100,7 +65,7 @@ impl UpstreamRequest {
             stream,
             client_key: None,
             headers: HeaderMap::new(),
-            dialect: Dialect::Passthrough,
+            api: None,
             resend: true,
         }
     }
@@ -114,7 +79,7 @@ impl UpstreamRequest {
             stream: false,
             client_key: None,
             headers: HeaderMap::new(),
-            dialect: Dialect::Passthrough,
+            api: None,
             resend: true,
         }
     }
@@ -124,9 +89,9 @@ impl UpstreamRequest {
         self
     }
 
-    /// Declare the body's dialect so that providers of another kind translate it.
-    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
-        self.dialect = dialect;
+    /// Declare the body's API so that providers of another kind translate it.
+    pub fn with_api(mut self, api: ApiKind) -> Self {
+        self.api = Some(api);
         self
     }
 
@@ -151,7 +116,7 @@ impl fmt::Debug for UpstreamRequest {
                 &self.client_key.as_ref().map(|_| "<redacted>"),
             )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("dialect", &self.dialect)
+            .field("api", &self.api)
             .field("resend", &self.resend)
             .finish()
     }

@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::api::error::{ApiError, Dialect};
+use crate::api::error::ApiError;
+use crate::api::ApiKind;
 use crate::config::ServerConfig;
 
 /// What each connection may hold.
@@ -258,7 +259,7 @@ struct Phase {
     head_since: Option<Instant>,
     /// When the last answer ended.
     idle_since: Instant,
-    /// The first bytes of the head being read: its request line, for the dialect of an error.
+    /// The first bytes of the head being read: its request line, for the shape of an error.
     head: Vec<u8>,
 }
 
@@ -344,12 +345,9 @@ impl Watch {
             return None;
         }
         let error = hyper_error_status(buf)?;
-        let dialect = request_path(&p.head).map_or(Dialect::OpenAi, Dialect::for_path);
+        let api = request_path(&p.head).and_then(ApiKind::for_path);
         drop(p);
-        let body = match dialect {
-            Dialect::OpenAi => error.to_openai_body(),
-            Dialect::Anthropic => error.to_anthropic_body(),
-        };
+        let body = error.body_for(api);
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let status = error.status();
         let mut out = format!(

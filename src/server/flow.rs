@@ -14,10 +14,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::canonical::ApiKind;
 use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
 use crate::api::inbound::{self, Rendered};
+use crate::api::ApiKind;
 use crate::cache::lookup::{Hit, LookedUp};
 use crate::cache::miss::Miss;
 use crate::cache::request::CacheRequest;
@@ -42,7 +42,7 @@ pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Byt
             } else {
                 tracing::info!(api = api.as_str(), error = %err, "request rejected");
             }
-            err.into_response_for(api.dialect())
+            err.into_response_for(Some(api))
         }
     }
 }
@@ -143,7 +143,7 @@ async fn forward(
     let mut upstream_req =
         UpstreamRequest::post_bytes(req.api.upstream_path(), body, req.canonical.stream)
             .with_client_key(req.client_key().map(str::to_string))
-            .with_dialect(req.api.into());
+            .with_api(req.api);
     upstream_req.headers = forwardable_headers(headers);
     let up_started = Instant::now();
     let resp = state.router().send(upstream_req, req.model()).await?;

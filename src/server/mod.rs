@@ -26,14 +26,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 
-use crate::api::canonical::ApiKind;
-use crate::api::error::{ApiError, Dialect};
+use crate::api::error::ApiError;
+use crate::api::ApiKind;
 use crate::cache::{CacheEngine, EngineSettings};
 use crate::config::Config;
-use crate::embed::{EmbedPool, Embedder};
-use crate::index::ScopedIndex;
+use crate::embed::{EmbedPool, EmbedSettings, Embedder};
+use crate::index::{IndexConfig, ScopedIndex};
 use crate::metrics::Metrics;
-use crate::providers::{ProviderSettings, RouteSettings, RouteTarget, Router};
+use crate::providers::{ProviderSettings, RouteSettings, Router};
 use crate::store::{Store, StoreConfig};
 pub use state::AppState;
 
@@ -62,27 +62,8 @@ pub fn build_router(config: &Config) -> Result<Router, ServeError> {
         .iter()
         .map(ProviderSettings::from)
         .collect();
-    Router::new(providers, route_settings(config)).map_err(|e| ServeError::Routes(e.to_string()))
-}
-
-/// Route settings for the provider router.
-pub fn route_settings(config: &Config) -> Vec<RouteSettings> {
-    config
-        .routes
-        .iter()
-        .map(|r| RouteSettings {
-            model_glob: r.model_glob.as_str().to_string(),
-            targets: r
-                .targets
-                .iter()
-                .map(|t| RouteTarget {
-                    provider: t.provider.clone(),
-                    model: t.model.clone(),
-                    weight: t.weight,
-                })
-                .collect(),
-        })
-        .collect()
+    let routes = config.routes.iter().map(RouteSettings::from).collect();
+    Router::new(providers, routes).map_err(|e| ServeError::Routes(e.to_string()))
 }
 
 /// Opens the store, fills the index from it and wraps the embedder: everything the cache
@@ -101,11 +82,18 @@ pub fn open_engine(
         flush_every: config.cache.flush_interval,
     })
     .map_err(|e| ServeError::Cache(e.to_string()))?;
-    let index = ScopedIndex::new(index_config(config, dim))
-        .map_err(|e| ServeError::Cache(e.to_string()))?;
-    let pool = Arc::new(EmbedPool::new(embedder, &embed_settings(config)));
+    let index = ScopedIndex::new(IndexConfig {
+        dim,
+        ..IndexConfig::from(&config.index)
+    })
+    .map_err(|e| ServeError::Cache(e.to_string()))?;
+    let pool = Arc::new(EmbedPool::new(
+        embedder,
+        &EmbedSettings::from(&config.embedding),
+    ));
     let snapshots = config.index.snapshot.then(|| snapshot_dir(config));
-    let (engine, load) = CacheEngine::open(store, index, pool, engine_settings(config), snapshots)
+    let settings = EngineSettings::from(&config.cache);
+    let (engine, load) = CacheEngine::open(store, index, pool, settings, snapshots)
         .map_err(|e| ServeError::Cache(e.to_string()))?;
     tracing::info!(
         entries = load.entries,
@@ -124,44 +112,6 @@ pub fn open_engine(
 /// Where index snapshots live: beside the store, in the cache directory.
 pub fn snapshot_dir(config: &Config) -> PathBuf {
     config.cache.dir.join(crate::index::snapshot::DIR_NAME)
-}
-
-pub fn engine_settings(config: &Config) -> EngineSettings {
-    EngineSettings {
-        guards: config.cache.guards,
-    }
-}
-
-pub fn index_config(config: &Config, dim: usize) -> crate::index::IndexConfig {
-    crate::index::IndexConfig {
-        dim,
-        flat_max: config.index.flat_max,
-        hnsw_m: config.index.hnsw_m,
-        ef_construction: config.index.ef_construction,
-        ef_search: config.index.ef_search,
-        rebuild_tombstone_fraction: config.index.rebuild_tombstone_fraction,
-    }
-}
-
-pub fn embed_settings(config: &Config) -> crate::embed::EmbedSettings {
-    let e = &config.embedding;
-    crate::embed::EmbedSettings {
-        model: e.model.clone(),
-        revision: e.revision.clone(),
-        device: match e.device {
-            crate::config::Device::Cpu => crate::embed::DeviceKind::Cpu,
-            crate::config::Device::Cuda => crate::embed::DeviceKind::Cuda,
-            crate::config::Device::Metal => crate::embed::DeviceKind::Metal,
-        },
-        max_tokens: e.max_tokens,
-        sha256: e.sha256.clone(),
-        threads: e.threads,
-        compute_threads: e.compute_threads,
-        cpu_backend: e.cpu_backend,
-        max_batch: e.max_batch,
-        lru_capacity: e.lru_capacity,
-        queue_capacity: e.queue_capacity,
-    }
 }
 
 /// A bound server, not yet serving.
@@ -275,7 +225,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 async fn cached(state: AppState, api: ApiKind, headers: HeaderMap, body: Body) -> Response {
     match read_body(&state, body).await {
         Ok(bytes) => flow::handle(state, api, headers, bytes).await,
-        Err(e) => e.into_response_for(api.dialect()),
+        Err(e) => e.into_response_for(Some(api)),
     }
 }
 
@@ -353,7 +303,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-    .into_response_for(Dialect::for_path(uri.path()))
+    .into_response_for(ApiKind::for_path(uri.path()))
 }
 
 /// `GET /v1/chat/completions` and the like: a JSON 405 (axum's own has no body).
@@ -362,7 +312,7 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
         method: method.to_string(),
         path: uri.path().to_string(),
     }
-    .into_response_for(Dialect::for_path(uri.path()))
+    .into_response_for(ApiKind::for_path(uri.path()))
 }
 
 /// Removes expired entries once a minute, off the runtime.

@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use percent_encoding::percent_decode;
 
-use crate::api::error::{ApiError, Dialect};
+use crate::api::error::ApiError;
+use crate::api::ApiKind;
 use crate::providers::{UpstreamBody, UpstreamRequest};
 use crate::server::headers;
 use crate::server::state::AppState;
@@ -79,10 +80,10 @@ pub fn upstream_path(path: &str) -> Result<&str, PathError> {
 }
 
 pub async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
-    let dialect = Dialect::for_path(req.uri().path());
+    let api = ApiKind::for_path(req.uri().path());
     match forward(&state, req).await {
         Ok(r) => r,
-        Err(e) => e.into_response_for(dialect),
+        Err(e) => e.into_response_for(api),
     }
 }
 
@@ -196,11 +197,11 @@ mod tests {
     #[test]
     fn anthropic_paths_get_anthropic_errors() {
         assert_eq!(
-            Dialect::for_path("/v1/messages/batches"),
-            Dialect::Anthropic
+            ApiKind::for_path("/v1/messages/batches"),
+            Some(ApiKind::Messages)
         );
-        assert_eq!(Dialect::for_path("/v1/messages"), Dialect::Anthropic);
-        assert_eq!(Dialect::for_path("/v1/messagesx"), Dialect::OpenAi);
-        assert_eq!(Dialect::for_path("/v1/models"), Dialect::OpenAi);
+        assert_eq!(ApiKind::for_path("/v1/messages"), Some(ApiKind::Messages));
+        assert_eq!(ApiKind::for_path("/v1/messagesx"), None);
+        assert_eq!(ApiKind::for_path("/v1/models"), None);
     }
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::cache::EngineSettings;
 use crate::config::Config;
+use crate::providers::RouteSettings;
+use crate::server::build_router;
 use crate::server::state::AppState;
-use crate::server::{build_router, engine_settings, route_settings};
 
 /// Re-reads the config file and applies it. Returns the problems when it was rejected.
 pub fn reload(state: &AppState) -> Result<(), String> {
@@ -26,7 +28,7 @@ pub fn reload(state: &AppState) -> Result<(), String> {
             // Same providers: keep the router's connection pools, breakers and counters.
             let router = if new.providers == old.providers {
                 current
-                    .with_routes(route_settings(&new))
+                    .with_routes(new.routes.iter().map(RouteSettings::from).collect())
                     .map_err(|e| e.to_string())
             } else {
                 build_router(&new).map_err(|e| e.to_string())
@@ -40,7 +42,7 @@ pub fn reload(state: &AppState) -> Result<(), String> {
                 tracing::warn!("config reload: {note} changed; it takes effect after a restart");
             }
             if let Some(engine) = state.engine() {
-                engine.set_settings(engine_settings(&new));
+                engine.set_settings(EngineSettings::from(&new.cache));
             }
             *state.0.router.write() = Arc::new(router);
             *state.0.config.write() = Arc::new(new);

@@ -1,8 +1,8 @@
-//! Faithful translation between the inbound dialect of a request and the API of the provider
-//! that answers it, so that a route can fall back across provider kinds (OpenAI → Anthropic and
-//! back) while the server always receives answers in the client's own dialect. Requests are
-//! translated before an attempt, answers after it: JSON bodies, error bodies (same status, the
-//! inbound dialect's error shape) and SSE streams (event by event, never buffered whole).
+//! Faithful translation between the inbound API of a request ([`ApiKind`]) and the API of the
+//! provider that answers it, so that a route can fall back across provider kinds (OpenAI →
+//! Anthropic and back) while the server always receives answers in the client's own API.
+//! Requests are translated before an attempt, answers after it: JSON bodies, error bodies (same
+//! status, the inbound API's error shape) and SSE streams (event by event, never buffered whole).
 //!
 //! The rule is "translate or refuse": a parameter that would change the output and has no
 //! equivalent on the other side is never dropped silently; the request is refused with
@@ -22,8 +22,8 @@ pub mod stream;
 
 use crate::api::anthropic::MessagesRequest;
 use crate::api::openai::ChatCompletionRequest;
+use crate::api::ApiKind;
 use crate::providers::settings::ProviderKind;
-use crate::providers::types::Dialect;
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -57,35 +57,44 @@ pub enum TranslateError {
     Overflow(crate::providers::sse::SseOverflow),
 }
 
-/// How one provider takes a request in `inbound` dialect: the dialect it is sent in. Equal to
-/// `inbound` (or `Passthrough`) when no translation is needed.
-pub fn upstream_dialect(kind: ProviderKind, inbound: Dialect) -> Result<Dialect, TranslateError> {
+/// How one provider takes a request in the `inbound` API: the API it is sent in. Equal to
+/// `inbound` (`None` for pass-through) when no translation is needed.
+pub fn upstream_api(
+    kind: ProviderKind,
+    inbound: Option<ApiKind>,
+) -> Result<Option<ApiKind>, TranslateError> {
+    let Some(inbound) = inbound else {
+        return Ok(None);
+    };
     match (kind, inbound) {
-        (_, Dialect::Passthrough) => Ok(Dialect::Passthrough),
-        (ProviderKind::OpenAi | ProviderKind::Azure, Dialect::AnthropicMessages) => {
-            Ok(Dialect::OpenAiChat)
-        }
-        (ProviderKind::OpenAi | ProviderKind::Azure, d) => Ok(d),
-        (ProviderKind::Anthropic, Dialect::OpenAiChat | Dialect::AnthropicMessages) => {
-            Ok(Dialect::AnthropicMessages)
-        }
-        (ProviderKind::Anthropic, Dialect::OpenAiCompletions) => {
-            Err(TranslateError::Untranslatable(
-                "the legacy completions API (`/v1/completions`) cannot be served by an Anthropic \
+        (ProviderKind::OpenAi | ProviderKind::Azure, ApiKind::Messages) => Ok(Some(ApiKind::Chat)),
+        (ProviderKind::OpenAi | ProviderKind::Azure, api) => Ok(Some(api)),
+        (ProviderKind::Anthropic, ApiKind::Chat | ApiKind::Messages) => Ok(Some(ApiKind::Messages)),
+        (ProviderKind::Anthropic, ApiKind::Completions) => Err(TranslateError::Untranslatable(
+            "the legacy completions API (`/v1/completions`) cannot be served by an Anthropic \
              provider; use `/v1/chat/completions` or `/v1/messages`"
-                    .to_string(),
-            ))
-        }
+                .to_string(),
+        )),
+    }
+}
+
+/// The name of an API in translation errors.
+fn api_name(api: Option<ApiKind>) -> &'static str {
+    match api {
+        Some(ApiKind::Chat) => "openai_chat",
+        Some(ApiKind::Completions) => "openai_completions",
+        Some(ApiKind::Messages) => "anthropic_messages",
+        None => "passthrough",
     }
 }
 
 /// What the answer side of one translated attempt needs to know about its request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Translation {
-    /// The client's dialect: answers are translated into it.
-    pub inbound: Dialect,
-    /// The dialect sent upstream.
-    pub upstream: Dialect,
+    /// The client's API: answers are translated into it.
+    pub inbound: ApiKind,
+    /// The API sent upstream.
+    pub upstream: ApiKind,
     /// OpenAI inbound stream: the client asked for the final usage chunk.
     pub include_usage: bool,
 }
@@ -94,15 +103,15 @@ pub struct Translation {
 /// translated body and what its answer needs.
 pub fn translate_request(
     kind: ProviderKind,
-    inbound: Dialect,
+    inbound: Option<ApiKind>,
     body: &[u8],
 ) -> Result<Option<(Bytes, Translation)>, TranslateError> {
-    let upstream = upstream_dialect(kind, inbound)?;
+    let upstream = upstream_api(kind, inbound)?;
     if upstream == inbound {
         return Ok(None);
     }
     match (inbound, upstream) {
-        (Dialect::OpenAiChat, Dialect::AnthropicMessages) => {
+        (Some(inbound @ ApiKind::Chat), Some(upstream @ ApiKind::Messages)) => {
             let req: ChatCompletionRequest = parse_request(body, "chat completion")?;
             let out = chat_to_messages(&req)?;
             let translation = Translation {
@@ -112,7 +121,7 @@ pub fn translate_request(
             };
             Ok(Some((to_bytes(&out)?, translation)))
         }
-        (Dialect::AnthropicMessages, Dialect::OpenAiChat) => {
+        (Some(inbound @ ApiKind::Messages), Some(upstream @ ApiKind::Chat)) => {
             let req: MessagesRequest = parse_request(body, "Messages")?;
             let out = messages_to_chat(&req)?;
             let translation = Translation {
@@ -124,32 +133,32 @@ pub fn translate_request(
         }
         _ => Err(TranslateError::Untranslatable(format!(
             "no translation from {} to {}",
-            inbound.as_str(),
-            upstream.as_str()
+            api_name(inbound),
+            api_name(upstream)
         ))),
     }
 }
 
 impl Translation {
-    /// A buffered answer (a 2xx body, or an error body of any status) in the inbound dialect.
+    /// A buffered answer (a 2xx body, or an error body of any status) in the inbound API.
     pub fn response_json(&self, status: u16, body: &[u8]) -> Result<Bytes, TranslateError> {
         let success = (200..300).contains(&status);
         match (self.inbound, success) {
-            (Dialect::OpenAiChat, true) => messages_json_to_chat(body),
-            (Dialect::AnthropicMessages, true) => chat_json_to_messages(body),
-            (Dialect::AnthropicMessages, false) => Ok(error_to_anthropic(status, body)),
+            (ApiKind::Chat, true) => messages_json_to_chat(body),
+            (ApiKind::Messages, true) => chat_json_to_messages(body),
+            (ApiKind::Messages, false) => Ok(error_to_anthropic(status, body)),
             (_, false) => Ok(error_to_openai(status, body)),
             (_, true) => Err(TranslateError::Unrepresentable(format!(
                 "no answer translation into {}",
-                self.inbound.as_str()
+                api_name(Some(self.inbound))
             ))),
         }
     }
 
-    /// The stream translator from the upstream's events into the inbound dialect's.
+    /// The stream translator from the upstream's events into the inbound API's.
     pub fn stream_translator(&self) -> Box<dyn StreamTranslate> {
         match self.inbound {
-            Dialect::AnthropicMessages => Box::new(ChatToMessagesStream::new()),
+            ApiKind::Messages => Box::new(ChatToMessagesStream::new()),
             _ => Box::new(MessagesToChatStream::new(self.include_usage)),
         }
     }
@@ -176,22 +185,19 @@ mod tests {
     use serde_json::{json, Value};
 
     #[test]
-    fn dialect_per_kind() {
-        use Dialect::*;
+    fn api_per_kind() {
+        use ApiKind::*;
         use ProviderKind::*;
-        assert_eq!(upstream_dialect(OpenAi, OpenAiChat), Ok(OpenAiChat));
+        assert_eq!(upstream_api(OpenAi, Some(Chat)), Ok(Some(Chat)));
         assert_eq!(
-            upstream_dialect(Azure, OpenAiCompletions),
-            Ok(OpenAiCompletions)
+            upstream_api(Azure, Some(Completions)),
+            Ok(Some(Completions))
         );
-        assert_eq!(upstream_dialect(Azure, AnthropicMessages), Ok(OpenAiChat));
-        assert_eq!(
-            upstream_dialect(Anthropic, OpenAiChat),
-            Ok(AnthropicMessages)
-        );
-        assert_eq!(upstream_dialect(Anthropic, Passthrough), Ok(Passthrough));
+        assert_eq!(upstream_api(Azure, Some(Messages)), Ok(Some(Chat)));
+        assert_eq!(upstream_api(Anthropic, Some(Chat)), Ok(Some(Messages)));
+        assert_eq!(upstream_api(Anthropic, None), Ok(None));
         assert!(matches!(
-            upstream_dialect(Anthropic, OpenAiCompletions),
+            upstream_api(Anthropic, Some(Completions)),
             Err(TranslateError::Untranslatable(m)) if m.contains("completions")
         ));
     }
@@ -200,11 +206,11 @@ mod tests {
     fn native_requests_are_not_touched() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":3}"#;
         assert_eq!(
-            translate_request(ProviderKind::OpenAi, Dialect::OpenAiChat, body),
+            translate_request(ProviderKind::OpenAi, Some(ApiKind::Chat), body),
             Ok(None)
         );
         assert_eq!(
-            translate_request(ProviderKind::Anthropic, Dialect::Passthrough, body),
+            translate_request(ProviderKind::Anthropic, None, body),
             Ok(None)
         );
     }
@@ -213,7 +219,7 @@ mod tests {
     fn translated_request_and_error_answer() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],
                         "stream":true,"stream_options":{"include_usage":true}}"#;
-        let (out, t) = translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, body)
+        let (out, t) = translate_request(ProviderKind::Anthropic, Some(ApiKind::Chat), body)
             .unwrap()
             .unwrap();
         assert!(t.include_usage);
@@ -224,11 +230,11 @@ mod tests {
         let v: Value = serde_json::from_slice(&t.response_json(400, err).unwrap()).unwrap();
         assert_eq!(v["error"]["message"], "bad");
         assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert!(translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, b"[1]").is_err());
+        assert!(translate_request(ProviderKind::Anthropic, Some(ApiKind::Chat), b"[1]").is_err());
         let bad = json!({"model":"m","messages":[{"role":"user","content":"x"}],"n":2});
         let bad = serde_json::to_vec(&bad).unwrap();
         assert!(matches!(
-            translate_request(ProviderKind::Anthropic, Dialect::OpenAiChat, &bad),
+            translate_request(ProviderKind::Anthropic, Some(ApiKind::Chat), &bad),
             Err(TranslateError::Untranslatable(m)) if m.contains("`n`")
         ));
     }

@@ -1,9 +1,9 @@
 //! SSE stream translation: [`translate_stream`] wraps an upstream [`ByteStream`], parses its
 //! events incrementally with [`SseParser`] and hands each to a [`StreamTranslate`], which
-//! writes the inbound dialect's events as bytes. Output leaves as soon as an upstream chunk
+//! writes the inbound API's events as bytes. Output leaves as soon as an upstream chunk
 //! produced some; nothing is buffered beyond one incomplete event. A stream that the inbound
-//! dialect cannot carry on, an upstream `error` event, or an upstream end before the terminal
-//! event writes the inbound dialect's error event and then ends the stream with an `Err`, so
+//! API cannot carry on, an upstream `error` event, or an upstream end before the terminal
+//! event writes the inbound API's error event and then ends the stream with an `Err`, so
 //! that the server neither caches it nor presents it as complete.
 
 use super::response::{
@@ -25,7 +25,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 
-/// Translates one upstream SSE event stream into another dialect's, event by event.
+/// Translates one upstream SSE event stream into another API's, event by event.
 pub trait StreamTranslate: Send {
     /// One upstream event; the translated bytes are appended to `out`. `Err` ends the stream
     /// (for [`TranslateError::UpstreamError`] the translator has written the error event).
@@ -34,13 +34,13 @@ pub trait StreamTranslate: Send {
     fn end(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError>;
     /// The terminal event was written; nothing after it is read.
     fn is_done(&self) -> bool;
-    /// The inbound dialect's in-stream error event with `message`, so that the client's SDK
+    /// The inbound API's in-stream error event with `message`, so that the client's SDK
     /// raises it.
     fn error_frame(&self, message: &str) -> Bytes;
 }
 
 /// Drive `translator` over `inner`. Transport errors of `inner` pass through as they are;
-/// translation failures become `on_error(..)` after the inbound dialect's error event.
+/// translation failures become `on_error(..)` after the inbound API's error event.
 pub fn translate_stream(
     inner: ByteStream,
     translator: Box<dyn StreamTranslate>,
