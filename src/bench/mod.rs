@@ -186,6 +186,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("protocol and dataset do not match"),
     };
+    let (verifier_us_p50, verifier_us_p99) = verifier_latency(&vectors.texts.list);
     let configured = rows
         .pop()
         .map(|row| report::Configured::new(configured_rule, row));
@@ -209,6 +210,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         configured,
         ceiling,
         rows_in_dataset: data.len(),
+        verifier_us_p50,
+        verifier_us_p99,
         wall_seconds: started.elapsed().as_secs_f64(),
         embed_seconds,
     };
@@ -221,6 +224,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// What the guards and the lexical verifier add to a semantic lookup, in microseconds (p50,
+/// p99): both prompts' features and the comparisons, as the engine runs them per candidate,
+/// timed over up to 5,000 pairs of neighbouring dataset texts.
+fn verifier_latency(texts: &[String]) -> (f64, f64) {
+    let mut us: Vec<f64> = texts
+        .windows(2)
+        .take(5_000)
+        .map(|w| {
+            let started = Instant::now();
+            let (q, c) = (
+                crate::cache::guards::Features::of(&w[0]),
+                crate::cache::guards::Features::of(&w[1]),
+            );
+            std::hint::black_box((q.compare(&c), q.same_content(&c)));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    if us.is_empty() {
+        return (0.0, 0.0);
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
+    ((at(0.5) * 100.0).round() / 100.0, (at(0.99) * 100.0).round() / 100.0)
 }
 
 #[cfg(test)]

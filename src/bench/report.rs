@@ -183,6 +183,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<f64>,
     pub rows_in_dataset: usize,
+    /// Time the guards and the lexical verifier add to a semantic lookup (µs, p50 / p99).
+    pub verifier_us_p50: f64,
+    pub verifier_us_p99: f64,
     pub wall_seconds: f64,
     pub embed_seconds: f64,
 }
@@ -250,6 +253,11 @@ impl Report {
         if let Some(c) = self.ceiling {
             let _ = writeln!(s, "ceiling (prompts whose class was seen before): {c:.4}");
         }
+        let _ = writeln!(
+            s,
+            "guards + lexical verifier per candidate: {:.1} µs p50, {:.1} µs p99",
+            self.verifier_us_p50, self.verifier_us_p99
+        );
         if let Some(c) = &self.configured {
             let _ = writeln!(
                 s,
@@ -509,6 +517,8 @@ mod tests {
             )),
             ceiling: None,
             rows_in_dataset: 10,
+            verifier_us_p50: 1.0,
+            verifier_us_p99: 2.0,
             wall_seconds: 1.0,
             embed_seconds: 0.5,
         };
