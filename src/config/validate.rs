@@ -173,7 +173,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         });
     }
     let namespaces = namespace_grants(&c.namespaces, &mut is);
-    let cache = CacheConfig {
+    let mut cache = CacheConfig {
         dir,
         threshold: is.threshold(
             "cache.threshold",
@@ -202,6 +202,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             DEFAULT_MAX_ENTRY_BYTES as u64,
         ) as usize,
         namespaces,
+        judge: None,
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");
@@ -432,6 +433,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             threshold: r.threshold.map(|t| is.threshold(&path("threshold"), t)),
         });
     }
+
+    cache.judge = super::judge::validate_judge(c.judge.as_ref(), &providers, &routes, &mut is.0);
 
     let mut prices = Vec::new();
     for (i, p) in raw.prices.iter().enumerate() {
