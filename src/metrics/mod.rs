@@ -5,6 +5,7 @@
 //! scrape; recording is a few atomic adds on the request path.
 
 pub mod cost;
+pub mod judge;
 
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -37,6 +38,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub singleflight_waits: IntCounter,
     pub reloads: IntCounterVec,
+    /// The LLM judge's `deja_judge_*` metrics.
+    pub judge: judge::JudgeMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -157,6 +160,7 @@ impl Metrics {
                 "Config reloads by result.",
                 &["result"],
             )?,
+            judge: judge::JudgeMetrics::new(LATENCY_BUCKETS)?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -186,6 +190,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.singleflight_waits.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
+        m.judge.register(&m.registry)?;
         Ok(m)
     }
 
