@@ -68,10 +68,10 @@ impl JudgeVerdict {
 
     /// The verdict label of `deja_judge_calls_total` (without the `cached` case).
     pub fn label(&self) -> &'static str {
-        match self {
+        match *self {
             JudgeVerdict::Same => "same",
             JudgeVerdict::Different => "different",
-            JudgeVerdict::Unavailable(reason) => *reason,
+            JudgeVerdict::Unavailable(reason) => reason,
         }
     }
 }
