@@ -248,7 +248,10 @@ fn verifier_latency(texts: &[String]) -> (f64, f64) {
     }
     us.sort_by(f64::total_cmp);
     let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
-    ((at(0.5) * 100.0).round() / 100.0, (at(0.99) * 100.0).round() / 100.0)
+    (
+        (at(0.5) * 100.0).round() / 100.0,
+        (at(0.99) * 100.0).round() / 100.0,
+    )
 }
 
 #[cfg(test)]

@@ -9,11 +9,15 @@
 //! 3. [`miss`]: once the upstream replied, the miss becomes a [`Settle`] that tees a stream,
 //!    accounts tokens and inserts the answer after the response, off the response path.
 //!
+//! [`judge`] is the optional LLM judge lookup may ask about an uncertain semantic candidate
+//! (`[cache.judge]`): a cheap yes/no chat call, its verdicts cached per pair.
+//!
 //! [`restore`] fills the index from the store at start. Unit-testable without HTTP; the server
 //! adapts HTTP to these stages, and `deja bench` calls the same engine.
 pub mod blocking;
 pub mod engine;
 pub mod guards;
+pub mod judge;
 pub mod lookup;
 pub mod miss;
 pub mod policy;
@@ -22,6 +26,7 @@ pub mod restore;
 pub mod singleflight;
 pub mod verify;
 
+pub use judge::{Judge, JudgeSettings, JudgeVerdict};
 pub use lookup::{Hit, HitKind, LookedUp};
 pub use miss::{Miss, Settle};
 pub use request::{CacheRequest, Planned};

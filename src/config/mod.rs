@@ -4,6 +4,7 @@
 //! This module never touches the network, the store or the model.
 
 pub mod grants;
+pub mod judge;
 mod parse;
 pub mod raw;
 mod validate;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use grants::{KeyHash, NamespaceGrant};
+pub use judge::JudgeConfig;
 pub use validate::validate;
 
 /// One problem in a config, with the dotted path of the field it concerns.
@@ -123,6 +125,8 @@ pub struct CacheConfig {
     pub max_entry_bytes: usize,
     /// Namespaces clients may name in `x-deja-namespace`, each with the keys granted it.
     pub namespaces: Vec<NamespaceGrant>,
+    /// `[cache.judge]`: the LLM judge for uncertain semantic candidates; `None` = no judge.
+    pub judge: Option<JudgeConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +313,7 @@ impl Config {
                     .into(),
             });
         }
+        out.extend(judge::judge_warnings(self));
         out
     }
 

@@ -67,6 +67,8 @@ pub struct RawCache {
     /// Namespaces the operator grants to listed client keys (`x-deja-namespace`).
     #[serde(default)]
     pub namespaces: Vec<RawNamespace>,
+    /// `[cache.judge]`: the optional LLM judge (issue 13), see `config::judge`.
+    pub judge: Option<super::judge::RawJudge>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

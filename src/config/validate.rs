@@ -115,6 +115,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let providers = providers(&raw.providers, &mut is);
     let routes = routes(&raw.routes, &providers, &mut is);
     let prices = prices(&raw.prices, &mut is);
+    let mut cache = cache;
+    cache.judge =
+        super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
 
     if is.0.is_empty() {
         Ok(Config {
@@ -240,6 +243,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
             DEFAULT_MAX_ENTRY_BYTES as u64,
         ) as usize,
         namespaces,
+        judge: None,
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

@@ -5,6 +5,7 @@
 //! scrape; recording is a few atomic adds on the request path.
 
 pub mod cost;
+pub mod judge;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub singleflight_waits: IntCounter,
     pub reloads: IntCounterVec,
+    /// The LLM judge's `deja_judge_*` metrics.
+    pub judge: judge::JudgeMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -240,6 +243,11 @@ impl Metrics {
                 "Config reloads by result.",
                 &["result"],
             )?,
+            judge: {
+                let judge = judge::JudgeMetrics::new(LATENCY_BUCKETS)?;
+                judge.register(&f.0)?;
+                judge
+            },
             registry: f.0,
         })
     }

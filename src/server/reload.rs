@@ -1,6 +1,6 @@
 //! Hot reload: on SIGHUP or when the config file changes, re-read it; if it is valid, swap in
-//! the new thresholds, guards, routes and providers; if not, keep the running config and log
-//! every problem. Settings that need a restart (listen address, store, model, body limit) are
+//! the new thresholds, guards, routes, providers and LLM judge; if not, keep the running config
+//! and log every problem. Settings that need a restart (listen address, store, model, body limit) are
 //! reported, not silently ignored.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +44,10 @@ pub fn reload(state: &AppState) -> Result<(), String> {
             if let Some(engine) = state.engine() {
                 engine.set_settings(EngineSettings::from(&new.cache));
             }
-            *state.0.router.write() = Arc::new(router);
+            let router = Arc::new(router);
+            let judge = state.judge_for(&new, &router);
+            *state.0.router.write() = router;
+            *state.0.judge.write() = judge;
             *state.0.config.write() = Arc::new(new);
             state.metrics().reloads.with_label_values(&["ok"]).inc();
             tracing::info!(path = %path.display(), "config reloaded");

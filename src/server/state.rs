@@ -2,7 +2,8 @@
 //! and the provider router sit behind locks that hot reload swaps whole; a handler takes one
 //! snapshot at its start and uses it to the end, so a reload never changes a request mid-way.
 //! The cache engine is set once the model is loaded and the store is open (until then requests
-//! are forwarded uncached and `/readyz` says 503).
+//! are forwarded uncached and `/readyz` says 503). The LLM judge (`[cache.judge]`), when
+//! configured, is built with the router and swapped with it on reload.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::RwLock;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::judge::{Judge, JudgeSettings};
 use crate::cache::singleflight::Singleflight;
 use crate::cache::CacheEngine;
 use crate::config::Config;
@@ -23,6 +25,8 @@ pub struct Inner {
     pub config: RwLock<Arc<Config>>,
     pub router: RwLock<Arc<Router>>,
     pub engine: OnceLock<CacheEngine>,
+    /// The LLM judge for uncertain semantic candidates; `None` without `[cache.judge]`.
+    pub judge: RwLock<Option<Arc<Judge>>>,
     pub metrics: Arc<Metrics>,
     pub singleflight: Arc<Singleflight>,
     /// Cache inserts running after their response was sent; drained on shutdown.
@@ -38,11 +42,16 @@ impl AppState {
         metrics: Metrics,
         config_path: Option<PathBuf>,
     ) -> AppState {
+        let router = Arc::new(router);
+        let metrics = Arc::new(metrics);
+        let judge = JudgeSettings::from_config(&config)
+            .map(|s| Arc::new(Judge::new(s, Arc::clone(&router), Arc::clone(&metrics))));
         AppState(Arc::new(Inner {
             config: RwLock::new(Arc::new(config)),
-            router: RwLock::new(Arc::new(router)),
+            router: RwLock::new(router),
             engine: OnceLock::new(),
-            metrics: Arc::new(metrics),
+            judge: RwLock::new(judge),
+            metrics,
             singleflight: Singleflight::new(),
             background: TaskTracker::new(),
             config_path,
@@ -59,6 +68,23 @@ impl AppState {
 
     pub fn engine(&self) -> Option<&CacheEngine> {
         self.0.engine.get()
+    }
+
+    /// The LLM judge lookup asks about an uncertain semantic candidate, when one is
+    /// configured. Take it once per request, like [`AppState::config`].
+    pub fn judge(&self) -> Option<Arc<Judge>> {
+        self.0.judge.read().clone()
+    }
+
+    /// The judge for a config about to be swapped in with `router`: kept (with its verdicts)
+    /// when the question is unchanged, rebuilt when it changed, gone without `[cache.judge]`.
+    pub fn judge_for(&self, config: &Config, router: &Arc<Router>) -> Option<Arc<Judge>> {
+        let settings = JudgeSettings::from_config(config)?;
+        let judge = match self.judge() {
+            Some(old) => old.reconfigure(settings, Arc::clone(router)),
+            None => Judge::new(settings, Arc::clone(router), self.metrics_handle()),
+        };
+        Some(Arc::new(judge))
     }
 
     pub fn metrics(&self) -> &Metrics {
