@@ -616,3 +616,51 @@ async fn the_shipped_rule_serves_rewordings_and_refuses_lookalikes() {
         }
     }
 }
+
+/// The judge through the proxy: a reworded question whose content words differ is uncertain
+/// under the rule, so the configured judge decides; its yes is served (`x-deja-verified:
+/// judge`) and remembered, its no is a miss. (Timeouts, errors and the verdict cache in detail:
+/// tests/cache_judge.rs.)
+#[tokio::test]
+async fn uncertain_candidates_go_to_the_judge() {
+    // The same mock answers clients and the judge: a judge question is recognised by its
+    // system message; it says no when the pair mentions an email address.
+    let mock = MockUpstream::builder()
+        .reply_with(|body| {
+            let text = body.to_string();
+            if !text.contains("<request_a>") {
+                "Open Settings, then Security, then Reset password.".into()
+            } else if text.contains("email") {
+                "no".into()
+            } else {
+                "yes".into()
+            }
+        })
+        .start()
+        .await;
+    let rule = "threshold = 0.996\nverified_threshold = 0.9\n[cache.judge]\nmodel = \"gpt-4o-mini\"\ntimeout = \"2s\"\nband = 0.6";
+    let d = Deja::start_with(&mock.base_url(), real_model(), rule, "").await;
+    post(&d, &chat("How do I reset my password?"), "k").await;
+    d.wait_entries(1).await;
+    let judge_calls = |m: &MockUpstream| {
+        m.requests()
+            .iter()
+            .filter(|r| r.body.to_string().contains("<request_a>"))
+            .count()
+    };
+
+    let r = post(&d, &chat("What should I do to change my password?"), "k").await;
+    assert_eq!(r.header("x-deja-cache"), "semantic-hit", "{:?}", r.headers);
+    assert_eq!(r.header("x-deja-verified"), "judge");
+    assert_eq!(judge_calls(&mock), 1);
+    let again = post(&d, &chat("What should I do to change my password?"), "k").await;
+    assert_eq!(again.header("x-deja-cache"), "semantic-hit");
+    assert_eq!(judge_calls(&mock), 1, "the verdict is remembered per pair");
+
+    let no = post(&d, &chat("How do I reset my email password?"), "k").await;
+    assert_eq!(no.header("x-deja-cache"), "miss", "the judge said no");
+    assert_eq!(judge_calls(&mock), 2);
+    let m = d.state.metrics();
+    assert_eq!(m.verified_hits.with_label_values(&["judge"]).get(), 2);
+    assert!(m.verified_hits.with_label_values(&["unverified"]).get() >= 1);
+}

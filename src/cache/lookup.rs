@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::engine::{Lookup, LookupTrace};
+use crate::cache::judge::{Judge, JudgeVerdict};
 use crate::cache::miss::{InsertJob, Miss};
 use crate::cache::request::Planned;
 use crate::cache::singleflight::{Role, Singleflight};
@@ -64,7 +65,12 @@ impl HitKind {
 impl Planned {
     /// Runs the lookup the plan asks for. Never fails: a broken cache must not break the
     /// chatbot, so a lookup error is logged and the request goes upstream as a miss.
-    pub async fn look_up(self, metrics: &Metrics, singleflight: &Arc<Singleflight>) -> LookedUp {
+    pub async fn look_up(
+        self,
+        metrics: &Metrics,
+        singleflight: &Arc<Singleflight>,
+        judge: Option<&Judge>,
+    ) -> LookedUp {
         let (engine, plan) = match self {
             Planned::Bypass(reason) => {
                 tracing::debug!(reason = reason.as_str(), "cache bypassed");
@@ -133,11 +139,38 @@ impl Planned {
                     });
                 }
                 Ok(Lookup::Uncertain {
+                    entry,
                     similarity,
                     embedding: e,
-                    ..
                 }) => {
-                    // No judge is wired in yet: an uncertain candidate is a miss.
+                    // Only the judge can serve it; without one (a reload just removed it), or
+                    // on anything but a yes, it is a miss.
+                    let verdict = match judge {
+                        Some(j) => j.judge(plan.scope, &plan.prompt, &entry.prompt).await,
+                        None => JudgeVerdict::Unavailable("error"),
+                    };
+                    if verdict == JudgeVerdict::Same {
+                        engine.record_hit(entry.id);
+                        metrics
+                            .similarity
+                            .with_label_values(&["hit"])
+                            .observe(similarity as f64);
+                        metrics
+                            .verified_hits
+                            .with_label_values(&[Verified::Judge.as_str()])
+                            .inc();
+                        return LookedUp::Hit(Hit {
+                            entry,
+                            kind: HitKind::Semantic,
+                            similarity,
+                            verified: Some(Verified::Judge),
+                            trace,
+                        });
+                    }
+                    metrics
+                        .verified_hits
+                        .with_label_values(&["unverified"])
+                        .inc();
                     metrics
                         .similarity
                         .with_label_values(&["miss"])

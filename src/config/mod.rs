@@ -333,7 +333,7 @@ impl Config {
             threshold,
             verified_threshold: verified,
             guards: self.cache.guards,
-            judge_floor: None,
+            judge_floor: self.cache.judge.as_ref().map(|j| j.band),
         }
     }
 

@@ -71,7 +71,11 @@ async fn run(
     }
     let looked = req
         .plan(state.engine())
-        .look_up(state.metrics(), &state.0.singleflight)
+        .look_up(
+            state.metrics(),
+            &state.0.singleflight,
+            state.judge().as_deref(),
+        )
         .await;
     match looked {
         LookedUp::Hit(hit) => Ok(respond_hit(state, &req, hit)),
