@@ -477,9 +477,15 @@ fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
     for (i, &c) in chars.iter().enumerate() {
         let next_is_digit = chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
         let prev_is_digit = i > 0 && chars[i - 1].is_ascii_digit();
+        // "c++", "c#", "f#", "g++" name different languages than "c": a '+' or '#' right
+        // after a word (and not before another letter or digit, so "2+2" splits) stays in it.
+        let suffix = (c == '+' || c == '#')
+            && !cur.is_empty()
+            && !chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
         let keep = c.is_alphanumeric()
             || c == '\''
             || c == '\u{2019}'
+            || suffix
             || ((c == '.' || c == ',') && prev_is_digit && next_is_digit);
         if keep {
             cur.extend(c.to_lowercase());
@@ -727,6 +733,17 @@ mod tests {
 
     fn same(a: &str, b: &str) -> bool {
         Features::of(a).same_content(&Features::of(b))
+    }
+
+    #[test]
+    fn language_names_keep_their_symbols() {
+        assert!(!same(
+            "How does it compare to C++?",
+            "How does it compare to C#?"
+        ));
+        assert!(!same("Learn C++ fast", "Learn C fast"));
+        assert!(same("the best books for c++?", "Best books for C++"));
+        assert_eq!(check("what is 2+2", "what is 2 + 2"), GuardVerdict::Pass);
     }
 
     #[test]
