@@ -18,7 +18,7 @@ not make a pair different. Anything that changes the correct answer does (anothe
 person, product, exam, year; "where" vs "who"; a reversed comparison).
 
   python3 qqp_relabel.py export FALSE_HITS DATASET > to-label.jsonl   # adds refs, for labelling
-  python3 qqp_relabel.py report REPORT_JSON LABELS                     # corrected precision
+  python3 qqp_relabel.py report REPORT_JSON FALSE_HITS DATASET LABELS  # corrected precision
 """
 import json
 import sys
@@ -46,18 +46,23 @@ def export(false_hits, dataset):
                           "query_text": h["query"], "served_text": h["served"]}))
 
 
-def report(report_json, labels):
-    rep = json.load(open(report_json))
-    c = rep["configured"]
-    rows = [json.loads(l) for l in open(labels) if l.strip()]
-    relabelled_same = sum(1 for r in rows if r["same"])
-    hits, false = c["hits"], c["false_hits"]
-    true_false = false - relabelled_same
-    print(f"configured rule: {hits} hits, {false} false by the dataset's labels "
-          f"(precision {1 - false / max(hits, 1):.4f})")
-    print(f"relabelled {len(rows)} of {false} false hits: {relabelled_same} are the same request")
-    print(f"precision with the relabelled pairs: {1 - true_false / max(hits, 1):.4f} "
-          f"({true_false} wrong answers in {hits})")
+def report(report_json, false_hits, dataset, labels):
+    """Precision of the configured rule with relabelled false hits: a false hit counts as
+    right only when its pair is in LABELS as `same`; unlabelled ones stay wrong."""
+    c = json.load(open(report_json))["configured"]
+    r = refs(dataset)
+    same = {(x["query"], x["served"]) for x in map(json.loads, open(labels)) if x["same"]}
+    hits = c["hits"]
+    rows = [json.loads(l) for l in open(false_hits) if l.strip()]
+    relabelled = sum(1 for h in rows
+                     if (r.get(" ".join(h["query"].split())),
+                         r.get(" ".join(h["served"].split()))) in same)
+    wrong = len(rows) - relabelled
+    print(f"configured rule: {hits} hits, {len(rows)} false by the dataset's labels "
+          f"(precision {1 - len(rows) / max(hits, 1):.4f})")
+    print(f"{relabelled} of them are relabelled the same request")
+    print(f"precision with the relabelled pairs: {1 - wrong / max(hits, 1):.4f} "
+          f"({wrong} wrong answers in {hits})")
 
 
 if __name__ == "__main__":
