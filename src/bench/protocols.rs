@@ -142,7 +142,7 @@ pub fn cache(
     embedder: Arc<dyn Embedder>,
     audit: &mut Vec<FalseHit>,
 ) -> anyhow::Result<Vec<Row>> {
-    let (engine, _dir) = temp_engine(config, embedder)?;
+    let (engine, dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
     let mut entry_text: HashMap<EntryId, usize> = HashMap::new();
     let started = Instant::now();
@@ -216,6 +216,8 @@ pub fn cache(
             );
         }
     }
+    drop(engine);
+    drop(dir);
     Ok(tallies
         .iter()
         .zip(rules)
@@ -296,7 +298,7 @@ fn replay_one(
     config: &Config,
     embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<(Tally, Vec<FalseHit>)> {
-    let (engine, _dir) = temp_engine(config, embedder)?;
+    let (engine, dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
     let mut class_of: HashMap<EntryId, (Option<&str>, &str)> = HashMap::new();
     let mut false_hits = Vec::new();
@@ -325,5 +327,8 @@ fn replay_one(
             }
         }
     }
+    // The store flushes once more when it closes: close it before its directory goes.
+    drop(engine);
+    drop(dir);
     Ok((tally, false_hits))
 }
