@@ -12,9 +12,10 @@
 //!    validated and normalized into one canonical request, and answers are rendered back (JSON
 //!    or a replayed SSE stream).
 //! 3. [`cache`]: the request path as typed stages. `cache::request` builds the per-request
-//!    context and plans it (`cache::policy`: hard scope, threshold, read/write, TTL);
-//!    `cache::lookup` runs exact lookup → embedding → index search → precision guards and
-//!    yields a hit or a miss; `cache::miss` owns a miss until its upstream answer is complete,
+//!    context and plans it (`cache::policy`: hard scope, decision rule, read/write, TTL);
+//!    `cache::lookup` runs exact lookup → embedding → index search → the decision rule
+//!    (`cache::verify`: precision guards, cosine, the lexical verifier, and for uncertain
+//!    candidates the optional LLM judge, `cache::judge`) and yields a hit or a miss; `cache::miss` owns a miss until its upstream answer is complete,
 //!    then tees, accounts and stores it off the response path.
 //! 4. [`embed`], [`index`], [`store`]: the local sentence encoder (deja's native
 //!    AMX/AVX-512/AVX2 BERT on CPU, candle on GPU, on its own threads), the per-scope vector
