@@ -652,6 +652,11 @@ async fn uncertain_candidates_go_to_the_judge() {
     let r = post(&d, &chat("What should I do to change my password?"), "k").await;
     assert_eq!(r.header("x-deja-cache"), "semantic-hit", "{:?}", r.headers);
     assert_eq!(r.header("x-deja-verified"), "judge");
+    assert!(
+        r.header("server-timing").contains("judge;dur="),
+        "{}",
+        r.header("server-timing")
+    );
     assert_eq!(judge_calls(&mock), 1);
     let again = post(&d, &chat("What should I do to change my password?"), "k").await;
     assert_eq!(again.header("x-deja-cache"), "semantic-hit");

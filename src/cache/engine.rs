@@ -101,15 +101,17 @@ pub struct LookupTrace {
     pub exact: Duration,
     pub embed: Duration,
     pub search: Duration,
+    /// Time spent asking the LLM judge (zero when it was not asked).
+    pub judge: Duration,
     pub vetoed: Vec<GuardVerdict>,
     /// The most similar candidate passed the guards but the verifier did not confirm it.
     pub unverified: bool,
 }
 
 impl LookupTrace {
-    /// Time spent in the lookup's three phases.
+    /// Time spent in the lookup: its three phases and the judge.
     pub fn total(&self) -> Duration {
-        self.exact + self.embed + self.search
+        self.exact + self.embed + self.search + self.judge
     }
 }
 

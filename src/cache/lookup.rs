@@ -145,10 +145,12 @@ impl Planned {
                 }) => {
                     // Only the judge can serve it; without one (a reload just removed it), or
                     // on anything but a yes, it is a miss.
+                    let asked = std::time::Instant::now();
                     let verdict = match judge {
                         Some(j) => j.judge(plan.scope, &plan.prompt, &entry.prompt).await,
                         None => JudgeVerdict::Unavailable("error"),
                     };
+                    trace.judge = asked.elapsed();
                     if verdict == JudgeVerdict::Same {
                         engine.record_hit(entry.id);
                         metrics

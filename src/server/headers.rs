@@ -133,11 +133,12 @@ impl DejaHeaders {
     /// from search from the upstream call. Phases that did not run are left out; `deja` there is
     /// the same `own`.
     pub fn timing(&mut self, trace: &LookupTrace, upstream: Option<Duration>, own: Duration) {
-        let mut parts = Vec::with_capacity(5);
+        let mut parts = Vec::with_capacity(6);
         for (name, d) in [
             ("exact", Some(trace.exact)),
             ("embed", Some(trace.embed)),
             ("search", Some(trace.search)),
+            ("judge", Some(trace.judge)),
             ("upstream", upstream),
         ] {
             if let Some(d) = d.filter(|d| !d.is_zero()) {
