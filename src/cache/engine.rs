@@ -429,6 +429,23 @@ impl CacheEngine {
         })
     }
 
+    /// [`Self::record_hit`] on a lookup thread, for hits decided on the runtime (the judge's):
+    /// a store write must not run on the async runtime. Best effort, like the write itself.
+    pub async fn record_hit_async(&self, id: EntryId) {
+        let this = self.clone();
+        let recorded = self
+            .inner
+            .lookups
+            .run("hit bookkeeping", move || {
+                this.record_hit(id);
+                Ok(())
+            })
+            .await;
+        if let Err(err) = recorded {
+            tracing::debug!(error = %err, "recording a hit skipped");
+        }
+    }
+
     /// Recency bookkeeping for eviction: a failed write must not fail the hit.
     pub fn record_hit(&self, id: EntryId) {
         if let Err(err) = self.inner.store.record_hit(id, now_ms()) {

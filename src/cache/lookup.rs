@@ -152,7 +152,7 @@ impl Planned {
                     };
                     trace.judge = asked.elapsed();
                     if verdict == JudgeVerdict::Same {
-                        engine.record_hit(entry.id);
+                        engine.record_hit_async(entry.id).await;
                         metrics
                             .similarity
                             .with_label_values(&["hit"])
