@@ -224,12 +224,15 @@ impl Report {
             s,
             "threshold  hit_rate  precision  recall     f1  false_hits/1k     hits"
         );
-        for r in &self.rows {
+        let line = |s: &mut String, r: &Row| {
             let _ = writeln!(
                 s,
                 "{:>9.3}  {:>8.4}  {:>9.4}  {:>6.4}  {:>5.3}  {:>13.2}  {:>7}",
                 r.threshold, r.hit_rate, r.precision, r.recall, r.f1, r.false_hits_per_1k, r.hits
             );
+        };
+        for r in &self.rows {
+            line(&mut s, r);
         }
         if !self.verified_rows.is_empty() {
             let _ = writeln!(
@@ -237,17 +240,7 @@ impl Report {
                 "lexical verifier sweep (verified_threshold, with the configured threshold):"
             );
             for r in &self.verified_rows {
-                let _ = writeln!(
-                    s,
-                    "{:>9.3} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.2} {:>7}",
-                    r.threshold,
-                    r.hit_rate,
-                    r.precision,
-                    r.recall,
-                    r.f1,
-                    r.false_hits_per_1k,
-                    r.hits
-                );
+                line(&mut s, r);
             }
         }
         if let Some(c) = self.ceiling {

@@ -121,23 +121,7 @@ impl Planned {
                     entry,
                     similarity,
                     verified,
-                }) => {
-                    metrics
-                        .similarity
-                        .with_label_values(&["hit"])
-                        .observe(similarity as f64);
-                    metrics
-                        .verified_hits
-                        .with_label_values(&[verified.as_str()])
-                        .inc();
-                    return LookedUp::Hit(Hit {
-                        entry,
-                        kind: HitKind::Semantic,
-                        similarity,
-                        verified: Some(verified),
-                        trace,
-                    });
-                }
+                }) => return semantic_hit(metrics, entry, similarity, verified, trace),
                 Ok(Lookup::Uncertain {
                     entry,
                     similarity,
@@ -153,21 +137,7 @@ impl Planned {
                     trace.judge = asked.elapsed();
                     if verdict == JudgeVerdict::Same {
                         engine.record_hit_async(entry.id).await;
-                        metrics
-                            .similarity
-                            .with_label_values(&["hit"])
-                            .observe(similarity as f64);
-                        metrics
-                            .verified_hits
-                            .with_label_values(&[Verified::Judge.as_str()])
-                            .inc();
-                        return LookedUp::Hit(Hit {
-                            entry,
-                            kind: HitKind::Semantic,
-                            similarity,
-                            verified: Some(Verified::Judge),
-                            trace,
-                        });
+                        return semantic_hit(metrics, entry, similarity, Verified::Judge, trace);
                     }
                     metrics
                         .verified_hits
@@ -226,4 +196,29 @@ impl Planned {
             .then(|| InsertJob::new(engine, plan, embedding, flight));
         LookedUp::Miss(Miss::new(trace, best, job))
     }
+}
+
+/// A semantic hit, counted in the similarity histogram and by how it was verified.
+fn semantic_hit(
+    metrics: &Metrics,
+    entry: Entry,
+    similarity: f32,
+    verified: Verified,
+    trace: LookupTrace,
+) -> LookedUp {
+    metrics
+        .similarity
+        .with_label_values(&["hit"])
+        .observe(similarity as f64);
+    metrics
+        .verified_hits
+        .with_label_values(&[verified.as_str()])
+        .inc();
+    LookedUp::Hit(Hit {
+        entry,
+        kind: HitKind::Semantic,
+        similarity,
+        verified: Some(verified),
+        trace,
+    })
 }
