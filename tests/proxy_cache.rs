@@ -666,6 +666,11 @@ async fn uncertain_candidates_go_to_the_judge() {
     assert_eq!(no.header("x-deja-cache"), "miss", "the judge said no");
     assert_eq!(judge_calls(&mock), 2);
     let m = d.state.metrics();
-    assert_eq!(m.verified_hits.with_label_values(&["judge"]).get(), 2);
-    assert!(m.verified_hits.with_label_values(&["unverified"]).get() >= 1);
+    assert_eq!(m.verifier_decisions.with_label_values(&["judge"]).get(), 2);
+    assert!(
+        m.verifier_decisions
+            .with_label_values(&["unverified"])
+            .get()
+            >= 1
+    );
 }

@@ -361,15 +361,8 @@ mod tests {
 
             let began = Instant::now();
             let mut trace = LookupTrace::default();
-            let out = engine
-                .lookup(
-                    scope,
-                    "2+2?",
-                    true,
-                    crate::cache::verify::Rule::cosine(0.9, true),
-                    &mut trace,
-                )
-                .await;
+            let rule = crate::cache::verify::Rule::cosine(0.9, true);
+            let out = engine.lookup(scope, "2+2?", true, rule, &mut trace).await;
             let waited = began.elapsed();
             assert!(matches!(out, Err(CacheError::Busy { .. })), "{out:?}");
             assert!(waited >= timeout && waited < 20 * timeout, "{waited:?}");
@@ -380,15 +373,7 @@ mod tests {
 
             drop(release);
             let _ = blocker.await.unwrap();
-            let out = engine
-                .lookup(
-                    scope,
-                    "2+2?",
-                    true,
-                    crate::cache::verify::Rule::cosine(0.9, true),
-                    &mut trace,
-                )
-                .await;
+            let out = engine.lookup(scope, "2+2?", true, rule, &mut trace).await;
             assert!(matches!(out, Ok(Lookup::Exact(_))), "{out:?}");
         }
     }

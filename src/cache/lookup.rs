@@ -99,7 +99,7 @@ impl Planned {
             }
             if trace.unverified {
                 metrics
-                    .verified_hits
+                    .verifier_decisions
                     .with_label_values(&["unverified"])
                     .inc();
             }
@@ -140,7 +140,7 @@ impl Planned {
                         return semantic_hit(metrics, entry, similarity, Verified::Judge, trace);
                     }
                     metrics
-                        .verified_hits
+                        .verifier_decisions
                         .with_label_values(&["unverified"])
                         .inc();
                     metrics
@@ -211,7 +211,7 @@ fn semantic_hit(
         .with_label_values(&["hit"])
         .observe(similarity as f64);
     metrics
-        .verified_hits
+        .verifier_decisions
         .with_label_values(&[verified.as_str()])
         .inc();
     LookedUp::Hit(Hit {

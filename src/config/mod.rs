@@ -354,22 +354,10 @@ impl Config {
         (self.cache.threshold, self.cache.verified_threshold)
     }
 
-    /// The threshold for a model: per-route, then `[[cache.thresholds]]`, then the default.
+    /// The cosine-only threshold for a model: per-route, then `[[cache.thresholds]]`, then the
+    /// default (the `threshold` of [`Config::rule_for`]).
     pub fn threshold_for(&self, model: &str) -> f32 {
-        for route in &self.routes {
-            if route.model_glob.matches(model) {
-                if let Some(t) = route.threshold {
-                    return t;
-                }
-                break;
-            }
-        }
-        for o in &self.cache.thresholds {
-            if o.model_glob.matches(model) {
-                return o.threshold;
-            }
-        }
-        self.cache.threshold
+        self.thresholds_for(model).0
     }
 }
 

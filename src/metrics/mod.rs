@@ -37,7 +37,7 @@ pub struct Metrics {
     pub not_cached: IntCounterVec,
     pub guard_vetoes: IntCounterVec,
     /// Decisions of the verifier on semantic candidates between the bars and above.
-    pub verified_hits: IntCounterVec,
+    pub verifier_decisions: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub singleflight_waits: IntCounter,
     pub reloads: IntCounterVec,
@@ -221,7 +221,7 @@ impl Metrics {
                 "Semantic candidates above threshold vetoed by a precision guard.",
                 &["guard"],
             )?,
-            verified_hits: f.counters(
+            verifier_decisions: f.counters(
                 "deja_verifier_decisions_total",
                 "Decisions on the most similar semantic candidate once it passed the guards: \
                  skipped (served on cosine alone), lexical (served, verified), judge (served, \
