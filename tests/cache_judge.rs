@@ -485,3 +485,31 @@ async fn judge_lives_in_the_server_state_and_survives_a_reload() {
     // No block, no judge.
     assert!(state.judge_for(&none, &router).is_none());
 }
+
+/// The verdict cache holds `cache_size` pairs: a third pair evicts the least recently used one,
+/// which then costs an upstream call again.
+#[tokio::test]
+async fn the_verdict_cache_is_bounded_by_cache_size() {
+    let up = MockUpstream::builder().reply_with(verdicts).start().await;
+    let s = JudgeSettings {
+        cache_size: 2,
+        ..settings(Duration::from_secs(10))
+    };
+    let (judge, _m) = setup(&up, s).await;
+    let q = "How do I reset my password?";
+    for c in [
+        "How can I reset my password?",
+        "reset password how",
+        "password reset steps",
+    ] {
+        assert_eq!(judge.judge(SCOPE, q, c).await, JudgeVerdict::Same);
+    }
+    assert_eq!(up.calls_for("/chat/completions"), 3);
+    assert_eq!(judge.cached_verdicts(), 2, "never more than cache_size");
+    // The two most recent pairs are remembered, the first was evicted.
+    judge.judge(SCOPE, q, "password reset steps").await;
+    assert_eq!(up.calls_for("/chat/completions"), 3);
+    judge.judge(SCOPE, q, "How can I reset my password?").await;
+    assert_eq!(up.calls_for("/chat/completions"), 4);
+    assert_eq!(judge.cached_verdicts(), 2);
+}
