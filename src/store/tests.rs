@@ -502,10 +502,12 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    assert!(matches!(
-        Store::open(&legacy_cfg(&path)),
-        Err(StoreError::SchemaMismatch { found: 99, .. })
-    ));
+    let opened = Store::open(&legacy_cfg(&path));
+    assert!(
+        matches!(opened, Err(StoreError::SchemaMismatch { found: 99, .. })),
+        "expected a schema mismatch, got {:?}",
+        opened.map(|_| ())
+    );
 }
 
 /// The exact key schema 2 wrote: the scope, then blake3 of the normalized prompt itself.
