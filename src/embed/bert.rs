@@ -110,6 +110,7 @@ impl BertEmbedder {
                 layers: config.num_hidden_layers,
                 max_positions: config.max_position_embeddings,
                 eps: config.layer_norm_eps as f32,
+                position_offset: 0,
             };
             if !matches!(
                 config.hidden_act,

@@ -11,6 +11,7 @@ mod hashing;
 mod hub;
 mod manifest;
 pub mod native;
+mod pair;
 mod pool;
 mod resolve;
 mod verify;
@@ -19,6 +20,7 @@ mod wheel;
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
 pub use manifest::{HfSource, KnownModel, Manifest, PipSource, Sources};
+pub use pair::{PairModel, PairScorer};
 pub use pool::{EmbedPool, Pending, PoolStats};
 pub use resolve::{default_cache_dir, resolve_model, ModelFiles, ModelSource, ResolveOptions};
 

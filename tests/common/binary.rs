@@ -114,7 +114,7 @@ pub fn python_with_sdks() -> PathBuf {
 
 fn has_sdks(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import openai, anthropic"])
+        .args(["-c", "import openai, anthropic, numpy"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -44,6 +44,18 @@ pub(crate) struct Shape {
     pub layers: usize,
     pub max_positions: usize,
     pub eps: f32,
+    /// Position id of a text's first token: 0 for BERT, `pad_token_id + 1` for RoBERTa (whose
+    /// position table reserves the rows up to its padding id).
+    pub position_offset: usize,
+}
+
+/// What a forward pass returns per text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readout {
+    /// Mean-pooled, L2-normalized (a sentence-transformer's embedding).
+    Mean,
+    /// The first token's final hidden state ([CLS] / `<s>`), as a classification head reads it.
+    First,
 }
 
 struct Layer {
@@ -71,7 +83,9 @@ pub(crate) struct NativeBert {
     word: Vec<f32>,
     vocab: usize,
     position: Vec<f32>,
-    token_type0: Vec<f32>,
+    /// The token-type table, `types × hidden` (BERT has 2 rows, RoBERTa 1).
+    token_types: Vec<f32>,
+    types: usize,
     emb_gamma: Vec<f32>,
     emb_beta: Vec<f32>,
     layers: Vec<Layer>,
@@ -144,8 +158,8 @@ impl NativeOptions {
 }
 
 impl NativeBert {
-    /// Builds the encoder from the safetensors' tensors (names with or without a `bert.`
-    /// prefix).
+    /// Builds the encoder from the safetensors' tensors (names with or without a `bert.` or
+    /// `roberta.` prefix).
     pub fn new(
         tensors: &HashMap<String, Tensor>,
         shape: Shape,
@@ -173,6 +187,7 @@ impl NativeBert {
             tensors
                 .get(name)
                 .or_else(|| tensors.get(&format!("bert.{name}")))
+                .or_else(|| tensors.get(&format!("roberta.{name}")))
                 .ok_or_else(|| EmbedError::InvalidModel(format!("missing tensor {name}")))
         };
         let rows_of = |name: &str| -> Result<usize, EmbedError> {
@@ -204,10 +219,18 @@ impl NativeBert {
             &[shape.max_positions, h],
         )?;
         let types = rows_of("embeddings.token_type_embeddings.weight")?;
-        let token_type0 = get("embeddings.token_type_embeddings.weight", &[types, h])?
-            .get(..h)
-            .map(<[f32]>::to_vec)
-            .ok_or_else(|| EmbedError::InvalidModel("empty token_type_embeddings".into()))?;
+        if types == 0 {
+            return Err(EmbedError::InvalidModel(
+                "empty token_type_embeddings".into(),
+            ));
+        }
+        let token_types = get("embeddings.token_type_embeddings.weight", &[types, h])?;
+        if shape.position_offset >= shape.max_positions {
+            return Err(EmbedError::InvalidModel(format!(
+                "position offset {} leaves no positions of {}",
+                shape.position_offset, shape.max_positions
+            )));
+        }
         let mut layers = Vec::with_capacity(shape.layers);
         for l in 0..shape.layers {
             let p = format!("encoder.layer.{l}");
@@ -252,7 +275,8 @@ impl NativeBert {
             word,
             vocab,
             position,
-            token_type0,
+            token_types,
+            types,
             emb_gamma: get("embeddings.LayerNorm.weight", &[h])?,
             emb_beta: get("embeddings.LayerNorm.bias", &[h])?,
             layers,
@@ -273,15 +297,45 @@ impl NativeBert {
         self.threads
     }
 
+    /// Rows of the token-type table (BERT 2, RoBERTa 1).
+    pub fn token_types(&self) -> usize {
+        self.types
+    }
+
+    /// Most tokens one text may have: the position table less the rows before the offset.
+    pub fn max_tokens(&self) -> usize {
+        self.shape.max_positions - self.shape.position_offset
+    }
+
     /// Mean-pooled, L2-normalized embeddings of already tokenized texts (each at most
-    /// `max_positions` ids, none empty).
+    /// [`Self::max_tokens`] ids, none empty).
     pub fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        for seq in seqs {
-            if seq.is_empty() || seq.len() > self.shape.max_positions {
+        self.check(seqs, None)?;
+        Ok(self
+            .pool
+            .install(|| self.forward(seqs, None, Readout::Mean)))
+    }
+
+    /// The first token's final hidden state of each tokenized text, with its token types (a
+    /// sentence pair: 0 for the first sentence, 1 for the second), for a classification head.
+    pub fn first_token(
+        &self,
+        seqs: &[&[u32]],
+        types: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.check(seqs, Some(types))?;
+        Ok(self
+            .pool
+            .install(|| self.forward(seqs, Some(types), Readout::First)))
+    }
+
+    fn check(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<(), EmbedError> {
+        for (i, seq) in seqs.iter().enumerate() {
+            if seq.is_empty() || seq.len() > self.max_tokens() {
                 return Err(EmbedError::Internal(format!(
                     "sequence of {} tokens (expected 1..={})",
                     seq.len(),
-                    self.shape.max_positions
+                    self.max_tokens()
                 )));
             }
             if let Some(bad) = seq.iter().find(|&&id| id as usize >= self.vocab) {
@@ -289,11 +343,28 @@ impl NativeBert {
                     "token id {bad} outside the vocabulary"
                 )));
             }
+            if let Some(types) = types {
+                let t = types.get(i).copied().unwrap_or_default();
+                if t.len() != seq.len() || t.iter().any(|&ty| ty as usize >= self.types) {
+                    return Err(EmbedError::Internal(format!(
+                        "token types of text {i} do not match its tokens or the model's {} types",
+                        self.types
+                    )));
+                }
+            }
         }
-        Ok(self.pool.install(|| self.forward(seqs)))
+        if types.is_some_and(|t| t.len() != seqs.len()) {
+            return Err(EmbedError::Internal("one token-type list per text".into()));
+        }
+        Ok(())
     }
 
-    fn forward(&self, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
+    fn forward(
+        &self,
+        seqs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+        readout: Readout,
+    ) -> Vec<Vec<f32>> {
         let Shape {
             hidden: h,
             intermediate: inter,
@@ -326,16 +397,25 @@ impl NativeBert {
             bf16,
         } = buffers;
         let zeros = vec![0.0f32; h];
+        let offset = self.shape.position_offset;
         x.par_chunks_mut(h)
             .zip(
                 seqs.iter()
-                    .flat_map(|s| s.iter().enumerate())
+                    .enumerate()
+                    .flat_map(|(i, s)| {
+                        let t = types.and_then(|t| t.get(i)).copied().unwrap_or_default();
+                        s.iter()
+                            .enumerate()
+                            .map(move |(pos, id)| (pos, id, t.get(pos).copied().unwrap_or(0)))
+                    })
                     .collect::<Vec<_>>(),
             )
-            .for_each(|(row, (pos, &id))| {
-                let id = id as usize;
+            .for_each(|(row, (pos, &id, ty))| {
+                let (id, pos, ty) = (id as usize, pos + offset, ty as usize);
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = self.word[id * h + j] + self.position[pos * h + j] + self.token_type0[j];
+                    *v = self.word[id * h + j]
+                        + self.position[pos * h + j]
+                        + self.token_types[ty * h + j];
                 }
                 ops::add_layer_norm(isa, row, &zeros, &self.emb_gamma, &self.emb_beta, eps);
             });
@@ -386,6 +466,12 @@ impl NativeBert {
             self.rows_layer_norm(x, tmp, &layer.ln2_gamma, &layer.ln2_beta);
         }
 
+        if readout == Readout::First {
+            return spans
+                .iter()
+                .map(|span| x[span.start * h..(span.start + 1) * h].to_vec())
+                .collect();
+        }
         spans
             .iter()
             .map(|span| {
