@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::harness::{hash_model, Deja};
+use common::mock_upstream::MockUpstream;
 use deja::embed::{resolve_model, EmbedSettings, PairModel, PairScorer, ResolveOptions};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -40,8 +42,8 @@ fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-#[test]
-fn cross_encoders_match_the_float64_reference() {
+/// Runs the reference script into a fresh directory: the two model folders and the cases.
+fn generate() -> (tempfile::TempDir, HashMap<String, Vec<Case>>) {
     let dir = tempfile::tempdir().unwrap();
     let python = common::binary::python_with_sdks();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/pair_reference.py");
@@ -52,7 +54,12 @@ fn cross_encoders_match_the_float64_reference() {
         .expect("run the reference script");
     assert!(status.success(), "pair_reference.py failed");
     let text = std::fs::read_to_string(dir.path().join("reference.json")).unwrap();
-    let reference: HashMap<String, Vec<Case>> = serde_json::from_str(&text).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn cross_encoders_match_the_float64_reference() {
+    let (dir, reference) = generate();
 
     for kind in ["bert", "roberta"] {
         let model_dir = dir.path().join(kind);
@@ -129,4 +136,57 @@ fn cross_encoders_match_the_float64_reference() {
         err.to_string().contains("ForSequenceClassification"),
         "{err}"
     );
+}
+
+/// Through the proxy: a candidate the cosine and the lexical verifier leave open is served on
+/// the model's yes (`x-deja-verified: model`, its score in `x-deja-verifier-score`, a `verify`
+/// phase in Server-Timing) and missed on its no. The tiny random model's score for the pair is
+/// known from the reference, so the bar is set just below it, then just above it.
+#[tokio::test]
+async fn the_verifier_model_serves_at_its_threshold_and_not_below() {
+    let (dir, reference) = generate();
+    let case = reference["bert"]
+        .iter()
+        .find(|c| c.query.contains("france") && c.stored.contains("germany"))
+        .expect("the capitals case");
+    let chat = |text: &str| serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    for (bar, served) in [(case.score - 0.01, true), (case.score + 0.01, false)] {
+        let mock = MockUpstream::start().await;
+        // Cosine and lexical bars out of reach, so only the model can serve.
+        let rule = format!(
+            "threshold = 0.9999\nverified_threshold = 0.9999\n[cache.verifier]\nmodel = \"{}\"\nband = 0.01\nthreshold = {bar}",
+            dir.path().join("bert").display()
+        );
+        let d = Deja::start_with(&mock.base_url(), hash_model(), &rule, "").await;
+        let auth = [("authorization", "Bearer k")];
+        let first = d
+            .post("/v1/chat/completions", &chat(&case.stored), &auth)
+            .await;
+        assert_eq!(first.header("x-deja-cache"), "miss");
+        d.wait_entries(1).await;
+        let r = d
+            .post("/v1/chat/completions", &chat(&case.query), &auth)
+            .await;
+        let m = d.state.metrics();
+        let calls = |v: &str| m.verifier_model.calls.with_label_values(&[v]).get();
+        if served {
+            assert_eq!(r.header("x-deja-cache"), "semantic-hit", "{:?}", r.headers);
+            assert_eq!(r.header("x-deja-verified"), "model");
+            let score: f32 = r.header("x-deja-verifier-score").parse().unwrap();
+            assert!(
+                (score - case.score).abs() < 2e-3,
+                "{score} vs {}",
+                case.score
+            );
+            assert!(r.header("server-timing").contains("verify;dur="));
+            assert_eq!(mock.requests().len(), 1, "the hit made no upstream call");
+            assert_eq!((calls("same"), calls("different")), (1, 0));
+            assert_eq!(m.verifier_decisions.with_label_values(&["model"]).get(), 1);
+        } else {
+            assert_eq!(r.header("x-deja-cache"), "miss", "{:?}", r.headers);
+            assert_eq!(mock.requests().len(), 2);
+            assert_eq!((calls("same"), calls("different")), (0, 1));
+        }
+        d.stop().await;
+    }
 }

@@ -156,6 +156,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let embed_started = Instant::now();
     let vectors = embeddings::embed_dataset(&*embedder, &data, &cache_dir, settings.max_tokens)?;
     let embed_seconds = embed_started.elapsed().as_secs_f64();
+    let pair = match &config.cache.verifier {
+        Some(v) => {
+            let model = crate::embed::load_verifier(v, &ResolveOptions::from_env())?;
+            eprintln!("verifier model: {}", model.describe());
+            Some(model)
+        }
+        None => None,
+    };
+    let pair = pair.as_ref().map(|m| m as &dyn crate::embed::PairScorer);
     let guards = !args.no_guards;
     // The sweep's rules, then the configured rule last (evaluated in the same pass).
     let configured_rule = config.rule_for(&args.model);
@@ -172,16 +181,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     rules.push(configured_rule);
     let mut audit = Vec::new();
     let (mut rows, ceiling) = match (&data, args.protocol) {
-        (dataset::Dataset::Pairs(p), Protocol::Pairwise) => {
-            (protocols::pairwise(p, &vectors, &rules, &mut audit), None)
-        }
+        (dataset::Dataset::Pairs(p), Protocol::Pairwise) => (
+            protocols::pairwise(p, &vectors, &rules, pair, &mut audit),
+            None,
+        ),
         (dataset::Dataset::Pairs(p), Protocol::Cache) => (
-            protocols::cache(p, &vectors, &rules, &config, embedder.clone(), &mut audit)?,
+            protocols::cache(
+                p,
+                &vectors,
+                &rules,
+                &config,
+                embedder.clone(),
+                pair,
+                &mut audit,
+            )?,
             None,
         ),
         (dataset::Dataset::Stream(s), Protocol::Replay) => {
-            let (rows, ceiling) =
-                protocols::replay(s, &vectors, &rules, &config, embedder.clone(), &mut audit)?;
+            let (rows, ceiling) = protocols::replay(
+                s,
+                &vectors,
+                &rules,
+                &config,
+                embedder.clone(),
+                pair,
+                &mut audit,
+            )?;
             (rows, Some(ceiling))
         }
         _ => anyhow::bail!("protocol and dataset do not match"),

@@ -13,10 +13,10 @@ use super::embeddings::Vectors;
 use super::report::{FalseHit, Row, Tally};
 use super::Rule;
 use crate::cache::guards::Features;
-use crate::cache::verify::{decide, Candidate, Decision};
+use crate::cache::verify::{decide_with, Candidate, Decision};
 use crate::cache::CacheEngine;
 use crate::config::Config;
-use crate::embed::Embedder;
+use crate::embed::{Embedder, PairScorer};
 use crate::store::{CachedResponse, EntryId, FinishReason, ScopeId};
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -28,9 +28,10 @@ pub fn pairwise(
     rows: &[PairRow],
     v: &Vectors,
     rules: &[Rule],
+    pair: Option<&dyn PairScorer>,
     audit: &mut Vec<FalseHit>,
 ) -> Vec<Row> {
-    let scored: Vec<(Candidate, &PairRow)> = rows
+    let scored: Vec<(Candidate, &PairRow, Memo)> = rows
         .iter()
         .map(|r| {
             let similarity = match (v.of(&r.a), v.of(&r.b)) {
@@ -44,7 +45,7 @@ pub fn pairwise(
                 guard: query.compare(&stored),
                 same_content: query.same_content(&stored),
             };
-            (candidate, r)
+            (candidate, r, Memo::default())
         })
         .collect();
     let positives = rows.iter().filter(|r| r.same).count() as u64;
@@ -57,9 +58,15 @@ pub fn pairwise(
                 positives,
                 ..Default::default()
             };
-            for (candidate, r) in &scored {
-                let decision = decide(std::slice::from_ref(candidate), rule);
-                tally.count(&decision);
+            for (candidate, r, memo) in &scored {
+                let decision = decide_scored(
+                    std::slice::from_ref(candidate),
+                    rule,
+                    pair,
+                    (&r.b, &r.a),
+                    memo,
+                    &mut tally,
+                );
                 if matches!(decision, Decision::Hit { .. }) {
                     tally.hits += 1;
                     tally.correct_hits += r.same as u64;
@@ -85,6 +92,8 @@ fn temp_engine(
     // Nothing here survives the run: flushing often would only measure the disk.
     cfg.cache.flush_interval = Duration::from_secs(3600);
     cfg.index.snapshot = false;
+    // The bench scores candidates with its own verifier model (loaded once, not per engine).
+    cfg.cache.verifier = None;
     let engine = crate::server::open_engine(&cfg, embedder).map_err(|e| anyhow::anyhow!(e))?;
     Ok((engine, dir))
 }
@@ -102,10 +111,41 @@ fn answer() -> CachedResponse {
 
 const TTL: Duration = Duration::from_secs(365 * 86_400);
 
-/// What one lookup found, independent of the threshold: an exact hit, or the candidates.
+/// The verifier model's score of one lookup's top candidate, computed at most once however
+/// many rules need it (every rule sees the same candidate).
+#[derive(Default)]
+struct Memo(std::cell::Cell<Option<Option<f32>>>);
+
+/// [`decide_with`] with the verifier model (when there is one and the rule has a bar), its
+/// score memoized in `memo`; counts the work on `tally`.
+fn decide_scored(
+    candidates: &[Candidate],
+    rule: &Rule,
+    pair: Option<&dyn PairScorer>,
+    (query, stored): (&str, &str),
+    memo: &Memo,
+    tally: &mut Tally,
+) -> Decision {
+    let mut ran = false;
+    let (decision, _) = decide_with(candidates, rule, |_| {
+        ran = true;
+        if let Some(s) = memo.0.get() {
+            return s;
+        }
+        let s = pair.and_then(|p| p.score(query, stored).ok());
+        memo.0.set(Some(s));
+        s
+    });
+    tally.count(&decision);
+    tally.model_calls += (ran && pair.is_some()) as u64;
+    decision
+}
+
+/// What one lookup found, independent of the threshold: an exact hit, or the candidates (with
+/// the top one's prompt, for the verifier model).
 enum Found {
     Exact(EntryId),
-    Candidates(Vec<Candidate>),
+    Candidates(Vec<Candidate>, String, Memo),
 }
 
 fn find(engine: &CacheEngine, scope: ScopeId, text: &str, vector: &[f32]) -> anyhow::Result<Found> {
@@ -113,17 +153,27 @@ fn find(engine: &CacheEngine, scope: ScopeId, text: &str, vector: &[f32]) -> any
         return Ok(Found::Exact(e.id));
     }
     let c = engine.candidates_blocking(scope, text, vector)?;
-    Ok(Found::Candidates(c.into_iter().map(|(c, _)| c).collect()))
+    let top = c.first().map(|(_, e)| e.prompt.clone()).unwrap_or_default();
+    Ok(Found::Candidates(
+        c.into_iter().map(|(c, _)| c).collect(),
+        top,
+        Memo::default(),
+    ))
 }
 
 /// The entry the rule serves, counting the verifier's and the judge's work on `tally`. An
 /// uncertain candidate is a miss here: the bench does not call a judge.
-fn chosen(found: &Found, rule: &Rule, tally: &mut Tally) -> Option<(EntryId, f32)> {
+fn chosen(
+    found: &Found,
+    query: &str,
+    rule: &Rule,
+    pair: Option<&dyn PairScorer>,
+    tally: &mut Tally,
+) -> Option<(EntryId, f32)> {
     match found {
         Found::Exact(id) => Some((*id, 1.0)),
-        Found::Candidates(c) => {
-            let decision = decide(c, rule);
-            tally.count(&decision);
+        Found::Candidates(c, top, memo) => {
+            let decision = decide_scored(c, rule, pair, (query, top), memo, tally);
             match decision {
                 Decision::Hit { id, .. } => {
                     c.iter().find(|c| c.id == id).map(|c| (id, c.similarity))
@@ -140,6 +190,7 @@ pub fn cache(
     rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
+    pair: Option<&dyn PairScorer>,
     audit: &mut Vec<FalseHit>,
 ) -> anyhow::Result<Vec<Row>> {
     let (engine, dir) = temp_engine(config, embedder)?;
@@ -191,7 +242,7 @@ pub fn cache(
         };
         let found = find(&engine, scope, &r.b, v.get(bi))?;
         for (k, (tally, rule)) in tallies.iter_mut().zip(rules).enumerate() {
-            let Some((id, similarity)) = chosen(&found, rule, tally) else {
+            let Some((id, similarity)) = chosen(&found, &r.b, rule, pair, tally) else {
                 continue;
             };
             let Some(&got) = entry_text.get(&id) else {
@@ -232,6 +283,7 @@ pub fn replay(
     rules: &[Rule],
     config: &Config,
     embedder: Arc<dyn Embedder>,
+    pair: Option<&dyn PairScorer>,
     audit: &mut Vec<FalseHit>,
 ) -> anyhow::Result<(Vec<Row>, f64)> {
     let mut seen = std::collections::HashSet::new();
@@ -264,7 +316,7 @@ pub fn replay(
                         return Ok(());
                     };
                     let (mut tally, false_hits) =
-                        replay_one(rows, v, rule, config, embedder.clone())?;
+                        replay_one(rows, v, rule, config, embedder.clone(), pair)?;
                     if i + 1 == rules.len() {
                         *configured_false.lock() = false_hits;
                     }
@@ -297,6 +349,7 @@ fn replay_one(
     rule: &Rule,
     config: &Config,
     embedder: Arc<dyn Embedder>,
+    pair: Option<&dyn PairScorer>,
 ) -> anyhow::Result<(Tally, Vec<FalseHit>)> {
     let (engine, dir) = temp_engine(config, embedder)?;
     let scope = ScopeId::from_bytes(b"deja-bench");
@@ -311,7 +364,7 @@ fn replay_one(
             continue;
         };
         let found = find(&engine, scope, &r.text, v.get(i))?;
-        match chosen(&found, rule, &mut tally) {
+        match chosen(&found, &r.text, rule, pair, &mut tally) {
             Some((id, similarity)) => {
                 tally.hits += 1;
                 let (got, served) = class_of.get(&id).copied().unwrap_or((None, ""));

@@ -18,6 +18,8 @@ pub struct Tally {
     pub verifier_calls: u64,
     /// Lookups that would have gone to the LLM judge (uncertain; a miss here).
     pub judge_calls: u64,
+    /// Lookups whose candidate the verifier model scored.
+    pub model_calls: u64,
 }
 
 impl Tally {
@@ -26,7 +28,7 @@ impl Tally {
         use crate::cache::verify::{Decision, MissReason, Verified};
         match decision {
             Decision::Hit {
-                verified: Verified::Lexical | Verified::Judge,
+                verified: Verified::Lexical | Verified::Model | Verified::Judge,
                 ..
             }
             | Decision::Miss(MissReason::Unverified) => self.verifier_calls += 1,
@@ -68,6 +70,7 @@ impl Tally {
             queries: self.queries,
             verifier_calls_per_1k: self.verifier_calls as f64 * 1000.0 / q,
             judge_calls_per_1k: self.judge_calls as f64 * 1000.0 / q,
+            model_calls_per_1k: self.model_calls as f64 * 1000.0 / q,
         }
     }
 }
@@ -86,6 +89,7 @@ pub struct Row {
     pub queries: u64,
     pub verifier_calls_per_1k: f64,
     pub judge_calls_per_1k: f64,
+    pub model_calls_per_1k: f64,
 }
 
 /// A hit the configured rule served wrongly (by the dataset's labels), for auditing: written
@@ -138,6 +142,8 @@ pub struct Configured {
     pub verifier_calls_per_1k: f64,
     /// Lookups per 1,000 that a configured LLM judge would be asked about (counted as misses).
     pub judge_calls_per_1k: f64,
+    /// Lookups per 1,000 whose candidate the verifier model scored (0 without a model).
+    pub model_calls_per_1k: f64,
     pub hit_rate: f64,
     pub precision: f64,
     pub hits: u64,
@@ -153,6 +159,7 @@ impl Configured {
             guards: rule.guards,
             verifier_calls_per_1k: row.verifier_calls_per_1k,
             judge_calls_per_1k: row.judge_calls_per_1k,
+            model_calls_per_1k: row.model_calls_per_1k,
             hit_rate: row.hit_rate,
             precision: row.precision,
             hits: row.hits,
@@ -254,7 +261,7 @@ impl Report {
         if let Some(c) = &self.configured {
             let _ = writeln!(
                 s,
-                "configured rule (threshold {:.3}, verified_threshold {:.3}, guards {}): hit rate {:.4}, precision {:.4}, {} hits, {} false; verifier calls {:.1}/1k lookups, judge calls {:.1}/1k",
+                "configured rule (threshold {:.3}, verified_threshold {:.3}, guards {}): hit rate {:.4}, precision {:.4}, {} hits, {} false; verifier calls {:.1}/1k lookups, model calls {:.1}/1k, judge calls {:.1}/1k",
                 c.threshold,
                 c.verified_threshold,
                 if c.guards { "on" } else { "off" },
@@ -263,6 +270,7 @@ impl Report {
                 c.hits,
                 c.false_hits,
                 c.verifier_calls_per_1k,
+                c.model_calls_per_1k,
                 c.judge_calls_per_1k
             );
         }
@@ -449,6 +457,7 @@ mod tests {
             queries: 100,
             verifier_calls_per_1k: 0.0,
             judge_calls_per_1k: 0.0,
+            model_calls_per_1k: 0.0,
         }
     }
 
@@ -461,6 +470,7 @@ mod tests {
             positives: 300,
             verifier_calls: 250,
             judge_calls: 0,
+            model_calls: 0,
         }
         .row(0.9);
         assert!((r.verifier_calls_per_1k - 250.0).abs() < 1e-9);
@@ -505,6 +515,7 @@ mod tests {
                     verified_threshold: 0.9,
                     guards: true,
                     judge_floor: None,
+                    model: None,
                 },
                 row(0.95, 1.0, 1),
             )),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use super::blocking::{LookupGate, LookupLimits};
 use super::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::cache::guards::{Features, GuardVerdict};
-use crate::cache::verify::{decide, Candidate, Decision, MissReason, Rule, Verified};
-use crate::embed::{EmbedError, EmbedPool};
+use crate::cache::verify::{decide_with, Candidate, Decision, MissReason, Rule, Verified};
+use crate::embed::{EmbedError, EmbedPool, PairScorer};
 use crate::index::{IndexError, Neighbor, ScopedIndex, SnapshotError, SnapshotStats};
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
 
@@ -92,6 +92,8 @@ pub struct SemanticOutcome {
     pub vetoed: Vec<GuardVerdict>,
     /// The candidate was between the bars and the verifier did not confirm it.
     pub unverified: bool,
+    /// The verifier model's P(same) and the time it took, when it ran.
+    pub model: Option<(f32, Duration)>,
 }
 
 /// What a lookup did, for headers, logs and metrics: where it spent its time and which guards
@@ -106,6 +108,8 @@ pub struct LookupTrace {
     pub vetoed: Vec<GuardVerdict>,
     /// The most similar candidate passed the guards but the verifier did not confirm it.
     pub unverified: bool,
+    /// The verifier model's P(same) and the time it took, when it ran (part of `search`).
+    pub model: Option<(f32, Duration)>,
 }
 
 impl LookupTrace {
@@ -128,6 +132,8 @@ struct Inner {
     snapshots: Option<PathBuf>,
     inserts: tokio::sync::Semaphore,
     lookups: LookupGate,
+    /// The verifier model, when `[cache.verifier]` names one.
+    pair: parking_lot::RwLock<Option<Arc<dyn PairScorer>>>,
 }
 
 /// Inserts running on blocking threads at once (see [`CacheEngine::insert`]). Two keep both of
@@ -169,6 +175,7 @@ impl CacheEngine {
                 snapshots,
                 inserts: tokio::sync::Semaphore::new(INSERT_THREADS),
                 lookups: LookupGate::new(limits),
+                pair: parking_lot::RwLock::new(None),
             }),
         };
         Ok((engine, load))
@@ -190,6 +197,11 @@ impl CacheEngine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Sets (or clears) the verifier model that rules with a [`super::verify::ModelBar`] use.
+    pub fn set_pair_scorer(&self, scorer: Option<Arc<dyn PairScorer>>) {
+        *self.inner.pair.write() = scorer;
     }
 
     pub fn index(&self) -> &ScopedIndex {
@@ -264,6 +276,7 @@ impl CacheEngine {
         timings.search = started.elapsed();
         timings.vetoed = found.vetoed;
         timings.unverified = found.unverified;
+        timings.model = found.model;
         Ok(match (found.hit, found.uncertain) {
             (Some((entry, similarity, verified)), _) => Lookup::Semantic {
                 entry,
@@ -393,12 +406,23 @@ impl CacheEngine {
                 best: Some(top.similarity),
                 vetoed: Vec::new(),
                 unverified: false,
+                model: None,
             });
         }
         let candidates = self.resolve_blocking(scope, prompt, neighbours)?;
         let best = candidates.first().map(|(c, _)| c.similarity);
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
-        let decision = decide(&only, &rule);
+        let pair = self.inner.pair.read().clone();
+        let mut model_time = Duration::ZERO;
+        let (decision, score) = decide_with(&only, &rule, |c| {
+            let stored = &candidates.iter().find(|(x, _)| x.id == c.id)?.1.prompt;
+            let started = Instant::now();
+            let scored = pair.as_ref()?.score(prompt, stored);
+            model_time = started.elapsed();
+            scored
+                .map_err(|err| tracing::warn!(error = %err, "verifier model failed: a miss"))
+                .ok()
+        });
         let mut vetoed = Vec::new();
         let unverified = decision == Decision::Miss(MissReason::Unverified);
         let take = |id: EntryId| {
@@ -426,6 +450,7 @@ impl CacheEngine {
             best,
             vetoed,
             unverified,
+            model: score.map(|s| (s, model_time)),
         })
     }
 

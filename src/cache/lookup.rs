@@ -103,6 +103,16 @@ impl Planned {
                     .with_label_values(&["unverified"])
                     .inc();
             }
+            if let Some((_, took)) = trace.model {
+                let served = matches!(
+                    &lookup,
+                    Ok(Lookup::Semantic {
+                        verified: Verified::Model,
+                        ..
+                    })
+                );
+                metrics.verifier_model.record(served, took);
+            }
             if plan.semantic && !trace.embed.is_zero() {
                 metrics.embed_seconds.observe(trace.embed.as_secs_f64());
                 metrics.search_seconds.observe(trace.search.as_secs_f64());

@@ -9,9 +9,15 @@
 //! 2. at or above `threshold` it is served on its cosine alone (`x-deja-verified: skipped`);
 //! 3. at or above `verified_threshold` it is served when the lexical verifier confirms it: both
 //!    prompts have the same content words (`x-deja-verified: lexical`);
-//! 4. otherwise, at or above the judge's floor and when a judge is configured, it is
+//! 4. at or above the verifier model's floor, when one is configured (`[cache.verifier]`), the
+//!    cross-encoder ([`crate::embed::PairModel`]) scores the pair and serves it at its own
+//!    threshold (`x-deja-verified: model`, `x-deja-verifier-score`);
+//! 5. otherwise, at or above the judge's floor and when a judge is configured, it is
 //!    **uncertain**: the LLM judge ([`super::judge`]) decides (`x-deja-verified: judge`);
-//! 5. anything else is a miss.
+//! 6. anything else is a miss.
+//!
+//! Each stage runs only when the cheaper ones before it could not decide, so a near-identical
+//! repeat never pays for the model and a lexically confirmed paraphrase never for the judge.
 //!
 //! The most similar candidate decides; falling through to the next one would let a veto create
 //! a hit on a less similar entry (measured: it lowered precision), and guards and verifiers may
@@ -43,6 +49,16 @@ pub struct Rule {
     pub guards: bool,
     /// Lowest cosine a candidate may have to be sent to the judge; `None` without a judge.
     pub judge_floor: Option<f32>,
+    /// The verifier model's bars; `None` without a model.
+    pub model: Option<ModelBar>,
+}
+
+/// Where the verifier model decides: candidates at or above `floor` (cosine) that the cheaper
+/// stages left open are served when the model's P(same) reaches `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelBar {
+    pub floor: f32,
+    pub threshold: f32,
 }
 
 impl Rule {
@@ -53,6 +69,7 @@ impl Rule {
             verified_threshold: threshold,
             guards,
             judge_floor: None,
+            model: None,
         }
     }
 
@@ -65,6 +82,10 @@ impl Rule {
             verified_threshold: self.verified_threshold.max(h),
             guards: self.guards,
             judge_floor: self.judge_floor.map(|f| f.max(h)),
+            model: self.model.map(|m| ModelBar {
+                floor: m.floor.max(h),
+                threshold: m.threshold,
+            }),
         }
     }
 
@@ -72,6 +93,7 @@ impl Rule {
     /// need not even be read.
     pub fn floor(&self) -> f32 {
         let f = self.threshold.min(self.verified_threshold);
+        let f = self.model.map_or(f, |m| f.min(m.floor));
         match self.judge_floor {
             Some(j) => f.min(j),
             None => f,
@@ -86,6 +108,8 @@ pub enum Verified {
     Skipped,
     /// The lexical verifier confirmed it (same content words, guards passed).
     Lexical,
+    /// The verifier model scored the pair at or above its threshold.
+    Model,
     /// The LLM judge said both prompts ask the same.
     Judge,
 }
@@ -95,6 +119,7 @@ impl Verified {
         match self {
             Verified::Skipped => "skipped",
             Verified::Lexical => "lexical",
+            Verified::Model => "model",
             Verified::Judge => "judge",
         }
     }
@@ -122,37 +147,52 @@ pub enum MissReason {
     Below,
     /// A guard turned it away.
     Vetoed(GuardVerdict),
-    /// Between the bars, and the lexical verifier did not confirm it (and no judge).
+    /// Between the bars, and neither the lexical verifier nor the model confirmed it (and no
+    /// judge).
     Unverified,
 }
 
-/// Applies `rule` to candidates sorted most similar first.
+/// Applies `rule` to candidates sorted most similar first, without a verifier model.
 pub fn decide(candidates: &[Candidate], rule: &Rule) -> Decision {
+    decide_with(candidates, rule, |_| None).0
+}
+
+/// [`decide`] with the verifier model: `score` gives P(same) for a candidate (`None` when the
+/// model could not run: the candidate then falls through to the judge or misses). It is called
+/// at most once, only when the rule needs it; its score is returned with the decision.
+pub fn decide_with(
+    candidates: &[Candidate],
+    rule: &Rule,
+    score: impl FnOnce(&Candidate) -> Option<f32>,
+) -> (Decision, Option<f32>) {
     let Some(c) = candidates.first() else {
-        return Decision::Miss(MissReason::Empty);
+        return (Decision::Miss(MissReason::Empty), None);
     };
     if c.similarity < rule.floor() {
-        return Decision::Miss(MissReason::Below);
+        return (Decision::Miss(MissReason::Below), None);
     }
     if rule.guards && !c.guard.passed() {
-        return Decision::Miss(MissReason::Vetoed(c.guard));
+        return (Decision::Miss(MissReason::Vetoed(c.guard)), None);
     }
+    let hit = |verified| Decision::Hit { id: c.id, verified };
     if c.similarity >= rule.threshold {
-        return Decision::Hit {
-            id: c.id,
-            verified: Verified::Skipped,
-        };
+        return (hit(Verified::Skipped), None);
     }
     if c.similarity >= rule.verified_threshold && c.same_content {
-        return Decision::Hit {
-            id: c.id,
-            verified: Verified::Lexical,
-        };
+        return (hit(Verified::Lexical), None);
     }
-    match rule.judge_floor {
+    let mut scored = None;
+    if let Some(bar) = rule.model.filter(|m| c.similarity >= m.floor) {
+        scored = score(c);
+        if scored.is_some_and(|s| s >= bar.threshold) {
+            return (hit(Verified::Model), scored);
+        }
+    }
+    let decision = match rule.judge_floor {
         Some(floor) if c.similarity >= floor => Decision::Uncertain { id: c.id },
         _ => Decision::Miss(MissReason::Unverified),
-    }
+    };
+    (decision, scored)
 }
 
 #[cfg(test)]
@@ -176,6 +216,7 @@ mod tests {
             verified_threshold: 0.90,
             guards: true,
             judge_floor: None,
+            model: None,
         }
     }
 
@@ -252,6 +293,56 @@ mod tests {
             Decision::Miss(MissReason::Vetoed(GuardVerdict::Numbers)),
             "a vetoed candidate never reaches the judge"
         );
+    }
+
+    #[test]
+    fn the_model_decides_what_the_cheaper_stages_left_open() {
+        let modelled = Rule {
+            model: Some(ModelBar {
+                floor: 0.80,
+                threshold: 0.7,
+            }),
+            judge_floor: Some(0.85),
+            ..rule()
+        };
+        let yes = |_: &Candidate| Some(0.9);
+        let no = |_: &Candidate| Some(0.2);
+        let d = decide_with(&[c(3, 0.83, PASS, false)], &modelled, yes);
+        assert_eq!((hit(&d.0), d.1), (Some((3, Verified::Model)), Some(0.9)));
+        let d = decide_with(&[c(3, 0.87, PASS, false)], &modelled, no);
+        assert_eq!(
+            d,
+            (Decision::Uncertain { id: 3 }, Some(0.2)),
+            "the model's no leaves the judge's band to the judge"
+        );
+        let d = decide_with(&[c(3, 0.83, PASS, false)], &modelled, no);
+        assert_eq!(d, (Decision::Miss(MissReason::Unverified), Some(0.2)));
+        let d = decide_with(&[c(3, 0.83, PASS, false)], &modelled, |_| None);
+        assert_eq!(
+            d,
+            (Decision::Miss(MissReason::Unverified), None),
+            "a model that cannot run is a miss, never a hit"
+        );
+        let never = |_: &Candidate| -> Option<f32> { panic!("the model must not run") };
+        assert_eq!(
+            hit(&decide_with(&[c(3, 0.99, PASS, false)], &modelled, never).0),
+            Some((3, Verified::Skipped))
+        );
+        assert_eq!(
+            hit(&decide_with(&[c(3, 0.93, PASS, true)], &modelled, never).0),
+            Some((3, Verified::Lexical))
+        );
+        assert_eq!(
+            decide_with(&[c(3, 0.93, GuardVerdict::Roles, false)], &modelled, never).0,
+            Decision::Miss(MissReason::Vetoed(GuardVerdict::Roles)),
+            "guards veto before the model runs"
+        );
+        assert_eq!(
+            decide_with(&[c(3, 0.79, PASS, false)], &modelled, never).0,
+            Decision::Miss(MissReason::Below)
+        );
+        let t = modelled.tightened(Some(0.9)).model.unwrap();
+        assert_eq!((t.floor, t.threshold), (0.9, 0.7));
     }
 
     #[test]

@@ -8,8 +8,9 @@ pub mod judge;
 mod parse;
 pub mod raw;
 mod validate;
+pub mod verifier;
 
-use crate::cache::verify::Rule;
+use crate::cache::verify::{ModelBar, Rule};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
 pub use validate::validate;
+pub use verifier::VerifierConfig;
 
 /// One problem in a config, with the dotted path of the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +129,8 @@ pub struct CacheConfig {
     pub namespaces: Vec<NamespaceGrant>,
     /// `[cache.judge]`: the LLM judge for uncertain semantic candidates; `None` = no judge.
     pub judge: Option<JudgeConfig>,
+    /// `[cache.verifier]`: the cross-encoder for the band below the thresholds; `None` = none.
+    pub verifier: Option<VerifierConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +338,10 @@ impl Config {
             verified_threshold: verified,
             guards: self.cache.guards,
             judge_floor: self.cache.judge.as_ref().map(|j| j.band),
+            model: self.cache.verifier.as_ref().map(|v| ModelBar {
+                floor: v.band,
+                threshold: v.threshold,
+            }),
         }
     }
 

@@ -69,6 +69,8 @@ pub struct RawCache {
     pub namespaces: Vec<RawNamespace>,
     /// `[cache.judge]`: the optional LLM judge (issue 13), see `config::judge`.
     pub judge: Option<super::judge::RawJudge>,
+    /// `[cache.verifier]`: the optional verifier model, see `config::verifier`.
+    pub verifier: Option<super::verifier::RawVerifier>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

@@ -118,6 +118,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let mut cache = cache;
     cache.judge =
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
+    cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
 
     if is.0.is_empty() {
         Ok(Config {
@@ -244,6 +245,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
         ) as usize,
         namespaces,
         judge: None,
+        verifier: None,
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

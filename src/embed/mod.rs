@@ -20,7 +20,7 @@ mod wheel;
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
 pub use manifest::{HfSource, KnownModel, Manifest, PipSource, Sources};
-pub use pair::{PairModel, PairScorer};
+pub use pair::{load_verifier, PairModel, PairScorer};
 pub use pool::{EmbedPool, Pending, PoolStats};
 pub use resolve::{default_cache_dir, resolve_model, ModelFiles, ModelSource, ResolveOptions};
 

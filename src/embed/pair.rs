@@ -21,8 +21,8 @@
 //! It runs on CPU (the native encoder) whatever device the embedder uses.
 
 use super::native::{NativeBert, NativeOptions, Shape};
-use super::resolve::ModelFiles;
-use super::EmbedError;
+use super::resolve::{resolve_model, ModelFiles, ResolveOptions};
+use super::{EmbedError, EmbedSettings};
 use serde::Deserialize;
 use std::collections::HashMap;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
@@ -34,6 +34,22 @@ pub trait PairScorer: Send + Sync + 'static {
     fn model_id(&self) -> &str;
     /// P(both ask the same thing), 0..1.
     fn score(&self, query: &str, stored: &str) -> Result<f32, EmbedError>;
+}
+
+/// Resolves `[cache.verifier]`'s model (local dir → deja cache → Hugging Face Hub, SHA-256
+/// checked when configured) and loads it. Blocking: seconds.
+pub fn load_verifier(
+    v: &crate::config::VerifierConfig,
+    opts: &ResolveOptions,
+) -> Result<PairModel, EmbedError> {
+    let settings = EmbedSettings {
+        model: v.model.clone(),
+        revision: v.revision.clone(),
+        sha256: v.sha256.clone(),
+        ..EmbedSettings::default()
+    };
+    let files = resolve_model(&settings, opts)?;
+    PairModel::load(&files, v.max_tokens)
 }
 
 /// Bytes of input kept per allowed token (as the embedder clips, see `bert.rs`).

@@ -6,6 +6,7 @@
 
 pub mod cost;
 pub mod judge;
+pub mod verifier;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// The LLM judge's `deja_judge_*` metrics.
     pub judge: judge::JudgeMetrics,
+    /// The verifier model's `deja_verifier_model_*` metrics.
+    pub verifier_model: verifier::VerifierMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -224,8 +227,8 @@ impl Metrics {
             verifier_decisions: f.counters(
                 "deja_verifier_decisions_total",
                 "Decisions on the most similar semantic candidate once it passed the guards: \
-                 skipped (served on cosine alone), lexical (served, verified), judge (served, \
-                 judged), unverified (not served).",
+                 skipped (served on cosine alone), lexical (served, verified), model (served, \
+                 the verifier model said same), judge (served, judged), unverified (not served).",
                 &["decision"],
             )?,
             upstream_errors: f.counters(
@@ -247,6 +250,11 @@ impl Metrics {
                 let judge = judge::JudgeMetrics::new(LATENCY_BUCKETS)?;
                 judge.register(&f.0)?;
                 judge
+            },
+            verifier_model: {
+                let model = verifier::VerifierMetrics::new()?;
+                model.register(&f.0)?;
+                model
             },
             registry: f.0,
         })

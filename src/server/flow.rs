@@ -122,6 +122,9 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
     if let Some(v) = verified {
         deja.verified(v.as_str());
     }
+    if let Some((score, _)) = trace.model {
+        deja.verifier_score(score);
+    }
     deja.entry(entry.id);
     deja.timing(&trace, None, elapsed);
     deja.tokens_saved(usage.total());

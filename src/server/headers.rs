@@ -109,9 +109,15 @@ impl DejaHeaders {
         self.values.push(("x-deja-similarity", format!("{s:.4}")));
     }
 
-    /// How a semantic hit was decided: `skipped` (cosine alone), `lexical`, `judge`.
+    /// How a semantic hit was decided: `skipped` (cosine alone), `lexical`, `model`, `judge`.
     pub fn verified(&mut self, how: &str) {
         self.values.push(("x-deja-verified", how.to_string()));
+    }
+
+    /// The verifier model's P(same) for the candidate, when it ran.
+    pub fn verifier_score(&mut self, score: f32) {
+        self.values
+            .push(("x-deja-verifier-score", format!("{score:.4}")));
     }
 
     /// Best similarity seen on a miss (helps choosing a threshold).
@@ -138,6 +144,7 @@ impl DejaHeaders {
             ("exact", Some(trace.exact)),
             ("embed", Some(trace.embed)),
             ("search", Some(trace.search)),
+            ("verify", trace.model.map(|(_, d)| d)),
             ("judge", Some(trace.judge)),
             ("upstream", upstream),
         ] {

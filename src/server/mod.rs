@@ -95,6 +95,12 @@ pub fn open_engine(
     let settings = EngineSettings::from(&config.cache);
     let (engine, load) = CacheEngine::open(store, index, pool, settings, snapshots)
         .map_err(|e| ServeError::Cache(e.to_string()))?;
+    if let Some(v) = &config.cache.verifier {
+        let model = crate::embed::load_verifier(v, &crate::embed::ResolveOptions::from_env())
+            .map_err(|e| ServeError::Cache(format!("cache.verifier: {e}")))?;
+        tracing::info!(verifier = %model.describe(), "verifier model loaded");
+        engine.set_pair_scorer(Some(Arc::new(model)));
+    }
     tracing::info!(
         entries = load.entries,
         restored_scopes = load.restored_scopes,
