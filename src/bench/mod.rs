@@ -212,6 +212,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("protocol and dataset do not match"),
     };
     let (verifier_us_p50, verifier_us_p99) = verifier_latency(&vectors.texts.list);
+    let model_us = pair.map(|p| model_latency(p, &vectors.texts.list));
     let configured = rows
         .pop()
         .map(|row| report::Configured::new(configured_rule, row));
@@ -237,6 +238,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows_in_dataset: data.len(),
         verifier_us_p50,
         verifier_us_p99,
+        model_us_p50: model_us.map(|m| m.0),
+        model_us_p99: model_us.map(|m| m.1),
         wall_seconds: started.elapsed().as_secs_f64(),
         embed_seconds,
     };
@@ -255,7 +258,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// p99): both prompts' features and the comparisons, as the engine runs them per candidate,
 /// timed over up to 5,000 pairs of neighbouring dataset texts.
 fn verifier_latency(texts: &[String]) -> (f64, f64) {
-    let mut us: Vec<f64> = texts
+    let us: Vec<f64> = texts
         .windows(2)
         .take(5_000)
         .map(|w| {
@@ -268,6 +271,26 @@ fn verifier_latency(texts: &[String]) -> (f64, f64) {
             started.elapsed().as_secs_f64() * 1e6
         })
         .collect();
+    percentiles(us)
+}
+
+/// What the verifier model adds to a lookup it scores, in microseconds (p50, p99): one
+/// [`crate::embed::PairScorer::score`] of neighbouring dataset texts, over up to 300 pairs.
+fn model_latency(pair: &dyn crate::embed::PairScorer, texts: &[String]) -> (f64, f64) {
+    let us: Vec<f64> = texts
+        .windows(2)
+        .take(300)
+        .map(|w| {
+            let started = Instant::now();
+            let _ = std::hint::black_box(pair.score(&w[0], &w[1]));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    percentiles(us)
+}
+
+/// (p50, p99) of `us`, rounded to 0.01; zeros when empty.
+fn percentiles(mut us: Vec<f64>) -> (f64, f64) {
     if us.is_empty() {
         return (0.0, 0.0);
     }

@@ -193,6 +193,11 @@ pub struct Report {
     /// Time the guards and the lexical verifier add to a semantic lookup (µs, p50 / p99).
     pub verifier_us_p50: f64,
     pub verifier_us_p99: f64,
+    /// Time the verifier model adds to a lookup it scores (µs, p50 / p99); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_us_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_us_p99: Option<f64>,
     pub wall_seconds: f64,
     pub embed_seconds: f64,
 }
@@ -258,6 +263,12 @@ impl Report {
             "guards + lexical verifier per candidate: {:.1} µs p50, {:.1} µs p99",
             self.verifier_us_p50, self.verifier_us_p99
         );
+        if let (Some(p50), Some(p99)) = (self.model_us_p50, self.model_us_p99) {
+            let _ = writeln!(
+                s,
+                "verifier model per scored candidate: {p50:.1} µs p50, {p99:.1} µs p99"
+            );
+        }
         if let Some(c) = &self.configured {
             let _ = writeln!(
                 s,
@@ -523,6 +534,8 @@ mod tests {
             rows_in_dataset: 10,
             verifier_us_p50: 1.0,
             verifier_us_p99: 2.0,
+            model_us_p50: None,
+            model_us_p99: None,
             wall_seconds: 1.0,
             embed_seconds: 0.5,
         };

@@ -85,6 +85,20 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.index.flat_max != new.index.flat_max || old.index.ef_search != new.index.ef_search {
         out.push("index");
     }
+    // The model loads at start; its threshold and band are part of the rule and reload.
+    let model = |c: &Config| {
+        c.cache.verifier.as_ref().map(|v| {
+            (
+                v.model.clone(),
+                v.revision.clone(),
+                v.sha256.clone(),
+                v.max_tokens,
+            )
+        })
+    };
+    if model(old) != model(new) {
+        out.push("cache.verifier model");
+    }
     out
 }
 
@@ -158,4 +172,34 @@ fn file_watcher(
         return None;
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("[cache]\ndir = \"/tmp/deja-reload-test\"\n{extra}");
+        Config::from_toml_str(
+            &text,
+            Vec::<(String, String)>::new(),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_verifier_model_needs_a_restart_but_its_bars_reload() {
+        let none = config("");
+        let a = config("[cache.verifier]\nmodel = \"/m/a\"\nthreshold = 0.5");
+        let a_stricter = config("[cache.verifier]\nmodel = \"/m/a\"\nthreshold = 0.8\nband = 0.9");
+        let b = config("[cache.verifier]\nmodel = \"/m/b\"");
+        assert_eq!(restart_only_changes(&none, &a), ["cache.verifier model"]);
+        assert_eq!(restart_only_changes(&a, &b), ["cache.verifier model"]);
+        assert!(restart_only_changes(&a, &a_stricter).is_empty());
+        assert_eq!(
+            a_stricter.rule_for("x").model.map(|m| m.threshold),
+            Some(0.8)
+        );
+    }
 }
