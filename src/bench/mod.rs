@@ -158,7 +158,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let embed_seconds = embed_started.elapsed().as_secs_f64();
     let pair = match &config.cache.verifier {
         Some(v) => {
-            let model = crate::embed::load_verifier(v, &ResolveOptions::from_env())?;
+            let threads = config.embedding.compute_threads;
+            let model = crate::embed::load_verifier(v, threads, &ResolveOptions::from_env())?;
             eprintln!("verifier model: {}", model.describe());
             Some(model)
         }

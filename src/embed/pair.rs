@@ -37,9 +37,11 @@ pub trait PairScorer: Send + Sync + 'static {
 }
 
 /// Resolves `[cache.verifier]`'s model (local dir → deja cache → Hugging Face Hub, SHA-256
-/// checked when configured) and loads it. Blocking: seconds.
+/// checked when configured) and loads it; a forward pass uses `compute_threads` threads (0 =
+/// every core, as `embedding.compute_threads`). Blocking: seconds.
 pub fn load_verifier(
     v: &crate::config::VerifierConfig,
+    compute_threads: usize,
     opts: &ResolveOptions,
 ) -> Result<PairModel, EmbedError> {
     let settings = EmbedSettings {
@@ -49,7 +51,7 @@ pub fn load_verifier(
         ..EmbedSettings::default()
     };
     let files = resolve_model(&settings, opts)?;
-    PairModel::load(&files, v.max_tokens)
+    PairModel::load_with_threads(&files, v.max_tokens, compute_threads)
 }
 
 /// Bytes of input kept per allowed token (as the embedder clips, see `bert.rs`).
@@ -170,6 +172,15 @@ impl PairModel {
     /// Loads a sequence-classification BERT or RoBERTa from resolved files; `max_tokens` bounds
     /// each pair (both texts and the special tokens; longest first is truncated).
     pub fn load(files: &ModelFiles, max_tokens: usize) -> Result<Self, EmbedError> {
+        Self::load_with_threads(files, max_tokens, 0)
+    }
+
+    /// [`Self::load`] with the forward pass on `threads` threads (0 = every core).
+    pub fn load_with_threads(
+        files: &ModelFiles,
+        max_tokens: usize,
+        threads: usize,
+    ) -> Result<Self, EmbedError> {
         let text = std::fs::read_to_string(&files.config)
             .map_err(|e| EmbedError::io(format!("read {}", files.config.display()), e))?;
         let config: PairConfig = serde_json::from_str(&text)
@@ -222,7 +233,10 @@ impl PairModel {
             .map_err(|e| EmbedError::io(format!("read {}", files.weights.display()), e))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
         drop(bytes);
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         let encoder = NativeBert::new(&tensors, shape, NativeOptions::detect(threads))?;
         let h = config.hidden_size;
         let (dense, logits) = if roberta {

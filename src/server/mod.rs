@@ -96,8 +96,10 @@ pub fn open_engine(
     let (engine, load) = CacheEngine::open(store, index, pool, settings, snapshots)
         .map_err(|e| ServeError::Cache(e.to_string()))?;
     if let Some(v) = &config.cache.verifier {
-        let model = crate::embed::load_verifier(v, &crate::embed::ResolveOptions::from_env())
-            .map_err(|e| ServeError::Cache(format!("cache.verifier: {e}")))?;
+        let threads = config.embedding.compute_threads;
+        let model =
+            crate::embed::load_verifier(v, threads, &crate::embed::ResolveOptions::from_env())
+                .map_err(|e| ServeError::Cache(format!("cache.verifier: {e}")))?;
         tracing::info!(verifier = %model.describe(), "verifier model loaded");
         engine.set_pair_scorer(Some(Arc::new(model)));
     }
