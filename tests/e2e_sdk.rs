@@ -77,6 +77,29 @@ fn official_python_sdks_against_the_binary() {
     let chat_calls = mock.calls_for("/v1/chat/completions");
     assert_eq!(chat_calls, 5, "upstream chat calls for the openai script");
 
+    run_script(&python, "openai_responses.py", &deja.base);
+    // Misses only (hits and the chat answer served to a Responses request cost nothing): a
+    // paraphrase pair, a JSON-then-stream question, a stream-then-JSON one, a second system
+    // prompt, a Responses-first question, and the `previous_response_id` pass-through.
+    let responses_calls = mock.calls_for("/v1/responses");
+    assert!(
+        (6..=8).contains(&responses_calls),
+        "upstream Responses calls: {responses_calls}"
+    );
+    // The chat question the Responses answer was served back to was a hit: one more chat call
+    // only, for the chat answer that a Responses request then got.
+    assert_eq!(mock.calls_for("/v1/chat/completions"), chat_calls + 1);
+    // Bad input never reaches an upstream.
+    let leaked: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.raw_body).contains("-e2e"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "bad requests reached the upstream: {leaked:?}"
+    );
+
     run_script(&python, "anthropic_sdk.py", &deja.base);
     let messages_calls = mock.calls_for("/v1/messages");
     assert!(

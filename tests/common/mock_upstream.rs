@@ -1,6 +1,7 @@
 //! An in-process upstream for integration tests: an axum server on `127.0.0.1:0` that speaks
 //! the real wire formats of three vendors on one port: OpenAI (chat completions and legacy
-//! completions, JSON and SSE, `GET /v1/models`, OpenAI-shaped errors), Azure OpenAI
+//! completions, JSON and SSE, the Responses API's `response` object and events,
+//! `GET /v1/models`, OpenAI-shaped errors), Azure OpenAI
 //! (`/openai/deployments/{dep}/chat/completions?api-version=…` with `api-key`) and Anthropic
 //! (`POST /v1/messages` with `x-api-key` and `anthropic-version`, its JSON, events and error
 //! shape). It counts and records every call, and can be told to be slow, fail, rate limit, cut
@@ -32,6 +33,7 @@ use std::time::Duration;
 mod anthropic;
 mod azure;
 mod openai;
+mod responses;
 use openai::openai_completion;
 
 /// Custom reply text from the request body.
@@ -503,7 +505,10 @@ async fn handle(
 }
 
 fn is_completion(path: &str) -> bool {
-    path.ends_with("/chat/completions") || path.ends_with("/completions") || path == "/v1/messages"
+    path.ends_with("/chat/completions")
+        || path.ends_with("/completions")
+        || path == "/v1/messages"
+        || path == "/v1/responses"
 }
 
 /// `prefix`, then `x` in 16 KiB chunks `delay` apart until `total` bytes went out; then the
@@ -678,6 +683,9 @@ fn plan(
         };
         let chat = route.1 == "/v1/chat/completions";
         return openai_completion(b, call, body, model, chat, headers);
+    }
+    if route == ("POST", "/v1/responses") {
+        return responses::plan(b, call, body, headers);
     }
     if route == ("GET", "/v1/models") {
         let data: Vec<Value> = b

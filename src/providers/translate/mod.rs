@@ -68,6 +68,12 @@ pub fn upstream_api(
     };
     match (kind, inbound) {
         (ProviderKind::OpenAi | ProviderKind::Azure, ApiKind::Messages) => Ok(Some(ApiKind::Chat)),
+        (ProviderKind::Azure | ProviderKind::Anthropic, ApiKind::Responses) => {
+            Err(TranslateError::Untranslatable(format!(
+                "the Responses API (`/v1/responses`) cannot be served by a provider of kind `{}`",
+                kind.as_str()
+            )))
+        }
         (ProviderKind::OpenAi | ProviderKind::Azure, api) => Ok(Some(api)),
         (ProviderKind::Anthropic, ApiKind::Chat | ApiKind::Messages) => Ok(Some(ApiKind::Messages)),
         (ProviderKind::Anthropic, ApiKind::Completions) => Err(TranslateError::Untranslatable(
@@ -84,6 +90,7 @@ fn api_name(api: Option<ApiKind>) -> &'static str {
         Some(ApiKind::Chat) => "openai_chat",
         Some(ApiKind::Completions) => "openai_completions",
         Some(ApiKind::Messages) => "anthropic_messages",
+        Some(ApiKind::Responses) => "openai_responses",
         None => "passthrough",
     }
 }
