@@ -100,8 +100,15 @@ fn official_python_sdks_against_the_binary() {
         "bad requests reached the upstream: {leaked:?}"
     );
 
+    // The Responses requests routed to the Anthropic-kind mock: a JSON miss and a stream miss.
+    let translated = mock.calls_for("/v1/messages");
+    assert!(
+        (2..=4).contains(&translated),
+        "Responses calls translated for Anthropic: {translated}"
+    );
+
     run_script(&python, "anthropic_sdk.py", &deja.base);
-    let messages_calls = mock.calls_for("/v1/messages");
+    let messages_calls = mock.calls_for("/v1/messages") - translated;
     assert!(
         messages_calls >= 4,
         "the Anthropic-kind mock was used: {messages_calls}"

@@ -531,3 +531,97 @@ async fn fallback_from_a_failing_openai_to_anthropic_with_rename() {
     assert!(err.untranslatable().is_none());
     assert_eq!(an.calls(), 2);
 }
+
+fn responses_req(body: Value) -> UpstreamRequest {
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    UpstreamRequest::post_json("/responses", &body, stream)
+        .with_api(ApiKind::Responses)
+        .with_client_key(Some(CLIENT_KEY.to_string()))
+}
+
+#[tokio::test]
+async fn issue15_responses_are_answered_by_anthropic_json_and_stream() {
+    use deja::api::responses::{collect_responses_json, ResponsesStreamCollector};
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    let body = json!({
+        "model": "claude-3-5-haiku-latest", "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "bonjour?"}]}],
+        "max_output_tokens": 40, "temperature": 0.2, "store": false,
+    });
+    let resp = r
+        .send(responses_req(body.clone()), "claude-3-5-haiku-latest")
+        .await
+        .unwrap();
+    let rec = up.last_request().unwrap();
+    assert_eq!(rec.path, "/v1/messages");
+    assert_eq!(
+        rec.body,
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 40, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "bonjour?"}], "temperature": 0.2})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["instructions"], "Be brief.");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Answer #1 to: bonjour?"
+    );
+    let cached = collect_responses_json(resp.json_bytes().unwrap(), "claude").unwrap();
+    assert_eq!(cached.content, "Answer #1 to: bonjour?");
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let resp = r
+        .send(responses_req(streamed), "claude-3-5-haiku-latest")
+        .await
+        .unwrap();
+    assert_eq!(up.last_request().unwrap().body["stream"], true);
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let evs = events(&bytes);
+    assert_eq!(evs[0].event.as_deref(), Some("response.created"));
+    assert_eq!(
+        evs.last().unwrap().event.as_deref(),
+        Some("response.completed")
+    );
+    let mut c = ResponsesStreamCollector::with_limit("claude", 1 << 20);
+    let mut text = String::new();
+    for (i, ev) in evs.iter().enumerate() {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["sequence_number"], i as u64);
+        text.push_str(v["delta"].as_str().unwrap_or_default());
+        c.push_event_data(&ev.data);
+    }
+    assert_eq!(text, "Answer #2 to: bonjour?");
+    assert_eq!(c.finish().unwrap().content, text);
+}
+
+#[tokio::test]
+async fn issue15_responses_state_is_refused_for_anthropic_without_an_upstream_call() {
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    for (extra, field) in [
+        (
+            json!({"previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}),
+            "input[0].type",
+        ),
+    ] {
+        let mut body = json!({"model": "claude-3-5-haiku-latest", "input": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let err = r
+            .send(responses_req(body), "claude-3-5-haiku-latest")
+            .await
+            .unwrap_err();
+        let message = err.untranslatable().map(str::to_string).unwrap_or_default();
+        assert!(message.contains(field), "{field}: {err:?}");
+    }
+    assert_eq!(up.calls(), 0);
+}

@@ -11,7 +11,10 @@ mod collect;
 mod render;
 
 pub use collect::{collect_responses_json, ResponsesStreamCollector};
-pub use render::{new_response_id, render_responses_json, render_responses_sse};
+pub use render::{
+    envelope, message_item, new_message_id, new_response_id, render_responses_json,
+    render_responses_sse, text_part, usage_of, Envelope,
+};
 
 use serde_json::{json, Map, Value};
 

@@ -172,6 +172,8 @@ pub enum ProviderKind {
     OpenAi,
     Azure,
     Anthropic,
+    /// Google Gemini's OpenAI-compatible endpoint.
+    Gemini,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -135,6 +135,30 @@ def test_previous_response_id_is_passed_through_uncached():
     assert r.previous_response_id == "resp_upstream_only"
 
 
+def test_responses_routed_to_an_anthropic_provider():
+    claude = "claude-3-5-haiku-latest"
+    raw = client.responses.with_raw_response.create(
+        model=claude, instructions="Be brief.", input="Translate 'cache' to German.", max_output_tokens=64)
+    assert raw.headers["x-deja-cache"] == "miss", raw.headers
+    assert raw.headers["x-deja-provider"] == "anthropic-mock", raw.headers
+    r = raw.parse()
+    assert r.object == "response" and r.status == "completed", r
+    assert r.output_text.startswith("Answer #"), r.output_text
+    # A translated stream the SDK's helper accumulates, then served again from the cache.
+    with client.responses.stream(model=claude, input="Translate 'index' to German.") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) and final.output_text.startswith("Answer #")
+    h, again = until_stored(lambda: create_for(claude, input="Translate 'index' to German."))
+    assert h["x-deja-cache"] == "exact-hit", h
+    assert again.output_text == final.output_text
+
+
+def create_for(model, **kw):
+    raw = client.responses.with_raw_response.create(model=model, **kw)
+    return raw.headers, raw.parse()
+
+
 def test_bad_inputs_are_400s_naming_the_field():
     cases = [
         ({"input": [{"type": "telepathy-e2e", "content": "x"}]}, "input[0].type"),

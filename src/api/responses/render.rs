@@ -18,7 +18,8 @@ pub fn new_response_id() -> String {
     format!("resp_{}", uuid::Uuid::new_v4().simple())
 }
 
-fn new_message_id() -> String {
+/// `msg_` + 32 hex chars.
+pub fn new_message_id() -> String {
     format!("msg_{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -41,20 +42,16 @@ fn model_of<'a>(resp: &'a CachedResponse, requested: &'a str) -> &'a str {
 
 fn usage(resp: &CachedResponse) -> Value {
     let u = resp.usage.unwrap_or_default();
-    json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": u.total(),
-    })
+    usage_of(u.prompt_tokens, u.completion_tokens)
 }
 
-fn text_part(text: &str) -> Value {
+/// An `output_text` content part.
+pub fn text_part(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
 }
 
-fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
+/// An assistant `message` output item.
+pub fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
     json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
 }
 
@@ -66,30 +63,36 @@ struct Ids<'a> {
     model: &'a str,
 }
 
-/// The `response` object at `status`, with `output` and, once finished, `usage`.
-fn response_object(
-    resp: &CachedResponse,
-    ids: &Ids<'_>,
+/// The fields of a `response` object that are not its output or usage.
+pub struct Envelope<'a> {
+    pub id: &'a str,
+    pub created_at: u64,
+    pub model: &'a str,
+    /// `in_progress`, `completed` or `incomplete`.
+    pub status: &'a str,
+    /// Why an `incomplete` response stopped (`max_output_tokens`).
+    pub incomplete_reason: Option<&'a str>,
+}
+
+/// A `response` object, with the client's `request` parameters echoed as OpenAI echoes them.
+/// `usage` is `null` until the response is finished.
+pub fn envelope(
+    e: &Envelope<'_>,
     request: &Map<String, Value>,
-    finished: bool,
     output: Vec<Value>,
+    usage: Value,
 ) -> Value {
-    let (status, incomplete) = match (finished, resp.finish_reason) {
-        (false, _) => ("in_progress", Value::Null),
-        (true, FinishReason::Stop) => ("completed", Value::Null),
-        (true, FinishReason::Length) => ("incomplete", json!({"reason": "max_output_tokens"})),
-    };
     json!({
-        "id": ids.response,
+        "id": e.id,
         "object": "response",
-        "created_at": ids.created_at,
-        "status": status,
+        "created_at": e.created_at,
+        "status": e.status,
         "background": false,
         "error": null,
-        "incomplete_details": incomplete,
+        "incomplete_details": e.incomplete_reason.map(|r| json!({"reason": r})),
         "instructions": echoed(request, "instructions", Value::Null),
         "max_output_tokens": echoed(request, "max_output_tokens", Value::Null),
-        "model": ids.model,
+        "model": e.model,
         "output": output,
         "parallel_tool_calls": echoed(request, "parallel_tool_calls", json!(true)),
         "previous_response_id": null,
@@ -101,10 +104,46 @@ fn response_object(
         "tools": echoed(request, "tools", json!([])),
         "top_p": echoed(request, "top_p", json!(1.0)),
         "truncation": echoed(request, "truncation", json!("disabled")),
-        "usage": if finished { usage(resp) } else { Value::Null },
+        "usage": usage,
         "user": echoed(request, "user", Value::Null),
         "metadata": echoed(request, "metadata", json!({})),
     })
+}
+
+/// Responses `usage` from prompt and completion token counts.
+pub fn usage_of(prompt_tokens: u32, completion_tokens: u32) -> Value {
+    json!({
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens.saturating_add(completion_tokens),
+    })
+}
+
+/// The `response` object of a stored answer at `status`, with `output` and, once finished,
+/// `usage`.
+fn response_object(
+    resp: &CachedResponse,
+    ids: &Ids<'_>,
+    request: &Map<String, Value>,
+    finished: bool,
+    output: Vec<Value>,
+) -> Value {
+    let (status, incomplete_reason) = match (finished, resp.finish_reason) {
+        (false, _) => ("in_progress", None),
+        (true, FinishReason::Stop) => ("completed", None),
+        (true, FinishReason::Length) => ("incomplete", Some("max_output_tokens")),
+    };
+    let e = Envelope {
+        id: ids.response,
+        created_at: ids.created_at,
+        model: ids.model,
+        status,
+        incomplete_reason,
+    };
+    let usage = if finished { usage(resp) } else { Value::Null };
+    envelope(&e, request, output, usage)
 }
 
 fn item_status(resp: &CachedResponse) -> &'static str {
