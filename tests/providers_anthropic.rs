@@ -248,8 +248,8 @@ async fn untranslatable_parameters_fail_without_an_upstream_call() {
         ),
         (
             "tools",
-            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            "`tools`",
+            json!([{"type": "custom", "custom": {"name": "f"}}]),
+            "tools[0]: only function tools",
         ),
         ("temperature", json!(1.7), "`temperature`"),
     ];
@@ -362,16 +362,144 @@ async fn anthropic_error_event_mid_stream_ends_the_stream_with_an_error() {
     assert!(err.is_some());
 }
 
+/// Issue 15: a tool round trip through an Anthropic provider in OpenAI's chat dialect: the
+/// definitions and `tool_choice` go out as Anthropic tools, the `tool_use` answer comes back as
+/// `tool_calls` (JSON and streamed argument deltas that reassemble into the same JSON), and the
+/// follow-up with the assistant's call and the tool's result goes out as `tool_use` and
+/// `tool_result` blocks and is answered with text.
 #[tokio::test]
-async fn anthropic_tool_use_answer_is_not_passed_off_as_text() {
-    let up = MockUpstream::builder()
-        .with_tool_call("lookup", "{\"q\":1}")
-        .start()
-        .await;
+async fn issue15_tool_round_trip_through_anthropic_json_and_stream() {
+    use common::mock_upstream::OFFERED_TOOL_ARGUMENTS;
+    let up = MockUpstream::builder().call_offered_tools().start().await;
     let r = router(vec![anthropic("claude", &up)], &["claude"]);
-    let attempts = all_failed(r.send(chat_req(chat("x")), "m").await.unwrap_err());
-    assert_eq!(attempts[0].1.kind, ProviderErrorKind::Protocol);
-    assert!(attempts[0].1.detail.contains("tool_use"));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather by city", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut body = chat("Weather in Paris?");
+    body["tools"] = tools.clone();
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    body["parallel_tool_calls"] = json!(false);
+    let resp = r.send(chat_req(body.clone()), "m").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "Weather by city", "input_schema":
+            {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    let v = json_body(&resp);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let expected: Value = serde_json::from_str(OFFERED_TOOL_ARGUMENTS).unwrap();
+    assert_eq!(args, expected);
+    assert!(
+        collect_chat_json(resp.json_bytes().unwrap(), "claude").is_err(),
+        "a tool call is not cached"
+    );
+
+    // The same call streamed: argument pieces reassemble into the same JSON.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = r.send(chat_req(streamed), "m").await.unwrap();
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let (mut arguments, mut pieces, mut finish, mut id) = (String::new(), 0, None, None);
+    for ev in events(&bytes).iter().filter(|e| !e.is_done()) {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            if let Some(calls) = c["delta"]["tool_calls"].as_array() {
+                assert_eq!(calls[0]["index"], 0);
+                if let Some(i) = calls[0]["id"].as_str() {
+                    id = Some(i.to_string());
+                }
+                if let Some(a) = calls[0]["function"]["arguments"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                {
+                    arguments.push_str(a);
+                    pieces += 1;
+                }
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    assert!(pieces > 1, "the arguments arrived in several deltas");
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), expected);
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert!(id.is_some_and(|i| i.starts_with("toolu_")));
+
+    // The follow-up: the assistant's call and the tool's result, answered with text.
+    let mut follow = body;
+    let call_id = call["id"].as_str().unwrap().to_string();
+    let messages = follow["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call.clone()]}));
+    messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": "18°C, sunny"}));
+    let resp = r.send(chat_req(follow), "m").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    let turns = sent["messages"].as_array().unwrap();
+    assert_eq!(
+        turns[1],
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": call_id,
+               "name": "get_weather", "input": expected}]})
+    );
+    assert_eq!(
+        turns[2],
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+               "content": "18°C, sunny"}]})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Answer #"));
+}
+
+/// Tool definitions and calls that Anthropic cannot take are refused before any call.
+#[tokio::test]
+async fn issue15_untranslatable_tools_are_refused_naming_the_field() {
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    let f = |parameters: Value| json!([{"type": "function", "function": {"name": "f", "parameters": parameters}}]);
+    let mut bad_args = chat("x");
+    let m = bad_args["messages"].as_array_mut().unwrap();
+    m.insert(1, json!({"role": "user", "content": "first"}));
+    m.insert(
+        2,
+        json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+        "function": {"name": "f", "arguments": "[1, 2]"}}]}),
+    );
+    m.insert(
+        3,
+        json!({"role": "tool", "tool_call_id": "c", "content": "r"}),
+    );
+    let mut schema = chat("x");
+    schema["tools"] = f(json!("not a schema"));
+    for (body, needle) in [
+        (
+            schema,
+            "tools[0]: `function.parameters` must be a JSON schema object",
+        ),
+        (
+            bad_args,
+            "messages[2]: tool_calls[0]: `function.arguments` must be a JSON object",
+        ),
+    ] {
+        let err = r.send(chat_req(body), "m").await.unwrap_err();
+        let msg = err.untranslatable().expect("untranslatable").to_string();
+        assert!(msg.contains(needle), "{msg}");
+    }
+    assert_eq!(up.calls(), 0);
 }
 
 #[tokio::test]

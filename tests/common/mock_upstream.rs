@@ -63,6 +63,44 @@ pub enum Fault {
     NoTerminator,
 }
 
+/// The arguments of the tool calls [`MockUpstreamBuilder::call_offered_tools`] makes.
+pub const OFFERED_TOOL_ARGUMENTS: &str = r#"{"city": "Paris", "unit": "celsius", "days": 3}"#;
+
+/// The tool call one request gets, if any: none once the conversation ends with a tool result
+/// (chat `role: tool`, an Anthropic `tool_result` block, a Responses `function_call_output`).
+fn tool_call_for(b: &Behaviour, body: &Value) -> Option<(String, String)> {
+    let last_message = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last());
+    let ends_with_result = last_message.is_some_and(|m| {
+        m.get("role").and_then(Value::as_str) == Some("tool")
+            || m.get("content").and_then(Value::as_array).is_some_and(|c| {
+                c.iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            })
+    }) || body
+        .get("input")
+        .and_then(Value::as_array)
+        .and_then(|i| i.last())
+        .is_some_and(|i| i.get("type").and_then(Value::as_str) == Some("function_call_output"));
+    if ends_with_result {
+        return None;
+    }
+    if let Some(call) = &b.tool_call {
+        return Some(call.clone());
+    }
+    if !b.call_offered_tools {
+        return None;
+    }
+    let tool = body.get("tools").and_then(Value::as_array)?.first()?;
+    let name = tool
+        .pointer("/function/name")
+        .or_else(|| tool.get("name"))
+        .and_then(Value::as_str)?;
+    Some((name.to_string(), OFFERED_TOOL_ARGUMENTS.to_string()))
+}
+
 /// Models listed by `GET /v1/models` unless overridden.
 pub const DEFAULT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct"];
 
@@ -78,6 +116,7 @@ struct Behaviour {
     stream_error_after: Option<usize>,
     reply: Option<ReplyFn>,
     tool_call: Option<(String, String)>,
+    call_offered_tools: bool,
     models: Vec<String>,
     fault: Option<Fault>,
 }
@@ -95,6 +134,7 @@ impl Default for Behaviour {
             stream_error_after: None,
             reply: None,
             tool_call: None,
+            call_offered_tools: false,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             fault: None,
         }
@@ -233,6 +273,14 @@ impl MockUpstreamBuilder {
     /// Reply text computed from the request body instead of the default.
     pub fn reply_with(mut self, f: impl Fn(&Value) -> String + Send + Sync + 'static) -> Self {
         self.behaviour.reply = Some(Arc::new(f));
+        self
+    }
+
+    /// A request that offers tools is answered with a call of its first tool, with
+    /// [`OFFERED_TOOL_ARGUMENTS`] (streamed in 8-character pieces), until the conversation ends
+    /// with the tool's result: that is answered with text. Any vendor.
+    pub fn call_offered_tools(mut self) -> Self {
+        self.behaviour.call_offered_tools = true;
         self
     }
 

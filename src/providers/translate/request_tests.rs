@@ -115,9 +115,9 @@ fn output_changing_chat_params_are_refused() {
         (
             with(
                 "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
+                json!([{"type": "custom", "custom": {"name": "f"}}]),
             ),
-            "`tools`",
+            "only function tools",
         ),
         (with("tool_choice", json!("required")), "`tool_choice`"),
         (
@@ -173,9 +173,9 @@ fn untranslatable_messages_are_refused_with_their_index() {
         (
             json!([{"role": "user", "content": "a"},
                    {"role": "assistant", "content": null,
-                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]},
                    {"role": "tool", "tool_call_id": "c", "content": "r"}]),
-            "messages[1]",
+            "messages[1]: tool_calls[0]",
         ),
         (
             json!([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]),
@@ -349,4 +349,65 @@ fn chat_request_round_trips_through_messages() {
     let there = chat_to_messages(&chat(original.clone())).unwrap();
     let back = messages_to_chat(&there).unwrap();
     assert_eq!(to_value(&back), original);
+}
+
+#[test]
+fn issue15_tools_calls_and_results_map_onto_anthropic_blocks() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "user", "content": "weather in Paris and Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "rain"}]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}},
+                  {"type": "function", "function": {"name": "now"}}],
+        "tool_choice": "required"
+    }));
+    let out = to_value(&chat_to_messages(&req).unwrap());
+    assert_eq!(
+        out["tools"],
+        json!([{"name": "w", "input_schema": {"type": "object"}},
+               {"name": "now", "input_schema": {"type": "object", "properties": {}}}])
+    );
+    assert_eq!(out["tool_choice"], json!({"type": "any"}));
+    assert_eq!(
+        out["messages"][1],
+        json!({"role": "assistant", "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "c1", "name": "w", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "c2", "name": "w", "input": {"city": "Rome"}}]})
+    );
+    assert_eq!(
+        out["messages"][2],
+        json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "c1", "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": "c2", "content": "rain"}]})
+    );
+    assert_eq!(out["messages"].as_array().unwrap().len(), 3);
+    for (choice, parallel, expected) in [
+        (json!("auto"), None, json!({"type": "auto"})),
+        (json!("none"), Some(false), json!({"type": "none"})),
+        (
+            Value::Null,
+            Some(false),
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (
+            json!({"type": "function", "function": {"name": "w"}}),
+            None,
+            json!({"type": "tool", "name": "w"}),
+        ),
+    ] {
+        let mut r = req.clone();
+        r.tool_choice = (!choice.is_null()).then_some(choice);
+        r.parallel_tool_calls = parallel;
+        assert_eq!(
+            to_value(&chat_to_messages(&r).unwrap())["tool_choice"],
+            expected
+        );
+    }
 }

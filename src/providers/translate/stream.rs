@@ -180,6 +180,8 @@ pub struct MessagesToChatStream {
     finished: bool,
     done: bool,
     usage: AUsage,
+    /// Content block index → OpenAI tool call index, for the `tool_use` blocks so far.
+    tool_blocks: Vec<(u32, usize)>,
 }
 
 impl MessagesToChatStream {
@@ -193,7 +195,16 @@ impl MessagesToChatStream {
             finished: false,
             done: false,
             usage: AUsage::default(),
+            tool_blocks: Vec::new(),
         }
+    }
+
+    fn tool_delta(&self, call: Value, out: &mut Vec<u8>) {
+        let delta = ChunkDelta {
+            tool_calls: Some(vec![call]),
+            ..ChunkDelta::default()
+        };
+        out.extend_from_slice(&sse::data_event(&self.chunk(delta, None)));
     }
 
     fn chunk(&self, delta: ChunkDelta, finish: Option<&str>) -> ChatCompletionChunk {
@@ -271,11 +282,23 @@ impl StreamTranslate for MessagesToChatStream {
                 };
                 out.extend_from_slice(&sse::data_event(&self.chunk(role, None)));
             }
-            StreamEvent::ContentBlockStart { content_block, .. } => {
+            StreamEvent::ContentBlockStart {
+                content_block,
+                index,
+            } => {
                 match content_block.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         let text = content_block.get("text").and_then(Value::as_str);
                         self.text(text.unwrap_or(""), out);
+                    }
+                    Some("tool_use") => {
+                        let n = self.tool_blocks.len();
+                        self.tool_blocks.push((index, n));
+                        let mut call = super::response::tool_call_of(&content_block);
+                        // The input arrives in `input_json_delta`s; `{}` here is a placeholder.
+                        call["function"]["arguments"] = json!("");
+                        call["index"] = json!(n);
+                        self.tool_delta(call, out);
                     }
                     other => {
                         return Err(TranslateError::Unrepresentable(format!(
@@ -286,8 +309,23 @@ impl StreamTranslate for MessagesToChatStream {
                     }
                 }
             }
-            StreamEvent::ContentBlockDelta { delta, .. } => match delta.kind.as_str() {
+            StreamEvent::ContentBlockDelta { delta, index } => match delta.kind.as_str() {
                 "text_delta" => self.text(delta.text.as_deref().unwrap_or(""), out),
+                "input_json_delta" => {
+                    let Some(&(_, n)) = self.tool_blocks.iter().find(|(b, _)| *b == index) else {
+                        return Err(TranslateError::Unrepresentable(
+                            "the upstream streamed tool input outside a tool_use block".to_owned(),
+                        ));
+                    };
+                    let piece = delta
+                        .extra
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if !piece.is_empty() {
+                        self.tool_delta(json!({"index": n, "function": {"arguments": piece}}), out);
+                    }
+                }
                 other => {
                     return Err(TranslateError::Unrepresentable(format!(
                         "the upstream streamed a `{other}`, which the OpenAI chat API cannot \

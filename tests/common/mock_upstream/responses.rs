@@ -75,7 +75,8 @@ pub(super) fn plan(
     let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
     let item_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     let input_tokens = words(&all_input_text(body)).max(1);
-    let (item, output_tokens) = match &b.tool_call {
+    let tool_call = super::tool_call_for(b, body);
+    let (item, output_tokens) = match &tool_call {
         Some((name, args)) => (
             json!({"id": format!("fc_{}", uuid::Uuid::new_v4().simple()), "type": "function_call",
                    "status": "completed", "call_id": format!("call_{call}"), "name": name,
@@ -102,7 +103,7 @@ pub(super) fn plan(
     let usage = json!({"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
                        "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                        "total_tokens": input_tokens + output_tokens});
-    let status = if b.tool_call.is_some() {
+    let status = if tool_call.is_some() {
         "completed"
     } else {
         status
@@ -118,7 +119,7 @@ pub(super) fn plan(
         json!({"type": "response.in_progress", "response": response("in_progress", json!([]), Value::Null)}),
     ];
     let item_ref = item["id"].clone();
-    match &b.tool_call {
+    match &tool_call {
         Some((_, args)) => {
             let mut added = item.clone();
             added["arguments"] = json!("");
