@@ -753,3 +753,76 @@ async fn issue15_responses_state_is_refused_for_anthropic_without_an_upstream_ca
     }
     assert_eq!(up.calls(), 0);
 }
+
+/// Issue 15, the other way: an Anthropic tool round trip served by an OpenAI-kind provider.
+#[tokio::test]
+async fn issue15_anthropic_tool_round_trip_through_openai_json_and_stream() {
+    use common::mock_upstream::OFFERED_TOOL_ARGUMENTS;
+    let up = MockUpstream::builder().call_offered_tools().start().await;
+    let r = router(vec![openai("gpt", &up)], &["gpt"]);
+    let expected: Value = serde_json::from_str(OFFERED_TOOL_ARGUMENTS).unwrap();
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}]});
+    let resp = r
+        .send(messages_req(body.clone()), "gpt-4o-mini")
+        .await
+        .unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}])
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["stop_reason"], "tool_use");
+    let use_block = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(use_block["name"], "get_weather");
+    assert_eq!(use_block["input"], expected);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = r.send(messages_req(streamed), "gpt-4o-mini").await.unwrap();
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let mut c = MessagesStreamCollector::with_limit("gpt", 1 << 20);
+    let (mut json_pieces, mut partial, mut stop) = (0, String::new(), None);
+    for ev in events(&bytes) {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        if v["delta"]["type"] == "input_json_delta" {
+            json_pieces += 1;
+            partial.push_str(v["delta"]["partial_json"].as_str().unwrap());
+        }
+        if let Some(s) = v["delta"]["stop_reason"].as_str() {
+            stop = Some(s.to_string());
+        }
+        c.push_event_data(&ev.data);
+    }
+    assert!(json_pieces > 1);
+    assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), expected);
+    assert_eq!(stop.as_deref(), Some("tool_use"));
+    assert!(c.finish().is_err(), "a tool call is not cached");
+
+    let mut follow = body;
+    let id = use_block["id"].as_str().unwrap().to_string();
+    let m = follow["messages"].as_array_mut().unwrap();
+    m.push(json!({"role": "assistant", "content": [use_block]}));
+    m.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "sunny"}]}));
+    let resp = r.send(messages_req(follow), "gpt-4o-mini").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "tool", "tool_call_id": id, "content": "sunny"})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Answer #"));
+}

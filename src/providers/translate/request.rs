@@ -517,18 +517,34 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
     if req.top_k.is_some() {
         return no_equivalent("top_k", OPENAI);
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse(format!(
-            "`tools` are not translated to the {OPENAI} API by deja; route tool use to an \
-             Anthropic provider"
-        ));
-    }
-    if let Some(choice) = &req.tool_choice {
-        let kind = choice.get("type").and_then(Value::as_str);
-        if !choice.is_null() && !matches!(kind, Some("auto" | "none")) {
-            return no_equivalent("tool_choice", OPENAI);
+    let tools = match req.tools.as_deref() {
+        Some(list) if !list.is_empty() => Some(tools_to_chat(list)?),
+        _ => None,
+    };
+    let (tool_choice, parallel_tool_calls) = match &req.tool_choice {
+        None => (None, None),
+        Some(c) if c.is_null() => (None, None),
+        Some(choice) => {
+            let parallel = choice
+                .get("disable_parallel_tool_use")
+                .and_then(Value::as_bool)
+                .map(|d| !d);
+            let openai = match choice.get("type").and_then(Value::as_str) {
+                Some("auto") => json!("auto"),
+                Some("none") => json!("none"),
+                Some("any") if tools.is_some() => json!("required"),
+                Some("tool") if tools.is_some() => match choice.get("name") {
+                    Some(Value::String(n)) => json!({"type": "function", "function": {"name": n}}),
+                    _ => return refuse("`tool_choice.name` is missing"),
+                },
+                _ => return no_equivalent("tool_choice", OPENAI),
+            };
+            (
+                tools.as_ref().map(|_| openai),
+                parallel.filter(|_| tools.is_some()),
+            )
         }
-    }
+    };
     for (key, value) in &req.extra {
         let disabled_thinking =
             key == "thinking" && value.get("type").and_then(Value::as_str) == Some("disabled");
@@ -559,6 +575,18 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
             ARole::User => Role::User,
             ARole::Assistant => Role::Assistant,
         };
+        if let AContent::Blocks(blocks) = &m.content {
+            let tooling = |b: &ContentBlock| {
+                matches!(
+                    b,
+                    ContentBlock::ToolUse { .. } | ContentBlock::ToolResult { .. }
+                )
+            };
+            if blocks.iter().any(tooling) {
+                tool_turn(role, blocks, &mut messages).map_err(at)?;
+                continue;
+            }
+        }
         let content = match &m.content {
             AContent::Text(s) => MessageContent::Text(s.clone()),
             AContent::Blocks(blocks) => {
@@ -622,9 +650,9 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
         top_logprobs: None,
         user,
         seed: None,
-        tools: None,
-        tool_choice: None,
-        parallel_tool_calls: None,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
         response_format: None,
         reasoning_effort: None,
         modalities: None,
@@ -636,6 +664,126 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
         web_search_options: None,
         extra: Map::new(),
     })
+}
+
+/// Anthropic tools → OpenAI function tools (`input_schema` → `parameters`).
+fn tools_to_chat(tools: &[Value]) -> Result<Vec<Value>, TranslateError> {
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let at = |m: &str| refuse::<Vec<Value>>(format!("tools[{i}]: {m}"));
+        if t.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|ty| ty != "custom")
+        {
+            return at(&format!(
+                "server tools have no equivalent in the {OPENAI} API"
+            ));
+        }
+        let Some(name) = t.get("name").and_then(Value::as_str) else {
+            return at("`name` is missing");
+        };
+        let mut function = json!({"name": name});
+        match t.get("input_schema") {
+            Some(s @ Value::Object(_)) => function["parameters"] = s.clone(),
+            _ => return at("`input_schema` must be a JSON schema object"),
+        }
+        if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
+            function["description"] = d.clone();
+        }
+        if let Some((k, _)) = t.as_object().and_then(|o| {
+            o.iter().find(|(k, v)| {
+                !v.is_null()
+                    && !matches!(
+                        k.as_str(),
+                        "type" | "name" | "input_schema" | "description" | "cache_control"
+                    )
+            })
+        }) {
+            return at(&format!("`{k}` has no equivalent in the {OPENAI} API"));
+        }
+        out.push(json!({"type": "function", "function": function}));
+    }
+    Ok(out)
+}
+
+/// A turn with `tool_use` blocks (assistant: text and `tool_calls`) or `tool_result` blocks
+/// (user: one `role: tool` message per result, then the turn's other content as a user
+/// message).
+fn tool_turn(
+    role: Role,
+    blocks: &[ContentBlock],
+    out: &mut Vec<ChatMessage>,
+) -> Result<(), String> {
+    let mut text = Vec::new();
+    let mut calls = Vec::new();
+    for b in blocks {
+        match (b, role) {
+            (
+                ContentBlock::ToolUse {
+                    id, name, input, ..
+                },
+                Role::Assistant,
+            ) => {
+                calls.push(crate::api::openai::ToolCall {
+                    id: id.clone(),
+                    kind: "function".to_owned(),
+                    function: Some(crate::api::openai::FunctionCall {
+                        name: name.clone(),
+                        arguments: input.to_string(),
+                        extra: Map::new(),
+                    }),
+                    extra: Map::new(),
+                });
+            }
+            (ContentBlock::ToolResult { tool_use_id, extra }, Role::User) => {
+                if extra.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    return Err(format!(
+                        "`is_error` on a tool result has no equivalent in the {OPENAI} API"
+                    ));
+                }
+                let content = match extra.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => {
+                        let texts: Option<Vec<&str>> = parts
+                            .iter()
+                            .map(|p| {
+                                (p.get("type").and_then(Value::as_str) == Some("text"))
+                                    .then(|| p.get("text").and_then(Value::as_str))
+                                    .flatten()
+                            })
+                            .collect();
+                        texts.ok_or("a tool result may only hold text")?.join("\n")
+                    }
+                    Some(_) => return Err("a tool result's `content` is not text".into()),
+                };
+                let mut m = chat_message(Role::Tool, MessageContent::Text(content));
+                m.tool_call_id = Some(tool_use_id.clone());
+                out.push(m);
+            }
+            (ContentBlock::ToolUse { .. }, _) => return Err("`tool_use` in a user turn".into()),
+            (ContentBlock::ToolResult { .. }, _) => {
+                return Err("`tool_result` in an assistant turn".into())
+            }
+            _ => text.push(ContentPart::Text {
+                text: block_text(b)?,
+                extra: Map::new(),
+            }),
+        }
+    }
+    match role {
+        Role::Assistant => {
+            let mut m = chat_message(role, MessageContent::Parts(text));
+            if matches!(&m.content, Some(MessageContent::Parts(p)) if p.is_empty()) {
+                m.content = None;
+            }
+            m.tool_calls = Some(calls);
+            out.push(m);
+        }
+        _ if !text.is_empty() => out.push(chat_message(role, MessageContent::Parts(text))),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn chat_message(role: Role, content: MessageContent) -> ChatMessage {

@@ -283,8 +283,11 @@ fn output_changing_messages_params_are_refused() {
     let cases = [
         (with("top_k", json!(5)), "`top_k`"),
         (
-            with("tools", json!([{"name": "f", "input_schema": {}}])),
-            "`tools`",
+            with(
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search"}]),
+            ),
+            "tools[0]: server tools",
         ),
         (with("tool_choice", json!({"type": "any"})), "`tool_choice`"),
         (
@@ -305,9 +308,9 @@ fn output_changing_messages_params_are_refused() {
         (
             with(
                 "messages",
-                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]),
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x", "is_error": true}]}]),
             ),
-            "messages[0]",
+            "messages[0]: `is_error`",
         ),
         (
             with(
@@ -410,4 +413,51 @@ fn issue15_tools_calls_and_results_map_onto_anthropic_blocks() {
             expected
         );
     }
+}
+
+#[test]
+fn issue15_anthropic_tools_and_blocks_map_onto_chat() {
+    let req = messages(json!({
+        "model": "gpt-4o", "max_tokens": 64,
+        "tools": [{"name": "w", "description": "weather", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "w", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "sunny"}]},
+                {"type": "text", "text": "and tomorrow?"}]}
+        ]
+    }));
+    let out = to_value(&messages_to_chat(&req).unwrap());
+    assert_eq!(
+        out["tools"],
+        json!([{"type": "function", "function": {"name": "w", "description": "weather",
+                                                 "parameters": {"type": "object"}}}])
+    );
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "function", "function": {"name": "w"}})
+    );
+    assert_eq!(out["parallel_tool_calls"], false);
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(
+        m[1],
+        json!({"role": "assistant", "content": [{"type": "text", "text": "Checking."}],
+               "tool_calls": [{"id": "t1", "type": "function",
+                               "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}}]})
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "sunny"})
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "user", "content": [{"type": "text", "text": "and tomorrow?"}]})
+    );
+    let mut bad = req.clone();
+    bad.tools = Some(vec![json!({"name": "w", "input_schema": "x"})]);
+    assert!(refused_messages(to_value(&bad)).contains("tools[0]"));
 }

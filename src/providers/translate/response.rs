@@ -52,6 +52,7 @@ pub fn anthropic_stop_reason(finish_reason: &str) -> Result<&'static str, Transl
         "stop" | "eos" | "eos_token" | "end_turn" | "stop_sequence" => Ok("end_turn"),
         "length" | "max_tokens" | "model_length" => Ok("max_tokens"),
         "content_filter" => Ok("refusal"),
+        "tool_calls" => Ok("tool_use"),
         other => unrepresentable(format!(
             "the upstream finished with `{other}`, which the Anthropic Messages API cannot \
              express here"
@@ -171,6 +172,24 @@ pub fn messages_json_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
     to_bytes(&out)
 }
 
+/// An OpenAI tool call as a `tool_use` block: its JSON-string arguments parsed into `input`.
+pub fn tool_use_of(call: &Value) -> Result<Value, TranslateError> {
+    let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let arguments = s("/function/arguments");
+    let input: Value = match arguments.trim() {
+        "" => json!({}),
+        a => serde_json::from_str(a).map_err(|e| {
+            TranslateError::Unrepresentable(format!(
+                "the upstream's tool call arguments are not JSON: {e}"
+            ))
+        })?,
+    };
+    if !input.is_object() {
+        return unrepresentable("the upstream's tool call arguments are not a JSON object");
+    }
+    Ok(json!({"type": "tool_use", "id": s("/id"), "name": s("/function/name"), "input": input}))
+}
+
 /// Text of an OpenAI answer `content`: a string, or (some compatible servers) text parts.
 fn openai_text(content: Option<&Value>) -> Result<String, TranslateError> {
     match content {
@@ -203,12 +222,12 @@ pub fn chat_json_to_messages(body: &[u8]) -> Result<Bytes, TranslateError> {
         _ => return unrepresentable("the upstream answer has several choices"),
     };
     let m = &choice.message;
-    if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-        || m.function_call.as_ref().is_some_and(|f| !f.is_null())
-    {
-        return unrepresentable(
-            "the upstream answered with tool calls, which are not translated by deja",
-        );
+    if m.function_call.as_ref().is_some_and(|f| !f.is_null()) {
+        return unrepresentable("the upstream answered with a legacy `function_call`");
+    }
+    let mut tool_uses = Vec::new();
+    for call in m.tool_calls.as_deref().unwrap_or_default() {
+        tool_uses.push(tool_use_of(call)?);
     }
     if m.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return unrepresentable("the upstream answered with audio");
@@ -224,11 +243,12 @@ pub fn chat_json_to_messages(body: &[u8]) -> Result<Bytes, TranslateError> {
         text.push_str(r);
         stop_reason = Some("refusal");
     }
-    let content = if text.is_empty() {
+    let mut content = if text.is_empty() {
         Vec::new()
     } else {
         vec![json!({"type": "text", "text": text})]
     };
+    content.extend(tool_uses);
     let out = MessagesResponse {
         id: messages_id(&c.id),
         kind: "message".to_owned(),
@@ -363,6 +383,15 @@ mod tests {
         let mut tools = body.clone();
         tools["choices"][0]["message"]["tool_calls"] =
             json!([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        tools["choices"][0]["finish_reason"] = json!("tool_calls");
+        let out = v(&chat_json_to_messages(&serde_json::to_vec(&tools).unwrap()).unwrap());
+        assert_eq!(out["stop_reason"], "tool_use");
+        let last = out["content"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            last,
+            json!({"type": "tool_use", "id": "c", "name": "f", "input": {}})
+        );
+        tools["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!("[1]");
         assert!(chat_json_to_messages(&serde_json::to_vec(&tools).unwrap()).is_err());
         let mut two = body;
         let c0 = two["choices"][0].clone();

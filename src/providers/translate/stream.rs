@@ -426,6 +426,10 @@ pub struct ChatToMessagesStream {
     finish: Option<String>,
     refused: bool,
     usage: Option<Usage>,
+    /// The text block (index 0) was closed because tool calls began.
+    text_closed: bool,
+    /// Tool calls started so far (block `1 + n` is call `n`); the last one is open.
+    tools: usize,
 }
 
 impl ChatToMessagesStream {
@@ -474,6 +478,54 @@ impl ChatToMessagesStream {
         );
     }
 
+    /// One `tool_calls` delta: a new call closes the open block and starts a `tool_use` block;
+    /// argument pieces become `input_json_delta`s of the open one.
+    fn tool_call(&mut self, call: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let n = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if n + 1 < self.tools || n > self.tools {
+            return Err(TranslateError::Unrepresentable(
+                "the upstream interleaved its tool calls".to_owned(),
+            ));
+        }
+        if n == self.tools {
+            let open = self.tools as u32;
+            if !self.text_closed || self.tools > 0 {
+                Self::push(out, &StreamEvent::ContentBlockStop { index: open });
+            }
+            self.text_closed = true;
+            self.tools += 1;
+            let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
+            Self::push(
+                out,
+                &StreamEvent::ContentBlockStart {
+                    index: self.tools as u32,
+                    content_block: json!({"type": "tool_use", "id": s("/id"),
+                                          "name": s("/function/name"), "input": {}}),
+                },
+            );
+        }
+        let piece = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !piece.is_empty() {
+            let mut extra = Map::new();
+            extra.insert("partial_json".to_owned(), Value::from(piece));
+            Self::push(
+                out,
+                &StreamEvent::ContentBlockDelta {
+                    index: self.tools as u32,
+                    delta: BlockDelta {
+                        kind: "input_json_delta".to_owned(),
+                        text: None,
+                        extra,
+                    },
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn finalize(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         let Some(finish) = self.finish.as_deref() else {
             return Err(TranslateError::Truncated(
@@ -490,7 +542,10 @@ impl ChatToMessagesStream {
         if let Some(n) = usage.cache_read_input_tokens {
             extra.insert("cache_read_input_tokens".to_owned(), Value::from(n));
         }
-        Self::push(out, &StreamEvent::ContentBlockStop { index: 0 });
+        let open = if self.tools > 0 { self.tools as u32 } else { 0 };
+        if !self.text_closed || self.tools > 0 {
+            Self::push(out, &StreamEvent::ContentBlockStop { index: open });
+        }
         Self::push(
             out,
             &StreamEvent::MessageDelta {
@@ -554,15 +609,21 @@ impl StreamTranslate for ChatToMessagesStream {
                 ));
             }
             let d = &choice.delta;
-            if d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-                || d.function_call.as_ref().is_some_and(|f| !f.is_null())
-            {
+            if d.function_call.as_ref().is_some_and(|f| !f.is_null()) {
                 return Err(TranslateError::Unrepresentable(
-                    "the upstream streamed tool calls, which are not translated by deja".to_owned(),
+                    "the upstream streamed a legacy `function_call`".to_owned(),
                 ));
             }
             if let Some(text) = d.content.as_deref().filter(|t| !t.is_empty()) {
+                if self.text_closed {
+                    return Err(TranslateError::Unrepresentable(
+                        "the upstream streamed text after its tool calls".to_owned(),
+                    ));
+                }
                 Self::text(out, text);
+            }
+            for call in d.tool_calls.as_deref().unwrap_or_default() {
+                self.tool_call(call, out)?;
             }
             if let Some(refusal) = d.refusal.as_deref().filter(|t| !t.is_empty()) {
                 self.refused = true;
