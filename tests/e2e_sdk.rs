@@ -65,6 +65,7 @@ fn official_python_sdks_against_the_binary() {
     let mock = rt.block_on(
         MockUpstream::builder()
             .with_models(&["gpt-4o-mini"])
+            .call_offered_tools()
             .start(),
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -100,10 +101,12 @@ fn official_python_sdks_against_the_binary() {
         "bad requests reached the upstream: {leaked:?}"
     );
 
-    // The Responses requests routed to the Anthropic-kind mock: a JSON miss and a stream miss.
+    // Routed to the Anthropic-kind mock: a Responses JSON miss and stream miss (and any retry
+    // until stored), and the tool round trips: a chat call twice (tool calls are never cached),
+    // its follow-up, a streamed chat call, a streamed Responses call and its follow-up.
     let translated = mock.calls_for("/v1/messages");
     assert!(
-        (2..=4).contains(&translated),
+        (8..=10).contains(&translated),
         "Responses calls translated for Anthropic: {translated}"
     );
 

@@ -5,6 +5,7 @@ Responses request and back, pass-through of `previous_response_id`, and 400s for
 Run by tests/e2e_sdk.rs against the real `deja` binary (the same process as openai_sdk.py),
 which forwards misses to an in-process mock upstream speaking the Responses wire format.
 """
+import json
 import sys
 import time
 import traceback
@@ -159,6 +160,59 @@ def create_for(model, **kw):
     return raw.headers, raw.parse()
 
 
+CLAUDE = "claude-3-5-haiku-latest"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather by city",
+                                                 "parameters": WEATHER}}]
+# What the mock's tool call carries (tests/common/mock_upstream.rs, OFFERED_TOOL_ARGUMENTS).
+ARGUMENTS = {"city": "Paris", "unit": "celsius", "days": 3}
+
+
+def test_chat_tool_round_trip_through_an_anthropic_provider():
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    raw = client.chat.completions.with_raw_response.create(model=CLAUDE, messages=question, tools=CHAT_TOOLS)
+    assert raw.headers["x-deja-provider"] == "anthropic-mock", raw.headers
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == ARGUMENTS
+    # A tool call is never cached: replaying it would run the tool again.
+    again = client.chat.completions.with_raw_response.create(model=CLAUDE, messages=question, tools=CHAT_TOOLS)
+    assert again.headers["x-deja-cache"] == "miss", again.headers
+    follow = question + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"},
+    ]
+    final = client.chat.completions.create(model=CLAUDE, messages=follow, tools=CHAT_TOOLS)
+    assert final.choices[0].finish_reason == "stop", final
+    assert final.choices[0].message.content.startswith("Answer #"), final
+
+
+def test_streamed_tool_calls_reassemble_into_valid_json():
+    with client.chat.completions.stream(model=CLAUDE, tools=CHAT_TOOLS,
+                                        messages=[{"role": "user", "content": "Weather in Paris, streamed?"}]) as s:
+        deltas = [e for e in s if e.type == "tool_calls.function.arguments.delta"]
+        completion = s.get_final_completion()
+    assert len(deltas) > 1, "the arguments arrived in several deltas"
+    call = completion.choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == ARGUMENTS
+    # The Responses API, streamed through the same Anthropic provider, then the tool's result.
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather by city", "parameters": WEATHER}]
+    with client.responses.stream(model=CLAUDE, input="Weather in Paris, via responses?", tools=tools) as s:
+        pieces = [e.delta for e in s if e.type == "response.function_call_arguments.delta"]
+        response = s.get_final_response()
+    fc = [o for o in response.output if o.type == "function_call"][0]
+    assert len(pieces) > 1 and json.loads("".join(pieces)) == ARGUMENTS
+    assert json.loads(fc.arguments) == ARGUMENTS and fc.name == "get_weather"
+    final = client.responses.create(model=CLAUDE, tools=tools, input=[
+        {"role": "user", "content": "Weather in Paris, via responses?"},
+        {"type": "function_call", "call_id": fc.call_id, "name": fc.name, "arguments": fc.arguments},
+        {"type": "function_call_output", "call_id": fc.call_id, "output": "18 C and sunny"},
+    ])
+    assert final.output_text.startswith("Answer #"), final
+
+
 def test_bad_inputs_are_400s_naming_the_field():
     cases = [
         ({"input": [{"type": "telepathy-e2e", "content": "x"}]}, "input[0].type"),
@@ -167,6 +221,12 @@ def test_bad_inputs_are_400s_naming_the_field():
         ({"input": "schema-e2e", "tools": [{"type": "function", "name": "f", "parameters": "not-a-schema-e2e"}]},
          "tools[0].parameters"),
     ]
+    try:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "chat-schema-e2e"}],
+                                       tools=[{"type": "function", "function": {"name": "f", "parameters": "x-e2e"}}])
+        raise AssertionError("expected a 400 for a chat tool schema")
+    except openai.BadRequestError as e:
+        assert e.body.get("param") == "tools[0].function.parameters", e.body
     for kw, param in cases:
         try:
             client.responses.create(model=MODEL, **kw)
