@@ -8,9 +8,10 @@
 //!    connection limit), axum routes the request, and `server::flow` adapts HTTP to the cache's
 //!    stages; other `/v1/*` paths are passed through uncached (`server::passthrough`). It makes
 //!    no cache decision.
-//! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each body is
-//!    validated and normalized into one canonical request, and answers are rendered back (JSON
-//!    or a replayed SSE stream).
+//! 2. [`api`]: wire types for OpenAI chat/completions, the Responses API and Anthropic
+//!    messages; each body is validated and normalized into one canonical request (a Responses
+//!    request through its chat form, so both share answers), and answers are rendered back
+//!    (JSON or a replayed SSE stream).
 //! 3. [`cache`]: the request path as typed stages. `cache::request` builds the per-request
 //!    context and plans it (`cache::policy`: hard scope, decision rule, read/write, TTL);
 //!    `cache::lookup` runs exact lookup → embedding → index search → the decision rule
@@ -22,7 +23,8 @@
 //!    index (flat below a size, HNSW above), and the sled store that is the source of truth for
 //!    every entry.
 //! 5. [`providers`]: on a miss, the routed provider chain answers (retries, fallback, circuit
-//!    breakers, translation between OpenAI and Anthropic); the answer streams back to the
+//!    breakers, translation between OpenAI chat, Responses and Anthropic, tool calls
+//!    included); the answer streams back to the
 //!    client while `cache::miss` collects it.
 //!
 //! [`config`] turns `config.toml` into a validated [`config::Config`]; [`metrics`] exports

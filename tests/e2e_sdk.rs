@@ -65,6 +65,7 @@ fn official_python_sdks_against_the_binary() {
     let mock = rt.block_on(
         MockUpstream::builder()
             .with_models(&["gpt-4o-mini"])
+            .call_offered_tools()
             .start(),
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -77,8 +78,40 @@ fn official_python_sdks_against_the_binary() {
     let chat_calls = mock.calls_for("/v1/chat/completions");
     assert_eq!(chat_calls, 5, "upstream chat calls for the openai script");
 
+    run_script(&python, "openai_responses.py", &deja.base);
+    // Misses only (hits and the chat answer served to a Responses request cost nothing): a
+    // paraphrase pair, a JSON-then-stream question, a stream-then-JSON one, a second system
+    // prompt, a Responses-first question, and the `previous_response_id` pass-through.
+    let responses_calls = mock.calls_for("/v1/responses");
+    assert!(
+        (6..=8).contains(&responses_calls),
+        "upstream Responses calls: {responses_calls}"
+    );
+    // The chat question the Responses answer was served back to was a hit: one more chat call
+    // only, for the chat answer that a Responses request then got.
+    assert_eq!(mock.calls_for("/v1/chat/completions"), chat_calls + 1);
+    // Bad input never reaches an upstream.
+    let leaked: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.raw_body).contains("-e2e"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "bad requests reached the upstream: {leaked:?}"
+    );
+
+    // Routed to the Anthropic-kind mock: a Responses JSON miss and stream miss (and any retry
+    // until stored), and the tool round trips: a chat call twice (tool calls are never cached),
+    // its follow-up, a streamed chat call, a streamed Responses call and its follow-up.
+    let translated = mock.calls_for("/v1/messages");
+    assert!(
+        (8..=10).contains(&translated),
+        "Responses calls translated for Anthropic: {translated}"
+    );
+
     run_script(&python, "anthropic_sdk.py", &deja.base);
-    let messages_calls = mock.calls_for("/v1/messages");
+    let messages_calls = mock.calls_for("/v1/messages") - translated;
     assert!(
         messages_calls >= 4,
         "the Anthropic-kind mock was used: {messages_calls}"

@@ -248,8 +248,8 @@ async fn untranslatable_parameters_fail_without_an_upstream_call() {
         ),
         (
             "tools",
-            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-            "`tools`",
+            json!([{"type": "custom", "custom": {"name": "f"}}]),
+            "tools[0]: only function tools",
         ),
         ("temperature", json!(1.7), "`temperature`"),
     ];
@@ -362,16 +362,144 @@ async fn anthropic_error_event_mid_stream_ends_the_stream_with_an_error() {
     assert!(err.is_some());
 }
 
+/// Issue 15: a tool round trip through an Anthropic provider in OpenAI's chat dialect: the
+/// definitions and `tool_choice` go out as Anthropic tools, the `tool_use` answer comes back as
+/// `tool_calls` (JSON and streamed argument deltas that reassemble into the same JSON), and the
+/// follow-up with the assistant's call and the tool's result goes out as `tool_use` and
+/// `tool_result` blocks and is answered with text.
 #[tokio::test]
-async fn anthropic_tool_use_answer_is_not_passed_off_as_text() {
-    let up = MockUpstream::builder()
-        .with_tool_call("lookup", "{\"q\":1}")
-        .start()
-        .await;
+async fn issue15_tool_round_trip_through_anthropic_json_and_stream() {
+    use common::mock_upstream::OFFERED_TOOL_ARGUMENTS;
+    let up = MockUpstream::builder().call_offered_tools().start().await;
     let r = router(vec![anthropic("claude", &up)], &["claude"]);
-    let attempts = all_failed(r.send(chat_req(chat("x")), "m").await.unwrap_err());
-    assert_eq!(attempts[0].1.kind, ProviderErrorKind::Protocol);
-    assert!(attempts[0].1.detail.contains("tool_use"));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather by city", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut body = chat("Weather in Paris?");
+    body["tools"] = tools.clone();
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    body["parallel_tool_calls"] = json!(false);
+    let resp = r.send(chat_req(body.clone()), "m").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "Weather by city", "input_schema":
+            {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    let v = json_body(&resp);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let expected: Value = serde_json::from_str(OFFERED_TOOL_ARGUMENTS).unwrap();
+    assert_eq!(args, expected);
+    assert!(
+        collect_chat_json(resp.json_bytes().unwrap(), "claude").is_err(),
+        "a tool call is not cached"
+    );
+
+    // The same call streamed: argument pieces reassemble into the same JSON.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = r.send(chat_req(streamed), "m").await.unwrap();
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let (mut arguments, mut pieces, mut finish, mut id) = (String::new(), 0, None, None);
+    for ev in events(&bytes).iter().filter(|e| !e.is_done()) {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            if let Some(calls) = c["delta"]["tool_calls"].as_array() {
+                assert_eq!(calls[0]["index"], 0);
+                if let Some(i) = calls[0]["id"].as_str() {
+                    id = Some(i.to_string());
+                }
+                if let Some(a) = calls[0]["function"]["arguments"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                {
+                    arguments.push_str(a);
+                    pieces += 1;
+                }
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    assert!(pieces > 1, "the arguments arrived in several deltas");
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), expected);
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert!(id.is_some_and(|i| i.starts_with("toolu_")));
+
+    // The follow-up: the assistant's call and the tool's result, answered with text.
+    let mut follow = body;
+    let call_id = call["id"].as_str().unwrap().to_string();
+    let messages = follow["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call.clone()]}));
+    messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": "18°C, sunny"}));
+    let resp = r.send(chat_req(follow), "m").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    let turns = sent["messages"].as_array().unwrap();
+    assert_eq!(
+        turns[1],
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": call_id,
+               "name": "get_weather", "input": expected}]})
+    );
+    assert_eq!(
+        turns[2],
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id,
+               "content": "18°C, sunny"}]})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Answer #"));
+}
+
+/// Tool definitions and calls that Anthropic cannot take are refused before any call.
+#[tokio::test]
+async fn issue15_untranslatable_tools_are_refused_naming_the_field() {
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    let f = |parameters: Value| json!([{"type": "function", "function": {"name": "f", "parameters": parameters}}]);
+    let mut bad_args = chat("x");
+    let m = bad_args["messages"].as_array_mut().unwrap();
+    m.insert(1, json!({"role": "user", "content": "first"}));
+    m.insert(
+        2,
+        json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+        "function": {"name": "f", "arguments": "[1, 2]"}}]}),
+    );
+    m.insert(
+        3,
+        json!({"role": "tool", "tool_call_id": "c", "content": "r"}),
+    );
+    let mut schema = chat("x");
+    schema["tools"] = f(json!("not a schema"));
+    for (body, needle) in [
+        (
+            schema,
+            "tools[0]: `function.parameters` must be a JSON schema object",
+        ),
+        (
+            bad_args,
+            "messages[2]: tool_calls[0]: `function.arguments` must be a JSON object",
+        ),
+    ] {
+        let err = r.send(chat_req(body), "m").await.unwrap_err();
+        let msg = err.untranslatable().expect("untranslatable").to_string();
+        assert!(msg.contains(needle), "{msg}");
+    }
+    assert_eq!(up.calls(), 0);
 }
 
 #[tokio::test]
@@ -530,4 +658,171 @@ async fn fallback_from_a_failing_openai_to_anthropic_with_rename() {
     assert_eq!(err.status(), 502);
     assert!(err.untranslatable().is_none());
     assert_eq!(an.calls(), 2);
+}
+
+fn responses_req(body: Value) -> UpstreamRequest {
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    UpstreamRequest::post_json("/responses", &body, stream)
+        .with_api(ApiKind::Responses)
+        .with_client_key(Some(CLIENT_KEY.to_string()))
+}
+
+#[tokio::test]
+async fn issue15_responses_are_answered_by_anthropic_json_and_stream() {
+    use deja::api::responses::{collect_responses_json, ResponsesStreamCollector};
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    let body = json!({
+        "model": "claude-3-5-haiku-latest", "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "bonjour?"}]}],
+        "max_output_tokens": 40, "temperature": 0.2, "store": false,
+    });
+    let resp = r
+        .send(responses_req(body.clone()), "claude-3-5-haiku-latest")
+        .await
+        .unwrap();
+    let rec = up.last_request().unwrap();
+    assert_eq!(rec.path, "/v1/messages");
+    assert_eq!(
+        rec.body,
+        json!({"model": "claude-3-5-haiku-latest", "max_tokens": 40, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "bonjour?"}], "temperature": 0.2})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["instructions"], "Be brief.");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Answer #1 to: bonjour?"
+    );
+    let cached = collect_responses_json(resp.json_bytes().unwrap(), "claude").unwrap();
+    assert_eq!(cached.content, "Answer #1 to: bonjour?");
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let resp = r
+        .send(responses_req(streamed), "claude-3-5-haiku-latest")
+        .await
+        .unwrap();
+    assert_eq!(up.last_request().unwrap().body["stream"], true);
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let evs = events(&bytes);
+    assert_eq!(evs[0].event.as_deref(), Some("response.created"));
+    assert_eq!(
+        evs.last().unwrap().event.as_deref(),
+        Some("response.completed")
+    );
+    let mut c = ResponsesStreamCollector::with_limit("claude", 1 << 20);
+    let mut text = String::new();
+    for (i, ev) in evs.iter().enumerate() {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["sequence_number"], i as u64);
+        text.push_str(v["delta"].as_str().unwrap_or_default());
+        c.push_event_data(&ev.data);
+    }
+    assert_eq!(text, "Answer #2 to: bonjour?");
+    assert_eq!(c.finish().unwrap().content, text);
+}
+
+#[tokio::test]
+async fn issue15_responses_state_is_refused_for_anthropic_without_an_upstream_call() {
+    let up = MockUpstream::start().await;
+    let r = router(vec![anthropic("claude", &up)], &["claude"]);
+    for (extra, field) in [
+        (
+            json!({"previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}),
+            "input[0].type",
+        ),
+    ] {
+        let mut body = json!({"model": "claude-3-5-haiku-latest", "input": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let err = r
+            .send(responses_req(body), "claude-3-5-haiku-latest")
+            .await
+            .unwrap_err();
+        let message = err.untranslatable().map(str::to_string).unwrap_or_default();
+        assert!(message.contains(field), "{field}: {err:?}");
+    }
+    assert_eq!(up.calls(), 0);
+}
+
+/// Issue 15, the other way: an Anthropic tool round trip served by an OpenAI-kind provider.
+#[tokio::test]
+async fn issue15_anthropic_tool_round_trip_through_openai_json_and_stream() {
+    use common::mock_upstream::OFFERED_TOOL_ARGUMENTS;
+    let up = MockUpstream::builder().call_offered_tools().start().await;
+    let r = router(vec![openai("gpt", &up)], &["gpt"]);
+    let expected: Value = serde_json::from_str(OFFERED_TOOL_ARGUMENTS).unwrap();
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}]});
+    let resp = r
+        .send(messages_req(body.clone()), "gpt-4o-mini")
+        .await
+        .unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}])
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["stop_reason"], "tool_use");
+    let use_block = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    assert_eq!(use_block["name"], "get_weather");
+    assert_eq!(use_block["input"], expected);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = r.send(messages_req(streamed), "gpt-4o-mini").await.unwrap();
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let mut c = MessagesStreamCollector::with_limit("gpt", 1 << 20);
+    let (mut json_pieces, mut partial, mut stop) = (0, String::new(), None);
+    for ev in events(&bytes) {
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        if v["delta"]["type"] == "input_json_delta" {
+            json_pieces += 1;
+            partial.push_str(v["delta"]["partial_json"].as_str().unwrap());
+        }
+        if let Some(s) = v["delta"]["stop_reason"].as_str() {
+            stop = Some(s.to_string());
+        }
+        c.push_event_data(&ev.data);
+    }
+    assert!(json_pieces > 1);
+    assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), expected);
+    assert_eq!(stop.as_deref(), Some("tool_use"));
+    assert!(c.finish().is_err(), "a tool call is not cached");
+
+    let mut follow = body;
+    let id = use_block["id"].as_str().unwrap().to_string();
+    let m = follow["messages"].as_array_mut().unwrap();
+    m.push(json!({"role": "assistant", "content": [use_block]}));
+    m.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "sunny"}]}));
+    let resp = r.send(messages_req(follow), "gpt-4o-mini").await.unwrap();
+    let sent = up.last_request().unwrap().body;
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "tool", "tool_call_id": id, "content": "sunny"})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Answer #"));
 }

@@ -575,3 +575,82 @@ async fn send_future_is_send_and_concurrent_requests_work() {
     }
     assert_eq!(up.calls(), 8);
 }
+
+/// Gemini through its OpenAI-compatible endpoint: chat goes to `{base}/chat/completions` with
+/// `Authorization: Bearer <Gemini key>`; a Responses request is translated to chat and its
+/// answer back into a `response` object (JSON and events); legacy completions are refused
+/// before any call.
+#[tokio::test]
+async fn issue15_gemini_kind_speaks_chat_and_serves_responses_through_it() {
+    use deja::api::ApiKind;
+    let var = "DEJA_TEST_KEY_PROVIDERS_GEMINI_1";
+    std::env::set_var(var, "gemini-env-key");
+    let up = MockUpstream::start().await;
+    let mut p = fast(ProviderSettings::gemini("gemini", up.base_url()));
+    p.api_key_env = Some(var.to_string());
+    let r = router(vec![p], &["gemini"]);
+
+    let req = chat("hello gemini", false).with_api(ApiKind::Chat);
+    let sent = req.body.clone();
+    let resp = r.send(req, "gemini-2.0-flash").await.unwrap();
+    let rec = up.last_request().unwrap();
+    assert_eq!(rec.path, "/v1/chat/completions");
+    assert_eq!(
+        rec.authorization().as_deref(),
+        Some("Bearer gemini-env-key")
+    );
+    assert_eq!(rec.raw_body, sent, "chat bodies go to Gemini untouched");
+    assert_eq!(json_body(&resp)["object"], "chat.completion");
+
+    let body = json!({"model": "gemini-2.0-flash", "instructions": "Be brief.",
+                      "input": "hello responses", "max_output_tokens": 2});
+    let req = UpstreamRequest::post_json("/responses", &body, false).with_api(ApiKind::Responses);
+    let resp = r.send(req, "gemini-2.0-flash").await.unwrap();
+    let rec = up.last_request().unwrap();
+    assert_eq!(rec.path, "/v1/chat/completions");
+    assert_eq!(
+        rec.body,
+        json!({"model": "gemini-2.0-flash", "max_completion_tokens": 2, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello responses"}]})
+    );
+    let v = json_body(&resp);
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "incomplete", "two words of a longer answer");
+    assert_eq!(v["output"][0]["content"][0]["text"], "Answer #2");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed
+        .as_object_mut()
+        .unwrap()
+        .remove("max_output_tokens");
+    let req =
+        UpstreamRequest::post_json("/responses", &streamed, true).with_api(ApiKind::Responses);
+    let resp = r.send(req, "gemini-2.0-flash").await.unwrap();
+    assert_eq!(
+        up.last_request().unwrap().body["stream_options"],
+        json!({"include_usage": true}),
+        "the usage chunk is asked for: response.completed carries usage"
+    );
+    let (bytes, err) = drain(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let evs = SseParser::new().feed(&bytes);
+    let last: Value = serde_json::from_str(&evs.last().unwrap().data).unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        "Answer #3 to: hello responses"
+    );
+    assert!(last["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0);
+
+    let calls = up.calls();
+    let legacy = UpstreamRequest::post_json(
+        "/completions",
+        &json!({"model": "gemini-2.0-flash", "prompt": "hi"}),
+        false,
+    )
+    .with_api(ApiKind::Completions);
+    let err = r.send(legacy, "gemini-2.0-flash").await.unwrap_err();
+    assert!(err.untranslatable().unwrap().contains("Gemini"), "{err:?}");
+    assert_eq!(up.calls(), calls);
+}

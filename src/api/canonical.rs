@@ -22,6 +22,10 @@ pub enum Bypass {
     MultipleChoices,
     /// A prompt shape the cache does not handle (token arrays, several prompts).
     UnsupportedPrompt,
+    /// The answer depends on state only the provider holds (a Responses request's
+    /// `previous_response_id`, `conversation`, `background`), or on input items with no chat
+    /// form.
+    ServerState,
 }
 
 impl Bypass {
@@ -31,6 +35,7 @@ impl Bypass {
             Bypass::NonTextContent => "non-text-content",
             Bypass::MultipleChoices => "n-greater-than-1",
             Bypass::UnsupportedPrompt => "unsupported-prompt",
+            Bypass::ServerState => "server-state",
         }
     }
 }
@@ -112,6 +117,31 @@ impl CanonicalRequest {
             turns: 1,
             has_tools: false,
         }
+    }
+
+    /// OpenAI `POST /v1/responses`, keyed on its chat form ([`crate::api::responses::to_chat`])
+    /// so that it shares scope and answers with the chat request that says the same. A body
+    /// with no chat form (server-side state, hosted-tool items) is served uncached.
+    pub fn from_responses(body: &Map<String, Value>) -> CanonicalRequest {
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let mut canonical = match crate::api::responses::to_chat(body) {
+            Ok(chat) => CanonicalRequest::from_chat(&chat),
+            Err(_) => CanonicalRequest {
+                api: ApiKind::Responses,
+                model: str_field(body, "model"),
+                stream,
+                include_usage: true,
+                prompt: Err(Bypass::ServerState),
+                scope_material: canonical_scope(body.clone()),
+                turns: 1,
+                has_tools: has_tools(body),
+            },
+        };
+        canonical.api = ApiKind::Responses;
+        canonical.stream = stream;
+        // A Responses stream always ends with the usage of its `response.completed` event.
+        canonical.include_usage = true;
+        canonical
     }
 
     /// Anthropic `POST /v1/messages`: `system` is a top-level field (it stays in the scope).

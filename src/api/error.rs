@@ -286,7 +286,9 @@ impl ApiError {
     pub fn body_for(&self, api: Option<ApiKind>) -> Value {
         match api {
             Some(ApiKind::Messages) => self.to_anthropic_body(),
-            Some(ApiKind::Chat | ApiKind::Completions) | None => self.to_openai_body(),
+            Some(ApiKind::Chat | ApiKind::Completions | ApiKind::Responses) | None => {
+                self.to_openai_body()
+            }
         }
     }
 

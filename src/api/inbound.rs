@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::api::anthropic::{self, MessagesStreamCollector};
 use crate::api::collect::{self, ChatStreamCollector, CompletionStreamCollector, NotCacheable};
 use crate::api::error::ApiError;
+use crate::api::responses::{self, ResponsesStreamCollector};
 use crate::api::sse::{self, SseEvent, SseParser};
 use crate::api::{parse, render, ApiKind};
 use crate::providers::{ProviderError, ProviderErrorKind, SseOverflow};
@@ -27,8 +28,13 @@ pub fn parse_request(api: ApiKind, body: &[u8]) -> Result<Map<String, Value>, Ap
         ApiKind::Messages => {
             parse::parse_messages_request(body)?;
         }
+        ApiKind::Responses => {}
     }
     match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) if api == ApiKind::Responses => {
+            responses::validate(&m)?;
+            Ok(m)
+        }
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::invalid_request(
             "the request body must be a JSON object",
@@ -47,13 +53,15 @@ pub enum Rendered {
     Sse(Vec<Bytes>),
 }
 
-/// Renders a stored answer as this API's response, with a fresh id and timestamp.
+/// Renders a stored answer as this API's response, with a fresh id and timestamp. `request` is
+/// the client's body, for the APIs whose answers echo its parameters (Responses).
 pub fn render_hit(
     api: ApiKind,
     resp: &CachedResponse,
     stream: bool,
     include_usage: bool,
     model_requested: &str,
+    request: &Map<String, Value>,
 ) -> Rendered {
     let model = Some(model_requested);
     match (api, stream) {
@@ -93,6 +101,20 @@ pub fn render_hit(
             &anthropic::new_message_id(),
             model,
         )),
+        (ApiKind::Responses, false) => Rendered::Json(responses::render_responses_json(
+            resp,
+            &responses::new_response_id(),
+            render::unix_now(),
+            model_requested,
+            request,
+        )),
+        (ApiKind::Responses, true) => Rendered::Sse(responses::render_responses_sse(
+            resp,
+            &responses::new_response_id(),
+            render::unix_now(),
+            model_requested,
+            request,
+        )),
     }
 }
 
@@ -111,6 +133,7 @@ pub fn collect_json(
         ApiKind::Chat => collect::collect_chat_json(body, provider),
         ApiKind::Completions => collect::collect_completion_json(body, provider),
         ApiKind::Messages => anthropic::collect_messages_json(body, provider),
+        ApiKind::Responses => responses::collect_responses_json(body, provider),
     }
 }
 
@@ -119,6 +142,7 @@ pub enum StreamCollector {
     Chat(ChatStreamCollector),
     Completions(CompletionStreamCollector),
     Messages(MessagesStreamCollector),
+    Responses(ResponsesStreamCollector),
 }
 
 impl StreamCollector {
@@ -133,6 +157,9 @@ impl StreamCollector {
             ApiKind::Messages => {
                 StreamCollector::Messages(MessagesStreamCollector::with_limit(provider, max))
             }
+            ApiKind::Responses => {
+                StreamCollector::Responses(ResponsesStreamCollector::with_limit(provider, max))
+            }
         }
     }
 
@@ -142,6 +169,7 @@ impl StreamCollector {
             StreamCollector::Chat(c) => c.failed(),
             StreamCollector::Completions(c) => c.failed(),
             StreamCollector::Messages(c) => c.failed(),
+            StreamCollector::Responses(c) => c.failed(),
         }
     }
 
@@ -150,6 +178,7 @@ impl StreamCollector {
             StreamCollector::Chat(c) => c.push_event_data(data),
             StreamCollector::Completions(c) => c.push_event_data(data),
             StreamCollector::Messages(c) => c.push_event_data(data),
+            StreamCollector::Responses(c) => c.push_event_data(data),
         }
     }
 
@@ -158,6 +187,7 @@ impl StreamCollector {
             StreamCollector::Chat(c) => c.finish(),
             StreamCollector::Completions(c) => c.finish(),
             StreamCollector::Messages(c) => c.finish(),
+            StreamCollector::Responses(c) => c.finish(),
         }
     }
 }
@@ -195,6 +225,8 @@ pub struct StreamTee {
     finished: bool,
     /// The stream broke the event cap (the provider normally cuts it first).
     overflow: Option<SseOverflow>,
+    /// Events seen: the `sequence_number` of a Responses error event deja appends.
+    events: u64,
 }
 
 impl StreamTee {
@@ -214,6 +246,7 @@ impl StreamTee {
             closed: false,
             finished: false,
             overflow: None,
+            events: 0,
         }
     }
 
@@ -224,6 +257,7 @@ impl StreamTee {
         let mut events = Vec::new();
         let result = self.parser.feed_into(&chunk, &mut events);
         for ev in &events {
+            self.events += 1;
             if !self.closed {
                 self.closed = closes(self.api, ev);
             }
@@ -327,6 +361,7 @@ impl StreamTee {
                 };
                 sse::anthropic_error_event(&message, kind)
             }
+            ApiKind::Responses => sse::responses_error_event(&message, code, self.events),
         }
     }
 }
@@ -365,6 +400,18 @@ fn closes(api: ApiKind, ev: &SseEvent) -> bool {
                 parse().is_some_and(|f| matches!(f.kind.as_deref(), Some("message_stop" | "error")))
             }
         },
+        ApiKind::Responses => {
+            let terminal = |t: &str| {
+                matches!(
+                    t,
+                    "response.completed" | "response.incomplete" | "response.failed" | "error"
+                )
+            };
+            match ev.event.as_deref() {
+                Some(name) => terminal(name),
+                None => parse().and_then(|f| f.kind).is_some_and(|k| terminal(&k)),
+            }
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ApiKind {
     Completions,
     /// Anthropic `POST /v1/messages`.
     Messages,
+    /// OpenAI `POST /v1/responses` (the Responses API).
+    Responses,
 }
 
 impl ApiKind {
@@ -26,6 +28,16 @@ impl ApiKind {
             ApiKind::Chat => "chat",
             ApiKind::Completions => "completions",
             ApiKind::Messages => "messages",
+            ApiKind::Responses => "responses",
+        }
+    }
+
+    /// The name the cache scope is keyed on. A Responses request is keyed on its chat form
+    /// (`api::responses::to_chat`), so it shares scopes, and answers, with chat.
+    pub fn scope_name(&self) -> &'static str {
+        match self {
+            ApiKind::Responses => ApiKind::Chat.as_str(),
+            other => other.as_str(),
         }
     }
 
@@ -35,6 +47,7 @@ impl ApiKind {
             ApiKind::Chat => "/chat/completions",
             ApiKind::Completions => "/completions",
             ApiKind::Messages => "/messages",
+            ApiKind::Responses => "/responses",
         }
     }
 

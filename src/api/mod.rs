@@ -8,6 +8,8 @@
 //! - [`parse`]: body bytes → [`openai::ChatCompletionRequest`] / [`openai::CompletionRequest`] /
 //!   [`anthropic::MessagesRequest`], or an [`ApiError`] naming the field (`messages[2].role`).
 //! - [`openai`], [`anthropic`]: lossless wire types (unknown fields kept in `extra`).
+//! - [`responses`]: the Responses API: validation, its chat form (the cache's key and the
+//!   translators' input), rendering and collecting.
 //! - [`render`] (and `anthropic::render_*`): a cache hit → JSON body or SSE replay events.
 //! - [`sse`]: SSE framing, and the incremental decoder a miss's upstream stream is teed through.
 //! - [`collect`] (and `anthropic::collect_*`): upstream answer → `CachedResponse` or the
@@ -29,6 +31,7 @@ pub mod kind;
 pub mod openai;
 pub mod parse;
 pub mod render;
+pub mod responses;
 pub mod sse;
 pub mod text;
 

@@ -7,6 +7,7 @@ use super::anthropic::MessagesRequest;
 use super::error::ApiError;
 use super::openai::{ChatCompletionRequest, CompletionRequest, Role};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Parse a JSON body into `T`, mapping serde errors to OpenAI-style 400s.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -46,6 +47,7 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, ApiError> 
             Some("max_tokens".into()),
         ));
     }
+    require_schemas(req.tools.as_deref(), "/input_schema", "input_schema")?;
     Ok(req)
 }
 
@@ -67,6 +69,28 @@ pub fn validate_chat(req: &ChatCompletionRequest) -> Result<(), ApiError> {
         }
         if m.role == Role::Tool && m.tool_call_id.is_none() {
             return Err(missing(format!("messages[{i}].tool_call_id")));
+        }
+    }
+    require_schemas(
+        req.tools.as_deref(),
+        "/function/parameters",
+        "function.parameters",
+    )
+}
+
+/// Each tool's JSON schema (at `pointer`), when it has one, must be an object: a 400 naming
+/// `tools[i].<name>` otherwise, before any upstream sees it.
+fn require_schemas(tools: Option<&[Value]>, pointer: &str, name: &str) -> Result<(), ApiError> {
+    for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
+        match tool.pointer(pointer) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => {
+                let param = format!("tools[{i}].{name}");
+                return Err(ApiError::InvalidRequest {
+                    message: format!("Invalid '{param}': expected a JSON schema object."),
+                    param: Some(param),
+                });
+            }
         }
     }
     Ok(())
@@ -275,6 +299,25 @@ mod tests {
             parse_chat_request(b"[1,2]"),
             Err(ApiError::InvalidRequest { param: None, .. })
         ));
+    }
+
+    #[test]
+    fn issue15_a_tool_schema_that_is_not_an_object_names_the_field() {
+        let (msg, param) = err_of(
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[
+                {"type":"function","function":{"name":"f","parameters":{"type":"object"}}},
+                {"type":"function","function":{"name":"g","parameters":"nope"}}]}"#,
+        );
+        assert_eq!(param.as_deref(), Some("tools[1].function.parameters"));
+        assert!(msg.contains("JSON schema object"), "{msg}");
+        let e = parse_messages_request(
+            br#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"a"}],
+                "tools":[{"name":"f","input_schema":[1]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidRequest { param: Some(p), .. } if p == "tools[0].input_schema")
+        );
     }
 
     #[test]

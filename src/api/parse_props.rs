@@ -170,7 +170,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-const APIS: [ApiKind; 3] = [ApiKind::Chat, ApiKind::Completions, ApiKind::Messages];
+const APIS: [ApiKind; 4] = [
+    ApiKind::Chat,
+    ApiKind::Completions,
+    ApiKind::Messages,
+    ApiKind::Responses,
+];
 
 /// Checks one rejection: a 400; for an object body an `InvalidRequest` names its field, and
 /// that field's top-level key is one the body has or one the API requires.
@@ -283,6 +288,7 @@ proptest! {
                 ApiKind::Chat => CanonicalRequest::from_chat(m),
                 ApiKind::Completions => CanonicalRequest::from_completions(m),
                 ApiKind::Messages => CanonicalRequest::from_messages(m),
+                ApiKind::Responses => CanonicalRequest::from_responses(m),
             };
             let c = build(&map);
             if let Ok(p) = &c.prompt {

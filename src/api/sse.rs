@@ -48,6 +48,17 @@ pub fn anthropic_error_event(message: &str, kind: &str) -> Bytes {
     )
 }
 
+/// The Responses API's in-stream error, `event: error` with
+/// `{"type":"error","code","message","param","sequence_number"}`: the openai SDK yields it as
+/// an event, and `get_final_response()` fails for want of `response.completed`.
+pub fn responses_error_event(message: &str, code: &str, sequence_number: u64) -> Bytes {
+    named_event(
+        "error",
+        &serde_json::json!({"type": "error", "code": code, "message": message, "param": null,
+                            "sequence_number": sequence_number}),
+    )
+}
+
 /// Decoding is [`crate::providers::sse::SseParser`]'s: one decoder for the tee, the stream
 /// translator and the tests.
 pub use crate::providers::sse::{SseEvent, SseParser};

@@ -155,7 +155,7 @@ pub fn scope_id(tenant: &str, request: &CanonicalRequest) -> ScopeId {
     let mut material = Vec::with_capacity(tenant.len() + request.scope_material.len() + 16);
     material.extend_from_slice(tenant.as_bytes());
     material.push(0);
-    material.extend_from_slice(request.api.as_str().as_bytes());
+    material.extend_from_slice(request.api.scope_name().as_bytes());
     material.push(0);
     material.extend_from_slice(&request.scope_material);
     ScopeId::from_bytes(&material)

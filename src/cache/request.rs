@@ -53,6 +53,7 @@ impl CacheRequest {
             ApiKind::Chat => CanonicalRequest::from_chat(&body),
             ApiKind::Completions => CanonicalRequest::from_completions(&body),
             ApiKind::Messages => CanonicalRequest::from_messages(&body),
+            ApiKind::Responses => CanonicalRequest::from_responses(&body),
         };
         let tenant = policy::tenant(&config, key.as_deref(), &controls)?;
         Ok(CacheRequest {

@@ -176,6 +176,8 @@ pub enum ProviderKind {
     OpenAi,
     Azure,
     Anthropic,
+    /// Google Gemini's OpenAI-compatible endpoint.
+    Gemini,
 }
 
 #[derive(Debug, Clone, PartialEq)]

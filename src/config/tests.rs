@@ -466,3 +466,22 @@ keys = ["sha256:00"]
     // A key pasted by mistake is never echoed back.
     assert!(!err.to_string().contains("sk-live-secret"), "{err}");
 }
+
+#[test]
+fn issue15_gemini_is_a_provider_kind() {
+    let text = r#"
+[[providers]]
+name = "g"
+kind = "gemini"
+base_url = "https://generativelanguage.googleapis.com/v1beta/openai"
+api_key_env = "GEMINI_API_KEY"
+[[routes]]
+model = "gemini-*"
+providers = ["g"]
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(c.providers[0].kind, ProviderKind::Gemini);
+    let err = parse(&text.replace("\"gemini\"", "\"gemini-pro\"")).unwrap_err();
+    assert_eq!(err.issues()[0].path, "providers[0].kind");
+    assert!(err.to_string().contains("gemini"), "{err}");
+}

@@ -379,10 +379,11 @@ fn provider(
         "openai" => ProviderKind::OpenAi,
         "azure" => ProviderKind::Azure,
         "anthropic" => ProviderKind::Anthropic,
+        "gemini" => ProviderKind::Gemini,
         other => {
             is.push(
                 path("kind"),
-                format!("'{other}' is not one of: openai, azure, anthropic"),
+                format!("'{other}' is not one of: openai, azure, anthropic, gemini"),
             );
             ProviderKind::OpenAi
         }

@@ -115,6 +115,10 @@ pub fn estimate_usage(api: ApiKind, request: &Map<String, Value>, completion: &s
             }
             prompt += 3;
         }
+        ApiKind::Responses => {
+            let chat = crate::api::responses::to_chat(request).unwrap_or_default();
+            prompt = estimate_usage(ApiKind::Chat, &chat, "").prompt_tokens;
+        }
     }
     Usage {
         prompt_tokens: prompt,

@@ -182,7 +182,7 @@ impl Provider {
     ) -> Result<reqwest::Url, ProviderError> {
         let bad = |detail: String| self.error(ProviderErrorKind::Protocol).with_detail(detail);
         let text = match self.settings.kind {
-            ProviderKind::OpenAi => match prepared.upstream {
+            ProviderKind::OpenAi | ProviderKind::Gemini => match prepared.upstream {
                 _ if prepared.translation.is_none() => format!("{}{}", self.base, req.path),
                 Some(ApiKind::Completions) => format!("{}/completions", self.base),
                 _ => format!("{}/chat/completions", self.base),
@@ -246,7 +246,9 @@ impl Provider {
             let foreign = prepared.translation.is_some()
                 && match kind {
                     ProviderKind::Anthropic => n.starts_with("openai-"),
-                    ProviderKind::OpenAi | ProviderKind::Azure => n.starts_with("anthropic-"),
+                    ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Gemini => {
+                        n.starts_with("anthropic-")
+                    }
                 };
             if !NEVER_FORWARD.contains(&n) && !foreign {
                 headers.append(name.clone(), value.clone());
@@ -260,7 +262,9 @@ impl Provider {
         }
         if let Some(key) = key {
             let (name, value) = match kind {
-                ProviderKind::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
+                ProviderKind::OpenAi | ProviderKind::Gemini => {
+                    (AUTHORIZATION, format!("Bearer {key}"))
+                }
                 ProviderKind::Azure => (HeaderName::from_static("api-key"), key),
                 ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key),
             };
@@ -546,7 +550,7 @@ impl ApiPrefix {
     fn of(base: &reqwest::Url, kind: ProviderKind) -> ApiPrefix {
         let mut path = base.path().trim_end_matches('/').to_string();
         path.push_str(match kind {
-            ProviderKind::OpenAi => "",
+            ProviderKind::OpenAi | ProviderKind::Gemini => "",
             ProviderKind::Azure => "/openai",
             ProviderKind::Anthropic => "/v1",
         });

@@ -41,6 +41,12 @@ pub enum ProviderKind {
     /// Anthropic: `POST {base_url}/v1/messages` with `x-api-key: <key>` and
     /// `anthropic-version: V`.
     Anthropic,
+    /// Google Gemini through its OpenAI-compatible endpoint
+    /// (`https://generativelanguage.googleapis.com/v1beta/openai`): `POST
+    /// {base_url}/chat/completions` with `Authorization: Bearer <Gemini API key>`. It speaks chat
+    /// completions only: Messages and Responses requests are translated, legacy completions
+    /// refused.
+    Gemini,
 }
 
 impl ProviderKind {
@@ -49,6 +55,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Azure => "azure",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
         }
     }
 }
@@ -142,6 +149,12 @@ impl ProviderSettings {
         ProviderSettings::new(name, ProviderKind::Azure, base_url)
     }
 
+    /// Gemini's OpenAI-compatible endpoint
+    /// (`https://generativelanguage.googleapis.com/v1beta/openai`) with defaults.
+    pub fn gemini(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
+        ProviderSettings::new(name, ProviderKind::Gemini, base_url)
+    }
+
     /// Anthropic (`https://api.anthropic.com`) with defaults.
     pub fn anthropic(name: impl Into<String>, base_url: impl Into<String>) -> ProviderSettings {
         ProviderSettings::new(name, ProviderKind::Anthropic, base_url)
@@ -151,7 +164,7 @@ impl ProviderSettings {
     /// for OpenAI, which has no version parameter.
     pub fn effective_api_version(&self) -> Option<&str> {
         match self.kind {
-            ProviderKind::OpenAi => None,
+            ProviderKind::OpenAi | ProviderKind::Gemini => None,
             ProviderKind::Azure => Some(
                 self.api_version
                     .as_deref()
@@ -202,6 +215,7 @@ impl From<&crate::config::ProviderConfig> for ProviderSettings {
             Cfg::OpenAi => ProviderKind::OpenAi,
             Cfg::Azure => ProviderKind::Azure,
             Cfg::Anthropic => ProviderKind::Anthropic,
+            Cfg::Gemini => ProviderKind::Gemini,
         };
         ProviderSettings {
             name: p.name.clone(),

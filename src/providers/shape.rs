@@ -1,7 +1,8 @@
 //! The least a 2xx answer must be for deja to relay it as a success on an endpoint it
 //! understands: valid JSON of the endpoint's documented shape (a chat completion has a
 //! `choices` array of objects with a `message` object, a legacy completion a `choices` array of
-//! objects, an Anthropic message a `content` array of objects). Anything else is an upstream
+//! objects, an Anthropic message a `content` array of objects, a Responses
+//! answer an `output` array of objects). Anything else is an upstream
 //! bug that the client's SDK would fail on with a confusing parse error, or worse, accept as an
 //! empty answer; the provider reports it as [`ProviderErrorKind::BadResponse`] instead. The
 //! check skips every other field without building it, so it allocates next to nothing.
@@ -41,6 +42,12 @@ struct Message {
     content: Vec<Object>,
 }
 
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Response {
+    output: Vec<Object>,
+}
+
 /// Checks a 2xx body in `api` (the API the upstream was asked to speak). `Err` carries the kind
 /// for clients and the parser's message for logs. Pass-through bodies (`None`) are not checked.
 pub(crate) fn check(api: Option<ApiKind>, body: &[u8]) -> Result<(), (ProviderErrorKind, String)> {
@@ -59,6 +66,10 @@ pub(crate) fn check(api: Option<ApiKind>, body: &[u8]) -> Result<(), (ProviderEr
         ApiKind::Messages => (
             "a message",
             serde_json::from_slice::<Message>(body).map(drop),
+        ),
+        ApiKind::Responses => (
+            "a response",
+            serde_json::from_slice::<Response>(body).map(drop),
         ),
     };
     result.map_err(|e| {

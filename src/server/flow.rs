@@ -26,7 +26,8 @@ use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, DejaHeaders};
 use crate::server::state::AppState;
 
-/// Entry point for `POST /v1/chat/completions`, `/v1/completions` and `/v1/messages`.
+/// Entry point for `POST /v1/chat/completions`, `/v1/completions`, `/v1/messages` and
+/// `/v1/responses`.
 pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     match run(&state, api, &headers, body, started).await {
@@ -101,6 +102,7 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         req.canonical.stream,
         req.canonical.include_usage,
         req.model(),
+        &req.body,
     );
     let elapsed = req.started.elapsed();
     m.requests

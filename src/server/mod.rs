@@ -191,6 +191,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -247,6 +248,10 @@ async fn completions(State(s): State<AppState>, h: HeaderMap, body: Body) -> Res
 
 async fn messages(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
     cached(s, ApiKind::Messages, h, body).await
+}
+
+async fn responses(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
+    cached(s, ApiKind::Responses, h, body).await
 }
 
 async fn healthz() -> &'static str {

@@ -1,6 +1,7 @@
 //! An in-process upstream for integration tests: an axum server on `127.0.0.1:0` that speaks
 //! the real wire formats of three vendors on one port: OpenAI (chat completions and legacy
-//! completions, JSON and SSE, `GET /v1/models`, OpenAI-shaped errors), Azure OpenAI
+//! completions, JSON and SSE, the Responses API's `response` object and events,
+//! `GET /v1/models`, OpenAI-shaped errors), Azure OpenAI
 //! (`/openai/deployments/{dep}/chat/completions?api-version=…` with `api-key`) and Anthropic
 //! (`POST /v1/messages` with `x-api-key` and `anthropic-version`, its JSON, events and error
 //! shape). It counts and records every call, and can be told to be slow, fail, rate limit, cut
@@ -32,6 +33,7 @@ use std::time::Duration;
 mod anthropic;
 mod azure;
 mod openai;
+mod responses;
 use openai::openai_completion;
 
 /// Custom reply text from the request body.
@@ -61,6 +63,44 @@ pub enum Fault {
     NoTerminator,
 }
 
+/// The arguments of the tool calls [`MockUpstreamBuilder::call_offered_tools`] makes.
+pub const OFFERED_TOOL_ARGUMENTS: &str = r#"{"city": "Paris", "unit": "celsius", "days": 3}"#;
+
+/// The tool call one request gets, if any: none once the conversation ends with a tool result
+/// (chat `role: tool`, an Anthropic `tool_result` block, a Responses `function_call_output`).
+fn tool_call_for(b: &Behaviour, body: &Value) -> Option<(String, String)> {
+    let last_message = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last());
+    let ends_with_result = last_message.is_some_and(|m| {
+        m.get("role").and_then(Value::as_str) == Some("tool")
+            || m.get("content").and_then(Value::as_array).is_some_and(|c| {
+                c.iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            })
+    }) || body
+        .get("input")
+        .and_then(Value::as_array)
+        .and_then(|i| i.last())
+        .is_some_and(|i| i.get("type").and_then(Value::as_str) == Some("function_call_output"));
+    if ends_with_result {
+        return None;
+    }
+    if let Some(call) = &b.tool_call {
+        return Some(call.clone());
+    }
+    if !b.call_offered_tools {
+        return None;
+    }
+    let tool = body.get("tools").and_then(Value::as_array)?.first()?;
+    let name = tool
+        .pointer("/function/name")
+        .or_else(|| tool.get("name"))
+        .and_then(Value::as_str)?;
+    Some((name.to_string(), OFFERED_TOOL_ARGUMENTS.to_string()))
+}
+
 /// Models listed by `GET /v1/models` unless overridden.
 pub const DEFAULT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct"];
 
@@ -76,6 +116,7 @@ struct Behaviour {
     stream_error_after: Option<usize>,
     reply: Option<ReplyFn>,
     tool_call: Option<(String, String)>,
+    call_offered_tools: bool,
     models: Vec<String>,
     fault: Option<Fault>,
 }
@@ -93,6 +134,7 @@ impl Default for Behaviour {
             stream_error_after: None,
             reply: None,
             tool_call: None,
+            call_offered_tools: false,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             fault: None,
         }
@@ -231,6 +273,14 @@ impl MockUpstreamBuilder {
     /// Reply text computed from the request body instead of the default.
     pub fn reply_with(mut self, f: impl Fn(&Value) -> String + Send + Sync + 'static) -> Self {
         self.behaviour.reply = Some(Arc::new(f));
+        self
+    }
+
+    /// A request that offers tools is answered with a call of its first tool, with
+    /// [`OFFERED_TOOL_ARGUMENTS`] (streamed in 8-character pieces), until the conversation ends
+    /// with the tool's result: that is answered with text. Any vendor.
+    pub fn call_offered_tools(mut self) -> Self {
+        self.behaviour.call_offered_tools = true;
         self
     }
 
@@ -503,7 +553,10 @@ async fn handle(
 }
 
 fn is_completion(path: &str) -> bool {
-    path.ends_with("/chat/completions") || path.ends_with("/completions") || path == "/v1/messages"
+    path.ends_with("/chat/completions")
+        || path.ends_with("/completions")
+        || path == "/v1/messages"
+        || path == "/v1/responses"
 }
 
 /// `prefix`, then `x` in 16 KiB chunks `delay` apart until `total` bytes went out; then the
@@ -678,6 +731,9 @@ fn plan(
         };
         let chat = route.1 == "/v1/chat/completions";
         return openai_completion(b, call, body, model, chat, headers);
+    }
+    if route == ("POST", "/v1/responses") {
+        return responses::plan(b, call, body, headers);
     }
     if route == ("GET", "/v1/models") {
         let data: Vec<Value> = b

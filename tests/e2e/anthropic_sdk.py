@@ -117,6 +117,36 @@ def test_messages_translated_to_openai_provider():
     assert streamed
 
 
+def test_tool_round_trip_routed_to_an_openai_provider():
+    import json
+
+    tools = [{"name": "get_weather", "description": "Weather by city",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    raw = claude.messages.with_raw_response.create(model="gpt-4o-mini", max_tokens=256, tools=tools,
+                                                   messages=question)
+    assert raw.headers["x-deja-provider"] == "openai-mock", raw.headers
+    m = raw.parse()
+    assert m.stop_reason == "tool_use", m
+    use = [b for b in m.content if b.type == "tool_use"][0]
+    assert use.name == "get_weather" and use.input == {"city": "Paris", "unit": "celsius", "days": 3}, use
+    # Streamed: the SDK accumulates the input_json_delta pieces into the same input.
+    with claude.messages.stream(model="gpt-4o-mini", max_tokens=256, tools=tools,
+                                messages=[{"role": "user", "content": "Weather in Paris, streamed?"}]) as stream:
+        pieces = [e for e in stream if e.type == "input_json"]
+        final = stream.get_final_message()
+    streamed = [b for b in final.content if b.type == "tool_use"][0]
+    assert len(pieces) > 1 and streamed.input == use.input, (pieces, streamed)
+    follow = question + [
+        {"role": "assistant", "content": [b.model_dump() for b in m.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 C, sunny"}]},
+    ]
+    answer = claude.messages.create(model="gpt-4o-mini", max_tokens=256, tools=tools, messages=follow)
+    assert answer.stop_reason == "end_turn", answer
+    assert text_of(answer).startswith("Answer #"), answer
+    assert json.dumps(use.input)
+
+
 def test_bad_request_is_anthropic_shaped():
     try:
         claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=10, messages=[])

@@ -15,9 +15,11 @@
 //! - [`request`]: OpenAI chat ⇄ Anthropic Messages request bodies.
 //! - [`response`]: answer bodies both ways, finish reasons, usage, ids, error bodies.
 //! - [`stream`]: SSE stream translators and the [`ByteStream`] adapter that drives them.
+//! - [`responses`]: the Responses API through chat completions (and through chat to Anthropic).
 
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 
 use crate::api::anthropic::MessagesRequest;
@@ -26,6 +28,7 @@ use crate::api::ApiKind;
 use crate::providers::settings::ProviderKind;
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 pub use request::{chat_to_messages, messages_to_chat, DEFAULT_MAX_TOKENS};
 pub use response::{
@@ -68,6 +71,14 @@ pub fn upstream_api(
     };
     match (kind, inbound) {
         (ProviderKind::OpenAi | ProviderKind::Azure, ApiKind::Messages) => Ok(Some(ApiKind::Chat)),
+        (ProviderKind::Azure, ApiKind::Responses) => Ok(Some(ApiKind::Chat)),
+        (ProviderKind::Anthropic, ApiKind::Responses) => Ok(Some(ApiKind::Messages)),
+        (ProviderKind::Gemini, ApiKind::Completions) => Err(TranslateError::Untranslatable(
+            "the legacy completions API (`/v1/completions`) cannot be served by a Gemini \
+             provider; use `/v1/chat/completions`"
+                .to_string(),
+        )),
+        (ProviderKind::Gemini, _) => Ok(Some(ApiKind::Chat)),
         (ProviderKind::OpenAi | ProviderKind::Azure, api) => Ok(Some(api)),
         (ProviderKind::Anthropic, ApiKind::Chat | ApiKind::Messages) => Ok(Some(ApiKind::Messages)),
         (ProviderKind::Anthropic, ApiKind::Completions) => Err(TranslateError::Untranslatable(
@@ -84,6 +95,7 @@ fn api_name(api: Option<ApiKind>) -> &'static str {
         Some(ApiKind::Chat) => "openai_chat",
         Some(ApiKind::Completions) => "openai_completions",
         Some(ApiKind::Messages) => "anthropic_messages",
+        Some(ApiKind::Responses) => "openai_responses",
         None => "passthrough",
     }
 }
@@ -97,6 +109,8 @@ pub struct Translation {
     pub upstream: ApiKind,
     /// OpenAI inbound stream: the client asked for the final usage chunk.
     pub include_usage: bool,
+    /// A Responses request's body, whose parameters its `response` objects echo.
+    pub request: Option<Map<String, Value>>,
 }
 
 /// The request body for a provider of `kind`: `None` when it takes `body` as is, else the
@@ -118,6 +132,7 @@ pub fn translate_request(
                 inbound,
                 upstream,
                 include_usage: req.include_usage(),
+                request: None,
             };
             Ok(Some((to_bytes(&out)?, translation)))
         }
@@ -128,8 +143,34 @@ pub fn translate_request(
                 inbound,
                 upstream,
                 include_usage: false,
+                request: None,
             };
             Ok(Some((to_bytes(&out)?, translation)))
+        }
+        (
+            Some(inbound @ ApiKind::Responses),
+            Some(upstream @ (ApiKind::Chat | ApiKind::Messages)),
+        ) => {
+            let request: Map<String, Value> = parse_request(body, "Responses")?;
+            let chat = responses::responses_to_chat(&request)?;
+            let out = match upstream {
+                ApiKind::Messages => {
+                    let req: ChatCompletionRequest = serde_json::from_value(chat).map_err(|e| {
+                        TranslateError::Untranslatable(format!(
+                            "the request has no chat-completions form: {e}"
+                        ))
+                    })?;
+                    to_bytes(&chat_to_messages(&req)?)?
+                }
+                _ => to_bytes(&chat)?,
+            };
+            let translation = Translation {
+                inbound,
+                upstream,
+                include_usage: true,
+                request: Some(request),
+            };
+            Ok(Some((out, translation)))
         }
         _ => Err(TranslateError::Untranslatable(format!(
             "no translation from {} to {}",
@@ -143,7 +184,13 @@ impl Translation {
     /// A buffered answer (a 2xx body, or an error body of any status) in the inbound API.
     pub fn response_json(&self, status: u16, body: &[u8]) -> Result<Bytes, TranslateError> {
         let success = (200..300).contains(&status);
+        let empty = Map::new();
+        let request = self.request.as_ref().unwrap_or(&empty);
         match (self.inbound, success) {
+            (ApiKind::Responses, true) if self.upstream == ApiKind::Messages => {
+                responses::chat_json_to_responses(&messages_json_to_chat(body)?, request)
+            }
+            (ApiKind::Responses, true) => responses::chat_json_to_responses(body, request),
             (ApiKind::Chat, true) => messages_json_to_chat(body),
             (ApiKind::Messages, true) => chat_json_to_messages(body),
             (ApiKind::Messages, false) => Ok(error_to_anthropic(status, body)),
@@ -158,6 +205,17 @@ impl Translation {
     /// The stream translator from the upstream's events into the inbound API's.
     pub fn stream_translator(&self) -> Box<dyn StreamTranslate> {
         match self.inbound {
+            ApiKind::Responses => {
+                let request = self.request.clone().unwrap_or_default();
+                let to_responses = Box::new(responses::ChatToResponsesStream::new(request));
+                match self.upstream {
+                    ApiKind::Messages => Box::new(responses::Chained::new(
+                        Box::new(MessagesToChatStream::new(true)),
+                        to_responses,
+                    )),
+                    _ => to_responses,
+                }
+            }
             ApiKind::Messages => Box::new(ChatToMessagesStream::new()),
             _ => Box::new(MessagesToChatStream::new(self.include_usage)),
         }

@@ -11,6 +11,11 @@
 //!   prompt); each becomes one text block of `system`, so several are kept apart, not joined.
 //! - A conversation ending with an assistant message is refused both ways: Anthropic continues
 //!   such a message (prefill) where OpenAI writes a new one.
+//! - Function tools become Anthropic tools (`parameters` → `input_schema`); `tool_choice`
+//!   `auto`/`none`/`required`/named becomes `auto`/`none`/`any`/`tool`, and
+//!   `parallel_tool_calls: false` becomes `disable_parallel_tool_use`. An assistant's
+//!   `tool_calls` become `tool_use` blocks (the JSON-string arguments parsed into `input`, which
+//!   must be an object), and `role: tool` messages become `tool_result` blocks of a user turn.
 
 use super::TranslateError;
 use crate::api::anthropic::{
@@ -57,6 +62,14 @@ fn harmless_message_extra(key: &str, value: &Value) -> bool {
 pub fn chat_to_messages(req: &ChatCompletionRequest) -> Result<MessagesRequest, TranslateError> {
     check_chat_params(req)?;
     let (system, messages) = chat_messages(&req.messages)?;
+    let tools = match req.tools.as_deref() {
+        Some(list) if !list.is_empty() => Some(tools_to_anthropic(list)?),
+        _ => None,
+    };
+    let tool_choice = match tools {
+        Some(_) => tool_choice_to_anthropic(req.tool_choice.as_ref(), req.parallel_tool_calls)?,
+        None => None,
+    };
     if let Some(t) = req.temperature {
         if t > 1.0 {
             return refuse(format!(
@@ -88,8 +101,8 @@ pub fn chat_to_messages(req: &ChatCompletionRequest) -> Result<MessagesRequest, 
         top_k: None,
         stop_sequences,
         stream: req.stream,
-        tools: None,
-        tool_choice: None,
+        tools,
+        tool_choice,
         metadata: user.map(|u| json!({ "user_id": u })),
         extra: Map::new(),
     })
@@ -118,14 +131,9 @@ fn check_chat_params(req: &ChatCompletionRequest) -> Result<(), TranslateError> 
             return no_equivalent(name, ANTHROPIC);
         }
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse(format!(
-            "`tools` are not translated to the {ANTHROPIC} API by deja; route tool calls to an \
-             OpenAI-compatible provider"
-        ));
-    }
+    let has_tools = req.tools.as_ref().is_some_and(|t| !t.is_empty());
     if let Some(choice) = &req.tool_choice {
-        if !matches!(choice.as_str(), Some("none" | "auto")) && !choice.is_null() {
+        if !has_tools && !matches!(choice.as_str(), Some("none" | "auto")) && !choice.is_null() {
             return no_equivalent("tool_choice", ANTHROPIC);
         }
     }
@@ -219,12 +227,44 @@ fn chat_messages(
                 });
             }
             Role::Assistant => {
-                if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-                    || m.function_call.as_ref().is_some_and(|f| !f.is_null())
-                {
+                if m.function_call.as_ref().is_some_and(|f| !f.is_null()) {
                     return refuse(at(&format!(
-                        "tool calls are not translated to the {ANTHROPIC} API by deja"
+                        "the legacy `function_call` has no equivalent in the {ANTHROPIC} API; \
+                         use `tool_calls`"
                     )));
+                }
+                let calls = m.tool_calls.as_deref().unwrap_or_default();
+                if !calls.is_empty() {
+                    let mut blocks = Vec::with_capacity(calls.len() + 1);
+                    match &m.content {
+                        Some(MessageContent::Text(s)) if !s.is_empty() => {
+                            blocks.push(text_block(s))
+                        }
+                        Some(MessageContent::Parts(parts)) => {
+                            for p in parts {
+                                match p {
+                                    ContentPart::Text { text, .. } => blocks.push(text_block(text)),
+                                    _ => {
+                                        return refuse(at(
+                                            "an assistant message may only hold text",
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    for (j, call) in calls.iter().enumerate() {
+                        blocks.push(tool_use_block(call).map_err(|e| {
+                            TranslateError::Untranslatable(at(&format!("tool_calls[{j}]: {e}")))
+                        })?);
+                    }
+                    out.push(AMessage {
+                        role: ARole::Assistant,
+                        content: AContent::Blocks(blocks),
+                        extra: Map::new(),
+                    });
+                    continue;
                 }
                 let content = match &m.content {
                     Some(MessageContent::Text(s)) => AContent::Text(s.clone()),
@@ -246,10 +286,42 @@ fn chat_messages(
                     extra: Map::new(),
                 });
             }
-            Role::Tool | Role::Function => {
+            Role::Tool => {
+                let text = match &m.content {
+                    Some(c) => c.text().ok_or_else(|| {
+                        TranslateError::Untranslatable(at("a tool result may only hold text"))
+                    })?,
+                    None => String::new(),
+                };
+                let mut extra = Map::new();
+                extra.insert("content".into(), Value::String(text));
+                let block = ContentBlock::ToolResult {
+                    tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
+                    extra,
+                };
+                // Parallel calls' results are one user turn, as Anthropic expects them.
+                match out.last_mut() {
+                    Some(AMessage {
+                        role: ARole::User,
+                        content: AContent::Blocks(blocks),
+                        ..
+                    }) if blocks
+                        .iter()
+                        .all(|b| matches!(b, ContentBlock::ToolResult { .. })) =>
+                    {
+                        blocks.push(block)
+                    }
+                    _ => out.push(AMessage {
+                        role: ARole::User,
+                        content: AContent::Blocks(vec![block]),
+                        extra: Map::new(),
+                    }),
+                }
+            }
+            Role::Function => {
                 return refuse(at(&format!(
-                    "{} messages (tool results) are not translated to the {ANTHROPIC} API by deja",
-                    m.role.as_str()
+                    "legacy `function` messages have no equivalent in the {ANTHROPIC} API; use \
+                     `role: tool`"
                 )))
             }
         }
@@ -276,6 +348,89 @@ fn chat_messages(
         )),
     };
     Ok((system, out))
+}
+
+/// An assistant's tool call as a `tool_use` block: its arguments must be a JSON object.
+fn tool_use_block(call: &crate::api::openai::ToolCall) -> Result<ContentBlock, String> {
+    let Some(f) = &call.function else {
+        return Err("only function calls have an equivalent".into());
+    };
+    let input: Value = serde_json::from_str(&f.arguments)
+        .map_err(|e| format!("`function.arguments` is not JSON: {e}"))?;
+    if !input.is_object() {
+        return Err("`function.arguments` must be a JSON object".into());
+    }
+    Ok(ContentBlock::ToolUse {
+        id: call.id.clone(),
+        name: f.name.clone(),
+        input,
+        extra: Map::new(),
+    })
+}
+
+/// OpenAI function tools → Anthropic tools (`parameters` → `input_schema`).
+fn tools_to_anthropic(tools: &[Value]) -> Result<Vec<Value>, TranslateError> {
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let at = |m: &str| refuse::<Vec<Value>>(format!("tools[{i}]: {m}"));
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return at(&format!(
+                "only function tools have an equivalent in the {ANTHROPIC} API"
+            ));
+        }
+        let Some(f) = t.get("function").and_then(Value::as_object) else {
+            return at("`function` is missing");
+        };
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            return at("`function.name` is missing");
+        };
+        if f.get("strict").and_then(Value::as_bool) == Some(true) {
+            return at(&format!(
+                "`function.strict` has no equivalent in the {ANTHROPIC} API"
+            ));
+        }
+        let schema = match f.get("parameters") {
+            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => return at("`function.parameters` must be a JSON schema object"),
+        };
+        let mut tool = json!({"name": name, "input_schema": schema});
+        if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
+            tool["description"] = d.clone();
+        }
+        out.push(tool);
+    }
+    Ok(out)
+}
+
+/// `tool_choice` (and `parallel_tool_calls: false`) in Anthropic's shape.
+fn tool_choice_to_anthropic(
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<Value>, TranslateError> {
+    let mut out = match choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({"type": "auto"})),
+            "none" => Some(json!({"type": "none"})),
+            "required" => Some(json!({"type": "any"})),
+            _ => return no_equivalent("tool_choice", ANTHROPIC),
+        },
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+            match v.pointer("/function/name").and_then(Value::as_str) {
+                Some(name) => Some(json!({"type": "tool", "name": name})),
+                None => return refuse("`tool_choice.function.name` is missing"),
+            }
+        }
+        Some(_) => return no_equivalent("tool_choice", ANTHROPIC),
+    };
+    if parallel == Some(false) {
+        let c = out.get_or_insert_with(|| json!({"type": "auto"}));
+        if c["type"] != "none" {
+            c["disable_parallel_tool_use"] = json!(true);
+        }
+    }
+    Ok(out)
 }
 
 fn prefix(e: TranslateError, i: usize) -> TranslateError {
@@ -362,18 +517,34 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
     if req.top_k.is_some() {
         return no_equivalent("top_k", OPENAI);
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse(format!(
-            "`tools` are not translated to the {OPENAI} API by deja; route tool use to an \
-             Anthropic provider"
-        ));
-    }
-    if let Some(choice) = &req.tool_choice {
-        let kind = choice.get("type").and_then(Value::as_str);
-        if !choice.is_null() && !matches!(kind, Some("auto" | "none")) {
-            return no_equivalent("tool_choice", OPENAI);
+    let tools = match req.tools.as_deref() {
+        Some(list) if !list.is_empty() => Some(tools_to_chat(list)?),
+        _ => None,
+    };
+    let (tool_choice, parallel_tool_calls) = match &req.tool_choice {
+        None => (None, None),
+        Some(c) if c.is_null() => (None, None),
+        Some(choice) => {
+            let parallel = choice
+                .get("disable_parallel_tool_use")
+                .and_then(Value::as_bool)
+                .map(|d| !d);
+            let openai = match choice.get("type").and_then(Value::as_str) {
+                Some("auto") => json!("auto"),
+                Some("none") => json!("none"),
+                Some("any") if tools.is_some() => json!("required"),
+                Some("tool") if tools.is_some() => match choice.get("name") {
+                    Some(Value::String(n)) => json!({"type": "function", "function": {"name": n}}),
+                    _ => return refuse("`tool_choice.name` is missing"),
+                },
+                _ => return no_equivalent("tool_choice", OPENAI),
+            };
+            (
+                tools.as_ref().map(|_| openai),
+                parallel.filter(|_| tools.is_some()),
+            )
         }
-    }
+    };
     for (key, value) in &req.extra {
         let disabled_thinking =
             key == "thinking" && value.get("type").and_then(Value::as_str) == Some("disabled");
@@ -404,6 +575,18 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
             ARole::User => Role::User,
             ARole::Assistant => Role::Assistant,
         };
+        if let AContent::Blocks(blocks) = &m.content {
+            let tooling = |b: &ContentBlock| {
+                matches!(
+                    b,
+                    ContentBlock::ToolUse { .. } | ContentBlock::ToolResult { .. }
+                )
+            };
+            if blocks.iter().any(tooling) {
+                tool_turn(role, blocks, &mut messages).map_err(at)?;
+                continue;
+            }
+        }
         let content = match &m.content {
             AContent::Text(s) => MessageContent::Text(s.clone()),
             AContent::Blocks(blocks) => {
@@ -467,9 +650,9 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
         top_logprobs: None,
         user,
         seed: None,
-        tools: None,
-        tool_choice: None,
-        parallel_tool_calls: None,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
         response_format: None,
         reasoning_effort: None,
         modalities: None,
@@ -481,6 +664,126 @@ pub fn messages_to_chat(req: &MessagesRequest) -> Result<ChatCompletionRequest, 
         web_search_options: None,
         extra: Map::new(),
     })
+}
+
+/// Anthropic tools → OpenAI function tools (`input_schema` → `parameters`).
+fn tools_to_chat(tools: &[Value]) -> Result<Vec<Value>, TranslateError> {
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let at = |m: &str| refuse::<Vec<Value>>(format!("tools[{i}]: {m}"));
+        if t.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|ty| ty != "custom")
+        {
+            return at(&format!(
+                "server tools have no equivalent in the {OPENAI} API"
+            ));
+        }
+        let Some(name) = t.get("name").and_then(Value::as_str) else {
+            return at("`name` is missing");
+        };
+        let mut function = json!({"name": name});
+        match t.get("input_schema") {
+            Some(s @ Value::Object(_)) => function["parameters"] = s.clone(),
+            _ => return at("`input_schema` must be a JSON schema object"),
+        }
+        if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
+            function["description"] = d.clone();
+        }
+        if let Some((k, _)) = t.as_object().and_then(|o| {
+            o.iter().find(|(k, v)| {
+                !v.is_null()
+                    && !matches!(
+                        k.as_str(),
+                        "type" | "name" | "input_schema" | "description" | "cache_control"
+                    )
+            })
+        }) {
+            return at(&format!("`{k}` has no equivalent in the {OPENAI} API"));
+        }
+        out.push(json!({"type": "function", "function": function}));
+    }
+    Ok(out)
+}
+
+/// A turn with `tool_use` blocks (assistant: text and `tool_calls`) or `tool_result` blocks
+/// (user: one `role: tool` message per result, then the turn's other content as a user
+/// message).
+fn tool_turn(
+    role: Role,
+    blocks: &[ContentBlock],
+    out: &mut Vec<ChatMessage>,
+) -> Result<(), String> {
+    let mut text = Vec::new();
+    let mut calls = Vec::new();
+    for b in blocks {
+        match (b, role) {
+            (
+                ContentBlock::ToolUse {
+                    id, name, input, ..
+                },
+                Role::Assistant,
+            ) => {
+                calls.push(crate::api::openai::ToolCall {
+                    id: id.clone(),
+                    kind: "function".to_owned(),
+                    function: Some(crate::api::openai::FunctionCall {
+                        name: name.clone(),
+                        arguments: input.to_string(),
+                        extra: Map::new(),
+                    }),
+                    extra: Map::new(),
+                });
+            }
+            (ContentBlock::ToolResult { tool_use_id, extra }, Role::User) => {
+                if extra.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    return Err(format!(
+                        "`is_error` on a tool result has no equivalent in the {OPENAI} API"
+                    ));
+                }
+                let content = match extra.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => {
+                        let texts: Option<Vec<&str>> = parts
+                            .iter()
+                            .map(|p| {
+                                (p.get("type").and_then(Value::as_str) == Some("text"))
+                                    .then(|| p.get("text").and_then(Value::as_str))
+                                    .flatten()
+                            })
+                            .collect();
+                        texts.ok_or("a tool result may only hold text")?.join("\n")
+                    }
+                    Some(_) => return Err("a tool result's `content` is not text".into()),
+                };
+                let mut m = chat_message(Role::Tool, MessageContent::Text(content));
+                m.tool_call_id = Some(tool_use_id.clone());
+                out.push(m);
+            }
+            (ContentBlock::ToolUse { .. }, _) => return Err("`tool_use` in a user turn".into()),
+            (ContentBlock::ToolResult { .. }, _) => {
+                return Err("`tool_result` in an assistant turn".into())
+            }
+            _ => text.push(ContentPart::Text {
+                text: block_text(b)?,
+                extra: Map::new(),
+            }),
+        }
+    }
+    match role {
+        Role::Assistant => {
+            let mut m = chat_message(role, MessageContent::Parts(text));
+            if matches!(&m.content, Some(MessageContent::Parts(p)) if p.is_empty()) {
+                m.content = None;
+            }
+            m.tool_calls = Some(calls);
+            out.push(m);
+        }
+        _ if !text.is_empty() => out.push(chat_message(role, MessageContent::Parts(text))),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn chat_message(role: Role, content: MessageContent) -> ChatMessage {

@@ -115,9 +115,9 @@ fn output_changing_chat_params_are_refused() {
         (
             with(
                 "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
+                json!([{"type": "custom", "custom": {"name": "f"}}]),
             ),
-            "`tools`",
+            "only function tools",
         ),
         (with("tool_choice", json!("required")), "`tool_choice`"),
         (
@@ -173,9 +173,9 @@ fn untranslatable_messages_are_refused_with_their_index() {
         (
             json!([{"role": "user", "content": "a"},
                    {"role": "assistant", "content": null,
-                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]},
                    {"role": "tool", "tool_call_id": "c", "content": "r"}]),
-            "messages[1]",
+            "messages[1]: tool_calls[0]",
         ),
         (
             json!([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]),
@@ -283,8 +283,11 @@ fn output_changing_messages_params_are_refused() {
     let cases = [
         (with("top_k", json!(5)), "`top_k`"),
         (
-            with("tools", json!([{"name": "f", "input_schema": {}}])),
-            "`tools`",
+            with(
+                "tools",
+                json!([{"type": "web_search_20250305", "name": "web_search"}]),
+            ),
+            "tools[0]: server tools",
         ),
         (with("tool_choice", json!({"type": "any"})), "`tool_choice`"),
         (
@@ -305,9 +308,9 @@ fn output_changing_messages_params_are_refused() {
         (
             with(
                 "messages",
-                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]),
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x", "is_error": true}]}]),
             ),
-            "messages[0]",
+            "messages[0]: `is_error`",
         ),
         (
             with(
@@ -349,4 +352,112 @@ fn chat_request_round_trips_through_messages() {
     let there = chat_to_messages(&chat(original.clone())).unwrap();
     let back = messages_to_chat(&there).unwrap();
     assert_eq!(to_value(&back), original);
+}
+
+#[test]
+fn issue15_tools_calls_and_results_map_onto_anthropic_blocks() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "user", "content": "weather in Paris and Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "rain"}]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}},
+                  {"type": "function", "function": {"name": "now"}}],
+        "tool_choice": "required"
+    }));
+    let out = to_value(&chat_to_messages(&req).unwrap());
+    assert_eq!(
+        out["tools"],
+        json!([{"name": "w", "input_schema": {"type": "object"}},
+               {"name": "now", "input_schema": {"type": "object", "properties": {}}}])
+    );
+    assert_eq!(out["tool_choice"], json!({"type": "any"}));
+    assert_eq!(
+        out["messages"][1],
+        json!({"role": "assistant", "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "c1", "name": "w", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "c2", "name": "w", "input": {"city": "Rome"}}]})
+    );
+    assert_eq!(
+        out["messages"][2],
+        json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "c1", "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": "c2", "content": "rain"}]})
+    );
+    assert_eq!(out["messages"].as_array().unwrap().len(), 3);
+    for (choice, parallel, expected) in [
+        (json!("auto"), None, json!({"type": "auto"})),
+        (json!("none"), Some(false), json!({"type": "none"})),
+        (
+            Value::Null,
+            Some(false),
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (
+            json!({"type": "function", "function": {"name": "w"}}),
+            None,
+            json!({"type": "tool", "name": "w"}),
+        ),
+    ] {
+        let mut r = req.clone();
+        r.tool_choice = (!choice.is_null()).then_some(choice);
+        r.parallel_tool_calls = parallel;
+        assert_eq!(
+            to_value(&chat_to_messages(&r).unwrap())["tool_choice"],
+            expected
+        );
+    }
+}
+
+#[test]
+fn issue15_anthropic_tools_and_blocks_map_onto_chat() {
+    let req = messages(json!({
+        "model": "gpt-4o", "max_tokens": 64,
+        "tools": [{"name": "w", "description": "weather", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "w", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "sunny"}]},
+                {"type": "text", "text": "and tomorrow?"}]}
+        ]
+    }));
+    let out = to_value(&messages_to_chat(&req).unwrap());
+    assert_eq!(
+        out["tools"],
+        json!([{"type": "function", "function": {"name": "w", "description": "weather",
+                                                 "parameters": {"type": "object"}}}])
+    );
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "function", "function": {"name": "w"}})
+    );
+    assert_eq!(out["parallel_tool_calls"], false);
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(
+        m[1],
+        json!({"role": "assistant", "content": [{"type": "text", "text": "Checking."}],
+               "tool_calls": [{"id": "t1", "type": "function",
+                               "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}}]})
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "sunny"})
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "user", "content": [{"type": "text", "text": "and tomorrow?"}]})
+    );
+    let mut bad = req.clone();
+    bad.tools = Some(vec![json!({"name": "w", "input_schema": "x"})]);
+    assert!(refused_messages(to_value(&bad)).contains("tools[0]"));
 }

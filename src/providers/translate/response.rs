@@ -38,6 +38,7 @@ pub fn openai_finish_reason(stop_reason: &str) -> Result<&'static str, Translate
         "end_turn" | "stop_sequence" => Ok("stop"),
         "max_tokens" | "model_context_window_exceeded" => Ok("length"),
         "refusal" => Ok("content_filter"),
+        "tool_use" => Ok("tool_calls"),
         other => unrepresentable(format!(
             "the upstream stopped with `{other}`, which the OpenAI chat API cannot express here"
         )),
@@ -51,6 +52,7 @@ pub fn anthropic_stop_reason(finish_reason: &str) -> Result<&'static str, Transl
         "stop" | "eos" | "eos_token" | "end_turn" | "stop_sequence" => Ok("end_turn"),
         "length" | "max_tokens" | "model_length" => Ok("max_tokens"),
         "content_filter" => Ok("refusal"),
+        "tool_calls" => Ok("tool_use"),
         other => unrepresentable(format!(
             "the upstream finished with `{other}`, which the Anthropic Messages API cannot \
              express here"
@@ -92,13 +94,24 @@ pub fn anthropic_usage(u: &Usage) -> AUsage {
     }
 }
 
+/// A `tool_use` block as an OpenAI tool call (its `input` object as the JSON-string
+/// `arguments`).
+pub fn tool_call_of(block: &Value) -> Value {
+    let s = |k: &str| block.get(k).and_then(Value::as_str).unwrap_or_default();
+    let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+    json!({"id": s("id"), "type": "function",
+           "function": {"name": s("name"), "arguments": input.to_string()}})
+}
+
 /// Text of Anthropic content blocks, joined without separator (as their stream deltas would
-/// concatenate). Any non-text block is unrepresentable.
+/// concatenate); `tool_use` blocks are the caller's (see [`tool_call_of`]). Any other block is
+/// unrepresentable.
 fn anthropic_text(content: &[Value]) -> Result<String, TranslateError> {
     let mut out = String::new();
     for block in content {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => out.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => {}
             other => {
                 return unrepresentable(format!(
                     "the upstream answered with a `{}` block, which the OpenAI chat API cannot \
@@ -117,6 +130,16 @@ pub fn messages_json_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
         TranslateError::Unrepresentable(format!("the upstream answer is not a message: {e}"))
     })?;
     let text = anthropic_text(&m.content)?;
+    let calls: Vec<Value> = m
+        .content
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        .map(tool_call_of)
+        .collect();
+    let content = match (text.is_empty(), calls.is_empty()) {
+        (true, false) => None,
+        _ => Some(Value::String(text)),
+    };
     let finish = m
         .stop_reason
         .as_deref()
@@ -131,9 +154,9 @@ pub fn messages_json_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
             index: 0,
             message: ResponseMessage {
                 role: "assistant".to_owned(),
-                content: Some(Value::String(text)),
+                content,
                 refusal: None,
-                tool_calls: None,
+                tool_calls: (!calls.is_empty()).then_some(calls),
                 function_call: None,
                 annotations: Some(Vec::new()),
                 audio: None,
@@ -147,6 +170,24 @@ pub fn messages_json_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
         system_fingerprint: None,
     };
     to_bytes(&out)
+}
+
+/// An OpenAI tool call as a `tool_use` block: its JSON-string arguments parsed into `input`.
+pub fn tool_use_of(call: &Value) -> Result<Value, TranslateError> {
+    let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let arguments = s("/function/arguments");
+    let input: Value = match arguments.trim() {
+        "" => json!({}),
+        a => serde_json::from_str(a).map_err(|e| {
+            TranslateError::Unrepresentable(format!(
+                "the upstream's tool call arguments are not JSON: {e}"
+            ))
+        })?,
+    };
+    if !input.is_object() {
+        return unrepresentable("the upstream's tool call arguments are not a JSON object");
+    }
+    Ok(json!({"type": "tool_use", "id": s("/id"), "name": s("/function/name"), "input": input}))
 }
 
 /// Text of an OpenAI answer `content`: a string, or (some compatible servers) text parts.
@@ -181,12 +222,12 @@ pub fn chat_json_to_messages(body: &[u8]) -> Result<Bytes, TranslateError> {
         _ => return unrepresentable("the upstream answer has several choices"),
     };
     let m = &choice.message;
-    if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-        || m.function_call.as_ref().is_some_and(|f| !f.is_null())
-    {
-        return unrepresentable(
-            "the upstream answered with tool calls, which are not translated by deja",
-        );
+    if m.function_call.as_ref().is_some_and(|f| !f.is_null()) {
+        return unrepresentable("the upstream answered with a legacy `function_call`");
+    }
+    let mut tool_uses = Vec::new();
+    for call in m.tool_calls.as_deref().unwrap_or_default() {
+        tool_uses.push(tool_use_of(call)?);
     }
     if m.audio.as_ref().is_some_and(|a| !a.is_null()) {
         return unrepresentable("the upstream answered with audio");
@@ -202,11 +243,12 @@ pub fn chat_json_to_messages(body: &[u8]) -> Result<Bytes, TranslateError> {
         text.push_str(r);
         stop_reason = Some("refusal");
     }
-    let content = if text.is_empty() {
+    let mut content = if text.is_empty() {
         Vec::new()
     } else {
         vec![json!({"type": "text", "text": text})]
     };
+    content.extend(tool_uses);
     let out = MessagesResponse {
         id: messages_id(&c.id),
         kind: "message".to_owned(),
@@ -281,21 +323,27 @@ mod tests {
         ] {
             assert_eq!(openai_finish_reason(a), Ok(o));
         }
-        assert!(openai_finish_reason("tool_use").is_err());
+        assert_eq!(openai_finish_reason("tool_use"), Ok("tool_calls"));
         assert!(openai_finish_reason("pause_turn").is_err());
         assert_eq!(anthropic_stop_reason("stop"), Ok("end_turn"));
         assert_eq!(anthropic_stop_reason("length"), Ok("max_tokens"));
         assert_eq!(anthropic_stop_reason("content_filter"), Ok("refusal"));
-        assert!(anthropic_stop_reason("tool_calls").is_err());
+        assert_eq!(anthropic_stop_reason("tool_calls"), Ok("tool_use"));
     }
 
     #[test]
-    fn tool_use_and_thinking_answers_are_unrepresentable() {
+    fn issue15_tool_use_becomes_tool_calls_and_thinking_is_unrepresentable() {
         let mut m = v(MESSAGE.as_bytes());
-        m["content"] = json!([{"type": "tool_use", "id": "t", "name": "f", "input": {}}]);
+        m["content"] = json!([{"type": "tool_use", "id": "t", "name": "f", "input": {"a": [1]}}]);
         m["stop_reason"] = json!("tool_use");
-        let r = messages_json_to_chat(&serde_json::to_vec(&m).unwrap());
-        assert!(matches!(r, Err(TranslateError::Unrepresentable(s)) if s.contains("tool_use")));
+        let r = v(&messages_json_to_chat(&serde_json::to_vec(&m).unwrap()).unwrap());
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"a\":[1]}"}}])
+        );
         m["content"] = json!([{"type": "thinking", "thinking": "hm", "signature": "s"}]);
         m["stop_reason"] = json!("end_turn");
         assert!(messages_json_to_chat(&serde_json::to_vec(&m).unwrap()).is_err());
@@ -335,6 +383,15 @@ mod tests {
         let mut tools = body.clone();
         tools["choices"][0]["message"]["tool_calls"] =
             json!([{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        tools["choices"][0]["finish_reason"] = json!("tool_calls");
+        let out = v(&chat_json_to_messages(&serde_json::to_vec(&tools).unwrap()).unwrap());
+        assert_eq!(out["stop_reason"], "tool_use");
+        let last = out["content"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            last,
+            json!({"type": "tool_use", "id": "c", "name": "f", "input": {}})
+        );
+        tools["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!("[1]");
         assert!(chat_json_to_messages(&serde_json::to_vec(&tools).unwrap()).is_err());
         let mut two = body;
         let c0 = two["choices"][0].clone();

@@ -180,6 +180,8 @@ pub struct MessagesToChatStream {
     finished: bool,
     done: bool,
     usage: AUsage,
+    /// Content block index → OpenAI tool call index, for the `tool_use` blocks so far.
+    tool_blocks: Vec<(u32, usize)>,
 }
 
 impl MessagesToChatStream {
@@ -193,7 +195,16 @@ impl MessagesToChatStream {
             finished: false,
             done: false,
             usage: AUsage::default(),
+            tool_blocks: Vec::new(),
         }
+    }
+
+    fn tool_delta(&self, call: Value, out: &mut Vec<u8>) {
+        let delta = ChunkDelta {
+            tool_calls: Some(vec![call]),
+            ..ChunkDelta::default()
+        };
+        out.extend_from_slice(&sse::data_event(&self.chunk(delta, None)));
     }
 
     fn chunk(&self, delta: ChunkDelta, finish: Option<&str>) -> ChatCompletionChunk {
@@ -271,11 +282,23 @@ impl StreamTranslate for MessagesToChatStream {
                 };
                 out.extend_from_slice(&sse::data_event(&self.chunk(role, None)));
             }
-            StreamEvent::ContentBlockStart { content_block, .. } => {
+            StreamEvent::ContentBlockStart {
+                content_block,
+                index,
+            } => {
                 match content_block.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         let text = content_block.get("text").and_then(Value::as_str);
                         self.text(text.unwrap_or(""), out);
+                    }
+                    Some("tool_use") => {
+                        let n = self.tool_blocks.len();
+                        self.tool_blocks.push((index, n));
+                        let mut call = super::response::tool_call_of(&content_block);
+                        // The input arrives in `input_json_delta`s; `{}` here is a placeholder.
+                        call["function"]["arguments"] = json!("");
+                        call["index"] = json!(n);
+                        self.tool_delta(call, out);
                     }
                     other => {
                         return Err(TranslateError::Unrepresentable(format!(
@@ -286,8 +309,23 @@ impl StreamTranslate for MessagesToChatStream {
                     }
                 }
             }
-            StreamEvent::ContentBlockDelta { delta, .. } => match delta.kind.as_str() {
+            StreamEvent::ContentBlockDelta { delta, index } => match delta.kind.as_str() {
                 "text_delta" => self.text(delta.text.as_deref().unwrap_or(""), out),
+                "input_json_delta" => {
+                    let Some(&(_, n)) = self.tool_blocks.iter().find(|(b, _)| *b == index) else {
+                        return Err(TranslateError::Unrepresentable(
+                            "the upstream streamed tool input outside a tool_use block".to_owned(),
+                        ));
+                    };
+                    let piece = delta
+                        .extra
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if !piece.is_empty() {
+                        self.tool_delta(json!({"index": n, "function": {"arguments": piece}}), out);
+                    }
+                }
                 other => {
                     return Err(TranslateError::Unrepresentable(format!(
                         "the upstream streamed a `{other}`, which the OpenAI chat API cannot \
@@ -388,6 +426,10 @@ pub struct ChatToMessagesStream {
     finish: Option<String>,
     refused: bool,
     usage: Option<Usage>,
+    /// The text block (index 0) was closed because tool calls began.
+    text_closed: bool,
+    /// Tool calls started so far (block `1 + n` is call `n`); the last one is open.
+    tools: usize,
 }
 
 impl ChatToMessagesStream {
@@ -436,6 +478,54 @@ impl ChatToMessagesStream {
         );
     }
 
+    /// One `tool_calls` delta: a new call closes the open block and starts a `tool_use` block;
+    /// argument pieces become `input_json_delta`s of the open one.
+    fn tool_call(&mut self, call: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let n = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if n + 1 < self.tools || n > self.tools {
+            return Err(TranslateError::Unrepresentable(
+                "the upstream interleaved its tool calls".to_owned(),
+            ));
+        }
+        if n == self.tools {
+            let open = self.tools as u32;
+            if !self.text_closed || self.tools > 0 {
+                Self::push(out, &StreamEvent::ContentBlockStop { index: open });
+            }
+            self.text_closed = true;
+            self.tools += 1;
+            let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
+            Self::push(
+                out,
+                &StreamEvent::ContentBlockStart {
+                    index: self.tools as u32,
+                    content_block: json!({"type": "tool_use", "id": s("/id"),
+                                          "name": s("/function/name"), "input": {}}),
+                },
+            );
+        }
+        let piece = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !piece.is_empty() {
+            let mut extra = Map::new();
+            extra.insert("partial_json".to_owned(), Value::from(piece));
+            Self::push(
+                out,
+                &StreamEvent::ContentBlockDelta {
+                    index: self.tools as u32,
+                    delta: BlockDelta {
+                        kind: "input_json_delta".to_owned(),
+                        text: None,
+                        extra,
+                    },
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn finalize(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         let Some(finish) = self.finish.as_deref() else {
             return Err(TranslateError::Truncated(
@@ -452,7 +542,10 @@ impl ChatToMessagesStream {
         if let Some(n) = usage.cache_read_input_tokens {
             extra.insert("cache_read_input_tokens".to_owned(), Value::from(n));
         }
-        Self::push(out, &StreamEvent::ContentBlockStop { index: 0 });
+        let open = if self.tools > 0 { self.tools as u32 } else { 0 };
+        if !self.text_closed || self.tools > 0 {
+            Self::push(out, &StreamEvent::ContentBlockStop { index: open });
+        }
         Self::push(
             out,
             &StreamEvent::MessageDelta {
@@ -516,15 +609,21 @@ impl StreamTranslate for ChatToMessagesStream {
                 ));
             }
             let d = &choice.delta;
-            if d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-                || d.function_call.as_ref().is_some_and(|f| !f.is_null())
-            {
+            if d.function_call.as_ref().is_some_and(|f| !f.is_null()) {
                 return Err(TranslateError::Unrepresentable(
-                    "the upstream streamed tool calls, which are not translated by deja".to_owned(),
+                    "the upstream streamed a legacy `function_call`".to_owned(),
                 ));
             }
             if let Some(text) = d.content.as_deref().filter(|t| !t.is_empty()) {
+                if self.text_closed {
+                    return Err(TranslateError::Unrepresentable(
+                        "the upstream streamed text after its tool calls".to_owned(),
+                    ));
+                }
                 Self::text(out, text);
+            }
+            for call in d.tool_calls.as_deref().unwrap_or_default() {
+                self.tool_call(call, out)?;
             }
             if let Some(refusal) = d.refusal.as_deref().filter(|t| !t.is_empty()) {
                 self.refused = true;

@@ -187,16 +187,48 @@ fn anthropic_error_event_ends_the_stream_with_an_error() {
 }
 
 #[test]
-fn tool_use_blocks_end_the_stream_with_an_error() {
+fn issue15_tool_use_blocks_stream_as_tool_call_deltas() {
     let cut = ANTHROPIC.find("event: content_block_stop").unwrap();
     let mut input = ANTHROPIC[..cut].to_string();
+    input.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    );
     input.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n");
-    let (_, err) = run(
+    for piece in ["{\\\"a\\\":", "[1]}"] {
+        input.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"{piece}\"}}}}\n\n"));
+    }
+    input.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    );
+    input.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":3}}\n\n");
+    input.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    let (out, err) = run(
         Box::new(MessagesToChatStream::new(false)),
         input.as_bytes(),
         64,
     );
-    assert!(err.unwrap().detail.contains("tool_use"));
+    assert!(err.is_none(), "{err:?}");
+    let (mut args, mut finish, mut name) = (String::new(), None, None);
+    for ev in events(&out).iter().filter(|e| !e.is_done()) {
+        let v = json_of(ev);
+        let choice = &v["choices"][0];
+        if let Some(call) = choice["delta"]["tool_calls"].get(0) {
+            assert_eq!(call["index"], 0);
+            if let Some(n) = call["function"]["name"].as_str() {
+                name = Some(n.to_string());
+            }
+            args.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+    }
+    assert_eq!(name.as_deref(), Some("f"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"a": [1]})
+    );
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub(super) fn plan(
         Some(f) => f(body),
         None => default_reply(call, body),
     };
-    let mut reply = Reply::new(body, text, b.tool_call.as_ref());
+    let mut reply = Reply::new(body, text, super::tool_call_for(b, body).as_ref());
     if !body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         headers.push(("content-type", "application/json".to_string()));
         return json_planned(headers, 200, Bytes::from(reply.json_body().to_string()));
@@ -257,8 +257,12 @@ impl Reply {
         if let Some((id, name, args)) = &self.tool_use {
             events.push(json!({"type": "content_block_start", "index": 1,
                 "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
-            events.push(json!({"type": "content_block_delta", "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": args}}));
+            let chars: Vec<char> = args.chars().collect();
+            for piece in chars.chunks(8) {
+                let piece: String = piece.iter().collect();
+                events.push(json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}));
+            }
             events.push(json!({"type": "content_block_stop", "index": 1}));
         }
         events.push(json!({"type": "message_delta",

@@ -80,7 +80,13 @@ pub(super) fn openai_completion(
         Some(f) => f(body),
         None => format!("Answer #{call} to: {}", last_user_text(body, chat)),
     };
-    let mut ctx = Ctx::new(b.tool_call.as_ref(), body, model, reply, chat);
+    let mut ctx = Ctx::new(
+        super::tool_call_for(b, body).as_ref(),
+        body,
+        model,
+        reply,
+        chat,
+    );
     ctx.prompt_tokens = words(&all_prompt_text(body, chat)).max(1);
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
