@@ -11,7 +11,10 @@
 //! 2. [`api`]: wire types for OpenAI chat/completions and Anthropic messages; each body is
 //!    validated and normalized into one canonical request, and answers are rendered back (JSON
 //!    or a replayed SSE stream).
-//! 3. [`cache`]: the request path as typed stages. `cache::request` builds the per-request
+//! 3. [`cache`]: the request path as typed stages. `cache::access` admits the request
+//!    (`server.auth = "keys"`: a listed deja key, its models, its rate limit) and
+//!    `cache::privacy` screens it for personal data ([`pii`]'s detectors: skip the cache,
+//!    redact, or refuse); `cache::request` builds the per-request
 //!    context and plans it (`cache::policy`: hard scope, decision rule, read/write, TTL);
 //!    `cache::lookup` runs exact lookup → embedding → index search → the decision rule
 //!    (`cache::verify`: precision guards, cosine, the lexical verifier, and for uncertain
@@ -44,6 +47,7 @@ pub mod config;
 pub mod embed;
 pub mod index;
 pub mod metrics;
+pub mod pii;
 pub mod providers;
 pub mod server;
 pub mod store;

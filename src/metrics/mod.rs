@@ -6,6 +6,8 @@
 
 pub mod cost;
 pub mod judge;
+pub mod keys;
+pub mod pii;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -43,6 +45,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// The LLM judge's `deja_judge_*` metrics.
     pub judge: judge::JudgeMetrics,
+    /// Personal data: `deja_pii_*` (issue 16).
+    pub pii: pii::PiiMetrics,
+    /// Deja keys: `deja_key_*` (issue 16).
+    pub keys: keys::KeyMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -248,6 +254,8 @@ impl Metrics {
                 judge.register(&f.0)?;
                 judge
             },
+            pii: pii::PiiMetrics::new(&f.0)?,
+            keys: keys::KeyMetrics::new(&f.0)?,
             registry: f.0,
         })
     }

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 pub struct DejaProcess {
     pub base: String,
     child: Child,
+    /// Its stdout (the log) since it listened, at most [`MAX_LOG_LINES`] lines.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+const MAX_LOG_LINES: usize = 20_000;
 
 impl DejaProcess {
     /// Starts `deja serve --config <config>` and waits until `/readyz` answers 200.
@@ -35,8 +39,17 @@ impl DejaProcess {
                 break url.trim().to_string();
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout so the child never blocks on a full pipe; keep what it says.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut k = kept.lock().unwrap();
+                if k.len() < MAX_LOG_LINES {
+                    k.push(line);
+                }
+            }
+        });
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -53,7 +66,12 @@ impl DejaProcess {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        DejaProcess { base, child }
+        DejaProcess { base, child, log }
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// SIGTERM and wait: exercises graceful shutdown.
