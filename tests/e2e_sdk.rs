@@ -112,6 +112,10 @@ fn official_python_sdks_against_the_binary() {
         .unwrap();
     let log = deja.log_text();
     assert!(deja.stop().success());
+    assert!(
+        log.contains("request rejected") && log.contains("outcome"),
+        "the log was captured: {log}"
+    );
     let mut store = Vec::new();
     for e in walkdir(&gw.join("store")) {
         store.extend(std::fs::read(e).unwrap_or_default());

@@ -22,7 +22,7 @@ pub enum Screened {
     /// Personal data in `skip-cache` mode: forward it, neither read nor write the cache.
     SkipCache,
     /// The body was redacted; the answer gets the values back.
-    Redacted(Redaction),
+    Redacted(Box<Redaction>),
 }
 
 impl Screened {
@@ -32,7 +32,7 @@ impl Screened {
 
     pub fn redaction(&self) -> Option<&Redaction> {
         match self {
-            Screened::Redacted(r) => Some(r),
+            Screened::Redacted(r) => Some(&**r),
             _ => None,
         }
     }
@@ -53,7 +53,7 @@ pub fn screen(
             }
             metrics.found(&r.kinds(), Source::Prompt);
             metrics.action("redacted");
-            Ok(Screened::Redacted(r))
+            Ok(Screened::Redacted(Box::new(r)))
         }
         PiiMode::SkipCache | PiiMode::Block => {
             let kinds = pii::kinds_in(pii::request_texts(body));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub struct DejaProcess {
     pub base: String,
     child: Child,
-    /// Its stdout (the log) since it listened, at most [`MAX_LOG_LINES`] lines.
+    /// Its log (stderr), at most [`MAX_LOG_LINES`] lines.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -25,9 +25,22 @@ impl DejaProcess {
             .arg(config)
             .env("DEJA_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start deja");
+        // The log (stderr) is echoed as before and kept, so a test can grep what deja logged.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut k = kept.lock().unwrap();
+                if k.len() < MAX_LOG_LINES {
+                    k.push(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
@@ -39,17 +52,8 @@ impl DejaProcess {
                 break url.trim().to_string();
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe; keep what it says.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut k = kept.lock().unwrap();
-                if k.len() < MAX_LOG_LINES {
-                    k.push(line);
-                }
-            }
-        });
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
