@@ -12,11 +12,16 @@
 //!    messages; each body is validated and normalized into one canonical request (a Responses
 //!    request through its chat form, so both share answers), and answers are rendered back
 //!    (JSON or a replayed SSE stream).
-//! 3. [`cache`]: the request path as typed stages. `cache::request` builds the per-request
+//! 3. [`cache`]: the request path as typed stages. `cache::access` admits the request
+//!    (`server.auth = "keys"`: a listed deja key, its models, its rate limit) and
+//!    `cache::privacy` screens it for personal data ([`pii`]'s detectors: skip the cache,
+//!    redact, or refuse); `cache::request` builds the per-request
 //!    context and plans it (`cache::policy`: hard scope, decision rule, read/write, TTL);
 //!    `cache::lookup` runs exact lookup → embedding → index search → the decision rule
-//!    (`cache::verify`: precision guards, cosine, the lexical verifier, and for uncertain
-//!    candidates the optional LLM judge, `cache::judge`) and yields a hit or a miss; `cache::miss` owns a miss until its upstream answer is complete,
+//!    (`cache::verify`: precision guards, cosine, the lexical verifier, the optional verifier
+//!    model (a cross-encoder, `embed::PairModel`), and for uncertain candidates the optional
+//!    LLM judge, `cache::judge`) and yields a hit or a miss; `cache::miss` owns a miss until
+//!    its upstream answer is complete,
 //!    then tees, accounts and stores it off the response path.
 //! 4. [`embed`], [`index`], [`store`]: the local sentence encoder (deja's native
 //!    AMX/AVX-512/AVX2 BERT on CPU, candle on GPU, on its own threads), the per-scope vector
@@ -46,6 +51,7 @@ pub mod config;
 pub mod embed;
 pub mod index;
 pub mod metrics;
+pub mod pii;
 pub mod providers;
 pub mod server;
 pub mod store;

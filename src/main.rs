@@ -40,6 +40,20 @@ enum Command {
     /// Read an API key from stdin and print its hash (`sha256:…`), for the `keys` of a
     /// `[[cache.namespaces]]` grant. The key is never written anywhere.
     KeyHash,
+    /// Deja keys (`server.auth = "keys"`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh key (once: deja never stores it) and the `[[keys]]` block with its hash.
+    New {
+        /// The key's name in metrics and logs.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +87,15 @@ fn main() -> anyhow::Result<()> {
             deja::bench::run(args)
         }
         Command::KeyHash => key_hash(),
+        Command::Keys {
+            command: KeysCommand::New { name },
+        } => {
+            let key = deja::config::keys::new_key();
+            println!("key (shown once, give it to the client): {key}\n");
+            println!("# add to config.toml (server.auth = \"keys\"):");
+            print!("{}", deja::config::keys::config_block(&name, &key));
+            Ok(())
+        }
     }
 }
 

@@ -122,4 +122,113 @@ fn official_python_sdks_against_the_binary() {
         stopped.success(),
         "graceful shutdown must exit 0, got {stopped}"
     );
+
+    // Issue 16: the gateway controls, through both SDKs, on a second binary with deja keys.
+    let (full, limited) = (
+        "dk-e2e-full-0123456789abcdef",
+        "dk-e2e-limited-0123456789abcdef",
+    );
+    let gw = tmp.path().join("gateway");
+    std::fs::create_dir_all(&gw).unwrap();
+    let config = write_gateway_config(&gw, &mock, full, limited);
+    let deja = DejaProcess::start(&config);
+    let script = format!("{}/tests/e2e/gateway_sdk.py", env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(&python)
+        .args([script.as_str(), deja.base.as_str(), full, limited])
+        .env("PYTHONUNBUFFERED", "1")
+        .status()
+        .expect("run python");
+    assert!(status.success(), "gateway_sdk.py failed (see output above)");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", deja.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let log = deja.log_text();
+    assert!(deja.stop().success());
+    assert!(
+        log.contains("request rejected") && log.contains("outcome"),
+        "the log was captured: {log}"
+    );
+    let mut store = Vec::new();
+    for e in walkdir(&gw.join("store")) {
+        store.extend(std::fs::read(e).unwrap_or_default());
+    }
+    for key in [full, limited] {
+        assert!(!log.contains(key), "a deja key reached the log");
+        assert!(!metrics.contains(key), "a deja key reached the metrics");
+        assert!(
+            !store.windows(key.len()).any(|w| w == key.as_bytes()),
+            "a deja key reached the store"
+        );
+    }
+    for value in ["7946 0958", "123-45-6789", "ann@example.com"] {
+        assert!(
+            !log.contains(value) && !metrics.contains(value),
+            "{value} logged"
+        );
+        assert!(!store.windows(value.len()).any(|w| w == value.as_bytes()));
+    }
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `server.auth = "keys"` with two keys, and per-model `[pii]` modes.
+fn write_gateway_config(
+    dir: &std::path::Path,
+    mock: &MockUpstream,
+    full: &str,
+    limited: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+auth = "keys"
+[cache]
+dir = "{}"
+[pii]
+mode = "skip-cache"
+[[pii.routes]]
+model = "gpt-4o-block"
+mode = "block"
+[[pii.routes]]
+model = "gpt-4o-redact"
+mode = "redact"
+[[keys]]
+name = "e2e-full"
+hash = "{}"
+[[keys]]
+name = "e2e-limited"
+hash = "{}"
+models = ["gpt-*"]
+rpm = 2
+[[providers]]
+name = "openai-mock"
+kind = "openai"
+base_url = "{}"
+max_retries = 0
+[[routes]]
+model = "*"
+providers = ["openai-mock"]
+"#,
+        dir.join("store").display(),
+        deja::config::KeyHash::of(full),
+        deja::config::KeyHash::of(limited),
+        mock.base_url(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }

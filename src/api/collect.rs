@@ -41,6 +41,9 @@ pub enum NotCacheable {
     Truncated,
     #[error("the answer exceeds {0} bytes")]
     TooLarge(usize),
+    /// The answer's text has personal data (`[pii]`, issue 16): never stored.
+    #[error("the answer contains personal data")]
+    PersonalData,
 }
 
 /// Map a finish reason to the stored vocabulary, accepting the synonyms of OpenAI-compatible

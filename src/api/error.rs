@@ -24,6 +24,9 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    /// `[pii] mode = "block"` found personal data of these kinds (never the values).
+    #[error("request contains personal data: {kinds}")]
+    PersonalData { kinds: String },
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// The client's credentials were refused by deja itself.
@@ -70,6 +73,12 @@ pub enum ApiError {
     },
     #[error("rate limited")]
     RateLimited { retry_after_s: Option<u64> },
+    /// A deja key may not use this model (`[[keys]] models`).
+    #[error("model not allowed for this key: {message}")]
+    ModelNotAllowed { message: String },
+    /// A deja key reached one of its own limits (`[[keys]] rpm`); `message` says which.
+    #[error("key limit reached: {message}")]
+    KeyLimited { message: String, retry_after_s: u64 },
     /// deja is shedding load (queues full, shutting down).
     #[error("overloaded")]
     Overloaded { retry_after_s: Option<u64> },
@@ -106,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson { .. }
             | ApiError::InvalidRequest { .. }
+            | ApiError::PersonalData { .. }
             | ApiError::MalformedHead => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -113,7 +123,8 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::KeyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
                 // A 2xx/3xx "error" is an upstream bug; anything non-error becomes a bad gateway.
@@ -135,6 +146,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after_s }
             | ApiError::Overloaded { retry_after_s }
             | ApiError::ProviderUnavailable { retry_after_s, .. } => *retry_after_s,
+            ApiError::KeyLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         }
     }
@@ -159,6 +171,13 @@ impl ApiError {
             ApiError::InvalidRequest { message, param } => {
                 parts.message = message.clone();
                 parts.param = param.clone();
+            }
+            ApiError::PersonalData { kinds } => {
+                parts.message = format!(
+                    "The request contains personal data ({kinds}); this deja refuses such \
+                     requests ([pii] mode = \"block\"). Remove it and retry."
+                );
+                parts.code = Some("pii_detected");
             }
             ApiError::BodyTooLarge { limit } => {
                 parts.message = format!("Request body too large: the limit is {limit} bytes.");
@@ -223,6 +242,15 @@ impl ApiError {
             }
             ApiError::RateLimited { .. } => {
                 parts.message = "Rate limit reached, please retry later.".to_string();
+                parts.code = Some("rate_limit_exceeded");
+            }
+            ApiError::ModelNotAllowed { message } => {
+                parts.message = message.clone();
+                parts.param = Some("model".to_string());
+                parts.code = Some("model_not_allowed");
+            }
+            ApiError::KeyLimited { message, .. } => {
+                parts.message = message.clone();
                 parts.code = Some("rate_limit_exceeded");
             }
             ApiError::Overloaded { .. } => {

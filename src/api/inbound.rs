@@ -429,6 +429,7 @@ pub fn not_cacheable_label(reason: &NotCacheable) -> &'static str {
         NotCacheable::Unrepresentable(_) => "unrepresentable",
         NotCacheable::Truncated => "truncated",
         NotCacheable::TooLarge(_) => "too_large",
+        NotCacheable::PersonalData => "pii",
     }
 }
 

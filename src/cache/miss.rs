@@ -18,10 +18,13 @@ use crate::api::inbound::{not_cacheable_label, StreamEnd, StreamTee};
 use crate::api::ApiKind;
 use crate::cache::engine::{CacheEngine, LookupTrace};
 use crate::cache::policy::CachePlan;
+use crate::cache::privacy;
 use crate::cache::request::CacheRequest;
 use crate::cache::singleflight::Flight;
 use crate::config::Config;
+use crate::metrics::pii::Source;
 use crate::metrics::{cost, Metrics};
+use crate::pii::stream::StreamRestorer;
 use crate::providers::ByteStream;
 use crate::store::CachedResponse;
 
@@ -80,6 +83,7 @@ impl Miss {
             provider: provider.to_string(),
             metrics,
             job: self.job,
+            restorer: None,
         }
     }
 }
@@ -94,9 +98,18 @@ pub struct Settle {
     provider: String,
     metrics: Arc<Metrics>,
     job: Option<InsertJob>,
+    /// A redacted request's values, put back into the stream the client gets (the answer
+    /// collected for the cache keeps the placeholders).
+    restorer: Option<StreamRestorer>,
 }
 
 impl Settle {
+    /// Restores a redacted request's values in the relayed stream (`[pii] mode = "redact"`).
+    pub fn restoring(mut self, restorer: Option<StreamRestorer>) -> Settle {
+        self.restorer = restorer;
+        self
+    }
+
     /// Settles a complete answer (or the reason there is none to store).
     pub async fn finish(self, answer: Result<CachedResponse, NotCacheable>) {
         let answer = match answer {
@@ -116,7 +129,15 @@ impl Settle {
                 if let Some(u) = &a.usage {
                     cost::record_upstream(&self.metrics, &self.config, &self.model, u);
                 }
-                Ok(a)
+                let mode = self.config.pii.mode_for(&self.model);
+                if self.job.is_some()
+                    && privacy::answer_has_pii(mode, &a.content, &self.metrics.pii, Source::Answer)
+                {
+                    self.metrics.pii.action("not_cached");
+                    Err(NotCacheable::PersonalData)
+                } else {
+                    Ok(a)
+                }
             }
             Err(e) => Err(e),
         };
@@ -131,7 +152,7 @@ impl Settle {
     /// answer can no longer be cached, reading stops. A stream that breaks (cut, timed out, an
     /// event over `max_event_bytes`) gets the provider-style error event before it ends.
     pub async fn tee(
-        self,
+        mut self,
         mut upstream: ByteStream,
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
         max_event_bytes: usize,
@@ -145,6 +166,10 @@ impl Settle {
             match chunk {
                 Ok(bytes) => {
                     let (relay, intact) = tee.push(bytes);
+                    let relay = match (relay, self.restorer.as_mut()) {
+                        (Some(r), Some(restorer)) => Some(restorer.relay(&r)),
+                        (relay, _) => relay,
+                    };
                     if let (Some(relay), false) = (relay, client_gone) {
                         client_gone = tx.send(Ok(relay)).await.is_err();
                     }
@@ -171,6 +196,14 @@ impl Settle {
             (None, false) => StreamEnd::Finished,
         };
         let (tail, answer) = tee.finish(end);
+        let tail = match self.restorer.as_mut() {
+            Some(r) => {
+                let mut out = r.release().to_vec();
+                out.extend_from_slice(&tail.map(|t| r.relay(&t)).unwrap_or_default());
+                (!out.is_empty()).then(|| Bytes::from(out))
+            }
+            None => tail,
+        };
         if let (Some(tail), false) = (tail, client_gone) {
             let _ = tx.send(Ok(tail)).await;
         }

@@ -1,6 +1,9 @@
 //! The heart of deja. The cached request path is a chain of typed stages, one module each, in
 //! the order a request takes them:
 //!
+//! 0. [`access`]: who is asking (`server.auth = "keys"`): 401, 403, or a key's rate limit;
+//!    [`privacy`]: personal data in the request's texts (`[pii]`): skip the cache, redact,
+//!    or refuse;
 //! 1. [`request`]: the per-request context ([`CacheRequest`]) and the policy stage
 //!    ([`policy`]: scope, cacheability, threshold, read/write, TTL) → [`Planned`];
 //! 2. [`lookup`]: exact → embed → search → [`guards`] and the decision rule ([`verify`]) on
@@ -14,6 +17,7 @@
 //!
 //! [`restore`] fills the index from the store at start. Unit-testable without HTTP; the server
 //! adapts HTTP to these stages, and `deja bench` calls the same engine.
+pub mod access;
 pub mod blocking;
 pub mod engine;
 pub mod guards;
@@ -21,6 +25,7 @@ pub mod judge;
 pub mod lookup;
 pub mod miss;
 pub mod policy;
+pub mod privacy;
 pub mod request;
 pub mod restore;
 pub mod singleflight;

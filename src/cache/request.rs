@@ -68,6 +68,13 @@ impl CacheRequest {
         })
     }
 
+    /// Files the request under the tenant its deja key names (`server.auth = "keys"`),
+    /// instead of the one derived from the client's credentials.
+    pub fn with_tenant(mut self, tenant: String) -> CacheRequest {
+        self.tenant = tenant;
+        self
+    }
+
     /// The key to send upstream when the provider has none of its own.
     pub fn client_key(&self) -> Option<&str> {
         self.key.as_deref()

@@ -5,7 +5,9 @@
 
 pub mod grants;
 pub mod judge;
+pub mod keys;
 mod parse;
+pub mod pii;
 pub mod raw;
 mod validate;
 pub mod verifier;
@@ -17,6 +19,8 @@ use std::time::Duration;
 
 pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
+pub use keys::{AuthMode, KeysConfig};
+pub use pii::{PiiConfig, PiiMode};
 pub use validate::validate;
 pub use verifier::VerifierConfig;
 
@@ -247,6 +251,10 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     pub prices: Vec<PriceConfig>,
+    /// `server.auth` and `[[keys]]`: who may call deja.
+    pub keys: KeysConfig,
+    /// `[pii]`: what to do with personal data in prompts and answers.
+    pub pii: PiiConfig,
 }
 
 impl Config {

@@ -21,6 +21,12 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// `[[keys]]`: deja keys (issue 16), see `config::keys`.
+    #[serde(default)]
+    pub keys: Vec<super::keys::RawKey>,
+    /// `[pii]` (issue 16), see `config::pii`.
+    #[serde(default)]
+    pub pii: super::pii::RawPii,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +50,8 @@ pub struct RawServer {
     pub idle_timeout: Option<String>,
     pub body_read_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    /// `passthrough` (default) or `keys` (issue 16), see `config::keys`.
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

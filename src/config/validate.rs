@@ -119,6 +119,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     cache.judge =
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
+    let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
+    let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
 
     if is.0.is_empty() {
         Ok(Config {
@@ -129,6 +131,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             providers,
             routes,
             prices,
+            pii,
+            keys,
         })
     } else {
         Err(ConfigError::Invalid(is.0))

@@ -7,6 +7,8 @@
 pub mod cost;
 pub mod judge;
 pub mod verifier;
+pub mod keys;
+pub mod pii;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -46,6 +48,10 @@ pub struct Metrics {
     pub judge: judge::JudgeMetrics,
     /// The verifier model's `deja_verifier_model_*` metrics.
     pub verifier_model: verifier::VerifierMetrics,
+    /// Personal data: `deja_pii_*` (issue 16).
+    pub pii: pii::PiiMetrics,
+    /// Deja keys: `deja_key_*` (issue 16).
+    pub keys: keys::KeyMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -256,6 +262,8 @@ impl Metrics {
                 model.register(&f.0)?;
                 model
             },
+            pii: pii::PiiMetrics::new(&f.0)?,
+            keys: keys::KeyMetrics::new(&f.0)?,
             registry: f.0,
         })
     }

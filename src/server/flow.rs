@@ -18,10 +18,13 @@ use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
 use crate::api::inbound::{self, Rendered};
 use crate::api::ApiKind;
+use crate::cache::access::{openai_duration, RateState};
 use crate::cache::lookup::{Hit, LookedUp};
 use crate::cache::miss::Miss;
+use crate::cache::privacy::{self, Screened};
 use crate::cache::request::CacheRequest;
-use crate::metrics::cost;
+use crate::metrics::{cost, pii};
+use crate::pii::stream::StreamRestorer;
 use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
 use crate::server::headers::{client_key, forwardable_headers, DejaHeaders};
 use crate::server::state::AppState;
@@ -55,33 +58,94 @@ async fn run(
     body: Bytes,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let parsed = inbound::parse_request(api, &body)?;
+    let mut parsed = inbound::parse_request(api, &body)?;
     let controls = crate::server::headers::controls(headers)?;
+    let config = state.config();
+    let admitted = state.0.access.admit(
+        &config.keys,
+        client_key(headers).as_deref(),
+        Some(parsed_model(&parsed)),
+        &state.metrics().keys.requests,
+    )?;
+    let pii_mode = config.pii.mode_for(parsed_model(&parsed));
+    let screened = privacy::screen(pii_mode, &mut parsed, &state.metrics().pii)?;
+    // A redacted body is what the upstream gets; an unchanged one is forwarded byte for byte.
+    let body = match &screened {
+        Screened::Redacted(_) => Bytes::from(serde_json::to_vec(&parsed).map_err(|e| {
+            ApiError::internal(format!("re-serializing a redacted body failed: {e}"))
+        })?),
+        _ => body,
+    };
     let req = CacheRequest::new(
         api,
         parsed,
         controls,
-        client_key(headers),
-        state.config(),
+        // A deja key never goes upstream: the provider's own key is used.
+        admitted.is_none().then(|| client_key(headers)).flatten(),
+        config,
         started,
     )?;
+    let req = match &admitted {
+        Some(a) => req.with_tenant(a.key.tenant()),
+        None => req,
+    };
     if state.router().route(req.model()).is_none() {
         return Err(ApiError::NoRoute {
             model: req.model().to_string(),
         });
     }
-    let looked = req
-        .plan(state.engine())
-        .look_up(
-            state.metrics(),
-            &state.0.singleflight,
-            state.judge().as_deref(),
-        )
-        .await;
-    match looked {
-        LookedUp::Hit(hit) => Ok(respond_hit(state, &req, hit)),
-        LookedUp::Miss(miss) => forward(state, &req, headers, body, miss).await,
+    let looked = if screened.skips_cache() {
+        LookedUp::Miss(Miss::bypass())
+    } else {
+        req.plan(state.engine())
+            .look_up(
+                state.metrics(),
+                &state.0.singleflight,
+                state.judge().as_deref(),
+            )
+            .await
+    };
+    let mut resp = match looked {
+        LookedUp::Hit(mut hit) => {
+            let pii = &state.metrics().pii;
+            let content = &hit.entry.response.content;
+            // An entry stored before `[pii]` applied (or under `off`) is not served.
+            if privacy::answer_has_pii(pii_mode, content, pii, pii::Source::Cached) {
+                pii.action("refused");
+                forward(state, &req, headers, body, Miss::bypass(), &screened).await?
+            } else {
+                if let Some(r) = screened.redaction() {
+                    hit.entry.response.content = r.restore(content);
+                }
+                respond_hit(state, &req, hit)
+            }
+        }
+        LookedUp::Miss(miss) => forward(state, &req, headers, body, miss, &screened).await?,
+    };
+    if let Some(rate) = admitted.as_ref().and_then(|a| a.requests) {
+        rate_headers(&rate, resp.headers_mut());
     }
+    Ok(resp)
+}
+
+/// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`
+/// as OpenAI sends them, for the deja key's own limit.
+fn rate_headers(rate: &RateState, h: &mut HeaderMap) {
+    h.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
+    h.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(rate.remaining),
+    );
+    if let Ok(v) = HeaderValue::from_str(&openai_duration(rate.reset)) {
+        h.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+/// The `model` of a validated body (wire validation has checked it is a string).
+fn parsed_model(body: &serde_json::Map<String, serde_json::Value>) -> &str {
+    body.get("model")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Renders a stored answer as this API's response (JSON or a replayed SSE stream).
@@ -148,6 +212,7 @@ async fn forward(
     headers: &HeaderMap,
     body: Bytes,
     miss: Miss,
+    screened: &Screened,
 ) -> Result<Response, ApiError> {
     let mut upstream_req =
         UpstreamRequest::post_bytes(req.api.upstream_path(), body, req.canonical.stream)
@@ -192,7 +257,14 @@ async fn forward(
     }
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let ok = status.is_success();
-    let settle = miss.settle(req, state.metrics_handle(), &resp.provider);
+    let settle = miss
+        .settle(req, state.metrics_handle(), &resp.provider)
+        .restoring(
+            screened
+                .redaction()
+                .filter(|_| ok)
+                .map(|r| StreamRestorer::new(r.clone(), req.api)),
+        );
     let mut response = match resp.body {
         UpstreamBody::Json(bytes) => {
             let answer = if ok {
@@ -206,9 +278,16 @@ async fn forward(
                 Err(NotCacheable::UpstreamError)
             };
             state.0.background.spawn(settle.finish(answer));
-            let mut r = Response::new(Body::from(bytes));
+            let mut r = match screened.redaction() {
+                Some(red) if ok => Response::new(Body::from(red.restore_json(&bytes))),
+                _ => Response::new(Body::from(bytes)),
+            };
             *r.status_mut() = status;
             copy_upstream_headers(&resp.headers, r.headers_mut());
+            if screened.redaction().is_some() {
+                // The restored body has another length; hyper sets the right one.
+                r.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+            }
             r
         }
         UpstreamBody::Stream(upstream) => {

@@ -113,8 +113,17 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
         .ok()
         .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
         .unwrap_or_default();
+    // In keys mode the deja key is checked like on the cached paths and never sent upstream.
+    let config = state.config();
+    let client_key = headers::client_key(&parts.headers);
+    let admitted = state.0.access.admit(
+        &config.keys,
+        client_key.as_deref(),
+        Some(model.as_str()).filter(|m| !m.is_empty()),
+        &state.metrics().keys.requests,
+    )?;
     let mut up = UpstreamRequest::post_bytes(path, bytes, false)
-        .with_client_key(headers::client_key(&parts.headers));
+        .with_client_key(admitted.is_none().then_some(client_key).flatten());
     up.headers = headers::passthrough_headers(&parts.headers);
     up.method = parts.method.clone();
     if parts.method == Method::GET {

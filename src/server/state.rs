@@ -29,6 +29,8 @@ pub struct Inner {
     pub judge: RwLock<Option<Arc<Judge>>>,
     pub metrics: Arc<Metrics>,
     pub singleflight: Arc<Singleflight>,
+    /// Deja keys' rate-limit buckets (`server.auth = "keys"`).
+    pub access: crate::cache::access::Access,
     /// Cache inserts running after their response was sent; drained on shutdown.
     pub background: TaskTracker,
     /// The file hot reload reads, when the config came from one.
@@ -53,6 +55,7 @@ impl AppState {
             judge: RwLock::new(judge),
             metrics,
             singleflight: Singleflight::new(),
+            access: Default::default(),
             background: TaskTracker::new(),
             config_path,
         }))

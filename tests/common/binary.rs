@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 pub struct DejaProcess {
     pub base: String,
     child: Child,
+    /// Its log (stderr), at most [`MAX_LOG_LINES`] lines.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+const MAX_LOG_LINES: usize = 20_000;
 
 impl DejaProcess {
     /// Starts `deja serve --config <config>` and waits until `/readyz` answers 200.
@@ -21,9 +25,22 @@ impl DejaProcess {
             .arg(config)
             .env("DEJA_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start deja");
+        // The log (stderr) is echoed as before and kept, so a test can grep what deja logged.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut k = kept.lock().unwrap();
+                if k.len() < MAX_LOG_LINES {
+                    k.push(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
@@ -53,7 +70,12 @@ impl DejaProcess {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        DejaProcess { base, child }
+        DejaProcess { base, child, log }
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// SIGTERM and wait: exercises graceful shutdown.

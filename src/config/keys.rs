@@ -1,0 +1,287 @@
+//! `server.auth` and `[[keys]]`: deja keys (issue 16). With `auth = "keys"` a client must send
+//! a key the config lists (by its SHA-256 hash only, as `deja keys new` prints it), the key
+//! decides the tenant it caches in and the models it may use, and the provider keys stay inside
+//! deja. Raw shape and validation ([`validate_keys`], called once from `validate`) live here;
+//! enforcement is `cache::access`.
+
+use serde::Deserialize;
+
+use super::{grants, ConfigIssue, KeyHash, ModelGlob};
+
+/// Largest `rpm` a key may have: more is no limit at all.
+const MAX_RPM: u64 = 10_000_000;
+
+/// `[[keys]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    /// `sha256:<64 hex>` of the key.
+    pub hash: String,
+    /// The namespace the key's answers are cached in (shared with other keys naming it);
+    /// absent: a scope of its own.
+    pub namespace: Option<String>,
+    /// Globs on the request's model; absent: every model.
+    pub models: Option<Vec<String>>,
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+}
+
+/// Who may call deja.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The client's key goes upstream unless the provider has its own (the default).
+    Passthrough,
+    /// Clients must present a `[[keys]]` key; it never goes upstream.
+    Keys,
+}
+
+/// One validated `[[keys]]` entry.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// A label from the config: used in metrics and logs (never the key or its hash).
+    pub name: String,
+    pub hash: KeyHash,
+    pub namespace: Option<String>,
+    /// Empty: every model.
+    pub models: Vec<ModelGlob>,
+    pub rpm: Option<u32>,
+}
+
+impl KeyConfig {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|g| g.matches(model))
+    }
+
+    /// The tenant this key's requests cache under: its namespace, else a scope of its own.
+    pub fn tenant(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("ns:{ns}"),
+            None => format!("dkey:{}", self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub auth: AuthMode,
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            auth: AuthMode::Passthrough,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl KeysConfig {
+    pub fn find(&self, hash: &KeyHash) -> Option<&KeyConfig> {
+        self.keys.iter().find(|k| k.hash == *hash)
+    }
+}
+
+/// A fresh deja key: `dk-` and 32 random bytes from the thread's CSPRNG (seeded by the OS), in
+/// hex. Shown once by `deja keys new`; only its hash goes in the config.
+pub fn new_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("dk-{}", hex::encode(bytes))
+}
+
+/// The `[[keys]]` block for a key, to paste into the config.
+pub fn config_block(name: &str, key: &str) -> String {
+    format!(
+        "[[keys]]\nname = \"{name}\"\nhash = \"{}\"\n# namespace = \"team-a\"\n\
+         # models = [\"gpt-4o*\"]\n# rpm = 60\n",
+        KeyHash::of(key)
+    )
+}
+
+fn issue(issues: &mut Vec<ConfigIssue>, path: String, message: impl Into<String>) {
+    issues.push(ConfigIssue {
+        path,
+        message: message.into(),
+    });
+}
+
+/// A key name: 1 to 64 of `[A-Za-z0-9_.-]`, so it is safe as a metric label and in a log line.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Validates `server.auth` and `[[keys]]`; problems are appended to `issues` with their paths.
+pub fn validate_keys(
+    auth: Option<&str>,
+    raw: &[RawKey],
+    issues: &mut Vec<ConfigIssue>,
+) -> KeysConfig {
+    let auth = match auth {
+        None | Some("passthrough") => AuthMode::Passthrough,
+        Some("keys") => AuthMode::Keys,
+        Some(other) => {
+            issue(
+                issues,
+                "server.auth".into(),
+                format!("'{other}' is not one of passthrough, keys"),
+            );
+            AuthMode::Passthrough
+        }
+    };
+    let mut keys: Vec<KeyConfig> = Vec::new();
+    for (i, k) in raw.iter().enumerate() {
+        let at = |f: &str| format!("keys[{i}].{f}");
+        let mut ok = true;
+        if !valid_name(&k.name) {
+            issue(issues, at("name"), "must be 1 to 64 of A-Z a-z 0-9 _ . -");
+            ok = false;
+        } else if keys.iter().any(|o| o.name == k.name) {
+            issue(issues, at("name"), format!("'{}' is defined twice", k.name));
+            ok = false;
+        }
+        let hash = KeyHash::parse(&k.hash);
+        match hash {
+            None => {
+                issue(
+                    issues,
+                    at("hash"),
+                    "must be sha256:<64 hex digits> (`deja keys new` prints one); never the key",
+                );
+                ok = false;
+            }
+            Some(h) if keys.iter().any(|o| o.hash == h) => {
+                issue(issues, at("hash"), "the same key is listed twice");
+                ok = false;
+            }
+            Some(_) => {}
+        }
+        if let Some(ns) = &k.namespace {
+            if !grants::valid_namespace(ns) {
+                issue(
+                    issues,
+                    at("namespace"),
+                    "must be 1 to 128 printable ASCII characters",
+                );
+                ok = false;
+            }
+        }
+        let mut models = Vec::new();
+        for (j, g) in k.models.iter().flatten().enumerate() {
+            match ModelGlob::new(g) {
+                Ok(g) => models.push(g),
+                Err(e) => {
+                    issue(
+                        issues,
+                        format!("keys[{i}].models[{j}]"),
+                        format!("invalid glob '{g}': {e}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let rpm = match k.rpm {
+            None => None,
+            Some(v) if (1..=MAX_RPM).contains(&v) => u32::try_from(v).ok(),
+            Some(v) => {
+                issue(
+                    issues,
+                    at("rpm"),
+                    format!("{v} is not between 1 and {MAX_RPM}"),
+                );
+                ok = false;
+                None
+            }
+        };
+        if let (true, Some(hash)) = (ok, hash) {
+            keys.push(KeyConfig {
+                name: k.name.clone(),
+                hash,
+                namespace: k.namespace.clone(),
+                models,
+                rpm,
+            });
+        }
+    }
+    if auth == AuthMode::Keys && keys.is_empty() && raw.is_empty() {
+        issue(
+            issues,
+            "keys".into(),
+            "server.auth = \"keys\" needs at least one [[keys]] entry (`deja keys new` makes one)",
+        );
+    }
+    KeysConfig { auth, keys }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{AuthMode, Config, KeyHash};
+    use std::path::Path;
+
+    fn load(text: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::from_toml_str(text, Vec::<(String, String)>::new(), Path::new("/"))
+    }
+
+    #[test]
+    fn keys_parse_and_default_to_passthrough() {
+        let c = load("").unwrap();
+        assert_eq!(c.keys.auth, AuthMode::Passthrough);
+        let h = KeyHash::of("dk-a");
+        let c = load(&format!(
+            "[server]\nauth = \"keys\"\n[[keys]]\nname = \"team-a\"\nhash = \"{h}\"\n\
+             namespace = \"support\"\nmodels = [\"gpt-4o*\"]\nrpm = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(c.keys.auth, AuthMode::Keys);
+        let k = c.keys.find(&h).unwrap();
+        assert_eq!((k.name.as_str(), k.rpm), ("team-a", Some(60)));
+        assert!(k.allows_model("gpt-4o-mini") && !k.allows_model("claude-3"));
+        assert_eq!(k.tenant(), "ns:support");
+    }
+
+    #[test]
+    fn new_keys_are_fresh_and_their_block_loads() {
+        let (a, b) = (super::new_key(), super::new_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with("dk-") && a.len() == 67, "{a}");
+        let block = super::config_block("ci", &a);
+        assert!(!block.contains(&a));
+        let c = load(&format!("[server]\nauth = \"keys\"\n{block}")).unwrap();
+        assert_eq!(c.keys.find(&KeyHash::of(&a)).unwrap().name, "ci");
+    }
+
+    #[test]
+    fn bad_keys_are_reported_with_their_paths() {
+        let h = KeyHash::of("dk-a");
+        let e = load(&format!(
+            "[server]\nauth = \"tokens\"\n[[keys]]\nname = \"a b\"\nhash = \"dk-a\"\nrpm = 0\n\
+             models = [\"a[\"]\n[[keys]]\nname = \"x\"\nhash = \"{h}\"\n\
+             [[keys]]\nname = \"x\"\nhash = \"{h}\"\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = e.issues().iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.auth",
+                "keys[0].name",
+                "keys[0].hash",
+                "keys[0].models[0]",
+                "keys[0].rpm",
+                "keys[2].name",
+                "keys[2].hash"
+            ],
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("dk-a\""),
+            "a key pasted as hash is not echoed"
+        );
+        let e = load("[server]\nauth = \"keys\"\n").unwrap_err();
+        assert_eq!(e.issues()[0].path, "keys");
+    }
+}
