@@ -3,6 +3,7 @@
 //! its field path. Secrets never live here: providers name the env var that holds their key.
 //! This module never touches the network, the store or the model.
 
+pub mod backend;
 pub mod grants;
 pub mod judge;
 mod parse;
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use backend::{BackendConfig, PostgresConfig};
 pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
 pub use validate::validate;
@@ -127,6 +129,8 @@ pub struct CacheConfig {
     pub namespaces: Vec<NamespaceGrant>,
     /// `[cache.judge]`: the LLM judge for uncertain semantic candidates; `None` = no judge.
     pub judge: Option<JudgeConfig>,
+    /// `[cache] backend` + `[cache.postgres]`: where entries and vectors live.
+    pub backend: BackendConfig,
 }
 
 #[derive(Debug, Clone)]

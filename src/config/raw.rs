@@ -69,6 +69,10 @@ pub struct RawCache {
     pub namespaces: Vec<RawNamespace>,
     /// `[cache.judge]`: the optional LLM judge (issue 13), see `config::judge`.
     pub judge: Option<super::judge::RawJudge>,
+    /// `embedded` (default) or `postgres` (issue 14), see `config::backend`.
+    pub backend: Option<String>,
+    /// `[cache.postgres]`: the shared backend's connection (issue 14), see `config::backend`.
+    pub postgres: Option<super::backend::RawPostgres>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

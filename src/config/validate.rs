@@ -118,6 +118,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let mut cache = cache;
     cache.judge =
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
+    cache.backend = super::backend::validate_backend(
+        raw.cache.backend.as_deref(),
+        raw.cache.postgres.as_ref(),
+        &mut is.0,
+    );
 
     if is.0.is_empty() {
         Ok(Config {
@@ -244,6 +249,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
         ) as usize,
         namespaces,
         judge: None,
+        backend: Default::default(),
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

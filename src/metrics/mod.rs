@@ -4,6 +4,7 @@
 //! keys), so clients cannot grow the series count, and never a tenant. Rendering happens on
 //! scrape; recording is a few atomic adds on the request path.
 
+pub mod backend;
 pub mod cost;
 pub mod judge;
 
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// The LLM judge's `deja_judge_*` metrics.
     pub judge: judge::JudgeMetrics,
+    /// The storage backend's `deja_backend_*` metrics.
+    pub backend: backend::BackendMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -247,6 +250,11 @@ impl Metrics {
                 let judge = judge::JudgeMetrics::new(LATENCY_BUCKETS)?;
                 judge.register(&f.0)?;
                 judge
+            },
+            backend: {
+                let backend = backend::BackendMetrics::new()?;
+                backend.register(&f.0)?;
+                backend
             },
             registry: f.0,
         })
