@@ -631,3 +631,74 @@ mod recall {
         assert!(recall(1) >= 0.99, "small scopes recall@1 {}", recall(1));
     }
 }
+
+/// Two real `deja serve` processes on one database.
+mod processes {
+    use super::*;
+    use common::binary::DejaProcess;
+    use common::mock_upstream::MockUpstream;
+    use serde_json::json;
+
+    /// What replica A stored is served by B, and stays served after A is killed with SIGKILL:
+    /// an insert is committed before it counts as stored, so no flush window can lose it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_killing_a_replica_with_sigkill_loses_nothing_it_stored() {
+        let Some(k) = Kit::new("postgres", "kill9") else {
+            return;
+        };
+        let mock = MockUpstream::start().await;
+        let pg = format!(
+            "backend = \"postgres\"\n[cache.postgres]\nurl_env = \"{URL_ENV}\"\nschema = \"{}\"\n",
+            k.schema
+        );
+        let text =
+            common::harness::config_text(&k.dir.path().join("store"), &mock.base_url(), &pg, "");
+        let path = k.dir.path().join("deja.toml");
+        std::fs::write(&path, text).unwrap();
+        let url = k.url.clone().unwrap();
+        let env = [(URL_ENV, url.as_str())];
+        let (a, b) = blocking(|| {
+            (
+                DejaProcess::start_env(&path, &env),
+                DejaProcess::start_env(&path, &env),
+            )
+        });
+        let http = common::harness::client();
+        let ask = |base: &str, text: &str| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+            http.post(format!("{base}/v1/chat/completions"))
+                .bearer_auth("k")
+                .json(&body)
+                .send()
+        };
+        let prompts: Vec<String> = (0..5)
+            .map(|i| format!("question number {i} please"))
+            .collect();
+        for p in &prompts {
+            let r = ask(&a.base, p).await.unwrap();
+            assert_eq!(r.headers()["x-deja-cache"], "miss");
+        }
+        // Each insert follows its response; once B serves all five they are committed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut served = 0;
+        while served < prompts.len() && std::time::Instant::now() < deadline {
+            served = 0;
+            for p in &prompts {
+                let r = ask(&b.base, p).await.unwrap();
+                served += (r.headers()["x-deja-cache"] == "exact-hit") as usize;
+            }
+        }
+        assert_eq!(served, prompts.len());
+        blocking(|| a.kill_9());
+        for p in &prompts {
+            let r = ask(&b.base, p).await.unwrap();
+            assert_eq!(r.headers()["x-deja-cache"], "exact-hit", "{p}");
+        }
+        let rows = common::postgres::server()
+            .unwrap()
+            .psql(&format!("SELECT count(*) FROM {}.entries", k.schema));
+        assert_eq!(rows, "5");
+        assert_eq!(mock.calls(), 5);
+        blocking(|| b.stop());
+    }
+}

@@ -16,9 +16,15 @@ pub struct DejaProcess {
 impl DejaProcess {
     /// Starts `deja serve --config <config>` and waits until `/readyz` answers 200.
     pub fn start(config: &Path) -> DejaProcess {
+        DejaProcess::start_env(config, &[])
+    }
+
+    /// [`DejaProcess::start`] with extra environment variables (the shared backend's URL).
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> DejaProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_deja"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("DEJA_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,6 +60,12 @@ impl DejaProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         DejaProcess { base, child }
+    }
+
+    /// SIGKILL and wait: no shutdown work of any kind runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait: exercises graceful shutdown.

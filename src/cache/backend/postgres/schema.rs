@@ -72,6 +72,11 @@ pub async fn migrate(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(PgError::db("migrate"))?;
+    // Every start re-runs the `IF NOT EXISTS` statements: their "already exists" notices
+    // are not news.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(PgError::db("migrate"))?;
     tx.batch_execute(&format!(
         "CREATE EXTENSION IF NOT EXISTS vector;
          CREATE SCHEMA IF NOT EXISTS {s};
