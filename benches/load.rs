@@ -217,7 +217,7 @@ fn main() {
             send(&client, &deja_url, &format!("How do I {t}?")).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while state.engine().map(|e| e.store().len()).unwrap_or(0) < TOPICS.len()
+        while state.engine().map(|e| e.entries()).unwrap_or(0) < TOPICS.len()
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -160,7 +160,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             });
             match loaded {
                 Ok(engine) => {
-                    let entries = engine.store().len();
+                    let entries = engine.entries();
                     let encoder = engine.embedder().describe();
                     let _ = loader_state.0.engine.set(engine);
                     tracing::info!(

@@ -77,7 +77,7 @@ async fn restart_reloads_the_hnsw_graph_from_the_shutdown_snapshot() {
         ask(&d, p).await;
     }
     d.wait_entries(prompts.len()).await;
-    let index = d.state.engine().unwrap().index();
+    let index = d.state.engine().unwrap().index().unwrap();
     assert!(index.wait_idle(Duration::from_secs(30)));
     assert_eq!(index.stats().hnsw_scopes, 1);
     assert_eq!(index.stats().promotions, 1);
@@ -91,7 +91,7 @@ async fn restart_reloads_the_hnsw_graph_from_the_shutdown_snapshot() {
 
     let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
     // The graph is back at once, restored rather than promoted again.
-    let stats = d.state.engine().unwrap().index().stats();
+    let stats = d.state.engine().unwrap().index().unwrap().stats();
     assert_eq!((stats.hnsw_scopes, stats.hnsw_vectors), (1, prompts.len()));
     assert_eq!((stats.promotions, stats.builds_in_flight), (0, 0));
     let near = ask(&d, &format!("{} please", prompts[11])).await;

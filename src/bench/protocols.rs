@@ -80,7 +80,9 @@ pub fn pairwise(
         .collect()
 }
 
-/// An engine on a temporary store, configured like the server's.
+/// An engine on a temporary store, configured like the server's: a temporary directory for
+/// the embedded backend, a schema of its own (`deja_bench_<pid>_<ms>`, left behind for
+/// inspection) for PostgreSQL, so a bench never touches the cache it is configured with.
 fn temp_engine(
     config: &Config,
     embedder: Arc<dyn Embedder>,
@@ -94,6 +96,13 @@ fn temp_engine(
     cfg.index.snapshot = false;
     // The bench scores candidates with its own verifier model (loaded once, not per engine).
     cfg.cache.verifier = None;
+    if let crate::config::BackendConfig::Postgres(pg) = &mut cfg.cache.backend {
+        pg.schema = format!(
+            "deja_bench_{}_{}",
+            std::process::id(),
+            crate::store::now_ms()
+        );
+    }
     let engine = crate::server::open_engine(&cfg, embedder).map_err(|e| anyhow::anyhow!(e))?;
     Ok((engine, dir))
 }

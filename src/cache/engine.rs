@@ -1,20 +1,22 @@
-//! The cache engine: one object that owns the store, the per-scope index and the embedding
-//! pool, and answers two questions: "is there an answer for this prompt in this scope?" and
-//! "remember this answer". The server and `deja bench` call exactly this code. Index searches
-//! and store writes run on blocking threads, bounded (lookups by [`super::blocking`], inserts
-//! by [`INSERT_THREADS`]), inference on the embedding pool's own threads: nothing here blocks
-//! the async runtime.
+//! The cache engine: one object that owns the storage [`Backend`] (entries and vector search,
+//! embedded or shared, see [`super::backend`]) and the embedding pool, and answers two
+//! questions: "is there an answer for this prompt in this scope?" and "remember this answer".
+//! The server and `deja bench` call exactly this code, whichever backend runs. Searches and
+//! storage writes run on blocking threads, bounded (lookups by [`super::blocking`], inserts by
+//! [`INSERT_THREADS`]), inference on the embedding pool's own threads: nothing here blocks the
+//! async runtime.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::backend::{Backend, EmbeddedBackend, Health, Near};
 use super::blocking::{LookupGate, LookupLimits};
-use super::restore::{load_index, snapshot_tag, IndexLoad};
+use super::restore::IndexLoad;
 use crate::cache::guards::{Features, GuardVerdict};
 use crate::cache::verify::{decide_with, Candidate, Decision, MissReason, Rule, Verified};
 use crate::embed::{EmbedError, EmbedPool, PairScorer};
-use crate::index::{IndexError, Neighbor, ScopedIndex, SnapshotError, SnapshotStats};
+use crate::index::{IndexError, ScopedIndex, SnapshotError, SnapshotStats};
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum CacheError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The shared backend failed (down, slow, refused); the request is forwarded uncached.
+    #[error(transparent)]
+    Postgres(#[from] super::backend::PgError),
     #[error("background task failed: {0}")]
     Join(String),
     /// A lookup's blocking step could not run in time (see [`super::blocking`]); the request
@@ -125,11 +130,9 @@ pub struct CacheEngine {
 }
 
 struct Inner {
-    store: Store,
-    index: ScopedIndex,
+    backend: Arc<dyn Backend>,
     embed: Arc<EmbedPool>,
     settings: parking_lot::RwLock<EngineSettings>,
-    snapshots: Option<PathBuf>,
     inserts: tokio::sync::Semaphore,
     lookups: LookupGate,
     /// The verifier model, when `[cache.verifier]` names one.
@@ -141,9 +144,10 @@ struct Inner {
 pub const INSERT_THREADS: usize = 2;
 
 impl CacheEngine {
-    /// Wraps an opened store and loads every live entry into the index, restoring HNSW graphs
-    /// from the snapshot under `snapshots` when there is a usable one (blocking: call it at
-    /// start-up, off the runtime). `snapshots` is also where [`Self::snapshot_blocking`] writes.
+    /// An engine on the embedded backend: wraps an opened store and loads every live entry
+    /// into the index, restoring HNSW graphs from the snapshot under `snapshots` when there is
+    /// a usable one (blocking: call it at start-up, off the runtime). `snapshots` is also where
+    /// [`Self::snapshot_blocking`] writes.
     pub fn open(
         store: Store,
         index: ScopedIndex,
@@ -165,38 +169,34 @@ impl CacheEngine {
         snapshots: Option<PathBuf>,
         limits: LookupLimits,
     ) -> Result<(CacheEngine, IndexLoad), CacheError> {
-        let load = load_index(&store, &index, snapshots.as_deref())?;
-        let engine = CacheEngine {
+        let (backend, load) = EmbeddedBackend::open(store, index, snapshots)?;
+        let engine = Self::with_backend(Arc::new(backend), embed, settings, limits);
+        Ok((engine, load))
+    }
+
+    /// An engine on an opened backend, whichever it is.
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        embed: Arc<EmbedPool>,
+        settings: EngineSettings,
+        limits: LookupLimits,
+    ) -> CacheEngine {
+        CacheEngine {
             inner: Arc::new(Inner {
-                store,
-                index,
+                backend,
                 embed,
                 settings: parking_lot::RwLock::new(settings),
-                snapshots,
                 inserts: tokio::sync::Semaphore::new(INSERT_THREADS),
                 lookups: LookupGate::new(limits),
                 pair: parking_lot::RwLock::new(None),
             }),
-        };
-        Ok((engine, load))
-    }
-
-    /// Writes an index snapshot if snapshots are enabled and the index changed since the last
-    /// one. Blocking, seconds per million vectors.
-    pub fn snapshot_blocking(&self) -> Result<Option<SnapshotStats>, CacheError> {
-        let Some(root) = &self.inner.snapshots else {
-            return Ok(None);
-        };
-        let index = &self.inner.index;
-        if !index.changed_since_snapshot() {
-            return Ok(None);
         }
-        let tag = snapshot_tag(&self.inner.store);
-        Ok(Some(index.snapshot(root, &tag)?))
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// Writes an index snapshot if the backend keeps one, snapshots are enabled and the index
+    /// changed since the last one. Blocking, seconds per million vectors.
+    pub fn snapshot_blocking(&self) -> Result<Option<SnapshotStats>, CacheError> {
+        self.inner.backend.snapshot()
     }
 
     /// Sets (or clears) the verifier model that rules with a [`super::verify::ModelBar`] use.
@@ -204,8 +204,24 @@ impl CacheEngine {
         *self.inner.pair.write() = scorer;
     }
 
-    pub fn index(&self) -> &ScopedIndex {
-        &self.inner.index
+    /// The storage backend (entries and vector search).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    /// Entries held by the backend (for the gauge and the start-up log).
+    pub fn entries(&self) -> usize {
+        self.inner.backend.len()
+    }
+
+    /// Whether the backend can serve now (`/readyz`).
+    pub fn health(&self) -> Health {
+        self.inner.backend.health()
+    }
+
+    /// The in-process index, when the embedded backend runs (operations, tests).
+    pub fn index(&self) -> Option<&ScopedIndex> {
+        self.inner.backend.as_embedded().map(EmbeddedBackend::index)
     }
 
     pub fn embedder(&self) -> &Arc<EmbedPool> {
@@ -317,10 +333,10 @@ impl CacheEngine {
         prompt: &str,
     ) -> Result<Option<Entry>, CacheError> {
         let now = now_ms();
-        match self.inner.store.get_exact(scope, prompt)? {
+        match self.inner.backend.get_exact(scope, prompt)? {
             Some(e) if !e.is_expired(now) => {
                 // Recency is bookkeeping for eviction: a failed write must not fail the hit.
-                if let Err(err) = self.inner.store.record_hit(e.id, now) {
+                if let Err(err) = self.inner.backend.record_hit(e.id, now) {
                     tracing::debug!(error = %err, "recording a hit failed");
                 }
                 Ok(Some(e))
@@ -343,12 +359,8 @@ impl CacheEngine {
 
     /// The index neighbours the hit rule looks at: the most similar entry only, since fetching
     /// more would be wasted store reads and guard checks on the hot path.
-    fn nearest_blocking(
-        &self,
-        scope: ScopeId,
-        embedding: &[f32],
-    ) -> Result<Vec<Neighbor>, CacheError> {
-        Ok(self.inner.index.search(scope, embedding, 1)?)
+    fn nearest_blocking(&self, scope: ScopeId, embedding: &[f32]) -> Result<Vec<Near>, CacheError> {
+        self.inner.backend.nearest(scope, embedding, 1)
     }
 
     /// Reads the entries of index neighbours and checks the guards; expired or vanished
@@ -357,13 +369,17 @@ impl CacheEngine {
         &self,
         scope: ScopeId,
         prompt: &str,
-        neighbours: Vec<Neighbor>,
+        neighbours: Vec<Near>,
     ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
         let now = now_ms();
         let query = Features::of(prompt);
         let mut out = Vec::with_capacity(neighbours.len());
         for n in neighbours {
-            let Some(entry) = self.inner.store.get(n.id)? else {
+            let entry = match n.entry {
+                Some(e) => Some(e),
+                None => self.inner.backend.get(n.id)?,
+            };
+            let Some(entry) = entry else {
                 continue;
             };
             if entry.is_expired(now) || entry.scope != scope {
@@ -473,12 +489,13 @@ impl CacheEngine {
 
     /// Recency bookkeeping for eviction: a failed write must not fail the hit.
     pub fn record_hit(&self, id: EntryId) {
-        if let Err(err) = self.inner.store.record_hit(id, now_ms()) {
+        if let Err(err) = self.inner.backend.record_hit(id, now_ms()) {
             tracing::debug!(error = %err, "recording a hit failed");
         }
     }
 
-    /// Stores an answer and indexes its embedding. Replaced and evicted entries leave the index.
+    /// Stores an answer and makes its embedding searchable. Replaced and evicted entries leave
+    /// the search too.
     pub fn insert_blocking(
         &self,
         scope: ScopeId,
@@ -488,21 +505,14 @@ impl CacheEngine {
         ttl: Duration,
     ) -> Result<EntryId, CacheError> {
         let now = now_ms();
-        let outcome = self.inner.store.insert(NewEntry {
+        self.inner.backend.insert(NewEntry {
             scope,
             prompt: prompt.to_string(),
             embedding: embedding.map(<[f32]>::to_vec),
             response,
             created_ms: now,
             expires_ms: now.saturating_add(ttl.as_millis() as u64),
-        })?;
-        for (old_scope, old_id) in &outcome.removed {
-            self.inner.index.remove(*old_scope, *old_id);
-        }
-        if let Some(v) = embedding {
-            self.inner.index.insert(scope, outcome.id, v)?;
-        }
-        Ok(outcome.id)
+        })
     }
 
     /// Async wrapper of [`Self::insert_blocking`]. At most [`INSERT_THREADS`] inserts hold a
@@ -528,17 +538,13 @@ impl CacheEngine {
             .await
     }
 
-    /// Removes expired entries from store and index; returns how many went.
+    /// Removes up to `limit` expired entries; returns how many went.
     pub fn sweep_expired_blocking(&self, limit: usize) -> Result<usize, CacheError> {
-        let removed = self.inner.store.sweep_expired(now_ms(), limit)?;
-        for (scope, id) in &removed {
-            self.inner.index.remove(*scope, *id);
-        }
-        Ok(removed.len())
+        self.inner.backend.sweep_expired(now_ms(), limit)
     }
 
     pub fn flush_blocking(&self) -> Result<(), CacheError> {
-        Ok(self.inner.store.flush()?)
+        self.inner.backend.flush()
     }
 }
 

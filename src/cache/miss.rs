@@ -273,7 +273,7 @@ impl InsertJob {
         match res {
             Ok(id) => {
                 metrics.inserts.inc();
-                metrics.entries.set(self.engine.store().len() as i64);
+                metrics.entries.set(self.engine.entries() as i64);
                 tracing::debug!(entry = id, "answer cached");
             }
             Err(e) => tracing::error!(error = %e, "cache insert failed"),

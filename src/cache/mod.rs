@@ -18,6 +18,7 @@
 //! [`restore`] fills the index from the store at start. Unit-testable without HTTP; the server
 //! adapts HTTP to these stages, and `deja bench` calls the same engine.
 pub mod access;
+pub mod backend;
 pub mod blocking;
 pub mod engine;
 pub mod guards;

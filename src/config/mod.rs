@@ -3,6 +3,7 @@
 //! its field path. Secrets never live here: providers name the env var that holds their key.
 //! This module never touches the network, the store or the model.
 
+pub mod backend;
 pub mod grants;
 pub mod judge;
 pub mod keys;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use backend::{BackendConfig, PostgresConfig};
 pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
 pub use keys::{AuthMode, KeysConfig};
@@ -135,6 +137,8 @@ pub struct CacheConfig {
     pub judge: Option<JudgeConfig>,
     /// `[cache.verifier]`: the cross-encoder for the band below the thresholds; `None` = none.
     pub verifier: Option<VerifierConfig>,
+    /// `[cache] backend` + `[cache.postgres]`: where entries and vectors live.
+    pub backend: BackendConfig,
 }
 
 #[derive(Debug, Clone)]

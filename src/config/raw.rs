@@ -79,6 +79,10 @@ pub struct RawCache {
     pub judge: Option<super::judge::RawJudge>,
     /// `[cache.verifier]`: the optional verifier model, see `config::verifier`.
     pub verifier: Option<super::verifier::RawVerifier>,
+    /// `embedded` (default) or `postgres` (issue 14), see `config::backend`.
+    pub backend: Option<String>,
+    /// `[cache.postgres]`: the shared backend's connection (issue 14), see `config::backend`.
+    pub postgres: Option<super::backend::RawPostgres>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

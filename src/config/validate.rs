@@ -121,6 +121,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
+    cache.backend = super::backend::validate_backend(
+        raw.cache.backend.as_deref(),
+        raw.cache.postgres.as_ref(),
+        &mut is.0,
+    );
 
     if is.0.is_empty() {
         Ok(Config {
@@ -250,6 +255,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
         namespaces,
         judge: None,
         verifier: None,
+        backend: Default::default(),
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

@@ -4,11 +4,12 @@
 //! keys), so clients cannot grow the series count, and never a tenant. Rendering happens on
 //! scrape; recording is a few atomic adds on the request path.
 
+pub mod backend;
 pub mod cost;
 pub mod judge;
-pub mod verifier;
 pub mod keys;
 pub mod pii;
+pub mod verifier;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub pii: pii::PiiMetrics,
     /// Deja keys: `deja_key_*` (issue 16).
     pub keys: keys::KeyMetrics,
+    /// The storage backend's `deja_backend_*` metrics.
+    pub backend: backend::BackendMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -264,6 +267,11 @@ impl Metrics {
             },
             pii: pii::PiiMetrics::new(&f.0)?,
             keys: keys::KeyMetrics::new(&f.0)?,
+            backend: {
+                let backend = backend::BackendMetrics::new()?;
+                backend.register(&f.0)?;
+                backend
+            },
             registry: f.0,
         })
     }

@@ -118,10 +118,26 @@ fn visit<'a>(body: &'a Map<String, Value>, f: &mut impl FnMut(&'a str)) {
             }
         }
     }
-    for key in ["system", "prompt"] {
+    for key in ["system", "prompt", "instructions"] {
         if let Some(v) = body.get(key) {
             content(v, f);
         }
+    }
+    // The Responses API: `input` is a string or a list of items (messages with `content`,
+    // tool results with `output`).
+    match body.get("input") {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Some(c) = item.get("content") {
+                    content(c, f);
+                }
+                if let Some(Value::String(o)) = item.get("output") {
+                    f(o);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -153,10 +169,24 @@ pub(crate) fn for_each_text_mut(body: &mut Map<String, Value>, f: &mut impl FnMu
             }
         }
     }
-    for key in ["system", "prompt"] {
+    for key in ["system", "prompt", "instructions"] {
         if let Some(v) = body.get_mut(key) {
             content(v, f);
         }
+    }
+    match body.get_mut("input") {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Some(c) = item.get_mut("content") {
+                    content(c, f);
+                }
+                if let Some(Value::String(o)) = item.get_mut("output") {
+                    f(o);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -173,6 +203,31 @@ pub fn describe(kinds: &[(PiiKind, usize)]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn responses_api_input_and_instructions_are_screened_and_redacted() {
+        let mut body = json!({
+            "model": "m",
+            "instructions": "reply to ann@example.com",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "card 4111 1111 1111 1111"}]},
+                {"type": "function_call_output", "call_id": "c1", "output": "ip 8.8.8.8"},
+            ],
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let texts = request_texts(&body);
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        let plain = json!({"model": "m", "input": "mail bob@example.com"});
+        assert_eq!(
+            request_texts(plain.as_object().unwrap()),
+            ["mail bob@example.com"]
+        );
+        let mut seen = 0;
+        for_each_text_mut(&mut body, &mut |_s: &mut String| seen += 1);
+        assert_eq!(seen, 3, "the mutable walk visits the same strings");
+    }
 
     #[test]
     fn request_texts_cover_every_prose_field_and_only_those() {

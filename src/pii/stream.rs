@@ -51,7 +51,15 @@ impl StreamRestorer {
                 }
                 None => {
                     out.extend_from_slice(&self.release());
-                    out.extend_from_slice(&raw(ev.event.as_deref(), &ev.data));
+                    // Responses events repeat the whole text (`response.output_text.done`,
+                    // `response.completed`): restored in place, as a JSON answer is.
+                    let data = if self.api == ApiKind::Responses {
+                        let restored = self.redaction.restore_json(&Bytes::from(ev.data));
+                        String::from_utf8_lossy(&restored).into_owned()
+                    } else {
+                        ev.data
+                    };
+                    out.extend_from_slice(&raw(ev.event.as_deref(), &data));
                 }
             }
         }
@@ -75,7 +83,8 @@ impl StreamRestorer {
 }
 
 /// The text of a delta event: OpenAI chat `choices[0].delta.content`, legacy completions
-/// `choices[0].text`, Anthropic `content_block_delta` with a `text_delta`.
+/// `choices[0].text`, Anthropic `content_block_delta` with a `text_delta`, Responses
+/// `response.output_text.delta`.
 fn delta_text(api: ApiKind, v: &mut Value) -> Option<&mut String> {
     let slot = match api {
         ApiKind::Chat => v.pointer_mut("/choices/0/delta/content"),
@@ -85,6 +94,12 @@ fn delta_text(api: ApiKind, v: &mut Value) -> Option<&mut String> {
                 return None;
             }
             v.pointer_mut("/delta/text")
+        }
+        ApiKind::Responses => {
+            if v.pointer("/type").and_then(Value::as_str) != Some("response.output_text.delta") {
+                return None;
+            }
+            v.pointer_mut("/delta")
         }
     };
     match slot {

@@ -73,6 +73,37 @@ pub fn open_engine(
     config: &Config,
     embedder: Arc<dyn Embedder>,
 ) -> Result<CacheEngine, ServeError> {
+    open_engine_env(config, embedder, &|name| std::env::var(name).ok())
+}
+
+/// [`open_engine`] with the environment `env` answers (the shared backend's URL comes from it).
+pub fn open_engine_env(
+    config: &Config,
+    embedder: Arc<dyn Embedder>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CacheEngine, ServeError> {
+    if let crate::config::BackendConfig::Postgres(pg) = &config.cache.backend {
+        let backend = crate::cache::backend::PostgresBackend::open(
+            pg,
+            env,
+            embedder.model_id(),
+            embedder.dim(),
+            config.cache.max_entries,
+        )
+        .map_err(|e| ServeError::Cache(e.to_string()))?;
+        let pool = Arc::new(EmbedPool::new(
+            embedder,
+            &EmbedSettings::from(&config.embedding),
+        ));
+        let settings = EngineSettings::from(&config.cache);
+        let limits = crate::cache::LookupLimits::default();
+        return Ok(CacheEngine::with_backend(
+            Arc::new(backend),
+            pool,
+            settings,
+            limits,
+        ));
+    }
     let dim = embedder.dim();
     let store = Store::open(&StoreConfig {
         dir: config.cache.dir.clone(),
@@ -259,8 +290,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.engine() {
-        Some(_) => (StatusCode::OK, "ready\n").into_response(),
+    match state.engine().map(CacheEngine::health) {
+        Some(crate::cache::backend::Health::Ready) => (StatusCode::OK, "ready\n").into_response(),
+        // Still 200: requests are served (forwarded uncached), and a load balancer that took
+        // every replica out because the shared database is down would turn a slower service
+        // into none. `deja_backend_degraded` is the alerting signal.
+        Some(crate::cache::backend::Health::Degraded(why)) => (
+            StatusCode::OK,
+            format!("degraded: cache backend unavailable, requests forwarded uncached ({why})\n"),
+        )
+            .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "loading model and store\n").into_response(),
     }
 }
@@ -268,8 +307,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(engine) = state.engine() {
         let m = state.metrics();
-        m.entries.set(engine.store().len() as i64);
-        m.store_lost(engine.store().recovery());
+        m.entries.set(engine.entries() as i64);
+        m.store_lost(&engine.backend().recovery());
+        m.backend
+            .sync(engine.backend().kind(), &engine.backend().stats());
     }
     sync_provider_metrics(&state);
     let mut r = state.metrics().render().into_response();

@@ -20,9 +20,15 @@ const MAX_LOG_LINES: usize = 20_000;
 impl DejaProcess {
     /// Starts `deja serve --config <config>` and waits until `/readyz` answers 200.
     pub fn start(config: &Path) -> DejaProcess {
+        DejaProcess::start_env(config, &[])
+    }
+
+    /// [`DejaProcess::start`] with extra environment variables (the shared backend's URL).
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> DejaProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_deja"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("DEJA_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -76,6 +82,12 @@ impl DejaProcess {
     /// What the process logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL and wait: no shutdown work of any kind runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait: exercises graceful shutdown.

@@ -97,6 +97,18 @@ impl Deja {
         embedder: Arc<dyn Embedder>,
         config_file: Option<PathBuf>,
     ) -> Deja {
+        Deja::start_config_env(text, dir, embedder, config_file, Vec::new()).await
+    }
+
+    /// [`Deja::start_config`] with `env` as the environment the engine reads (the shared
+    /// backend's URL), instead of the process's.
+    pub async fn start_config_env(
+        text: &str,
+        dir: &Path,
+        embedder: Arc<dyn Embedder>,
+        config_file: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Deja {
         if let Some(f) = &config_file {
             std::fs::write(f, text).unwrap();
         }
@@ -106,10 +118,16 @@ impl Deja {
             .unwrap();
         let addr = server.local_addr().unwrap();
         let state = server.state().clone();
-        let engine = tokio::task::spawn_blocking(move || server::open_engine(&config, embedder))
-            .await
-            .unwrap()
-            .unwrap();
+        let engine = tokio::task::spawn_blocking(move || {
+            if env.is_empty() {
+                return server::open_engine(&config, embedder);
+            }
+            let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            server::open_engine_env(&config, embedder, &lookup)
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert!(state.0.engine.set(engine).is_ok());
         if config_file.is_some() {
             std::mem::forget(server::reload::spawn_watchers(state.clone()));
@@ -163,7 +181,7 @@ impl Deja {
     }
 
     pub fn entries(&self) -> usize {
-        self.state.engine().map(|e| e.store().len()).unwrap_or(0)
+        self.state.engine().map(|e| e.entries()).unwrap_or(0)
     }
 
     /// Waits until the store holds `n` entries (inserts happen after the response).

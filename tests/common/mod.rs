@@ -4,4 +4,5 @@
 pub mod binary;
 pub mod harness;
 pub mod mock_upstream;
+pub mod postgres;
 pub mod providers;

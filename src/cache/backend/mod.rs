@@ -1,0 +1,114 @@
+//! The storage seam: everything the [`super::engine`] needs from storage, behind one trait.
+//! The engine, the policy, the guards, the verifier, `deja bench` and the server see only
+//! [`Backend`]; which implementation runs is chosen at start-up (`[cache] backend`).
+//!
+//! - [`embedded`]: the sled store (source of truth) plus the in-process per-scope index, the
+//!   zero-setup default;
+//! - [`postgres`]: PostgreSQL with pgvector, one cache shared by every replica of a fleet.
+//!
+//! Every method is synchronous and may block (a disk read, a network round trip): the engine
+//! calls them from its bounded blocking threads ([`super::blocking`]), never from the async
+//! runtime. A backend never embeds and never decides whether a candidate is a hit: it stores
+//! entries and answers "nearest entries of this scope", with hard scope isolation (a result of
+//! another scope is never returned).
+
+pub mod embedded;
+pub mod postgres;
+
+pub use embedded::EmbeddedBackend;
+pub use postgres::{PgError, PostgresBackend};
+
+use super::engine::CacheError;
+use crate::index::SnapshotStats;
+use crate::store::{Entry, EntryId, NewEntry, Recovery, ScopeId};
+
+/// One result of [`Backend::nearest`].
+#[derive(Clone, Debug)]
+pub struct Near {
+    pub id: EntryId,
+    /// Cosine similarity in [-1, 1]; higher is more similar.
+    pub similarity: f32,
+    /// The entry itself when the backend read it with the search (one round trip instead of
+    /// two); `None` when the engine must [`Backend::get`] it, which it only does when the
+    /// similarity can lead to a hit.
+    pub entry: Option<Entry>,
+}
+
+/// Whether the backend can serve right now (`/readyz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// Requests are forwarded uncached until it recovers; the reason is safe to show (no
+    /// address, no password).
+    Degraded(String),
+}
+
+/// Counters a backend keeps for `/metrics` (exported by `metrics::backend`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Calls that failed (unreachable, timed out, refused), each forwarded uncached.
+    pub errors: u64,
+    /// Hits not recorded because the pending batch was full.
+    pub hits_dropped: u64,
+    pub degraded: bool,
+}
+
+/// What the cache engine needs from storage. See the module docs.
+pub trait Backend: Send + Sync + 'static {
+    /// `embedded` or `postgres`: for logs, metrics labels and `deja bench` reports.
+    fn kind(&self) -> &'static str;
+
+    /// The entry stored for this scope and normalized prompt (by [`crate::store::exact_key`]),
+    /// expired or not (the engine checks [`Entry::is_expired`]).
+    fn get_exact(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError>;
+
+    fn get(&self, id: EntryId) -> Result<Option<Entry>, CacheError>;
+
+    /// At most `k` entries of `scope` nearest to `embedding`, most similar first. Never an
+    /// entry of another scope.
+    fn nearest(&self, scope: ScopeId, embedding: &[f32], k: usize)
+        -> Result<Vec<Near>, CacheError>;
+
+    /// Recency bookkeeping for eviction (may be batched: best effort).
+    fn record_hit(&self, id: EntryId, now_ms: u64) -> Result<(), CacheError>;
+
+    /// Stores a new entry (replacing the one the same scope and prompt had, evicting past the
+    /// size limit) and makes it searchable; returns its id.
+    fn insert(&self, entry: NewEntry) -> Result<EntryId, CacheError>;
+
+    /// Removes up to `limit` entries expired at `now_ms`; returns how many went.
+    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, CacheError>;
+
+    /// Entries held (expired ones included until swept); may be a recent estimate.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes every acknowledged write durable (shutdown).
+    fn flush(&self) -> Result<(), CacheError>;
+
+    /// Writes an index snapshot when the backend keeps one and it changed.
+    fn snapshot(&self) -> Result<Option<SnapshotStats>, CacheError> {
+        Ok(None)
+    }
+
+    /// What opening found about writes lost to damaged files.
+    fn recovery(&self) -> Recovery {
+        Recovery::default()
+    }
+
+    fn health(&self) -> Health {
+        Health::Ready
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
+
+    /// The embedded backend, for operations and tests that look inside it (index stats).
+    fn as_embedded(&self) -> Option<&EmbeddedBackend> {
+        None
+    }
+}

@@ -1,0 +1,697 @@
+//! The PostgreSQL + pgvector backend: one cache shared by every replica of a fleet. Entries
+//! live in one table of the schema deja owns ([`schema`]); the exact key is a unique index, so
+//! an answer written by one replica is found by every other at once, and the nearest-neighbour
+//! search is an HNSW index (`vector_cosine_ops`) queried inside the request's scope.
+//!
+//! - **Isolation**: the scope is always in the `WHERE` clause of a search, whatever plan the
+//!   database picks; the engine checks it again on every returned entry.
+//! - **Recall**: a filtered HNSW scan returns `ef_search` rows before the scope filter drops
+//!   most of them, so every connection runs with `hnsw.iterative_scan = relaxed_order`
+//!   (pgvector >= 0.8): the scan goes on until it found enough rows of the scope. The closest
+//!   [`CANDIDATES`] rows are then ordered exactly.
+//! - **Durability**: an insert is one autocommitted statement, committed before the engine
+//!   acknowledges it: killing a replica loses nothing it reported as stored (no flush window).
+//! - **Fail open**: every call is bounded by `statement_timeout` (a connection-level setting
+//!   and a client-side timeout, waiting for a pooled connection included); an error turns the
+//!   lookup into a miss and the request is forwarded uncached. The backend then reports
+//!   [`Health::Degraded`] (`/readyz`) and counts it, and its maintenance task pings the
+//!   database until it answers again; the pool reconnects by itself.
+//! - **Bookkeeping in batches**: hits are gathered in memory (bounded) and written every
+//!   [`MAINTENANCE_EVERY`] in one statement; expiry and `max_entries` eviction delete in
+//!   batches of [`DELETE_BATCH`] rows, so neither holds locks on many rows for long.
+//!
+//! The API is synchronous, like every backend's (the engine calls it from its blocking
+//! threads): calls run on a small runtime of the backend's own, which also drives the
+//! connections. The database URL is read from the environment once and never logged.
+
+pub mod schema;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::Mutex;
+use pgvector::Vector;
+use tokio_postgres::types::Json;
+use tokio_postgres::{NoTls, Row};
+
+use super::{Backend, BackendStats, Health, Near};
+use crate::cache::engine::CacheError;
+use crate::config::PostgresConfig;
+use crate::store::{exact_key, now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId};
+use schema::Names;
+
+/// Rows the in-scope search orders exactly after the index scan.
+pub const CANDIDATES: i64 = 40;
+/// How often hits are written, expiry/eviction checked, and a degraded database pinged.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
+/// Rows one expiry or eviction statement deletes at most.
+pub const DELETE_BATCH: i64 = 1000;
+/// Distinct entries whose hits wait in memory at most; past it new ones are dropped (counted):
+/// hit counts are bookkeeping for eviction, never worth unbounded memory.
+pub const MAX_PENDING_HITS: usize = 65_536;
+/// Migrations may wait for another replica's migration and create indexes.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("the environment variable {env} (cache.postgres.url_env) is not set")]
+    NoUrl { env: String },
+    /// The parse error is not shown: it could quote part of the URL.
+    #[error(
+        "the environment variable {env} (cache.postgres.url_env) does not hold a valid \
+         postgres://user:password@host:port/database URL"
+    )]
+    BadUrl { env: String },
+    #[error(
+        "the postgres schema {schema} was written with embedding model {stored}, but deja is \
+         configured with {configured}; use another cache.postgres.schema, or drop that schema \
+         to start empty"
+    )]
+    ModelMismatch {
+        schema: String,
+        stored: String,
+        configured: String,
+    },
+    #[error("the postgres schema {schema} has deja schema version {found}; this deja reads version {supported}")]
+    SchemaMismatch {
+        schema: String,
+        found: String,
+        supported: u32,
+    },
+    #[error("postgres {op} failed: {message}")]
+    Db { op: &'static str, message: String },
+    #[error("postgres {op} timed out after {ms} ms")]
+    Timeout { op: &'static str, ms: u128 },
+    #[error("entry rejected: {0}")]
+    Invalid(String),
+}
+
+impl PgError {
+    /// The server's message only (never its DETAIL, which quotes row values), or the client's
+    /// own error (which names no host or password).
+    fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
+        move |e| PgError::Db {
+            op,
+            message: match e.as_db_error() {
+                Some(d) => format!("{} ({})", d.message(), d.code().code()),
+                None => e.to_string(),
+            },
+        }
+    }
+
+    fn pool(op: &'static str) -> impl Fn(deadpool_postgres::PoolError) -> PgError {
+        move |e| match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::db(op)(e),
+            other => PgError::Db {
+                op,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The shared half, also held by the maintenance task.
+struct Shared {
+    pool: Pool,
+    names: Names,
+    sql: Sql,
+    timeout: Duration,
+    dim: usize,
+    max_entries: usize,
+    /// Entries in the table: counted at open and by maintenance, raised by this replica's
+    /// inserts in between.
+    count: AtomicUsize,
+    /// Entry id → (hits, latest hit) not yet written.
+    hits: Mutex<HashMap<i64, (i64, i64)>>,
+    hits_dropped: AtomicU64,
+    errors: AtomicU64,
+    /// Why the last call failed, until one succeeds.
+    degraded: Mutex<Option<String>>,
+}
+
+/// Statement texts with the schema's names in them.
+struct Sql {
+    get: String,
+    get_exact: String,
+    nearest: String,
+    insert: String,
+    hits: String,
+    expire: String,
+    evict: String,
+    count: String,
+}
+
+const COLUMNS: &str = "id, scope, prompt, embedding, response, created_ms, expires_ms";
+
+impl Sql {
+    fn new(n: &Names) -> Sql {
+        let e = &n.entries;
+        Sql {
+            get: format!("SELECT {COLUMNS} FROM {e} WHERE id = $1"),
+            get_exact: format!("SELECT {COLUMNS} FROM {e} WHERE exact_key = $1"),
+            // The scope filter is inside the index scan's query: no plan can return a row of
+            // another scope. Relaxed order may return the candidates slightly out of order,
+            // hence the exact ordering of the few it found.
+            nearest: format!(
+                "WITH c AS MATERIALIZED (
+                    SELECT id, embedding <=> $2 AS d FROM {e}
+                    WHERE scope = $1 AND embedding IS NOT NULL AND expires_ms > $3
+                    ORDER BY embedding <=> $2 LIMIT {CANDIDATES})
+                 SELECT c.d, e.id, e.scope, e.prompt, NULL::vector AS embedding, e.response,
+                        e.created_ms, e.expires_ms
+                 FROM c JOIN {e} e ON e.id = c.id AND e.scope = $1
+                 ORDER BY c.d LIMIT $4"
+            ),
+            // A replacement (same exact key: `no-cache`, or a race between replicas) takes a
+            // new id, so a stale id held anywhere never finds the new answer.
+            insert: format!(
+                "INSERT INTO {e} (scope, exact_key, prompt, embedding, response, created_ms,
+                                  expires_ms, last_hit_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6)
+                 ON CONFLICT (exact_key) DO UPDATE SET
+                    id = nextval('{seq}'), scope = EXCLUDED.scope, prompt = EXCLUDED.prompt,
+                    embedding = EXCLUDED.embedding, response = EXCLUDED.response,
+                    created_ms = EXCLUDED.created_ms, expires_ms = EXCLUDED.expires_ms,
+                    last_hit_ms = EXCLUDED.last_hit_ms, hits = 0
+                 RETURNING id, (xmax = 0) AS inserted",
+                seq = n.seq
+            ),
+            hits: format!(
+                "UPDATE {e} AS e SET hits = e.hits + v.n, last_hit_ms = GREATEST(e.last_hit_ms, v.t)
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, n, t)
+                 WHERE e.id = v.id"
+            ),
+            expire: format!(
+                "DELETE FROM {e} WHERE id IN (
+                    SELECT id FROM {e} WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2
+                    FOR UPDATE SKIP LOCKED)"
+            ),
+            evict: format!(
+                "DELETE FROM {e} WHERE id IN (
+                    SELECT id FROM {e} ORDER BY last_hit_ms, id LIMIT $1
+                    FOR UPDATE SKIP LOCKED)"
+            ),
+            count: format!("SELECT count(*) FROM {e}"),
+        }
+    }
+}
+
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        // Never blocks (a drop may happen on the async runtime): in-flight work is abandoned,
+        // which the database rolls back; pending hits are bookkeeping only.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn entry_from(row: &Row, offset: usize) -> Result<Entry, PgError> {
+    let bad = |what: &str| PgError::Db {
+        op: "read",
+        message: format!("malformed {what} in a stored entry"),
+    };
+    let id: i64 = row.try_get(offset).map_err(|_| bad("id"))?;
+    let scope: Vec<u8> = row.try_get(offset + 1).map_err(|_| bad("scope"))?;
+    let scope: [u8; 16] = scope.try_into().map_err(|_| bad("scope"))?;
+    let embedding: Option<Vector> = row.try_get(offset + 3).map_err(|_| bad("embedding"))?;
+    let Json(response): Json<CachedResponse> =
+        row.try_get(offset + 4).map_err(|_| bad("response"))?;
+    let created: i64 = row.try_get(offset + 5).map_err(|_| bad("created_ms"))?;
+    let expires: i64 = row.try_get(offset + 6).map_err(|_| bad("expires_ms"))?;
+    Ok(Entry {
+        id: id as u64,
+        scope: ScopeId(scope),
+        prompt: row.try_get(offset + 2).map_err(|_| bad("prompt"))?,
+        embedding: embedding.map(Vec::from),
+        response,
+        created_ms: created.max(0) as u64,
+        expires_ms: expires.max(0) as u64,
+    })
+}
+
+fn check_vector(v: &[f32], dim: usize) -> Result<(), PgError> {
+    if v.len() != dim {
+        return Err(PgError::Invalid(format!(
+            "embedding has {} dimensions, the database holds {dim}",
+            v.len()
+        )));
+    }
+    if !v.iter().all(|x| x.is_finite()) {
+        return Err(PgError::Invalid(
+            "embedding has NaN or infinite values".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn ms(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl Shared {
+    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool.get().await.map_err(PgError::pool(op))
+    }
+
+    /// Bounds `f` by the statement timeout and keeps the health state.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, PgError>>,
+    ) -> Result<T, PgError> {
+        let out = match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Timeout {
+                op,
+                ms: self.timeout.as_millis(),
+            }),
+        };
+        match &out {
+            Ok(_) => {
+                if self.degraded.lock().take().is_some() {
+                    tracing::info!("postgres reachable again; the cache serves");
+                }
+            }
+            Err(PgError::Invalid(_)) => {}
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let mut d = self.degraded.lock();
+                if d.is_none() {
+                    tracing::warn!(error = %e, "postgres unavailable; requests go uncached until it answers");
+                }
+                *d = Some(e.to_string());
+            }
+        }
+        out
+    }
+
+    async fn flush_hits(&self) -> Result<(), PgError> {
+        let batch: Vec<(i64, (i64, i64))> = {
+            let mut h = self.hits.lock();
+            if h.is_empty() {
+                return Ok(());
+            }
+            h.drain().collect()
+        };
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        let n: Vec<i64> = batch.iter().map(|(_, (n, _))| *n).collect();
+        let t: Vec<i64> = batch.iter().map(|(_, (_, t))| *t).collect();
+        let c = self.client("hits").await?;
+        let st = c
+            .prepare_cached(&self.sql.hits)
+            .await
+            .map_err(PgError::db("hits"))?;
+        c.execute(&st, &[&ids, &n, &t])
+            .await
+            .map_err(PgError::db("hits"))?;
+        Ok(())
+    }
+
+    async fn count_rows(&self) -> Result<usize, PgError> {
+        let c = self.client("count").await?;
+        let row = c
+            .query_one(&self.sql.count, &[])
+            .await
+            .map_err(PgError::db("count"))?;
+        let n: i64 = row.get(0);
+        self.count.store(n.max(0) as usize, Ordering::Relaxed);
+        Ok(n.max(0) as usize)
+    }
+
+    /// Deletes up to `limit` expired rows, then the least recently hit rows past
+    /// `max_entries`, in batches.
+    async fn sweep(&self, now: u64, limit: usize) -> Result<usize, PgError> {
+        let c = self.client("sweep").await?;
+        let mut removed = 0usize;
+        while removed < limit {
+            let batch = DELETE_BATCH.min((limit - removed) as i64);
+            let n = c
+                .execute(&self.sql.expire, &[&ms(now), &batch])
+                .await
+                .map_err(PgError::db("sweep"))? as usize;
+            removed += n;
+            if (n as i64) < batch {
+                break;
+            }
+        }
+        drop(c);
+        if self.max_entries > 0 {
+            let mut count = self.count_rows().await?;
+            let c = self.client("evict").await?;
+            while count > self.max_entries {
+                let batch = DELETE_BATCH.min((count - self.max_entries) as i64);
+                let n = c
+                    .execute(&self.sql.evict, &[&batch])
+                    .await
+                    .map_err(PgError::db("evict"))? as usize;
+                if n == 0 {
+                    break;
+                }
+                removed += n;
+                count = count.saturating_sub(n);
+            }
+            self.count.store(count, Ordering::Relaxed);
+        }
+        Ok(removed)
+    }
+
+    /// Writes hits; when degraded, pings; every few rounds, counts and evicts.
+    async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0u64;
+        loop {
+            tick.tick().await;
+            round += 1;
+            let _ = self.bounded("hits", self.flush_hits()).await;
+            if self.degraded.lock().is_some() {
+                let ping = async {
+                    let c = self.client("ping").await?;
+                    c.simple_query("SELECT 1")
+                        .await
+                        .map_err(PgError::db("ping"))?;
+                    Ok(())
+                };
+                let _ = self.bounded("ping", ping).await;
+            } else if round.is_multiple_of(20) && self.max_entries > 0 {
+                // Eviction only: the server's sweep removes the expired.
+                let _ = self.bounded("evict", self.sweep(0, 0)).await;
+            }
+        }
+    }
+}
+
+impl PostgresBackend {
+    /// Connects with the URL in `cfg.url_env` (read from `env`), migrates the schema and checks
+    /// that it holds vectors of `model_id` with `dim` dimensions. Blocking.
+    pub fn open(
+        cfg: &PostgresConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        model_id: &str,
+        dim: usize,
+        max_entries: usize,
+    ) -> Result<PostgresBackend, PgError> {
+        let url = env(&cfg.url_env).ok_or_else(|| PgError::NoUrl {
+            env: cfg.url_env.clone(),
+        })?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|_| PgError::BadUrl {
+            env: cfg.url_env.clone(),
+        })?;
+        drop(url);
+        pg.application_name("deja")
+            .connect_timeout(cfg.statement_timeout)
+            .options(format!(
+                "-c statement_timeout={} -c hnsw.iterative_scan=relaxed_order",
+                cfg.statement_timeout.as_millis().max(1)
+            ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("deja-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| PgError::Db {
+                op: "start",
+                message: e.to_string(),
+            })?;
+        let handle = runtime.handle().clone();
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeout = cfg.statement_timeout;
+        let pool = {
+            let _guard = handle.enter();
+            Pool::builder(manager)
+                .max_size(cfg.pool_size)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(timeout))
+                .create_timeout(Some(timeout))
+                .recycle_timeout(Some(timeout))
+                .build()
+                .map_err(|e| PgError::Db {
+                    op: "start",
+                    message: e.to_string(),
+                })?
+        };
+        let names = Names::new(&cfg.schema);
+        let shared = Arc::new(Shared {
+            pool,
+            sql: Sql::new(&names),
+            names,
+            timeout,
+            dim,
+            max_entries,
+            count: AtomicUsize::new(0),
+            hits: Mutex::new(HashMap::new()),
+            hits_dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            degraded: Mutex::new(None),
+        });
+        let s = Arc::clone(&shared);
+        let opened = handle.block_on(async move {
+            let migrated = async {
+                let mut c = s.client("connect").await?;
+                let tx_timeout = format!("{}", MIGRATION_TIMEOUT.as_millis());
+                c.batch_execute(&format!("SET statement_timeout = {tx_timeout}"))
+                    .await
+                    .map_err(PgError::db("migrate"))?;
+                let client: &mut tokio_postgres::Client = &mut c;
+                let done = schema::migrate(client, &s.names, model_id, dim).await;
+                // The pooled connection goes back with the configured timeout.
+                let _ = c
+                    .batch_execute(&format!(
+                        "SET statement_timeout = {}",
+                        timeout.as_millis().max(1)
+                    ))
+                    .await;
+                done
+            };
+            match tokio::time::timeout(MIGRATION_TIMEOUT, migrated).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(PgError::Timeout {
+                        op: "migrate",
+                        ms: MIGRATION_TIMEOUT.as_millis(),
+                    })
+                }
+            }
+            s.bounded("count", s.count_rows()).await?;
+            Ok(())
+        });
+        opened?;
+        runtime.spawn(Arc::clone(&shared).maintain());
+        tracing::info!(
+            schema = %cfg.schema,
+            entries = shared.count.load(Ordering::Relaxed),
+            "postgres cache backend ready"
+        );
+        Ok(PostgresBackend {
+            shared,
+            handle,
+            runtime: Some(runtime),
+        })
+    }
+
+    fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, PgError>>,
+    ) -> Result<T, CacheError> {
+        let s = &self.shared;
+        Ok(self.handle.block_on(s.bounded(op, f))?)
+    }
+
+    /// Writes pending hits now (tests, shutdown).
+    pub fn flush_hits(&self) -> Result<(), CacheError> {
+        self.run("hits", self.shared.flush_hits())
+    }
+
+    /// Hit count stored for `id` (pending hits not included); `None` if it is gone.
+    pub fn stored_hits(&self, id: EntryId) -> Result<Option<u64>, CacheError> {
+        let s = &self.shared;
+        self.run("read", async {
+            let c = s.client("read").await?;
+            let q = format!("SELECT hits FROM {} WHERE id = $1", s.names.entries);
+            let row = c
+                .query_opt(&q, &[&(id as i64)])
+                .await
+                .map_err(PgError::db("read"))?;
+            Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+        })
+    }
+
+    async fn one(&self, op: &'static str, sql: &str, id: &[u8]) -> Result<Option<Entry>, PgError> {
+        let c = self.shared.client(op).await?;
+        let st = c.prepare_cached(sql).await.map_err(PgError::db(op))?;
+        match c.query_opt(&st, &[&id]).await.map_err(PgError::db(op))? {
+            Some(row) => Ok(Some(entry_from(&row, 0)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn get_exact(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError> {
+        let key = exact_key(scope, prompt);
+        self.run(
+            "exact lookup",
+            self.one("exact lookup", &self.shared.sql.get_exact, &key),
+        )
+    }
+
+    fn get(&self, id: EntryId) -> Result<Option<Entry>, CacheError> {
+        let s = &self.shared;
+        self.run("read", async {
+            let c = s.client("read").await?;
+            let st = c
+                .prepare_cached(&s.sql.get)
+                .await
+                .map_err(PgError::db("read"))?;
+            match c
+                .query_opt(&st, &[&(id as i64)])
+                .await
+                .map_err(PgError::db("read"))?
+            {
+                Some(row) => Ok(Some(entry_from(&row, 0)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn nearest(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+        k: usize,
+    ) -> Result<Vec<Near>, CacheError> {
+        let s = &self.shared;
+        check_vector(embedding, s.dim)?;
+        let v = Vector::from(embedding.to_vec());
+        let k = (k.min(CANDIDATES as usize)) as i64;
+        self.run("search", async {
+            let c = s.client("search").await?;
+            let st = c
+                .prepare_cached(&s.sql.nearest)
+                .await
+                .map_err(PgError::db("search"))?;
+            let rows = c
+                .query(&st, &[&&scope.0[..], &v, &ms(now_ms()), &k])
+                .await
+                .map_err(PgError::db("search"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let d: f64 = row.get(0);
+                let entry = entry_from(&row, 1)?;
+                if entry.scope != scope {
+                    continue;
+                }
+                out.push(Near {
+                    id: entry.id,
+                    similarity: (1.0 - d) as f32,
+                    entry: Some(entry),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn record_hit(&self, id: EntryId, now_ms: u64) -> Result<(), CacheError> {
+        let mut h = self.shared.hits.lock();
+        let full = h.len() >= MAX_PENDING_HITS;
+        match h.get_mut(&(id as i64)) {
+            Some((n, t)) => {
+                *n += 1;
+                *t = (*t).max(ms(now_ms));
+            }
+            None if full => {
+                self.shared.hits_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                h.insert(id as i64, (1, ms(now_ms)));
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&self, e: NewEntry) -> Result<EntryId, CacheError> {
+        let s = &self.shared;
+        if let Some(v) = &e.embedding {
+            check_vector(v, s.dim)?;
+        }
+        let key = exact_key(e.scope, &e.prompt);
+        let vector = e.embedding.map(Vector::from);
+        self.run("insert", async {
+            let c = s.client("insert").await?;
+            let st = c
+                .prepare_cached(&s.sql.insert)
+                .await
+                .map_err(PgError::db("insert"))?;
+            let row = c
+                .query_one(
+                    &st,
+                    &[
+                        &&e.scope.0[..],
+                        &&key[..],
+                        &e.prompt,
+                        &vector,
+                        &Json(&e.response),
+                        &ms(e.created_ms),
+                        &ms(e.expires_ms),
+                    ],
+                )
+                .await
+                .map_err(PgError::db("insert"))?;
+            let id: i64 = row.get(0);
+            if row.get::<_, bool>(1) {
+                s.count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(id as u64)
+        })
+    }
+
+    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, CacheError> {
+        self.run("sweep", self.shared.sweep(now_ms, limit))
+    }
+
+    fn len(&self) -> usize {
+        self.shared.count.load(Ordering::Relaxed)
+    }
+
+    /// Inserts are committed when they return: only pending hits are written here.
+    fn flush(&self) -> Result<(), CacheError> {
+        self.flush_hits()
+    }
+
+    fn health(&self) -> Health {
+        match &*self.shared.degraded.lock() {
+            None => Health::Ready,
+            Some(why) => Health::Degraded(why.clone()),
+        }
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats {
+            errors: self.shared.errors.load(Ordering::Relaxed),
+            hits_dropped: self.shared.hits_dropped.load(Ordering::Relaxed),
+            degraded: self.shared.degraded.lock().is_some(),
+        }
+    }
+}

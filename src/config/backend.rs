@@ -1,0 +1,305 @@
+//! `[cache] backend` and `[cache.postgres]`: which storage backend the cache runs on (issue
+//! 14). Its raw shape, its validation (one function, [`validate_backend`], called once from
+//! `validate`) live here. The database URL is never in the config: `url_env` names the
+//! environment variable that holds it, read at start-up, and neither it nor its password ever
+//! appears in a log line, a metric or an error.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigIssue;
+
+pub const DEFAULT_URL_ENV: &str = "DEJA_POSTGRES_URL";
+pub const DEFAULT_POOL_SIZE: usize = 16;
+const MAX_POOL_SIZE: usize = 1024;
+pub const DEFAULT_SCHEMA: &str = "deja";
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A statement runs on the request path: longer than this is slower than the upstream call the
+/// cache is meant to save.
+pub const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_IDENTIFIER: usize = 63;
+
+/// `[cache.postgres]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url_env: Option<String>,
+    pub pool_size: Option<u64>,
+    pub schema: Option<String>,
+    pub statement_timeout: Option<String>,
+}
+
+/// Where the cache keeps its entries and searches its vectors.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum BackendConfig {
+    /// sled + the in-process index under `cache.dir` (the default, one process).
+    #[default]
+    Embedded,
+    /// PostgreSQL with pgvector, shared by every replica.
+    Postgres(PostgresConfig),
+}
+
+impl BackendConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendConfig::Embedded => "embedded",
+            BackendConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// The validated `[cache.postgres]` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// The environment variable holding `postgres://user:password@host:port/db`.
+    pub url_env: String,
+    /// Connections each replica keeps at most.
+    pub pool_size: usize,
+    /// The schema deja creates and owns (tables, indexes, metadata).
+    pub schema: String,
+    /// Bound on every statement (and on waiting for a connection); past it the request goes
+    /// on uncached.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url_env: DEFAULT_URL_ENV.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            schema: DEFAULT_SCHEMA.into(),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+fn issue(issues: &mut Vec<ConfigIssue>, path: &str, message: impl Into<String>) {
+    issues.push(ConfigIssue {
+        path: path.into(),
+        message: message.into(),
+    });
+}
+
+/// An unquoted SQL identifier: a lowercase letter or `_`, then lowercase letters, digits or
+/// `_`. Anything else would need quoting, and deja interpolates the schema into DDL.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= MAX_IDENTIFIER
+        && !s.starts_with("pg_")
+}
+
+/// A portable environment variable name.
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validates `[cache] backend` and `[cache.postgres]`; problems are appended to `issues`.
+pub fn validate_backend(
+    backend: Option<&str>,
+    raw: Option<&RawPostgres>,
+    issues: &mut Vec<ConfigIssue>,
+) -> BackendConfig {
+    let postgres = raw.map(|r| validate_postgres(r, issues));
+    match backend.unwrap_or("embedded") {
+        "embedded" => {
+            if postgres.is_some() {
+                issue(
+                    issues,
+                    "cache.postgres",
+                    "set, but cache.backend is \"embedded\": set backend = \"postgres\" to use \
+                     it, or remove the block",
+                );
+            }
+            BackendConfig::Embedded
+        }
+        "postgres" => BackendConfig::Postgres(postgres.unwrap_or_default()),
+        other => {
+            issue(
+                issues,
+                "cache.backend",
+                format!("unknown backend '{other}' (expected \"embedded\" or \"postgres\")"),
+            );
+            BackendConfig::Embedded
+        }
+    }
+}
+
+fn validate_postgres(raw: &RawPostgres, issues: &mut Vec<ConfigIssue>) -> PostgresConfig {
+    let mut cfg = PostgresConfig::default();
+    if let Some(name) = &raw.url_env {
+        if is_env_name(name) {
+            cfg.url_env = name.clone();
+        } else if name.contains("://") {
+            // Never echo it: it may be the URL itself, password included.
+            issue(
+                issues,
+                "cache.postgres.url_env",
+                "must name an environment variable that holds the URL, not the URL itself",
+            );
+        } else {
+            issue(
+                issues,
+                "cache.postgres.url_env",
+                "is not an environment variable name (letters, digits and _)",
+            );
+        }
+    }
+    if let Some(n) = raw.pool_size {
+        if (1..=MAX_POOL_SIZE as u64).contains(&n) {
+            cfg.pool_size = n as usize;
+        } else {
+            issue(
+                issues,
+                "cache.postgres.pool_size",
+                format!("{n} is not between 1 and {MAX_POOL_SIZE}"),
+            );
+        }
+    }
+    if let Some(s) = &raw.schema {
+        if is_identifier(s) {
+            cfg.schema = s.clone();
+        } else {
+            issue(
+                issues,
+                "cache.postgres.schema",
+                format!(
+                    "'{s}' is not a plain schema name (lowercase letters, digits and _, not \
+                     starting with a digit or pg_, at most {MAX_IDENTIFIER} bytes)"
+                ),
+            );
+        }
+    }
+    if let Some(s) = &raw.statement_timeout {
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() && d <= MAX_STATEMENT_TIMEOUT && d.as_millis() > 0 => {
+                cfg.statement_timeout = d;
+            }
+            Ok(_) => issue(
+                issues,
+                "cache.postgres.statement_timeout",
+                format!(
+                    "'{s}' is not between 1ms and {}s",
+                    MAX_STATEMENT_TIMEOUT.as_secs()
+                ),
+            ),
+            Err(e) => issue(
+                issues,
+                "cache.postgres.statement_timeout",
+                format!("invalid duration '{s}': {e} (e.g. \"500ms\", \"2s\")"),
+            ),
+        }
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(backend: Option<&str>, raw: Option<RawPostgres>) -> (BackendConfig, Vec<String>) {
+        let mut issues = Vec::new();
+        let cfg = validate_backend(backend, raw.as_ref(), &mut issues);
+        let text = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        (cfg, text)
+    }
+
+    #[test]
+    fn issue14_embedded_is_the_default_and_postgres_takes_its_defaults() {
+        assert_eq!(check(None, None), (BackendConfig::Embedded, vec![]));
+        assert_eq!(
+            check(Some("postgres"), None),
+            (BackendConfig::Postgres(PostgresConfig::default()), vec![])
+        );
+        let (cfg, issues) = check(
+            Some("postgres"),
+            Some(RawPostgres {
+                url_env: Some("PG_URL".into()),
+                pool_size: Some(4),
+                schema: Some("deja_fleet2".into()),
+                statement_timeout: Some("250ms".into()),
+            }),
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(
+            cfg,
+            BackendConfig::Postgres(PostgresConfig {
+                url_env: "PG_URL".into(),
+                pool_size: 4,
+                schema: "deja_fleet2".into(),
+                statement_timeout: Duration::from_millis(250),
+            })
+        );
+    }
+
+    #[test]
+    fn issue14_every_bad_value_is_reported_with_its_path() {
+        let (_, issues) = check(
+            Some("postgres"),
+            Some(RawPostgres {
+                url_env: Some("MY URL".into()),
+                pool_size: Some(0),
+                schema: Some("Deja; DROP TABLE x".into()),
+                statement_timeout: Some("0s".into()),
+            }),
+        );
+        let joined = issues.join("\n");
+        for path in ["url_env", "pool_size", "schema", "statement_timeout"] {
+            assert!(
+                joined.contains(&format!("cache.postgres.{path}")),
+                "{path}: {joined}"
+            );
+        }
+        let (_, issues) = check(Some("redis"), None);
+        assert!(issues[0].starts_with("cache.backend: unknown backend 'redis'"));
+        let (_, issues) = check(None, Some(RawPostgres::default()));
+        assert!(
+            issues[0].starts_with("cache.postgres: set, but"),
+            "{issues:?}"
+        );
+        for bad in ["1h", "soon"] {
+            let (_, issues) = check(
+                Some("postgres"),
+                Some(RawPostgres {
+                    statement_timeout: Some(bad.into()),
+                    ..RawPostgres::default()
+                }),
+            );
+            assert_eq!(issues.len(), 1, "{bad}: {issues:?}");
+        }
+        for bad in ["pg_catalog", "1abc", ""] {
+            let (_, issues) = check(
+                Some("postgres"),
+                Some(RawPostgres {
+                    schema: Some(bad.into()),
+                    ..RawPostgres::default()
+                }),
+            );
+            assert_eq!(issues.len(), 1, "{bad}: {issues:?}");
+        }
+    }
+
+    /// Someone pasting the URL where its variable's name belongs gets an error that does not
+    /// repeat it.
+    #[test]
+    fn issue14_a_url_in_url_env_is_refused_without_echoing_it() {
+        let (_, issues) = check(
+            Some("postgres"),
+            Some(RawPostgres {
+                url_env: Some("postgres://deja:s3cret-pw@db.internal:5432/deja".into()),
+                ..RawPostgres::default()
+            }),
+        );
+        assert_eq!(issues.len(), 1);
+        assert!(!issues[0].contains("s3cret-pw"), "{issues:?}");
+        assert!(!issues[0].contains("db.internal"), "{issues:?}");
+    }
+}

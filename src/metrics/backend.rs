@@ -1,0 +1,68 @@
+//! The storage backend's metrics (`cache::backend`, issue 14): failed calls (each forwarded
+//! uncached: the fail-open path), whether it is degraded now, and hits not recorded because
+//! the pending batch was full. The backend counts with atomics; `/metrics` copies them here at
+//! scrape time. The only label is the backend kind, a fixed string.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::cache::backend::BackendStats;
+
+pub struct BackendMetrics {
+    /// `deja_backend_errors_total{backend}`.
+    pub errors: IntCounterVec,
+    /// `deja_backend_degraded{backend}`: 1 while the backend fails and requests go uncached.
+    pub degraded: IntGaugeVec,
+    /// `deja_backend_hits_dropped_total{backend}`.
+    pub hits_dropped: IntCounterVec,
+}
+
+impl BackendMetrics {
+    pub(super) fn new() -> Result<BackendMetrics, prometheus::Error> {
+        Ok(BackendMetrics {
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "deja_backend_errors_total",
+                    "Cache backend calls that failed (down, slow, refused); each request \
+                     concerned was forwarded uncached.",
+                ),
+                &["backend"],
+            )?,
+            degraded: IntGaugeVec::new(
+                Opts::new(
+                    "deja_backend_degraded",
+                    "1 while the cache backend is failing and requests are forwarded uncached.",
+                ),
+                &["backend"],
+            )?,
+            hits_dropped: IntCounterVec::new(
+                Opts::new(
+                    "deja_backend_hits_dropped_total",
+                    "Cache hits not recorded for eviction because the pending batch was full.",
+                ),
+                &["backend"],
+            )?,
+        })
+    }
+
+    pub(super) fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.errors.clone()))?;
+        registry.register(Box::new(self.degraded.clone()))?;
+        registry.register(Box::new(self.hits_dropped.clone()))?;
+        Ok(())
+    }
+
+    /// Brings the exported values up to the backend's own counters (which only grow).
+    pub fn sync(&self, backend: &str, stats: &BackendStats) {
+        let forward = |c: &IntCounterVec, value: u64| {
+            let c = c.with_label_values(&[backend]);
+            if value > c.get() {
+                c.inc_by(value - c.get());
+            }
+        };
+        forward(&self.errors, stats.errors);
+        forward(&self.hits_dropped, stats.hits_dropped);
+        self.degraded
+            .with_label_values(&[backend])
+            .set(stats.degraded as i64);
+    }
+}
