@@ -329,7 +329,7 @@ const LEGACY_FIXTURE: &str = include_str!("../../tests/fixtures/store-v1.json");
 /// and sled's id counter past the ids it handed out.
 fn legacy_store(dir: &Path) -> Vec<EntryId> {
     let fixture: serde_json::Value = serde_json::from_str(LEGACY_FIXTURE).unwrap();
-    let db = sled::open(dir).unwrap();
+    let db = open_raw(dir);
     for (name, pairs) in fixture["trees"].as_object().unwrap() {
         let tree = db.open_tree(name).unwrap();
         for pair in pairs.as_array().unwrap() {
@@ -385,7 +385,7 @@ fn assert_serves_the_fixture(store: &Store, ids: &[EntryId]) {
 
 /// The raw `entries` values and the schema version in `meta`, read past the store.
 fn raw_state(dir: &Path) -> (Vec<Vec<u8>>, Vec<u8>, bool) {
-    let db = sled::open(dir).unwrap();
+    let db = open_raw(dir);
     let entries = db.open_tree("entries").unwrap();
     let values = entries.iter().map(|kv| kv.unwrap().1.to_vec()).collect();
     let meta = db.open_tree("meta").unwrap();
@@ -444,7 +444,7 @@ fn issue12_an_interrupted_migration_reopens_and_finishes() {
         let path = dir.path().join("store");
         let ids = legacy_store(&path);
         {
-            let db = sled::open(&path).unwrap();
+            let db = open_raw(&path);
             let (meta, entries) = (
                 db.open_tree("meta").unwrap(),
                 db.open_tree("entries").unwrap(),
@@ -476,7 +476,7 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
     let path = dir.path().join("store");
     let ids = legacy_store(&path);
     {
-        let db = sled::open(&path).unwrap();
+        let db = open_raw(&path);
         let entries = db.open_tree("entries").unwrap();
         let raw = entries.get(ids[1].to_be_bytes()).unwrap().unwrap();
         entries
@@ -496,7 +496,7 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
     let path = future.path().join("store");
     legacy_store(&path);
     {
-        let db = sled::open(&path).unwrap();
+        let db = open_raw(&path);
         let meta = db.open_tree("meta").unwrap();
         meta.insert(b"schema_version", &99u32.to_be_bytes())
             .unwrap();
@@ -524,7 +524,7 @@ fn schema2_exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
 /// Returns the ids, in order.
 fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
     drop(Store::open(&cfg(dir)).unwrap());
-    let db = sled::open(cfg(dir).dir).unwrap();
+    let db = open_raw(cfg(dir).dir);
     let tree = |n: &str| db.open_tree(n).unwrap();
     let (entries_tree, exact, access, meta) =
         (tree("entries"), tree("exact"), tree("access"), tree("meta"));
@@ -572,7 +572,7 @@ fn schema2_entries() -> Vec<NewEntry> {
 
 /// The raw trees and schema version of the store in `dir`, read past the store.
 fn raw_exact_state(dir: &TempDir) -> (usize, usize, usize, Vec<u8>, bool) {
-    let db = sled::open(cfg(dir).dir).unwrap();
+    let db = open_raw(cfg(dir).dir);
     let tree = |n: &str| db.open_tree(n).unwrap();
     let meta = tree("meta");
     (
@@ -656,7 +656,7 @@ fn an_interrupted_exact_key_rebuild_reopens_and_finishes() {
         let dir = TempDir::new().unwrap();
         let ids = schema2_store(&dir, &schema2_entries());
         {
-            let db = sled::open(cfg(&dir).dir).unwrap();
+            let db = open_raw(cfg(&dir).dir);
             let tree = |n: &str| db.open_tree(n).unwrap();
             let (meta, entries, exact, access) =
                 (tree("meta"), tree("entries"), tree("exact"), tree("access"));
@@ -700,4 +700,21 @@ fn an_exact_key_rebuild_merges_within_a_batch() {
     assert_eq!(e.id, ids[2]);
     assert_eq!(store.len(), 1);
     assert_eq!((store.inner.entries.len(), store.inner.exact.len()), (1, 1));
+}
+
+/// Opens the sled database under a store, past the store, for tests that read or damage its
+/// raw trees. A store that was just dropped may still hold the file lock for a moment (sled's
+/// flusher thread ends asynchronously; seen under load as `WouldBlock`), so this retries for
+/// up to 5 s instead of failing on the race.
+fn open_raw(path: impl AsRef<std::path::Path>) -> sled::Db {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::open(path.as_ref()) {
+            Ok(db) => return db,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", path.as_ref().display()),
+        }
+    }
 }
