@@ -20,7 +20,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 /// Bytes of input kept per allowed token. Tokenization runs before truncation, so a multi-MB
 /// prompt would otherwise be tokenized in full only to be cut at 256 tokens; a real token never
 /// needs this many bytes of text.
-const BYTES_PER_TOKEN_CAP: usize = 128;
+pub(super) const BYTES_PER_TOKEN_CAP: usize = 128;
 
 /// Extra padded tokens a group may carry before a longer text starts its own forward pass.
 const PAD_SLACK_TOKENS: usize = 32;
@@ -254,7 +254,7 @@ impl Embedder for BertEmbedder {
 /// gemm skips its strided packing path. Measured on the 2-core dev machine: one 9×384 · 384×1536
 /// product went from 2.4 ms to 0.9 ms, and a 9-token forward pass uses ~25% less CPU (packing
 /// fell from a third of the profile to 5%).
-fn load_weights(
+pub(super) fn load_weights(
     path: &std::path::Path,
     device: &Device,
     transpose: bool,
@@ -303,7 +303,7 @@ fn length_groups(encoded: &[Vec<u32>]) -> Vec<Vec<usize>> {
     groups
 }
 
-fn clip_bytes(text: &str, max: usize) -> &str {
+pub(super) fn clip_bytes(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

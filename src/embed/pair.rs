@@ -20,6 +20,7 @@
 //! build machines (see docs/verifier-models.md), so none is a default: the operator names one.
 //! It runs on CPU (the native encoder) whatever device the embedder uses.
 
+use super::bert::{clip_bytes as clip, load_weights, BYTES_PER_TOKEN_CAP};
 use super::native::{NativeBert, NativeOptions, Shape};
 use super::resolve::{resolve_model, ModelFiles, ResolveOptions};
 use super::{EmbedError, EmbedSettings};
@@ -53,9 +54,6 @@ pub fn load_verifier(
     let files = resolve_model(&settings, opts)?;
     PairModel::load_with_threads(&files, v.max_tokens, compute_threads)
 }
-
-/// Bytes of input kept per allowed token (as the embedder clips, see `bert.rs`).
-const BYTES_PER_TOKEN_CAP: usize = 128;
 
 #[derive(Debug, Deserialize)]
 struct PairConfig {
@@ -229,10 +227,7 @@ impl PairModel {
             eps: config.layer_norm_eps as f32,
             position_offset,
         };
-        let bytes = std::fs::read(&files.weights)
-            .map_err(|e| EmbedError::io(format!("read {}", files.weights.display()), e))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
-        drop(bytes);
+        let tensors = load_weights(&files.weights, &candle_core::Device::Cpu, false)?;
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -404,17 +399,6 @@ fn output_of(labels: usize, id2label: &HashMap<String, String>) -> Result<Output
             )))
         }
     }
-}
-
-fn clip(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while end > 0 && !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
