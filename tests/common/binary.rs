@@ -123,6 +123,12 @@ pub fn python_with_sdks() -> PathBuf {
     if has_sdks(&system) {
         return system;
     }
+    venv_python()
+}
+
+/// The tests' own venv under `target/` (made with tests/e2e/requirements.txt when missing), for
+/// what the system Python lacks: `cargo test` alone must work on a clean machine.
+pub fn venv_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = root.join("target").join("e2e-venv");
     let python = venv.join("bin").join("python");

