@@ -20,6 +20,12 @@ pub enum GuardVerdict {
     /// The same words related the other way round: "convert pounds to kilos" / "convert
     /// kilos to pounds", "move money from checking to savings" / "… from savings to checking".
     Direction,
+    /// One text has a small word whose opposite the other has instead: "turn *on*" / "turn
+    /// *off*", "log *in*" / "log *out*", "sign *up*" / "sign *in*", "*over* 21" / "*under*
+    /// 21", "eat *before*" / "eat *after*", or the same two words linked the opposite way
+    /// ("money *to* savings" / "money *from* savings"). These words carry no topic, so the
+    /// content-word comparison and the embedding both miss them.
+    Opposite,
 }
 
 impl GuardVerdict {
@@ -34,6 +40,7 @@ impl GuardVerdict {
             GuardVerdict::Numbers => "numbers",
             GuardVerdict::Roles => "roles",
             GuardVerdict::Direction => "direction",
+            GuardVerdict::Opposite => "opposite",
         }
     }
 }
@@ -58,7 +65,50 @@ pub struct Features {
     /// (x, y) for every "x <relation> y" with content words right next to the relation word
     /// ("pounds to kilos", "Boston to Denver", "checking to savings").
     relations: Vec<(String, String)>,
+    /// The same, with the relation word's index in [`LINKS`] when it has an opposite there
+    /// ("money to savings" → (money, to, savings)).
+    links: Vec<(String, usize, String)>,
+    /// Bit i set when the word `PARTICLES[i]` occurs.
+    particles: u32,
 }
+
+/// Small words with an opposite, which the content-word comparison does not see (most are
+/// function words) and sentence embeddings barely weigh. Indices into this table form
+/// [`OPPOSITES`].
+const PARTICLES: &[&str] = &[
+    "on", "off", "in", "out", "up", "down", "into", "onto", "over", "under", "above", "below",
+    "before", "after", "more", "less", "fewer", "most", "least", "all", "some", "will", "did",
+    "was", "were",
+];
+
+/// Pairs of [`PARTICLES`] indices that mean opposite things next to the same words: on/off,
+/// in/out, up/down, up/in ("sign up" / "sign in"), into/out, onto/off, over/under,
+/// above/below, before/after, more/less, more/fewer, most/least, all/some, and future
+/// against past ("will it rain" / "did it rain", "will I be charged" / "was I charged").
+const OPPOSITES: &[(usize, usize)] = &[
+    (0, 1),
+    (2, 3),
+    (4, 5),
+    (4, 2),
+    (6, 3),
+    (7, 1),
+    (8, 9),
+    (10, 11),
+    (12, 13),
+    (14, 15),
+    (14, 16),
+    (17, 18),
+    (19, 20),
+    (21, 22),
+    (21, 23),
+    (21, 24),
+];
+
+/// Relation words whose opposite links the same two words the other way: "to" / "from",
+/// "into" / "from". Compared only between content words ("money to savings" / "money from
+/// savings"), since "to" alone is mostly an infinitive ("how to reset").
+const LINKS: &[&str] = &["to", "from", "into"];
+const LINK_OPPOSITES: &[(usize, usize)] = &[(0, 1), (2, 1)];
 
 /// Where a pronoun stands next to a content word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,7 +122,8 @@ enum Slot {
 /// One token as the direction check sees it.
 enum Part {
     Word(String),
-    Relation,
+    /// A relation word, with its index in [`LINKS`] if it has one.
+    Relation(Option<usize>),
     Other,
 }
 
@@ -88,13 +139,18 @@ impl Features {
             asks: 0,
             roles: BTreeMap::new(),
             relations: Vec::new(),
+            links: Vec::new(),
+            particles: 0,
         };
         let mut parts = Vec::with_capacity(tokens.len());
         for (i, token) in tokens.iter().enumerate() {
             f.persons |= person(token);
             f.asks |= asks(token);
+            if let Some(p) = PARTICLES.iter().position(|w| w == token) {
+                f.particles |= 1 << p;
+            }
             if is_relation(token) {
-                parts.push(Part::Relation);
+                parts.push(Part::Relation(LINKS.iter().position(|w| w == token)));
                 continue;
             }
             if is_determiner(token) {
@@ -121,9 +177,12 @@ impl Features {
             parts.push(Part::Other);
         }
         for w in parts.windows(3) {
-            if let [Part::Word(x), Part::Relation, Part::Word(y)] = w {
+            if let [Part::Word(x), Part::Relation(link), Part::Word(y)] = w {
                 if x != y {
                     f.relations.push((x.clone(), y.clone()));
+                    if let Some(l) = link {
+                        f.links.push((x.clone(), *l, y.clone()));
+                    }
                 }
             }
         }
@@ -139,6 +198,8 @@ impl Features {
             GuardVerdict::Roles
         } else if reversed(self, other) || reversed(other, self) {
             GuardVerdict::Direction
+        } else if opposite(self, other) {
+            GuardVerdict::Opposite
         } else {
             GuardVerdict::Pass
         }
@@ -173,6 +234,30 @@ fn reversed(a: &Features, b: &Features) -> bool {
     a.relations
         .iter()
         .any(|(x, y)| matches!((first(x), first(y)), (Some(px), Some(py)) if py < px))
+}
+
+/// One text has a particle and not its opposite, the other the opposite and not the particle
+/// ("log in" / "log out"; "look up a word in the dictionary" / "find a word in the
+/// dictionary" has "in" on both sides and passes), or both link the same two words with
+/// opposite relation words ("money to savings" / "money from savings").
+fn opposite(a: &Features, b: &Features) -> bool {
+    let has = |f: &Features, i: usize| f.particles & (1 << i) != 0;
+    let one_way = |x: usize, y: usize| has(a, x) && !has(a, y) && has(b, y) && !has(b, x);
+    let particles = OPPOSITES
+        .iter()
+        .any(|&(x, y)| one_way(x, y) || one_way(y, x));
+    let linked = |p: &Features, q: &Features| {
+        p.links.iter().any(|(x, l, y)| {
+            q.links.iter().any(|(qx, ql, qy)| {
+                qx == x
+                    && qy == y
+                    && LINK_OPPOSITES
+                        .iter()
+                        .any(|&(m, n)| (*l, *ql) == (m, n) || (*l, *ql) == (n, m))
+            })
+        })
+    };
+    particles || linked(a, b)
 }
 
 /// Numbers equal as multisets, where a "1" on one side may be the word "one" on the other.
@@ -728,6 +813,72 @@ mod tests {
             ),
             GuardVerdict::Pass,
             "moving a whole phrase keeps its relations"
+        );
+    }
+
+    #[test]
+    fn opposite_small_words_are_vetoed() {
+        for (a, b) in [
+            (
+                "How do I turn on notifications?",
+                "How do I turn off notifications?",
+            ),
+            ("How do I log in?", "How do I log out?"),
+            ("How do I sign up?", "How can I sign in?"),
+            (
+                "Can I drink if I am over 21?",
+                "Can I drink if I am under 21?",
+            ),
+            (
+                "Should I eat before running?",
+                "Should I eat after running?",
+            ),
+            (
+                "transfer money to my savings",
+                "transfer money from my savings",
+            ),
+            ("Do all cats purr?", "Do some cats purr?"),
+            ("Which plan costs more?", "Which plan costs less?"),
+            (
+                "How do I get into the building?",
+                "How do I get out of the building?",
+            ),
+            ("Will I be charged a fee?", "Was I charged a fee?"),
+            ("When will the update ship?", "When did the update ship?"),
+        ] {
+            assert_eq!(check(a, b), GuardVerdict::Opposite, "{a} / {b}");
+            assert_eq!(check(b, a), GuardVerdict::Opposite, "{b} / {a}");
+        }
+    }
+
+    #[test]
+    fn small_words_on_both_sides_or_unrelated_pass() {
+        for (a, b) in [
+            ("How do I turn on the light?", "How do I turn the light on?"),
+            (
+                "look up a word in the dictionary",
+                "find a word in the dictionary",
+            ),
+            ("How to reset my password", "reset my password from the app"),
+            (
+                "How do I sort a list in Python?",
+                "How to sort a list with Python?",
+            ),
+            (
+                "What will happen if I miss a payment?",
+                "What happens if I miss a payment?",
+            ),
+            (
+                "Will I get a refund if I was charged twice?",
+                "Do I get a refund if I was charged twice?",
+            ),
+        ] {
+            assert_eq!(check(a, b), GuardVerdict::Pass, "{a} / {b}");
+            assert_eq!(check(b, a), GuardVerdict::Pass, "{b} / {a}");
+        }
+        assert!(
+            same("How do I turn on the light?", "how can I turn on the light"),
+            "the lexical verifier still confirms a rewording"
         );
     }
 
