@@ -595,6 +595,27 @@ async fn the_shipped_rule_serves_rewordings_and_refuses_lookalikes() {
             "miss",
             "",
         ),
+        // Same content words, opposite small words: the lexical verifier alone would serve
+        // these; the opposite guard refuses them.
+        ("How do I log in?", "How do I log out?", "miss", ""),
+        (
+            "How do I turn on notifications?",
+            "How do I turn off notifications?",
+            "miss",
+            "",
+        ),
+        (
+            "Can I drink if I am over 21?",
+            "Can I drink if I am under 21?",
+            "miss",
+            "",
+        ),
+        (
+            "How do I turn on notifications?",
+            "How can I turn notifications on?",
+            "semantic-hit",
+            "lexical",
+        ),
     ];
     for (i, (stored, asked, outcome, verified)) in cases.iter().enumerate() {
         let key = format!("k{i}");
