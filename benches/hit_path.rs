@@ -45,6 +45,7 @@ fn engine(rt: &tokio::runtime::Runtime) -> (CacheEngine, tempfile::TempDir) {
                 usage: None,
                 provider: "bench".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             };
             engine
                 .insert(scope(), prompt, Some(v), answer, Duration::from_secs(3600))

@@ -191,6 +191,7 @@ fn answer(i: usize, prompt: &str) -> CachedResponse {
         usage: None,
         provider: "bench".into(),
         system_fingerprint: None,
+        tool_calls: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn entry(i: u64) -> NewEntry {
             }),
             provider: "bench".into(),
             system_fingerprint: None,
+            tool_calls: Vec::new(),
         },
         created_ms: i,
         expires_ms: u64::MAX,

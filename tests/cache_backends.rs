@@ -97,6 +97,7 @@ fn answer(text: &str) -> CachedResponse {
         usage: None,
         provider: "mock".into(),
         system_fingerprint: None,
+        tool_calls: Vec::new(),
     }
 }
 

@@ -174,3 +174,34 @@ async fn anthropic_dialect_is_translated_for_azure() {
         .collect();
     assert_eq!(text, "Answer #1 to: naïve café");
 }
+
+/// A Responses request goes to Azure natively, on its v1 surface: `/openai/v1/responses`, the
+/// renamed model (the deployment) in the body, no `api-version`, the key in `api-key`, and the
+/// Responses answer passed through untouched.
+#[tokio::test]
+async fn responses_go_to_the_v1_surface_natively() {
+    let up = MockUpstream::start().await;
+    let mut route = RouteSettings::new("*", &[]);
+    let mut target = RouteTarget::new("az");
+    target.model = Some("prod-gpt4o".to_string());
+    route.targets.push(target);
+    let r = Router::new(vec![azure("az", &up)], vec![route]).unwrap();
+    let body =
+        json!({"model": "gpt-4o-mini", "input": "hello responses", "instructions": "be brief"});
+    let req = UpstreamRequest::post_json("/responses", &body, false)
+        .with_api(ApiKind::Responses)
+        .with_client_key(Some("azure-client-key".to_string()));
+    let resp = r.send(req, "gpt-4o-mini").await.unwrap();
+    assert_eq!(resp.status, 200);
+    let rec = up.last_request().unwrap();
+    assert_eq!(rec.path, "/openai/v1/responses");
+    assert_eq!(rec.query_param("api-version"), None);
+    assert_eq!(rec.header("api-key").as_deref(), Some("azure-client-key"));
+    assert_eq!(rec.body["model"], "prod-gpt4o");
+    assert_eq!(
+        rec.body["input"], "hello responses",
+        "not translated to chat"
+    );
+    assert_eq!(resp.json_bytes().unwrap(), &rec.response_body);
+    assert_eq!(json_body(&resp)["object"], "response");
+}

@@ -335,22 +335,113 @@ async fn stream_cut_midway_is_not_cached() {
     assert_eq!(r.header("x-deja-cache"), "miss");
 }
 
+/// Answers that call tools are cached only on a route with `cache_tool_calls = true`: off (the
+/// default), each request goes upstream and `deja_not_cached_total{reason="tool_calls"}`
+/// counts it; on, the second identical request is a hit (JSON and stream) that carries the
+/// call with a fresh id, and a request offering other tools is a miss.
 #[tokio::test]
-async fn tool_call_answers_are_not_cached() {
+async fn tool_call_answers_are_cached_only_where_the_route_says_so() {
     let mock = MockUpstream::builder()
         .with_tool_call("lookup", "{\"q\":1}")
         .start()
         .await;
-    let d = Deja::start(&mock.base_url(), hash_model()).await;
-    let r = post(&d, &chat("call the tool"), "k").await;
-    assert_eq!(r.status, 200);
-    assert!(
-        r.body["choices"][0]["message"]["tool_calls"].is_array(),
-        "{}",
-        r.text
-    );
-    d.settle().await;
+    let on = r#"
+[[routes]]
+model = "agent-*"
+providers = ["mock"]
+cache_tool_calls = true
+"#;
+    let d = Deja::start_with(&mock.base_url(), hash_model(), "", on).await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "integer"}}}}}]);
+    let ask = |model: &str, tools: &Value| {
+        let mut b = chat("call the tool");
+        b["model"] = json!(model);
+        b["tools"] = tools.clone();
+        b
+    };
+
+    // Off: never stored, counted as not cached for tool calls.
+    for _ in 0..2 {
+        let r = post(&d, &ask("gpt-4o-mini", &tools), "k").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-deja-cache"), "miss");
+        assert!(
+            r.body["choices"][0]["message"]["tool_calls"].is_array(),
+            "{}",
+            r.text
+        );
+        d.settle().await;
+    }
     assert_eq!(d.entries(), 0);
+    assert_eq!(mock.calls(), 2);
+    let metrics = client()
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"deja_not_cached_total{reason="tool_calls"} 2"#),
+        "{metrics}"
+    );
+
+    // On: stored once, then served as JSON and as a stream with fresh call ids.
+    let first = post(&d, &ask("agent-1", &tools), "k").await;
+    assert_eq!(first.header("x-deja-cache"), "miss");
+    d.wait_entries(1).await;
+    let hit = post(&d, &ask("agent-1", &tools), "k").await;
+    assert_eq!(hit.header("x-deja-cache"), "exact-hit", "{}", hit.text);
+    assert_eq!(mock.calls(), 3);
+    let call = &hit.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(hit.body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(call["function"]["name"], "lookup");
+    assert_eq!(call["function"]["arguments"], "{\"q\":1}");
+    let first_id = &first.body["choices"][0]["message"]["tool_calls"][0]["id"];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_ne!(&call["id"], first_id, "a replayed call gets a fresh id");
+
+    let mut streamed = ask("agent-1", &tools);
+    streamed["stream"] = json!(true);
+    let r = d
+        .send(
+            "/v1/chat/completions",
+            &streamed,
+            &[("authorization", "Bearer k")],
+        )
+        .await;
+    assert_eq!(r.headers()["x-deja-cache"], "exact-hit");
+    let text = r.text().await.unwrap();
+    let mut arguments = String::new();
+    let mut finish = None;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(piece) = v.pointer("/choices/0/delta/tool_calls/0/function/arguments") {
+            arguments.push_str(piece.as_str().unwrap());
+        }
+        if let Some(f) = v
+            .pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+        {
+            finish = Some(f.to_owned());
+        }
+    }
+    assert_eq!(
+        (arguments.as_str(), finish.as_deref()),
+        ("{\"q\":1}", Some("tool_calls"))
+    );
+    assert_eq!(mock.calls(), 3);
+
+    // Other tools are another scope.
+    let other = json!([{"type": "function", "function": {"name": "search"}}]);
+    let r = post(&d, &ask("agent-1", &other), "k").await;
+    assert_eq!(r.header("x-deja-cache"), "miss");
+    assert_eq!(mock.calls(), 4);
 }
 
 #[tokio::test]

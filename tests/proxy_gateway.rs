@@ -138,6 +138,69 @@ async fn issue16_pii_block_refuses_and_routes_override() {
     assert_eq!(mock.calls(), 1);
 }
 
+/// Tool calls under `[pii] mode = "redact"` on a `cache_tool_calls` route: the stored call keeps
+/// the placeholder and each client gets its own value back inside the JSON arguments (on the
+/// miss and on a hit), while a call whose arguments carry personal data of the answer's own is
+/// never stored.
+#[tokio::test]
+async fn tool_call_arguments_are_redacted_restored_and_screened() {
+    let mock = MockUpstream::builder()
+        .with_tool_call_from(|body| {
+            let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+            let prompt = last["content"].as_str().unwrap_or_default().to_string();
+            let to = if prompt.contains("support") {
+                "help@example.com".to_string()
+            } else {
+                prompt
+            };
+            ("send_mail".into(), json!({"to": to}).to_string())
+        })
+        .start()
+        .await;
+    let extra = "[pii]\nmode = \"redact\"\n[[routes]]\nmodel = \"agent\"\nproviders = [\"mock\"]\ncache_tool_calls = true\n";
+    let d = Deja::start_with(&mock.base_url(), hash_model(), "tenant = \"shared\"", extra).await;
+    let tools = json!([{"type": "function", "function": {"name": "send_mail"}}]);
+    let body = |text: &str| {
+        let mut b = chat("agent", text);
+        b["tools"] = tools.clone();
+        b
+    };
+    let to_of = |r: &Reply| {
+        let args = r.body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        serde_json::from_str::<Value>(&args).unwrap()["to"].clone()
+    };
+    let r = ask(&d, "a", &body("Mail ann@example.com")).await;
+    assert_eq!(
+        (r.status, r.header("x-deja-cache")),
+        (200, "miss"),
+        "{}",
+        r.text
+    );
+    assert_eq!(to_of(&r), "Mail ann@example.com");
+    assert_eq!(
+        mock.last_request().unwrap().body["messages"][0]["content"],
+        "Mail [EMAIL_1]"
+    );
+    d.wait_entries(1).await;
+    let r = ask(&d, "b", &body("Mail ben@example.net")).await;
+    assert_eq!(r.header("x-deja-cache"), "exact-hit");
+    assert_eq!(to_of(&r), "Mail ben@example.net");
+    assert_eq!(mock.calls(), 1);
+    // The answer's own address in the arguments: relayed, never stored.
+    let r = ask(&d, "c", &body("Mail support please")).await;
+    assert_eq!(to_of(&r), "help@example.com");
+    d.settle().await;
+    assert_eq!(d.entries(), 1);
+    let m = metrics_text(&d).await;
+    assert!(
+        m.contains(r#"deja_not_cached_total{reason="pii"} 1"#),
+        "{m}"
+    );
+}
+
 /// `redact`: the upstream and the cache see placeholders; each client gets its own values
 /// back, and two users asking about their own address share one cached answer.
 #[tokio::test]

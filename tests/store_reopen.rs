@@ -49,6 +49,7 @@ fn entry(i: u64, content_len: usize) -> NewEntry {
             }),
             provider: "mock".into(),
             system_fingerprint: Some("fp".into()),
+            tool_calls: Vec::new(),
         },
         created_ms: 1_000 + i,
         expires_ms: u64::MAX,

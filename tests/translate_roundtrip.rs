@@ -38,6 +38,7 @@ fn cached(content: &str, finish_reason: FinishReason) -> CachedResponse {
         }),
         provider: "p".into(),
         system_fingerprint: None,
+        tool_calls: Vec::new(),
     }
 }
 

@@ -1,12 +1,14 @@
 //! Collecting an upstream OpenAI-shaped answer (a JSON body, or the `data:` payloads of its SSE
 //! stream) into a [`CachedResponse`], or saying precisely why it must not be cached. The rule is
-//! conservative: only one choice that finished normally with plain text and nothing the replay
-//! could not reproduce (tool calls, refusals, logprobs, audio, annotations). It copes with
+//! conservative: only one choice that finished normally with plain text and/or function tool
+//! calls, and nothing the replay could not reproduce (refusals, logprobs, audio, annotations,
+//! legacy `function_call`). Whether an answer with tool calls may be stored is the route's
+//! decision (`cache_tool_calls`, applied by `cache::miss`), not the collector's. It copes with
 //! OpenAI-compatible servers (Ollama, vLLM, TGI) that omit fields or name finish reasons
 //! differently. It never decides policy (TTL, scope) and never blocks: pure CPU on small data.
 
 use super::openai::{ChatCompletion, Completion, Usage};
-use crate::store::{CachedResponse, FinishReason};
+use crate::store::{CachedResponse, FinishReason, ToolCall};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,6 +16,9 @@ use serde_json::Value;
 /// Default cap on the text a stream collector accumulates (an answer bigger than this is
 /// passed through but not cached).
 pub const DEFAULT_MAX_CONTENT_BYTES: usize = 4 << 20;
+
+/// Most tool calls one stored answer may hold; an answer with more is not cached.
+pub const MAX_TOOL_CALLS: usize = 64;
 
 /// Why an upstream answer is not cacheable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +61,82 @@ pub fn finish_reason_of(s: &str) -> Option<FinishReason> {
     }
 }
 
-fn finish(reason: Option<&str>) -> Result<FinishReason, NotCacheable> {
-    match reason {
-        None => Err(NotCacheable::FinishReason("null".into())),
-        Some("tool_calls") | Some("function_call") => Err(NotCacheable::ToolCalls),
-        Some(r) => finish_reason_of(r).ok_or_else(|| NotCacheable::FinishReason(r.to_owned())),
+/// The stored finish reason of an answer with (`with_calls`) or without tool calls. An answer
+/// with tool calls is stored as [`FinishReason::ToolCalls`] whether its server said
+/// `tool_calls` or `stop` (as Ollama does); one cut by `length` has incomplete arguments.
+fn finish(reason: Option<&str>, with_calls: bool) -> Result<FinishReason, NotCacheable> {
+    match (reason, with_calls) {
+        (None, _) => Err(NotCacheable::FinishReason("null".into())),
+        (Some("function_call"), _) => Err(NotCacheable::Unrepresentable("function_call")),
+        (Some("tool_calls"), true) => Ok(FinishReason::ToolCalls),
+        (Some("tool_calls"), false) => Err(NotCacheable::Malformed(
+            "finish reason `tool_calls` without tool calls".into(),
+        )),
+        (Some(r), true) => match finish_reason_of(r) {
+            Some(FinishReason::Stop) => Ok(FinishReason::ToolCalls),
+            _ => Err(NotCacheable::FinishReason(r.to_owned())),
+        },
+        (Some(r), false) => {
+            finish_reason_of(r).ok_or_else(|| NotCacheable::FinishReason(r.to_owned()))
+        }
     }
+}
+
+/// Tool calls as stored: at most [`MAX_TOOL_CALLS`], each with a name and arguments that are a
+/// JSON object (empty arguments, which some servers send for a call without parameters, are
+/// `{}`), so that every API can render them (Anthropic's `input` is a parsed object).
+pub(crate) fn checked_tool_calls(calls: Vec<ToolCall>) -> Result<Vec<ToolCall>, NotCacheable> {
+    if calls.len() > MAX_TOOL_CALLS {
+        return Err(NotCacheable::Unrepresentable(
+            "more tool calls than a stored answer holds",
+        ));
+    }
+    calls
+        .into_iter()
+        .map(|mut c| {
+            if c.name.is_empty() {
+                return Err(NotCacheable::Malformed("a tool call without a name".into()));
+            }
+            if c.arguments.trim().is_empty() {
+                c.arguments = "{}".into();
+            }
+            match serde_json::from_str::<Value>(&c.arguments) {
+                Ok(Value::Object(_)) => Ok(c),
+                _ => Err(NotCacheable::Unrepresentable(
+                    "tool call arguments that are not a JSON object",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The calls of a non-streamed chat message's `tool_calls`.
+fn chat_tool_calls(calls: &[Value]) -> Result<Vec<ToolCall>, NotCacheable> {
+    let calls = calls
+        .iter()
+        .map(|c| {
+            if c.get("type").and_then(Value::as_str).unwrap_or("function") != "function" {
+                return Err(NotCacheable::Unrepresentable("non-function tool calls"));
+            }
+            let field = |k: &str| {
+                c.get("function")
+                    .and_then(|f| f.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            Ok(ToolCall {
+                id: c
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                name: field("name"),
+                arguments: field("arguments"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    checked_tool_calls(calls)
 }
 
 fn non_empty_array(v: &Option<Vec<Value>>) -> bool {
@@ -113,13 +188,14 @@ pub fn collect_chat_json(body: &[u8], provider: &str) -> Result<CachedResponse, 
         _ => return Err(NotCacheable::MultipleChoices),
     };
     let m = &choice.message;
-    if non_empty_array(&m.tool_calls) || present(&m.function_call) {
-        return Err(NotCacheable::ToolCalls);
+    if present(&m.function_call) {
+        return Err(NotCacheable::Unrepresentable("function_call"));
     }
+    let tool_calls = chat_tool_calls(m.tool_calls.as_deref().unwrap_or_default())?;
     if m.refusal.as_deref().is_some_and(|r| !r.is_empty()) {
         return Err(NotCacheable::Refusal);
     }
-    let finish_reason = finish(choice.finish_reason.as_deref())?;
+    let finish_reason = finish(choice.finish_reason.as_deref(), !tool_calls.is_empty())?;
     if present(&choice.logprobs) {
         return Err(NotCacheable::Unrepresentable("logprobs"));
     }
@@ -129,8 +205,12 @@ pub fn collect_chat_json(body: &[u8], provider: &str) -> Result<CachedResponse, 
     if non_empty_array(&m.annotations) {
         return Err(NotCacheable::Unrepresentable("annotations"));
     }
-    let content = content_text(m.content.as_ref())?;
-    if content.is_empty() {
+    let content = match content_text(m.content.as_ref()) {
+        // A tool call may come without any text.
+        Err(NotCacheable::NoContent) if !tool_calls.is_empty() => String::new(),
+        other => other?,
+    };
+    if content.is_empty() && tool_calls.is_empty() {
         return Err(NotCacheable::NoContent);
     }
     Ok(CachedResponse {
@@ -140,6 +220,7 @@ pub fn collect_chat_json(body: &[u8], provider: &str) -> Result<CachedResponse, 
         usage: store_usage(c.usage.as_ref()),
         provider: provider.to_owned(),
         system_fingerprint: c.system_fingerprint,
+        tool_calls,
     })
 }
 
@@ -154,7 +235,7 @@ pub fn collect_completion_json(
         [one] => one,
         _ => return Err(NotCacheable::MultipleChoices),
     };
-    let finish_reason = finish(choice.finish_reason.as_deref())?;
+    let finish_reason = finish(choice.finish_reason.as_deref(), false)?;
     if present(&choice.logprobs) {
         return Err(NotCacheable::Unrepresentable("logprobs"));
     }
@@ -168,6 +249,7 @@ pub fn collect_completion_json(
         usage: store_usage(c.usage.as_usage()),
         provider: provider.to_owned(),
         system_fingerprint: c.system_fingerprint,
+        tool_calls: Vec::new(),
     })
 }
 
@@ -211,13 +293,35 @@ struct DeltaIn {
     #[serde(default)]
     refusal: Option<String>,
     #[serde(default)]
-    tool_calls: Option<Vec<IgnoredAny>>,
+    tool_calls: Option<Vec<ToolCallDeltaIn>>,
     #[serde(default)]
     function_call: Option<IgnoredAny>,
     #[serde(default)]
     audio: Option<IgnoredAny>,
     #[serde(default)]
     annotations: Option<Vec<IgnoredAny>>,
+}
+
+/// One entry of a chunk's `delta.tool_calls`: the first for a call carries its `id` and
+/// `function.name`, the later ones pieces of `function.arguments`, all under the call's `index`.
+#[derive(Deserialize)]
+struct ToolCallDeltaIn {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDeltaIn>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDeltaIn {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 /// What both stream collectors accumulate.
@@ -227,6 +331,9 @@ struct StreamState {
     max_bytes: usize,
     model: String,
     content: String,
+    /// Tool calls by index; their arguments count towards `max_bytes` with the text.
+    tool_calls: Vec<ToolCall>,
+    bytes: usize,
     finish_reason: Option<String>,
     usage: Option<crate::store::Usage>,
     system_fingerprint: Option<String>,
@@ -241,6 +348,8 @@ impl StreamState {
             max_bytes,
             model: String::new(),
             content: String::new(),
+            tool_calls: Vec::new(),
+            bytes: 0,
             finish_reason: None,
             usage: None,
             system_fingerprint: None,
@@ -294,6 +403,63 @@ impl StreamState {
         }
         // Nothing more will be stored: free the text early.
         self.content = String::new();
+        self.tool_calls = Vec::new();
+    }
+
+    /// Counts `n` more bytes of text or arguments; `false` (and failed) past the cap.
+    fn grow(&mut self, n: usize) -> bool {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.max_bytes {
+            self.fail(NotCacheable::TooLarge(self.max_bytes));
+        }
+        self.failed.is_none()
+    }
+
+    /// One `delta.tool_calls` entry: a new call at the next index, or more of an earlier one.
+    fn tool_delta(&mut self, d: &ToolCallDeltaIn) {
+        if self.failed.is_some() {
+            return;
+        }
+        if d.kind.as_deref().is_some_and(|k| k != "function") {
+            return self.fail(NotCacheable::Unrepresentable("non-function tool calls"));
+        }
+        let (name, args) = match &d.function {
+            Some(f) => (f.name.as_deref(), f.arguments.as_deref()),
+            None => (None, None),
+        };
+        let n = d.id.as_deref().map_or(0, str::len)
+            + name.map_or(0, str::len)
+            + args.map_or(0, str::len);
+        if !self.grow(n) {
+            return;
+        }
+        if d.index == self.tool_calls.len() {
+            if self.tool_calls.len() == MAX_TOOL_CALLS {
+                return self.fail(NotCacheable::Unrepresentable(
+                    "more tool calls than a stored answer holds",
+                ));
+            }
+            self.tool_calls.push(ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        let Some(call) = self.tool_calls.get_mut(d.index) else {
+            return self.fail(NotCacheable::Malformed(format!(
+                "tool call index {} skips ahead",
+                d.index
+            )));
+        };
+        if let Some(id) = d.id.as_deref().filter(|id| !id.is_empty()) {
+            call.id = id.to_owned();
+        }
+        if let Some(name) = name {
+            call.name.push_str(name);
+        }
+        if let Some(args) = args {
+            call.arguments.push_str(args);
+        }
     }
 
     fn meta(&mut self, c: &ChunkIn) {
@@ -314,9 +480,7 @@ impl StreamState {
         if self.failed.is_some() {
             return;
         }
-        if self.content.len() + piece.len() > self.max_bytes {
-            self.fail(NotCacheable::TooLarge(self.max_bytes));
-        } else {
+        if self.grow(piece.len()) {
             self.content.push_str(piece);
         }
     }
@@ -334,11 +498,12 @@ impl StreamState {
         if !self.done {
             return Err(NotCacheable::Truncated);
         }
+        let tool_calls = checked_tool_calls(self.tool_calls)?;
         let finish_reason = match self.finish_reason.as_deref() {
             None => return Err(NotCacheable::Truncated),
-            reason => finish(reason)?,
+            reason => finish(reason, !tool_calls.is_empty())?,
         };
-        if self.content.is_empty() {
+        if self.content.is_empty() && tool_calls.is_empty() {
             return Err(NotCacheable::NoContent);
         }
         Ok(CachedResponse {
@@ -348,6 +513,7 @@ impl StreamState {
             usage: self.usage,
             provider: self.provider,
             system_fingerprint: self.system_fingerprint,
+            tool_calls,
         })
     }
 }
@@ -382,8 +548,11 @@ impl ChatStreamCollector {
             let Some(d) = &choice.delta else {
                 continue;
             };
-            if d.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || d.function_call.is_some() {
-                return self.st.fail(NotCacheable::ToolCalls);
+            if d.function_call.is_some() {
+                return self.st.fail(NotCacheable::Unrepresentable("function_call"));
+            }
+            for call in d.tool_calls.iter().flatten() {
+                self.st.tool_delta(call);
             }
             if d.refusal.as_deref().is_some_and(|r| !r.is_empty()) {
                 return self.st.fail(NotCacheable::Refusal);

@@ -89,24 +89,32 @@ fn uncacheable_chat_json() {
     let cases: Vec<(Vec<u8>, NotCacheable)> = vec![
         (chat_body(second_choice), NotCacheable::MultipleChoices),
         (
-            chat_body(|v| {
-                v["choices"][0]["message"]["content"] = Value::Null;
-                v["choices"][0]["message"]["tool_calls"] = json!([{"id": "call_1",
-                    "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]);
-                v["choices"][0]["finish_reason"] = json!("tool_calls");
-            }),
-            NotCacheable::ToolCalls,
-        ),
-        (
-            // Text *and* tool calls, finish "stop": still not cacheable.
+            // A call without a function name.
             chat_body(|v| {
                 v["choices"][0]["message"]["tool_calls"] = json!([{"id": "c"}]);
             }),
-            NotCacheable::ToolCalls,
+            NotCacheable::Malformed("a tool call without a name".into()),
+        ),
+        (
+            chat_body(|v| {
+                v["choices"][0]["message"]["tool_calls"] = json!([{"id": "call_1",
+                    "type": "function", "function": {"name": "f", "arguments": "[1]"}}]);
+                v["choices"][0]["finish_reason"] = json!("tool_calls");
+            }),
+            NotCacheable::Unrepresentable("tool call arguments that are not a JSON object"),
+        ),
+        (
+            // Arguments cut by the token limit.
+            chat_body(|v| {
+                v["choices"][0]["message"]["tool_calls"] = json!([{"id": "call_1",
+                    "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+                v["choices"][0]["finish_reason"] = json!("length");
+            }),
+            NotCacheable::FinishReason("length".into()),
         ),
         (
             chat_body(|v| v["choices"][0]["message"]["function_call"] = json!({"name": "f"})),
-            NotCacheable::ToolCalls,
+            NotCacheable::Unrepresentable("function_call"),
         ),
         (
             chat_body(|v| {
@@ -273,10 +281,20 @@ fn truncated_streams_are_not_cacheable() {
 fn uncacheable_streams() {
     let tool = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#;
     let tool_end = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
-    assert_eq!(
-        collect_chat(&[OPENAI_STREAM[0], tool, tool_end, "[DONE]"]),
-        Err(NotCacheable::ToolCalls)
-    );
+    // A call without arguments is stored with `{}` (the positive cases are in
+    // `tool_calls_are_collected`); one over the byte cap is not stored.
+    let r = collect_chat(&[OPENAI_STREAM[0], tool, tool_end, "[DONE]"]).unwrap();
+    assert_eq!(r.tool_calls[0].arguments, "{}");
+    let mut c = ChatStreamCollector::with_limit("openai", 4);
+    for p in [OPENAI_STREAM[0], tool, tool_end, "[DONE]"] {
+        c.push_event_data(p);
+    }
+    assert_eq!(c.finish(), Err(NotCacheable::TooLarge(4)));
+    let skip = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"arguments":"{}"}}]},"finish_reason":null}]}"#;
+    assert!(matches!(
+        collect_chat(&[OPENAI_STREAM[0], tool, skip, tool_end, "[DONE]"]),
+        Err(NotCacheable::Malformed(_))
+    ));
     let second = r#"{"choices":[{"index":1,"delta":{"content":"b"},"finish_reason":null}]}"#;
     let mut n2 = OPENAI_STREAM.to_vec();
     n2.insert(2, second);
@@ -340,6 +358,7 @@ fn sample(content: &str, usage: Option<StoreUsage>) -> CachedResponse {
         usage,
         provider: "openai".into(),
         system_fingerprint: Some("fp_x".into()),
+        tool_calls: Vec::new(),
     }
 }
 
@@ -388,4 +407,70 @@ fn render_then_collect_round_trips() {
             assert_eq!(c.finish().unwrap(), expected);
         }
     }
+}
+
+/// A JSON and a streamed chat answer with two tool calls (as OpenAI sends them) are collected
+/// into the same stored answer, provider-neutral: ids, names and arguments as written.
+#[test]
+fn tool_calls_are_collected() {
+    let body = chat_body(|v| {
+        v["choices"][0]["message"]["content"] = Value::Null;
+        v["choices"][0]["message"]["tool_calls"] = json!([
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+            {"id": "call_b", "type": "function",
+             "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]);
+        v["choices"][0]["finish_reason"] = json!("tool_calls");
+    });
+    let json_answer = collect_chat_json(&body, "openai").unwrap();
+    assert_eq!(json_answer.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(json_answer.content, "");
+    let names: Vec<_> = json_answer
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("call_a", "get_weather", "{\"city\":\"Paris\"}"),
+            ("call_b", "get_time", "{\"tz\":\"CET\"}")
+        ]
+    );
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+               "model": json_answer.model, "system_fingerprint": json_answer.system_fingerprint,
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        .to_string()
+    };
+    let events = [
+        chunk(json!({"role": "assistant", "content": null}), Value::Null),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Paris\"}"}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+            "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+    ];
+    let mut c = ChatStreamCollector::new("openai");
+    for e in &events {
+        c.push_event_data(e);
+    }
+    c.push_event_data("[DONE]");
+    let streamed = c.finish().unwrap();
+    assert_eq!(streamed.tool_calls, json_answer.tool_calls);
+    assert_eq!(streamed.finish_reason, FinishReason::ToolCalls);
 }

@@ -9,10 +9,10 @@ use super::openai::{
     CompletionChoice, ResponseMessage, Usage, UsageField,
 };
 use super::sse;
-use crate::store::CachedResponse;
+use crate::store::{CachedResponse, ToolCall};
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// Content pieces of a replay stop growing at the first whitespace past this many bytes...
 const PIECE_MIN_BYTES: usize = 16;
@@ -27,6 +27,22 @@ pub fn new_chat_id() -> String {
 /// `cmpl-` + 32 hex chars.
 pub fn new_completion_id() -> String {
     format!("cmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The stored tool calls with the ids this render gives them: fresh ones, never the upstream's
+/// (a client matches tool results to calls by id within a conversation, so two replays of one
+/// entry there must not collide). `prefix` is the API's id style (`call_`, `toolu_`, `fc_`).
+pub fn replay_calls<'a>(resp: &'a CachedResponse, prefix: &str) -> Vec<(String, &'a ToolCall)> {
+    resp.tool_calls
+        .iter()
+        .map(|c| (ToolCall::fresh_id(prefix), c))
+        .collect()
+}
+
+/// A chat `tool_calls[]` entry.
+fn chat_tool_call(id: &str, call: &ToolCall) -> Value {
+    json!({"id": id, "type": "function",
+           "function": {"name": call.name, "arguments": call.arguments}})
 }
 
 /// Current unix time in seconds (the `created` field).
@@ -61,6 +77,12 @@ pub fn render_chat_json(
     created: u64,
     model_requested: Option<&str>,
 ) -> Bytes {
+    let calls = replay_calls(resp, "call_");
+    let tool_calls =
+        (!calls.is_empty()).then(|| calls.iter().map(|(id, c)| chat_tool_call(id, c)).collect());
+    // OpenAI sends `content: null` with a tool call that has no text.
+    let content =
+        (!resp.content.is_empty() || calls.is_empty()).then(|| Value::String(resp.content.clone()));
     let body = ChatCompletion {
         id: id.to_owned(),
         object: "chat.completion".to_owned(),
@@ -70,9 +92,9 @@ pub fn render_chat_json(
             index: 0,
             message: ResponseMessage {
                 role: "assistant".to_owned(),
-                content: Some(Value::String(resp.content.clone())),
+                content,
                 refusal: None,
-                tool_calls: None,
+                tool_calls,
                 function_call: None,
                 annotations: Some(Vec::new()),
                 audio: None,
@@ -133,6 +155,21 @@ pub fn render_chat_sse(
         chunk(delta, None)
     };
     content_events(&pieces, content_chunk, &mut events);
+    // Each call as OpenAI streams it: its id, type and name with empty arguments, then the
+    // arguments in pieces, all under the call's index.
+    for (index, (call_id, call)) in replay_calls(resp, "call_").iter().enumerate() {
+        let delta = |call: Value| ChunkDelta {
+            tool_calls: Some(vec![call]),
+            ..ChunkDelta::default()
+        };
+        let head = json!({"index": index, "id": call_id, "type": "function",
+                          "function": {"name": call.name, "arguments": ""}});
+        events.push(sse::data_event(&chunk(delta(head), None)));
+        for piece in split_pieces(&call.arguments) {
+            let more = json!({"index": index, "function": {"arguments": piece}});
+            events.push(sse::data_event(&chunk(delta(more), None)));
+        }
+    }
     let finish = Some(resp.finish_reason.as_openai());
     events.push(sse::data_event(&chunk(ChunkDelta::default(), finish)));
     if include_usage {

@@ -19,6 +19,7 @@ fn cached(content: &str) -> CachedResponse {
         }),
         provider: "openai".into(),
         system_fingerprint: Some("fp_44709d6fcb".into()),
+        tool_calls: Vec::new(),
     }
 }
 
@@ -266,4 +267,213 @@ fn piece_template_matches_struct_serialization() {
     assert!(PieceTemplate::new(|p: &str| format!("{p}{p}")).is_none());
     assert!(PieceTemplate::new(|p: &str| vec![p.to_owned(), p.to_owned()]).is_none());
     assert!(PieceTemplate::new(|_: &str| 5).is_none());
+}
+
+/// An answer with text and two tool calls, as the collectors store it (arguments compact, keys
+/// sorted, as serde_json writes a parsed object).
+fn with_calls() -> CachedResponse {
+    let mut r = cached("Let me check both for you, one moment please.");
+    r.finish_reason = FinishReason::ToolCalls;
+    r.tool_calls = vec![
+        crate::store::ToolCall {
+            id: "call_upstream_a".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris","days":[1,2,3],"note":"ünïcode \"quoted\" and a long tail to split"}"#.into(),
+        },
+        crate::store::ToolCall {
+            id: "call_upstream_b".into(),
+            name: "get_time".into(),
+            arguments: r#"{"tz":"Europe/Paris"}"#.into(),
+        },
+    ];
+    r
+}
+
+/// Everything but the ids (fresh per render) and usage (absent from a chat stream without
+/// `include_usage`).
+fn without_ids(mut r: CachedResponse) -> CachedResponse {
+    for c in &mut r.tool_calls {
+        c.id.clear();
+    }
+    r.usage = None;
+    r
+}
+
+fn ids_of(r: &CachedResponse) -> Vec<String> {
+    r.tool_calls.iter().map(|c| c.id.clone()).collect()
+}
+
+/// A stored tool-call answer rendered in every API, JSON and stream, collects back to the same
+/// answer with fresh call ids in that API's style, and each wire format says what its clients
+/// read: chat `tool_calls` + `finish_reason: "tool_calls"`, Anthropic `tool_use` blocks with a
+/// parsed `input` + `stop_reason: "tool_use"`, Responses `function_call` items whose streamed
+/// argument deltas reassemble into the `done` arguments.
+#[test]
+fn a_tool_call_answer_renders_in_every_api_and_collects_back() {
+    use crate::api::anthropic::{
+        collect_messages_json, render_messages_json, render_messages_sse, MessagesStreamCollector,
+    };
+    use crate::api::collect::{collect_chat_json, ChatStreamCollector};
+    use crate::api::responses::{
+        collect_responses_json, render_responses_json, render_responses_sse,
+        ResponsesStreamCollector,
+    };
+    let orig = with_calls();
+    let expected = without_ids(orig.clone());
+    let request = serde_json::Map::new();
+    let stream = |events: &[Bytes], push: &mut dyn FnMut(&str)| {
+        for ev in decode_all(&join_events(events)) {
+            push(&ev.data);
+        }
+    };
+    let mut collected: Vec<(&str, CachedResponse)> = Vec::new();
+
+    let body = render_chat_json(&orig, "chatcmpl-1", 1, None);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["type"],
+        "function"
+    );
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        orig.tool_calls[0].arguments.as_str()
+    );
+    collected.push(("chat json", collect_chat_json(&body, "openai").unwrap()));
+    for include_usage in [false, true] {
+        let events = render_chat_sse(&orig, "chatcmpl-1", 1, None, include_usage);
+        let argument_chunks = payloads(&events)
+            .iter()
+            .filter(|p| {
+                p.pointer("/choices/0/delta/tool_calls/0/function/arguments")
+                    .is_some()
+            })
+            .count();
+        assert!(argument_chunks > 4, "arguments are streamed in pieces");
+        let mut c = ChatStreamCollector::new("openai");
+        stream(&events, &mut |d| c.push_event_data(d));
+        collected.push(("chat sse", c.finish().unwrap()));
+    }
+
+    let body = render_messages_json(&orig, "msg_1", None);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["content"][1]["type"], "tool_use");
+    assert_eq!(
+        v["content"][1]["input"]["city"], "Paris",
+        "input is an object"
+    );
+    collected.push((
+        "messages json",
+        collect_messages_json(&body, "openai").unwrap(),
+    ));
+    let events = render_messages_sse(&orig, "msg_1", None);
+    let mut c = MessagesStreamCollector::new("openai");
+    stream(&events, &mut |d| c.push_event_data(d));
+    collected.push(("messages sse", c.finish().unwrap()));
+
+    let body = render_responses_json(&orig, "resp_1", 1, "m", &request);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let types: Vec<_> = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].clone())
+        .collect();
+    assert_eq!(types, ["message", "function_call", "function_call"]);
+    assert_eq!(v["status"], "completed");
+    assert!(v["output"][1]["call_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("call_"));
+    assert!(v["output"][1]["id"].as_str().unwrap().starts_with("fc_"));
+    collected.push((
+        "responses json",
+        collect_responses_json(&body, "openai").unwrap(),
+    ));
+    let events = render_responses_sse(&orig, "resp_1", 1, "m", &request);
+    let decoded: Vec<Value> = decode_all(&join_events(&events))
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let mut args = std::collections::BTreeMap::<String, String>::new();
+    let mut done = Vec::new();
+    for (seq, e) in decoded.iter().enumerate() {
+        assert_eq!(e["sequence_number"], seq as u64);
+        match e["type"].as_str().unwrap() {
+            "response.function_call_arguments.delta" => args
+                .entry(e["item_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push_str(e["delta"].as_str().unwrap()),
+            "response.function_call_arguments.done" => done.push((
+                e["item_id"].as_str().unwrap().to_owned(),
+                e["arguments"].as_str().unwrap().to_owned(),
+            )),
+            _ => {}
+        }
+    }
+    assert_eq!(done.len(), 2);
+    for (item, full) in &done {
+        assert_eq!(&args[item], full);
+        serde_json::from_str::<serde_json::Map<String, Value>>(full).unwrap();
+    }
+    let mut c = ResponsesStreamCollector::with_limit("openai", 1 << 20);
+    stream(&events, &mut |d| c.push_event_data(d));
+    collected.push(("responses sse", c.finish().unwrap()));
+
+    let prefixes = [
+        ("chat", "call_"),
+        ("messages", "toolu_"),
+        ("responses", "call_"),
+    ];
+    for (what, got) in &collected {
+        let got_ids = ids_of(got);
+        let prefix = prefixes.iter().find(|p| what.starts_with(p.0)).unwrap().1;
+        assert!(
+            got_ids
+                .iter()
+                .all(|id| id.starts_with(prefix) && id.len() > prefix.len() + 20),
+            "{what}: {got_ids:?}"
+        );
+        assert!(
+            got_ids.iter().all(|id| !ids_of(&orig).contains(id)),
+            "{what}: ids are fresh"
+        );
+        let mut got = without_ids(got.clone());
+        got.provider = expected.provider.clone();
+        got.system_fingerprint = expected.system_fingerprint.clone();
+        assert_eq!(got, expected, "{what}");
+    }
+    // Two renders of one entry never share call ids.
+    assert_ne!(
+        ids_of(&collected[0].1),
+        ids_of(&collect_chat_json(&render_chat_json(&orig, "c", 1, None), "o").unwrap())
+    );
+}
+
+/// A tool call without any text renders without a text part (`content: null` in chat, no text
+/// block, no message item) and still collects back.
+#[test]
+fn a_tool_call_without_text_renders_no_empty_text() {
+    let mut orig = with_calls();
+    orig.content.clear();
+    let v: Value = serde_json::from_slice(&render_chat_json(&orig, "c", 1, None)).unwrap();
+    assert!(v["choices"][0]["message"]["content"].is_null());
+    let body = crate::api::anthropic::render_messages_json(&orig, "m", None);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["content"][0]["type"], "tool_use");
+    let back = crate::api::anthropic::collect_messages_json(&body, "o").unwrap();
+    assert_eq!((back.content.as_str(), back.tool_calls.len()), ("", 2));
+    let body =
+        crate::api::responses::render_responses_json(&orig, "r", 1, "m", &Default::default());
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["output"][0]["type"], "function_call");
+    let back = crate::api::responses::collect_responses_json(&body, "openai").unwrap();
+    // The Responses wire has no system fingerprint.
+    let expected = CachedResponse {
+        system_fingerprint: None,
+        ..without_ids(orig)
+    };
+    assert_eq!(without_ids(back), expected);
 }

@@ -338,6 +338,7 @@ mod tests {
                 usage: None,
                 provider: "p".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             };
             let ttl = Duration::from_secs(60);
             engine

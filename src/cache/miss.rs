@@ -130,8 +130,14 @@ impl Settle {
                     cost::record_upstream(&self.metrics, &self.config, &self.model, u);
                 }
                 let mode = self.config.pii.mode_for(&self.model);
-                if self.job.is_some()
-                    && privacy::answer_has_pii(mode, &a.content, &self.metrics.pii, Source::Answer)
+                let pii = |text: &str| {
+                    privacy::answer_has_pii(mode, text, &self.metrics.pii, Source::Answer)
+                };
+                if !a.tool_calls.is_empty() && !self.config.cache_tool_calls_for(&self.model) {
+                    // The route did not opt in (`cache_tool_calls`): a replay reruns the tool.
+                    Err(NotCacheable::ToolCalls)
+                } else if self.job.is_some()
+                    && (pii(&a.content) || a.tool_calls.iter().any(|c| pii(&c.arguments)))
                 {
                     self.metrics.pii.action("not_cached");
                     Err(NotCacheable::PersonalData)

@@ -47,6 +47,7 @@ fn put(store: &Store, s: ScopeId, prompt: &str, v: &[f32]) -> EntryId {
                 usage: None,
                 provider: "p".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             },
             created_ms: now,
             expires_ms: now + 3_600_000,

@@ -10,6 +10,7 @@ pub mod keys;
 mod parse;
 pub mod pii;
 pub mod raw;
+pub mod tools;
 mod validate;
 pub mod verifier;
 
@@ -222,6 +223,8 @@ pub struct RouteConfig {
     pub targets: Vec<RouteTarget>,
     pub threshold: Option<f32>,
     pub verified_threshold: Option<f32>,
+    /// Store and serve answers that call tools (`cache_tool_calls`, see [`tools`]).
+    pub cache_tool_calls: bool,
 }
 
 /// Price of the models a glob matches, in currency units (USD by convention) per million tokens.

@@ -164,6 +164,8 @@ pub struct RawRoute {
     pub targets: Vec<RawTarget>,
     pub threshold: Option<f64>,
     pub verified_threshold: Option<f64>,
+    /// Cache answers that contain tool calls (default false; see `config::tools`).
+    pub cache_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -528,6 +528,7 @@ fn routes(raw: &[RawRoute], providers: &[ProviderConfig], is: &mut Issues) -> Ve
             verified_threshold: r
                 .verified_threshold
                 .map(|t| is.threshold(&path("verified_threshold"), t)),
+            cache_tool_calls: super::tools::cache_tool_calls(r),
         });
     }
     routes

@@ -187,6 +187,12 @@ impl Provider {
                 Some(ApiKind::Completions) => format!("{}/completions", self.base),
                 _ => format!("{}/chat/completions", self.base),
             },
+            // Azure serves the Responses API only on its OpenAI-compatible v1 surface: no
+            // deployment in the path (the body's `model`, renamed by the route, names it) and
+            // no `api-version`.
+            ProviderKind::Azure if prepared.upstream == Some(ApiKind::Responses) => {
+                format!("{}/openai/v1/responses", self.base)
+            }
             ProviderKind::Azure => {
                 let op = match prepared.upstream {
                     Some(ApiKind::Chat) => Some("/chat/completions"),

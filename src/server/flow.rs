@@ -109,13 +109,20 @@ async fn run(
         LookedUp::Hit(mut hit) => {
             let pii = &state.metrics().pii;
             let content = &hit.entry.response.content;
+            let calls = &hit.entry.response.tool_calls;
+            let has_pii = |t: &str| privacy::answer_has_pii(pii_mode, t, pii, pii::Source::Cached);
             // An entry stored before `[pii]` applied (or under `off`) is not served.
-            if privacy::answer_has_pii(pii_mode, content, pii, pii::Source::Cached) {
+            if has_pii(content) || calls.iter().any(|c| has_pii(&c.arguments)) {
                 pii.action("refused");
                 forward(state, &req, headers, body, Miss::bypass(), &screened).await?
             } else {
                 if let Some(r) = screened.redaction() {
                     hit.entry.response.content = r.restore(content);
+                    // Arguments are JSON text: restored values go in JSON-escaped.
+                    for c in &mut hit.entry.response.tool_calls {
+                        let restored = r.restore_json(&Bytes::from(c.arguments.clone()));
+                        c.arguments = String::from_utf8_lossy(&restored).into_owned();
+                    }
                 }
                 respond_hit(state, &req, hit)
             }

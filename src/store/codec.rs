@@ -1,4 +1,4 @@
-//! How an [`Entry`] is written in the `entries` tree: [postcard] (schema 2), whose wire format
+//! How an [`Entry`] is written in the `entries` tree: [postcard] (schema 2 on), whose wire format
 //! is specified and stable across its 1.x releases, so the bytes on disk do not depend on which
 //! version of the crate wrote them.
 //!
@@ -11,6 +11,9 @@
 //! happen after the response is sent.
 //!
 //! Schema-1 entries are read only by [`legacy::decode_v1`], to migrate them (see `migrate`).
+//! Schemas 2 and 3 share one postcard layout, whose answers had no tool calls
+//! ([`legacy::decode_v3`], [`legacy::encode_v3`]); schema 4 appended `tool_calls` to the answer.
+//! postcard is not self-describing, so a field added anywhere is a new layout and a migration.
 //! This module never touches sled.
 
 use super::entry::{CachedResponse, Entry, FinishReason, ScopeId, Usage};
@@ -31,13 +34,94 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Entry, String> {
 }
 
 pub(crate) mod legacy {
-    //! A decoder for schema-1 entries, written by bincode 1's default `serialize`: fixed-width
-    //! little-endian integers, `u64` lengths before strings and sequences, a `u8` tag (0 or 1)
-    //! before an option's value, a `u32` variant index for an enum, fields in declaration
-    //! order, `[u8; 16]` as 16 bare bytes. It covers exactly the schema-1 [`Entry`] layout, so
-    //! the store can migrate without keeping bincode as a dependency.
+    //! Older entry layouts, read only to migrate them: schema 1 (bincode 1, [`decode_v1`]) and
+    //! schemas 2 and 3 (the schema-4 [`Entry`] without the answer's `tool_calls`).
 
     use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct EntryV3 {
+        id: u64,
+        scope: ScopeId,
+        prompt: String,
+        embedding: Option<Vec<f32>>,
+        response: ResponseV3,
+        created_ms: u64,
+        expires_ms: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct ResponseV3 {
+        model: String,
+        content: String,
+        finish_reason: FinishReason,
+        usage: Option<Usage>,
+        provider: String,
+        system_fingerprint: Option<String>,
+    }
+
+    /// The schema-2/3 bytes of an entry without tool calls (the v1 migration writes them, so
+    /// that each schema has one layout); an entry with tool calls has none.
+    pub(crate) fn encode_v3(e: &Entry) -> Result<Vec<u8>, String> {
+        let r = &e.response;
+        if !r.tool_calls.is_empty() || r.finish_reason == FinishReason::ToolCalls {
+            return Err("schema 3 cannot hold tool calls".into());
+        }
+        let v3 = EntryV3 {
+            id: e.id,
+            scope: e.scope,
+            prompt: e.prompt.clone(),
+            embedding: e.embedding.clone(),
+            response: ResponseV3 {
+                model: r.model.clone(),
+                content: r.content.clone(),
+                finish_reason: r.finish_reason,
+                usage: r.usage,
+                provider: r.provider.clone(),
+                system_fingerprint: r.system_fingerprint.clone(),
+            },
+            created_ms: e.created_ms,
+            expires_ms: e.expires_ms,
+        };
+        postcard::to_stdvec(&v3).map_err(|e| e.to_string())
+    }
+
+    /// A schema-2/3 entry from its bytes (trailing bytes are an error, as in [`decode`]).
+    pub(crate) fn decode_v3(raw: &[u8]) -> Result<Entry, String> {
+        let v3 = match postcard::take_from_bytes::<EntryV3>(raw) {
+            Ok((v3, [])) => v3,
+            Ok((_, rest)) => return Err(format!("{} trailing bytes", rest.len())),
+            Err(e) => return Err(e.to_string()),
+        };
+        if v3.response.finish_reason == FinishReason::ToolCalls {
+            return Err("a schema-3 entry cannot finish with tool calls".into());
+        }
+        let r = v3.response;
+        Ok(Entry {
+            id: v3.id,
+            scope: v3.scope,
+            prompt: v3.prompt,
+            embedding: v3.embedding,
+            response: CachedResponse {
+                model: r.model,
+                content: r.content,
+                finish_reason: r.finish_reason,
+                usage: r.usage,
+                provider: r.provider,
+                system_fingerprint: r.system_fingerprint,
+                tool_calls: Vec::new(),
+            },
+            created_ms: v3.created_ms,
+            expires_ms: v3.expires_ms,
+        })
+    }
+
+    // Schema 1: a decoder for entries written by bincode 1's default `serialize`: fixed-width
+    // little-endian integers, `u64` lengths before strings and sequences, a `u8` tag (0 or 1)
+    // before an option's value, a `u32` variant index for an enum, fields in declaration
+    // order, `[u8; 16]` as 16 bare bytes. It covers exactly the schema-1 [`Entry`] layout, so
+    // the store can migrate without keeping bincode as a dependency.
 
     /// The schema-1 [`Entry`] in `raw`, which must hold exactly one.
     pub(crate) fn decode_v1(raw: &[u8]) -> Result<Entry, String> {
@@ -63,6 +147,7 @@ pub(crate) mod legacy {
                 })?,
                 provider: r.string()?,
                 system_fingerprint: r.option(|r| r.string())?,
+                tool_calls: Vec::new(),
             },
             created_ms: r.u64()?,
             expires_ms: r.u64()?,
@@ -166,6 +251,7 @@ mod tests {
                 }),
                 provider: "p".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             },
             created_ms: 1,
             expires_ms: u64::MAX,
@@ -226,5 +312,32 @@ mod tests {
         assert!(legacy::decode_v1(&huge).unwrap_err().contains("exceeds"));
         // A schema-2 value is not mistaken for a schema-1 one.
         assert!(legacy::decode_v1(&encode(&entry()).unwrap()).is_err());
+    }
+
+    /// Schema-3 bytes read back as the same entry; they are not schema-4 bytes (nor the
+    /// reverse), and an entry with tool calls has no schema-3 form.
+    #[test]
+    fn the_schema_3_layout_round_trips_and_differs_from_schema_4() {
+        let e = entry();
+        let v3 = legacy::encode_v3(&e).unwrap();
+        assert_eq!(legacy::decode_v3(&v3).unwrap(), e);
+        assert!(decode(&v3).is_err(), "schema-3 bytes decoded as schema 4");
+        let mut with_calls = e.clone();
+        with_calls.response.finish_reason = FinishReason::ToolCalls;
+        with_calls.response.tool_calls = vec![crate::store::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }];
+        let v4 = encode(&with_calls).unwrap();
+        assert_eq!(decode(&v4).unwrap(), with_calls);
+        assert!(
+            legacy::decode_v3(&v4).is_err(),
+            "schema-4 bytes decoded as schema 3"
+        );
+        assert!(legacy::encode_v3(&with_calls).is_err());
+        for cut in 0..v3.len() {
+            assert!(legacy::decode_v3(&v3[..cut]).is_err(), "prefix of {cut}");
+        }
     }
 }

@@ -53,6 +53,9 @@ impl Usage {
 pub enum FinishReason {
     Stop,
     Length,
+    /// The model called tools (stored only where a route sets `cache_tool_calls`). Appended
+    /// last: postcard writes the variant index, so the first two keep their bytes.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -60,6 +63,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 
@@ -67,6 +71,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "end_turn",
             FinishReason::Length => "max_tokens",
+            FinishReason::ToolCalls => "tool_use",
         }
     }
 
@@ -74,6 +79,7 @@ impl FinishReason {
         match s {
             "stop" => Some(FinishReason::Stop),
             "length" => Some(FinishReason::Length),
+            "tool_calls" => Some(FinishReason::ToolCalls),
             _ => None,
         }
     }
@@ -91,6 +97,31 @@ pub struct CachedResponse {
     /// Provider that produced it (for headers and metrics).
     pub provider: String,
     pub system_fingerprint: Option<String>,
+    /// The tool calls the assistant made, in order (empty for a plain text answer). Default
+    /// when absent, so PostgreSQL rows written before it existed still read.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// One tool (function) call of a stored answer, provider-neutral: OpenAI's `tool_calls[]`,
+/// Anthropic's `tool_use` block and the Responses `function_call` item all render from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The id the upstream gave the call. Never replayed as is: each render makes a fresh one
+    /// (see [`ToolCall::fresh_id`]).
+    pub id: String,
+    pub name: String,
+    /// The arguments as the JSON text the model wrote (an object).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// A new call id for a replay, in the style of `prefix` (`call_`, `toolu_`, `fc_`). A
+    /// client matches each tool result to its call by id within a conversation, so two hits of
+    /// the same entry in one conversation must not share ids.
+    pub fn fresh_id(prefix: &str) -> String {
+        format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+    }
 }
 
 /// One cached answer.

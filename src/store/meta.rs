@@ -19,8 +19,9 @@ use std::path::Path;
 
 /// Bumped whenever the layout of any tree changes; an older store is migrated on open
 /// ([`super::migrate`]). 1: bincode 1 entries; 2: postcard entries ([`super::codec`]); 3: exact
-/// keys hash the prompt's exact form ([`super::exact_key`]).
-pub const SCHEMA_VERSION: u32 = 3;
+/// keys hash the prompt's exact form ([`super::exact_key`]); 4: answers carry tool calls
+/// ([`super::CachedResponse::tool_calls`]).
+pub const SCHEMA_VERSION: u32 = 4;
 
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_MODEL: &[u8] = b"model_id";
@@ -121,6 +122,9 @@ fn verify(trees: &migrate::Trees<'_>, cfg: &StoreConfig, path: &Path) -> Result<
     }
     if version <= migrate::PROMPT_KEY_SCHEMA {
         migrate::rekey_exact(trees, KEY_SCHEMA, path)?;
+    }
+    if version <= migrate::EXACT_FORM_SCHEMA {
+        migrate::add_tool_calls(meta, entries, KEY_SCHEMA, path)?;
         write_marker(cfg, path)?;
     }
     if !path.join(MARKER_FILE).exists() {

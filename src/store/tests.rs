@@ -34,6 +34,7 @@ fn new_entry(s: ScopeId, prompt: &str, created_ms: u64, ttl_ms: u64) -> NewEntry
             }),
             provider: "p".into(),
             system_fingerprint: None,
+            tool_calls: Vec::new(),
         },
         created_ms,
         expires_ms: created_ms + ttl_ms,
@@ -266,6 +267,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
         }),
         provider: "openai".into(),
         system_fingerprint: Some("fp_0ba0d124f1".into()),
+        tool_calls: Vec::new(),
     };
     vec![
         NewEntry {
@@ -287,6 +289,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
                 usage: None,
                 provider: "anthropic".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             },
             created_ms: 1_764_000_000_001,
             expires_ms: far,
@@ -523,6 +526,12 @@ fn schema2_exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
 /// schema 2's exact keys. Prompts that now share a key are all there, as schema 2 kept them.
 /// Returns the ids, in order.
 fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
+    postcard_store(dir, entries, 2)
+}
+
+/// A store of schema 2 or 3 (one entry layout, [`codec::legacy::encode_v3`]; exact keys as
+/// that schema made them).
+fn postcard_store(dir: &TempDir, entries: &[NewEntry], version: u32) -> Vec<EntryId> {
     drop(Store::open(&cfg(dir)).unwrap());
     let db = open_raw(cfg(dir).dir);
     let tree = |n: &str| db.open_tree(n).unwrap();
@@ -536,7 +545,10 @@ fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
             hits: 0,
             expires_ms: e.expires_ms,
         };
-        let key = schema2_exact_key(e.scope, &e.prompt);
+        let key = match version {
+            2 => schema2_exact_key(e.scope, &e.prompt),
+            _ => exact_key(e.scope, &e.prompt),
+        };
         let entry = Entry {
             id,
             scope: e.scope,
@@ -547,13 +559,14 @@ fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
             expires_ms: e.expires_ms,
         };
         entries_tree
-            .insert(id_key(id), codec::encode(&entry).unwrap())
+            .insert(id_key(id), codec::legacy::encode_v3(&entry).unwrap())
             .unwrap();
         access.insert(id_key(id), &acc.encode()).unwrap();
         exact.insert(key, &id_key(id)).unwrap();
         ids.push(id);
     }
-    meta.insert(b"schema_version", &2u32.to_be_bytes()).unwrap();
+    meta.insert(b"schema_version", &version.to_be_bytes())
+        .unwrap();
     db.flush().unwrap();
     ids
 }
@@ -717,4 +730,77 @@ fn open_raw(path: impl AsRef<std::path::Path>) -> sled::Db {
             Err(e) => panic!("open {}: {e}", path.as_ref().display()),
         }
     }
+}
+
+/// A schema-3 store (answers without tool calls) is rewritten as schema 4 on open, also when
+/// the rewrite was stopped after any number of batches (one entry each, as by a crash): every
+/// entry reads back as it was, exact lookups still find it, and the cursor is gone.
+#[test]
+fn a_schema_3_store_gains_tool_calls_on_open_even_after_an_interrupted_rewrite() {
+    let entries = vec![
+        new_entry(scope(1), "first question", 1, u64::MAX / 2),
+        new_entry(scope(2), "second question", 2, u64::MAX / 2),
+        new_entry(scope(1), "third question", 3, u64::MAX / 2),
+    ];
+    for done in [None, Some(0), Some(1), Some(3)] {
+        let dir = TempDir::new().unwrap();
+        let ids = postcard_store(&dir, &entries, 3);
+        let path = cfg(&dir).dir;
+        let v3_cursor = |db: &sled::Db| {
+            let meta = db.open_tree("meta").unwrap();
+            (
+                meta.get(b"schema_version").unwrap().unwrap().to_vec(),
+                meta.get(b"migrate_v3_cursor").unwrap().is_some(),
+            )
+        };
+        if let Some(done) = done {
+            let db = open_raw(&path);
+            let (meta, tree) = (
+                db.open_tree("meta").unwrap(),
+                db.open_tree("entries").unwrap(),
+            );
+            let n = migrate::add_tool_calls_until(&meta, &tree, b"schema_version", &path, 1, done)
+                .unwrap();
+            assert_eq!(n, done);
+            db.flush().unwrap();
+            assert_eq!(v3_cursor(&db), (3u32.to_be_bytes().to_vec(), done > 0));
+        }
+        let store = Store::open(&cfg(&dir)).unwrap();
+        for (id, e) in ids.iter().zip(&entries) {
+            let got = store.get(*id).unwrap().unwrap();
+            assert_eq!(got.response, e.response, "{done:?}");
+            assert_eq!(got.prompt, e.prompt);
+            let exact = store.get_exact(e.scope, &e.prompt).unwrap().unwrap();
+            assert_eq!(exact.id, *id);
+        }
+        drop(store);
+        let db = open_raw(&path);
+        assert_eq!(
+            v3_cursor(&db),
+            (SCHEMA_VERSION.to_be_bytes().to_vec(), false)
+        );
+        let tree = db.open_tree("entries").unwrap();
+        assert_eq!(tree.len(), entries.len());
+        for kv in tree.iter() {
+            let raw = kv.unwrap().1;
+            assert!(codec::decode(&raw).is_ok() && codec::legacy::decode_v3(&raw).is_err());
+        }
+    }
+}
+
+/// An answer with tool calls is stored and read back whole.
+#[test]
+fn an_answer_with_tool_calls_round_trips_through_the_store() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(&cfg(&dir)).unwrap();
+    let mut e = new_entry(scope(1), "weather in Paris", 1, u64::MAX / 2);
+    e.response.content = String::new();
+    e.response.finish_reason = FinishReason::ToolCalls;
+    e.response.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Paris"}"#.into(),
+    }];
+    let id = store.insert(e.clone()).unwrap().id;
+    assert_eq!(store.get(id).unwrap().unwrap().response, e.response);
 }

@@ -39,6 +39,9 @@ use openai::openai_completion;
 /// Custom reply text from the request body.
 pub type ReplyFn = Arc<dyn Fn(&Value) -> String + Send + Sync>;
 
+/// A tool call (name, arguments JSON) computed from the request body.
+pub type ToolCallFn = Arc<dyn Fn(&Value) -> (String, String) + Send + Sync>;
+
 /// Ways an upstream breaks, for the fault suite (`tests/proxy_faults.rs`). A fault replaces
 /// the answer of every POST to a completion endpoint (chat, legacy completions, messages; any
 /// vendor) that is not failing by `fail_n_times`.
@@ -87,6 +90,9 @@ fn tool_call_for(b: &Behaviour, body: &Value) -> Option<(String, String)> {
     if ends_with_result {
         return None;
     }
+    if let Some(f) = &b.tool_call_fn {
+        return Some(f(body));
+    }
     if let Some(call) = &b.tool_call {
         return Some(call.clone());
     }
@@ -116,6 +122,7 @@ struct Behaviour {
     stream_error_after: Option<usize>,
     reply: Option<ReplyFn>,
     tool_call: Option<(String, String)>,
+    tool_call_fn: Option<ToolCallFn>,
     call_offered_tools: bool,
     models: Vec<String>,
     fault: Option<Fault>,
@@ -134,6 +141,7 @@ impl Default for Behaviour {
             stream_error_after: None,
             reply: None,
             tool_call: None,
+            tool_call_fn: None,
             call_offered_tools: false,
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             fault: None,
@@ -287,6 +295,15 @@ impl MockUpstreamBuilder {
     /// Chat replies are one tool call (`finish_reason: "tool_calls"`) instead of text.
     pub fn with_tool_call(mut self, name: &str, arguments_json: &str) -> Self {
         self.behaviour.tool_call = Some((name.to_string(), arguments_json.to_string()));
+        self
+    }
+
+    /// Replies are one tool call computed from the request body (as [`Self::with_tool_call`]).
+    pub fn with_tool_call_from(
+        mut self,
+        f: impl Fn(&Value) -> (String, String) + Send + Sync + 'static,
+    ) -> Self {
+        self.behaviour.tool_call_fn = Some(Arc::new(f));
         self
     }
 

@@ -213,6 +213,68 @@ def test_streamed_tool_calls_reassemble_into_valid_json():
     assert final.output_text.startswith("Answer #"), final
 
 
+# Routed to the OpenAI-kind mock on a route with `cache_tool_calls = true` (tests/e2e_sdk.rs).
+TOOLS_MODEL = "gpt-4o-tools"
+RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather by city",
+                    "parameters": WEATHER}]
+
+
+def test_tool_call_answers_served_from_cache_where_the_route_opts_in():
+    question = [{"role": "user", "content": "Weather in Lyon, from the cache?"}]
+
+    def chat_json():
+        raw = client.chat.completions.with_raw_response.create(
+            model=TOOLS_MODEL, messages=question, tools=CHAT_TOOLS)
+        return raw.headers, raw.parse()
+
+    h, first = chat_json()
+    assert h["x-deja-cache"] == "miss", h
+    h, hit = until_stored(chat_json)
+    assert h["x-deja-cache"] == "exact-hit", h
+    assert hit.choices[0].finish_reason == "tool_calls", hit
+    call = hit.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == ARGUMENTS
+    assert call.id.startswith("call_") and call.id != first.choices[0].message.tool_calls[0].id, call.id
+    # The same entry replayed as a stream: raw chunks, then the SDK's stream helper.
+    raw = client.chat.completions.with_raw_response.create(
+        model=TOOLS_MODEL, messages=question, tools=CHAT_TOOLS, stream=True)
+    assert raw.headers["x-deja-cache"] == "exact-hit", raw.headers
+    chunks = [c for c in raw.parse() if c.choices]
+    pieces = [tc.function.arguments for c in chunks for tc in (c.choices[0].delta.tool_calls or [])
+              if tc.function and tc.function.arguments]
+    assert len(pieces) > 1 and json.loads("".join(pieces)) == ARGUMENTS, pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
+    with client.chat.completions.stream(model=TOOLS_MODEL, messages=question, tools=CHAT_TOOLS) as s:
+        deltas = [e for e in s if e.type == "tool_calls.function.arguments.delta"]
+        completion = s.get_final_completion()
+    assert len(deltas) > 1
+    assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == ARGUMENTS
+
+    # The Responses API: a JSON miss, a JSON hit, then a streamed hit the SDK accumulates.
+    text = "Weather in Lyon, responses from the cache?"
+
+    def responses_json():
+        raw = client.responses.with_raw_response.create(model=TOOLS_MODEL, input=text, tools=RESPONSES_TOOLS)
+        return raw.headers, raw.parse()
+
+    h, _ = responses_json()
+    assert h["x-deja-cache"] == "miss", h
+    h, r = until_stored(responses_json)
+    assert h["x-deja-cache"] == "exact-hit", h
+    fc = [o for o in r.output if o.type == "function_call"][0]
+    assert fc.name == "get_weather" and json.loads(fc.arguments) == ARGUMENTS, fc
+    raw = client.responses.with_raw_response.create(model=TOOLS_MODEL, input=text, tools=RESPONSES_TOOLS,
+                                                    stream=True)
+    assert raw.headers["x-deja-cache"] == "exact-hit", raw.headers
+    list(raw.parse())
+    with client.responses.stream(model=TOOLS_MODEL, input=text, tools=RESPONSES_TOOLS) as s:
+        pieces = [e.delta for e in s if e.type == "response.function_call_arguments.delta"]
+        response = s.get_final_response()
+    assert len(pieces) > 1 and json.loads("".join(pieces)) == ARGUMENTS, pieces
+    fc = [o for o in response.output if o.type == "function_call"][0]
+    assert json.loads(fc.arguments) == ARGUMENTS and fc.call_id.startswith("call_"), fc
+
+
 def test_bad_inputs_are_400s_naming_the_field():
     cases = [
         ({"input": [{"type": "telepathy-e2e", "content": "x"}]}, "input[0].type"),

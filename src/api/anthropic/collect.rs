@@ -1,31 +1,62 @@
 //! Collecting an Anthropic answer (a `message` body, or the `data:` payloads of its stream) into
-//! a [`CachedResponse`]. Same conservative rule as the OpenAI side: one text block, a normal
-//! stop (`end_turn`, `max_tokens`), nothing a replay would drop (tool use, thinking, citations,
-//! the stop sequence that was hit). Pure CPU on small data; no policy.
+//! a [`CachedResponse`]. Same conservative rule as the OpenAI side: at most one text block,
+//! then any `tool_use` blocks, a normal stop (`end_turn`, `max_tokens`, `tool_use`), nothing a
+//! replay would drop (server tools, thinking, citations, the stop sequence that was hit). Pure
+//! CPU on small data; no policy (whether tool calls may be stored is the route's).
 
 use super::{MessagesResponse, StreamEvent};
-use crate::api::collect::{NotCacheable, DEFAULT_MAX_CONTENT_BYTES};
-use crate::store::{CachedResponse, FinishReason, Usage};
+use crate::api::collect::{checked_tool_calls, NotCacheable, DEFAULT_MAX_CONTENT_BYTES};
+use crate::store::{CachedResponse, FinishReason, ToolCall, Usage};
 use serde_json::Value;
 
-fn stop_reason(reason: Option<&str>) -> Result<FinishReason, NotCacheable> {
+fn stop_reason(reason: Option<&str>, with_calls: bool) -> Result<FinishReason, NotCacheable> {
     match reason {
+        Some("tool_use" | "end_turn") if with_calls => Ok(FinishReason::ToolCalls),
+        Some("tool_use") => Err(NotCacheable::Malformed(
+            "stop reason `tool_use` without a tool_use block".into(),
+        )),
+        // Cut arguments are not a call anyone can run.
+        Some("max_tokens") if with_calls => Err(NotCacheable::FinishReason("max_tokens".into())),
         Some("end_turn") => Ok(FinishReason::Stop),
         Some("max_tokens") => Ok(FinishReason::Length),
         // The stored answer cannot say which sequence stopped it.
         Some("stop_sequence") => Err(NotCacheable::Unrepresentable("stop_sequence")),
-        Some("tool_use") => Err(NotCacheable::ToolCalls),
         Some("refusal") => Err(NotCacheable::Refusal),
         Some(other) => Err(NotCacheable::FinishReason(other.to_owned())),
         None => Err(NotCacheable::FinishReason("null".into())),
     }
 }
 
+/// A `tool_use` block as a stored call (its `input` as JSON text).
+fn tool_use_block(block: &Value) -> ToolCall {
+    let text = |k: &str| {
+        block
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let arguments = match block.get("input") {
+        Some(Value::Object(m)) if m.is_empty() => String::new(),
+        Some(input) => input.to_string(),
+        None => String::new(),
+    };
+    ToolCall {
+        id: text("id"),
+        name: text("name"),
+        arguments,
+    }
+}
+
+fn is_tool_use(block: &Value) -> bool {
+    block.get("type").and_then(Value::as_str) == Some("tool_use")
+}
+
 /// Reject a block that is not plain text; returns its text.
 fn text_block(block: &Value) -> Result<&str, NotCacheable> {
     match block.get("type").and_then(Value::as_str) {
         Some("text") => {}
-        Some("tool_use") | Some("server_tool_use") => return Err(NotCacheable::ToolCalls),
+        Some("server_tool_use") => return Err(NotCacheable::Unrepresentable("server_tool_use")),
         Some("thinking") | Some("redacted_thinking") => {
             return Err(NotCacheable::Unrepresentable("thinking"))
         }
@@ -54,16 +85,25 @@ pub fn collect_messages_json(body: &[u8], provider: &str) -> Result<CachedRespon
     let m: MessagesResponse =
         serde_json::from_value(v).map_err(|e| NotCacheable::Malformed(e.to_string()))?;
     let mut texts = Vec::with_capacity(1);
+    let mut calls = Vec::new();
     for block in &m.content {
-        texts.push(text_block(block)?);
+        if is_tool_use(block) {
+            calls.push(tool_use_block(block));
+        } else if !calls.is_empty() {
+            // Stored text renders before the calls.
+            return Err(NotCacheable::Unrepresentable("text after a tool call"));
+        } else {
+            texts.push(text_block(block)?);
+        }
     }
-    let finish_reason = stop_reason(m.stop_reason.as_deref())?;
+    let tool_calls = checked_tool_calls(calls)?;
+    let finish_reason = stop_reason(m.stop_reason.as_deref(), !tool_calls.is_empty())?;
     let content = match texts.as_slice() {
-        [] => return Err(NotCacheable::NoContent),
+        [] => String::new(),
         [one] => (*one).to_owned(),
         _ => return Err(NotCacheable::Unrepresentable("multiple content blocks")),
     };
-    if content.is_empty() {
+    if content.is_empty() && tool_calls.is_empty() {
         return Err(NotCacheable::NoContent);
     }
     Ok(CachedResponse {
@@ -76,6 +116,7 @@ pub fn collect_messages_json(body: &[u8], provider: &str) -> Result<CachedRespon
         }),
         provider: provider.to_owned(),
         system_fingerprint: None,
+        tool_calls,
     })
 }
 
@@ -88,6 +129,10 @@ pub struct MessagesStreamCollector {
     model: String,
     content: String,
     blocks: u32,
+    /// `tool_use` blocks so far; the last one is receiving `input_json_delta`s.
+    tool_calls: Vec<ToolCall>,
+    /// Text and argument bytes so far (bounded by `max_bytes`).
+    bytes: usize,
     stop_reason: Option<String>,
     usage: Option<Usage>,
     done: bool,
@@ -106,6 +151,8 @@ impl MessagesStreamCollector {
             model: String::new(),
             content: String::new(),
             blocks: 0,
+            tool_calls: Vec::new(),
+            bytes: 0,
             stop_reason: None,
             usage: None,
             done: false,
@@ -118,6 +165,16 @@ impl MessagesStreamCollector {
             self.failed = Some(why);
         }
         self.content = String::new();
+        self.tool_calls = Vec::new();
+    }
+
+    /// Counts `n` more bytes; `false` (and failed) past the cap.
+    fn grow(&mut self, n: usize) -> bool {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.max_bytes {
+            self.fail(NotCacheable::TooLarge(self.max_bytes));
+        }
+        self.failed.is_none()
     }
 
     /// Feed one `data:` payload. Payloads after `message_stop` or after the answer became
@@ -144,21 +201,46 @@ impl MessagesStreamCollector {
             }
             StreamEvent::ContentBlockStart { content_block, .. } => {
                 self.blocks += 1;
-                if let Err(why) = text_block(&content_block) {
+                if is_tool_use(&content_block) {
+                    if self.tool_calls.len() == crate::api::collect::MAX_TOOL_CALLS {
+                        return self.fail(NotCacheable::Unrepresentable(
+                            "more tool calls than a stored answer holds",
+                        ));
+                    }
+                    let call = tool_use_block(&content_block);
+                    if self.grow(call.id.len() + call.name.len() + call.arguments.len()) {
+                        self.tool_calls.push(call);
+                    }
+                } else if let Err(why) = text_block(&content_block) {
                     self.fail(why);
+                } else if !self.tool_calls.is_empty() {
+                    self.fail(NotCacheable::Unrepresentable("text after a tool call"));
                 } else if self.blocks > 1 {
                     self.fail(NotCacheable::Unrepresentable("multiple content blocks"));
                 }
             }
             StreamEvent::ContentBlockDelta { delta, .. } => match delta.kind.as_str() {
-                "text_delta" => {
+                "text_delta" if self.tool_calls.is_empty() => {
                     let text = delta.text.unwrap_or_default();
-                    if self.content.len() + text.len() > self.max_bytes {
-                        return self.fail(NotCacheable::TooLarge(self.max_bytes));
+                    if self.grow(text.len()) {
+                        self.content.push_str(&text);
                     }
-                    self.content.push_str(&text);
                 }
-                "input_json_delta" => self.fail(NotCacheable::ToolCalls),
+                "input_json_delta" if !self.tool_calls.is_empty() => {
+                    let piece = delta
+                        .extra
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if self.grow(piece.len()) {
+                        if let Some(call) = self.tool_calls.last_mut() {
+                            call.arguments.push_str(piece);
+                        }
+                    }
+                }
+                "text_delta" | "input_json_delta" => self.fail(NotCacheable::Malformed(
+                    "a delta for a block of another type".into(),
+                )),
                 "thinking_delta" | "signature_delta" => {
                     self.fail(NotCacheable::Unrepresentable("thinking"))
                 }
@@ -195,8 +277,9 @@ impl MessagesStreamCollector {
         if !self.done || self.stop_reason.is_none() {
             return Err(NotCacheable::Truncated);
         }
-        let finish_reason = stop_reason(self.stop_reason.as_deref())?;
-        if self.content.is_empty() {
+        let tool_calls = checked_tool_calls(self.tool_calls)?;
+        let finish_reason = stop_reason(self.stop_reason.as_deref(), !tool_calls.is_empty())?;
+        if self.content.is_empty() && tool_calls.is_empty() {
             return Err(NotCacheable::NoContent);
         }
         Ok(CachedResponse {
@@ -206,6 +289,7 @@ impl MessagesStreamCollector {
             usage: self.usage,
             provider: self.provider,
             system_fingerprint: None,
+            tool_calls,
         })
     }
 }
@@ -256,7 +340,15 @@ mod tests {
                         .push(json!({"type":"tool_use","id":"toolu_1","name":"f","input":{}}));
                     v["stop_reason"] = json!("tool_use");
                 }),
-                Err(NotCacheable::ToolCalls),
+                Ok(FinishReason::ToolCalls),
+            ),
+            (
+                patched(|v| {
+                    v["content"] = json!([{"type":"tool_use","id":"toolu_1","name":"f","input":{}},
+                                          {"type":"text","text":"a"}]);
+                    v["stop_reason"] = json!("tool_use");
+                }),
+                Err(NotCacheable::Unrepresentable("text after a tool call")),
             ),
             (
                 patched(|v| {
@@ -352,7 +444,19 @@ mod tests {
         let tool_start = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#;
         let mut v = STREAM.to_vec();
         v.insert(6, tool_start);
-        assert_eq!(collect(&v), Err(NotCacheable::ToolCalls));
+        let r = collect(&v).unwrap();
+        assert_eq!(
+            (r.content.as_str(), r.finish_reason),
+            ("Hello! 🌍", FinishReason::ToolCalls)
+        );
+        assert_eq!(r.tool_calls[0].arguments, "{}");
+        let mut v = STREAM.to_vec();
+        v.insert(6, tool_start);
+        v.insert(
+            7,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"x"}}"#,
+        );
+        assert!(matches!(collect(&v), Err(NotCacheable::Malformed(_))));
         let thinking = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#;
         let mut v = STREAM.to_vec();
         v.insert(3, thinking);
@@ -381,6 +485,7 @@ mod tests {
                 }),
                 provider: "anthropic".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             };
             let json = render_messages_json(&orig, "msg_1", None);
             assert_eq!(collect_messages_json(&json, "anthropic").unwrap(), orig);

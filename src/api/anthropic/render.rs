@@ -4,11 +4,11 @@
 //! decides whether an answer may be served.
 
 use super::{BlockDelta, DeltaUsage, MessageDeltaBody, MessagesResponse, StreamEvent, Usage};
-use crate::api::render::split_pieces;
+use crate::api::render::{replay_calls, split_pieces};
 use crate::api::sse;
 use crate::store::CachedResponse;
 use bytes::Bytes;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 /// `msg_` + 32 hex chars.
 pub fn new_message_id() -> String {
@@ -53,13 +53,34 @@ fn message(
     }
 }
 
-/// A full `message` body.
+/// A stored call's arguments as the object Anthropic's `input` is (the collectors only store
+/// objects; anything else renders as `{}`).
+fn input_of(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({}),
+    }
+}
+
+/// Whether the answer has a text block: when it has text, or nothing else.
+fn has_text(resp: &CachedResponse) -> bool {
+    !resp.content.is_empty() || resp.tool_calls.is_empty()
+}
+
+/// A full `message` body: a text block, then one `tool_use` block per call.
 pub fn render_messages_json(
     resp: &CachedResponse,
     id: &str,
     model_requested: Option<&str>,
 ) -> Bytes {
-    let content = vec![json!({"type": "text", "text": resp.content})];
+    let mut content = Vec::with_capacity(1 + resp.tool_calls.len());
+    if has_text(resp) {
+        content.push(json!({"type": "text", "text": resp.content}));
+    }
+    for (call_id, call) in replay_calls(resp, "toolu_") {
+        content.push(json!({"type": "tool_use", "id": call_id, "name": call.name,
+                            "input": input_of(&call.arguments)}));
+    }
     let body = message(resp, id, model_requested, content, true);
     Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
 }
@@ -76,22 +97,52 @@ pub fn render_messages_sse(
     push(StreamEvent::MessageStart {
         message: message(resp, id, model_requested, Vec::new(), false),
     });
-    push(StreamEvent::ContentBlockStart {
-        index: 0,
-        content_block: json!({"type": "text", "text": ""}),
-    });
-    push(StreamEvent::Ping);
-    for piece in pieces {
-        push(StreamEvent::ContentBlockDelta {
-            index: 0,
-            delta: BlockDelta {
-                kind: "text_delta".into(),
-                text: Some(piece.to_owned()),
-                extra: Map::new(),
-            },
+    let mut index = 0;
+    if has_text(resp) {
+        push(StreamEvent::ContentBlockStart {
+            index,
+            content_block: json!({"type": "text", "text": ""}),
         });
+        push(StreamEvent::Ping);
+        for piece in pieces {
+            push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta {
+                    kind: "text_delta".into(),
+                    text: Some(piece.to_owned()),
+                    extra: Map::new(),
+                },
+            });
+        }
+        push(StreamEvent::ContentBlockStop { index });
+        index += 1;
     }
-    push(StreamEvent::ContentBlockStop { index: 0 });
+    // Each call as Anthropic streams it: the block with an empty `input`, then the arguments'
+    // JSON text in `input_json_delta` pieces.
+    for (call_id, call) in replay_calls(resp, "toolu_") {
+        push(StreamEvent::ContentBlockStart {
+            index,
+            content_block: json!({"type": "tool_use", "id": call_id, "name": call.name,
+                                  "input": {}}),
+        });
+        if index == 0 {
+            push(StreamEvent::Ping);
+        }
+        for piece in split_pieces(&call.arguments) {
+            let mut extra = Map::new();
+            extra.insert("partial_json".into(), json!(piece));
+            push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta {
+                    kind: "input_json_delta".into(),
+                    text: None,
+                    extra,
+                },
+            });
+        }
+        push(StreamEvent::ContentBlockStop { index });
+        index += 1;
+    }
     let out = usage(resp, None);
     push(StreamEvent::MessageDelta {
         delta: MessageDeltaBody {
@@ -126,6 +177,7 @@ mod tests {
             }),
             provider: "anthropic".into(),
             system_fingerprint: None,
+            tool_calls: Vec::new(),
         }
     }
 

@@ -1,13 +1,13 @@
 //! An upstream Responses answer (a `response` object, or its SSE events) collected into a
-//! [`CachedResponse`], or the reason it cannot be stored: the same rules as chat (no tool calls,
-//! no refusals, nothing a replay would drop). A stream is collected from its terminal event's
+//! [`CachedResponse`], or the reason it cannot be stored: the same rules as chat (at most one
+//! message, then `function_call` items; no refusals, nothing a replay would drop). A stream is collected from its terminal event's
 //! `response` object, the whole answer as the provider sums it up; the text deltas before it
 //! only count towards the size cap.
 
 use serde_json::Value;
 
-use crate::api::collect::NotCacheable;
-use crate::store::{CachedResponse, FinishReason, Usage};
+use crate::api::collect::{checked_tool_calls, NotCacheable};
+use crate::store::{CachedResponse, FinishReason, ToolCall, Usage};
 
 /// Collect a `response` object (the body of a non-streamed answer).
 pub fn collect_responses_json(body: &[u8], provider: &str) -> Result<CachedResponse, NotCacheable> {
@@ -41,8 +41,13 @@ fn collect_response(v: &Value, provider: &str) -> Result<CachedResponse, NotCach
         .ok_or_else(|| NotCacheable::Malformed("`output` is not an array".into()))?;
     let mut content = String::new();
     let mut messages = 0;
+    let mut calls = Vec::new();
     for item in output {
         match item.get("type").and_then(Value::as_str) {
+            Some("message") if !calls.is_empty() => {
+                // Stored text renders before the calls.
+                return Err(NotCacheable::Unrepresentable("text after a tool call"));
+            }
             Some("message") => {
                 messages += 1;
                 let parts = item.get("content").and_then(Value::as_array);
@@ -71,8 +76,21 @@ fn collect_response(v: &Value, provider: &str) -> Result<CachedResponse, NotCach
             }
             // Reasoning is the model's own scratchpad: a replayed answer does not need it.
             Some("reasoning") => {}
-            Some("function_call") | Some("custom_tool_call") => {
-                return Err(NotCacheable::ToolCalls)
+            Some("function_call") => {
+                let text = |k: &str| {
+                    item.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                calls.push(ToolCall {
+                    id: text("call_id"),
+                    name: text("name"),
+                    arguments: text("arguments"),
+                });
+            }
+            Some("custom_tool_call") => {
+                return Err(NotCacheable::Unrepresentable("custom_tool_call"))
             }
             _ => return Err(NotCacheable::Unrepresentable("output items")),
         }
@@ -80,7 +98,16 @@ fn collect_response(v: &Value, provider: &str) -> Result<CachedResponse, NotCach
     if messages > 1 {
         return Err(NotCacheable::MultipleChoices);
     }
-    if content.is_empty() {
+    let tool_calls = checked_tool_calls(calls)?;
+    let finish_reason = match finish_reason {
+        FinishReason::Stop if !tool_calls.is_empty() => FinishReason::ToolCalls,
+        // Cut arguments are not a call anyone can run.
+        FinishReason::Length if !tool_calls.is_empty() => {
+            return Err(NotCacheable::FinishReason("incomplete".into()))
+        }
+        other => other,
+    };
+    if content.is_empty() && tool_calls.is_empty() {
         return Err(NotCacheable::NoContent);
     }
     let tokens = |k: &str| {
@@ -106,6 +133,7 @@ fn collect_response(v: &Value, provider: &str) -> Result<CachedResponse, NotCach
         usage,
         provider: provider.to_owned(),
         system_fingerprint: None,
+        tool_calls,
     })
 }
 
@@ -143,15 +171,12 @@ impl ResponsesStreamCollector {
             }
         };
         match v.get("type").and_then(Value::as_str) {
-            Some("response.output_text.delta") => {
+            Some("response.output_text.delta") | Some("response.function_call_arguments.delta") => {
                 let n = v.get("delta").and_then(Value::as_str).map_or(0, str::len);
                 self.seen = self.seen.saturating_add(n);
                 if self.seen > self.max_bytes {
                     self.failed = Some(NotCacheable::TooLarge(self.max_bytes));
                 }
-            }
-            Some("response.function_call_arguments.delta") => {
-                self.failed = Some(NotCacheable::ToolCalls);
             }
             Some("response.completed") | Some("response.incomplete") => {
                 let answer = match v.get("response") {
@@ -159,7 +184,14 @@ impl ResponsesStreamCollector {
                     None => Err(NotCacheable::Malformed("no `response` in its event".into())),
                 };
                 let answer = match answer {
-                    Ok(a) if a.content.len() > self.max_bytes => {
+                    Ok(a)
+                        if a.content.len()
+                            + a.tool_calls
+                                .iter()
+                                .map(|c| c.arguments.len())
+                                .sum::<usize>()
+                            > self.max_bytes =>
+                    {
                         Err(NotCacheable::TooLarge(self.max_bytes))
                     }
                     other => other,
@@ -222,9 +254,12 @@ mod tests {
         let text =
             |t: &str| message(json!([{"type": "output_text", "text": t, "annotations": []}]));
         let call = json!({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"});
+        let a = collect(&response("completed", json!([call.clone()]))).unwrap();
+        assert_eq!(a.finish_reason, FinishReason::ToolCalls);
+        assert_eq!((a.tool_calls[0].id.as_str(), a.content.as_str()), ("c", ""));
         assert_eq!(
-            collect(&response("completed", json!([call]))),
-            Err(NotCacheable::ToolCalls)
+            collect(&response("completed", json!([call, text("after")]))),
+            Err(NotCacheable::Unrepresentable("text after a tool call"))
         );
         assert_eq!(
             collect(&response(

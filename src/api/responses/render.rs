@@ -9,9 +9,9 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::api::render::split_pieces;
+use crate::api::render::{replay_calls, split_pieces};
 use crate::api::sse;
-use crate::store::{CachedResponse, FinishReason};
+use crate::store::{CachedResponse, FinishReason, ToolCall};
 
 /// `resp_` + 32 hex chars, like OpenAI's ids.
 pub fn new_response_id() -> String {
@@ -132,7 +132,7 @@ fn response_object(
 ) -> Value {
     let (status, incomplete_reason) = match (finished, resp.finish_reason) {
         (false, _) => ("in_progress", None),
-        (true, FinishReason::Stop) => ("completed", None),
+        (true, FinishReason::Stop | FinishReason::ToolCalls) => ("completed", None),
         (true, FinishReason::Length) => ("incomplete", Some("max_output_tokens")),
     };
     let e = Envelope {
@@ -148,9 +148,34 @@ fn response_object(
 
 fn item_status(resp: &CachedResponse) -> &'static str {
     match resp.finish_reason {
-        FinishReason::Stop => "completed",
+        FinishReason::Stop | FinishReason::ToolCalls => "completed",
         FinishReason::Length => "incomplete",
     }
+}
+
+/// Whether the answer has a message item: when it has text, or nothing else.
+fn has_text(resp: &CachedResponse) -> bool {
+    !resp.content.is_empty() || resp.tool_calls.is_empty()
+}
+
+/// A `function_call` output item (`fc_` item id, `call_` call id, both fresh per render).
+fn function_call_item(
+    item_id: &str,
+    call_id: &str,
+    call: &ToolCall,
+    status: &str,
+    arguments: &str,
+) -> Value {
+    json!({"type": "function_call", "id": item_id, "call_id": call_id, "name": call.name,
+           "arguments": arguments, "status": status})
+}
+
+/// The stored calls with their fresh item and call ids.
+fn calls_of(resp: &CachedResponse) -> Vec<(String, String, &ToolCall)> {
+    replay_calls(resp, "call_")
+        .into_iter()
+        .map(|(call_id, c)| (ToolCall::fresh_id("fc_"), call_id, c))
+        .collect()
 }
 
 /// The full `response` body of a hit. `request` is the client's Responses body (for the echoed
@@ -168,12 +193,24 @@ pub fn render_responses_json(
         created_at,
         model: model_of(resp, model_requested),
     };
-    let item = message_item(
-        &ids.message,
-        item_status(resp),
-        vec![text_part(&resp.content)],
-    );
-    let body = response_object(resp, &ids, request, true, vec![item]);
+    let mut output = Vec::with_capacity(1 + resp.tool_calls.len());
+    if has_text(resp) {
+        output.push(message_item(
+            &ids.message,
+            item_status(resp),
+            vec![text_part(&resp.content)],
+        ));
+    }
+    for (item_id, call_id, call) in calls_of(resp) {
+        output.push(function_call_item(
+            &item_id,
+            &call_id,
+            call,
+            "completed",
+            &call.arguments,
+        ));
+    }
+    let body = response_object(resp, &ids, request, true, output);
     Bytes::from(serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
@@ -207,38 +244,64 @@ pub fn render_responses_sse(
     let started = response_object(resp, &ids, request, false, Vec::new());
     push(json!({"type": "response.created", "response": started}));
     push(json!({"type": "response.in_progress", "response": started}));
-    push(json!({
-        "type": "response.output_item.added", "output_index": 0,
-        "item": message_item(&ids.message, "in_progress", Vec::new()),
-    }));
-    let at = |ty: &str| json!({"type": ty, "item_id": ids.message, "output_index": 0, "content_index": 0});
-    let mut added = at("response.content_part.added");
-    added["part"] = text_part("");
-    push(added);
-    for piece in pieces {
-        let mut delta = at("response.output_text.delta");
-        delta["delta"] = json!(piece);
-        delta["logprobs"] = json!([]);
-        push(delta);
+    let mut output = Vec::with_capacity(1 + resp.tool_calls.len());
+    if has_text(resp) {
+        push(json!({
+            "type": "response.output_item.added", "output_index": 0,
+            "item": message_item(&ids.message, "in_progress", Vec::new()),
+        }));
+        let at = |ty: &str| json!({"type": ty, "item_id": ids.message, "output_index": 0, "content_index": 0});
+        let mut added = at("response.content_part.added");
+        added["part"] = text_part("");
+        push(added);
+        for piece in pieces {
+            let mut delta = at("response.output_text.delta");
+            delta["delta"] = json!(piece);
+            delta["logprobs"] = json!([]);
+            push(delta);
+        }
+        let mut done = at("response.output_text.done");
+        done["text"] = json!(resp.content);
+        done["logprobs"] = json!([]);
+        push(done);
+        let mut part_done = at("response.content_part.done");
+        part_done["part"] = text_part(&resp.content);
+        push(part_done);
+        let item = message_item(
+            &ids.message,
+            item_status(resp),
+            vec![text_part(&resp.content)],
+        );
+        push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+        output.push(item);
     }
-    let mut done = at("response.output_text.done");
-    done["text"] = json!(resp.content);
-    done["logprobs"] = json!([]);
-    push(done);
-    let mut part_done = at("response.content_part.done");
-    part_done["part"] = text_part(&resp.content);
-    push(part_done);
-    let item = message_item(
-        &ids.message,
-        item_status(resp),
-        vec![text_part(&resp.content)],
-    );
-    push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+    // Each call as OpenAI streams it: the item with empty arguments, the arguments in pieces,
+    // their `done`, the finished item.
+    for (item_id, call_id, call) in calls_of(resp) {
+        let index = output.len();
+        push(json!({
+            "type": "response.output_item.added", "output_index": index,
+            "item": function_call_item(&item_id, &call_id, call, "in_progress", ""),
+        }));
+        for piece in split_pieces(&call.arguments) {
+            push(
+                json!({"type": "response.function_call_arguments.delta", "item_id": item_id,
+                        "output_index": index, "delta": piece}),
+            );
+        }
+        push(
+            json!({"type": "response.function_call_arguments.done", "item_id": item_id,
+                    "output_index": index, "name": call.name, "arguments": call.arguments}),
+        );
+        let item = function_call_item(&item_id, &call_id, call, "completed", &call.arguments);
+        push(json!({"type": "response.output_item.done", "output_index": index, "item": item}));
+        output.push(item);
+    }
     let terminal = match resp.finish_reason {
-        FinishReason::Stop => "response.completed",
+        FinishReason::Stop | FinishReason::ToolCalls => "response.completed",
         FinishReason::Length => "response.incomplete",
     };
-    let finished = response_object(resp, &ids, request, true, vec![item]);
+    let finished = response_object(resp, &ids, request, true, output);
     push(json!({"type": terminal, "response": finished}));
     events
 }
@@ -260,6 +323,7 @@ mod tests {
             }),
             provider: "p".into(),
             system_fingerprint: None,
+            tool_calls: Vec::new(),
         }
     }
 

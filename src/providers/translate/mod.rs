@@ -71,7 +71,6 @@ pub fn upstream_api(
     };
     match (kind, inbound) {
         (ProviderKind::OpenAi | ProviderKind::Azure, ApiKind::Messages) => Ok(Some(ApiKind::Chat)),
-        (ProviderKind::Azure, ApiKind::Responses) => Ok(Some(ApiKind::Chat)),
         (ProviderKind::Anthropic, ApiKind::Responses) => Ok(Some(ApiKind::Messages)),
         (ProviderKind::Gemini, ApiKind::Completions) => Err(TranslateError::Untranslatable(
             "the legacy completions API (`/v1/completions`) cannot be served by a Gemini \
@@ -252,6 +251,7 @@ mod tests {
             Ok(Some(Completions))
         );
         assert_eq!(upstream_api(Azure, Some(Messages)), Ok(Some(Chat)));
+        assert_eq!(upstream_api(Azure, Some(Responses)), Ok(Some(Responses)));
         assert_eq!(upstream_api(Anthropic, Some(Chat)), Ok(Some(Messages)));
         assert_eq!(upstream_api(Anthropic, None), Ok(None));
         assert!(matches!(

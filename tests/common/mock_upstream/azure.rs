@@ -23,6 +23,17 @@ pub(super) fn plan(
         let body = json!({"error": {"code": status.to_string(), "message": message}});
         json_planned(headers, status, Bytes::from(body.to_string()))
     };
+    if path == "/openai/v1/responses" {
+        // The v1 surface: the deployment is the body's `model`, no `api-version`.
+        if req_headers.get("api-key").is_none() && req_headers.get("authorization").is_none() {
+            return azure_error(
+                headers,
+                401,
+                "Access denied due to invalid subscription key.",
+            );
+        }
+        return super::responses::plan(b, call, body, headers);
+    }
     let route = path.strip_prefix("/openai/deployments/").and_then(|rest| {
         let (dep, op) = rest.split_once('/')?;
         match op {
