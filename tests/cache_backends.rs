@@ -479,61 +479,420 @@ mod fleet {
     }
 }
 
-/// Two deja servers on one database, through HTTP: what one paid for upstream, the other serves.
-mod http_fleet {
+/// The HTTP-level fleet behaviour, written once and run on every backend: a "fleet" is two
+/// deja servers on one database with PostgreSQL, and the one server that owns its store with
+/// the embedded backend (there, "another replica" is the same one). What one replica paid for
+/// upstream the others serve; a `no-cache` refresh, a TTL, an eviction and a singleflight act
+/// for the whole fleet.
+mod http_suite {
     use super::*;
-    use common::harness::{client, Deja};
+    use common::harness::{client, Deja, Reply};
     use common::mock_upstream::MockUpstream;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    async fn start(k: &Kit, upstream: &str) -> Deja {
-        let pg = format!(
-            "threshold = 0.8\nbackend = \"postgres\"\n[cache.postgres]\nurl_env = \"{URL_ENV}\"\nschema = \"{}\"\n",
-            k.schema
-        );
-        let text = common::harness::config_text(&k.dir.path().join("store"), upstream, &pg, "");
-        let env = vec![(URL_ENV.to_string(), k.url.clone().unwrap())];
+    pub struct Fleet {
+        pub replicas: Vec<Deja>,
+        pub mock: MockUpstream,
+    }
+
+    pub fn chat(text: &str) -> Value {
+        json!({"model": "m", "messages": [{"role": "user", "content": text}]})
+    }
+
+    impl Fleet {
+        /// `cache_extra` goes in `[cache]` (before the `[cache.postgres]` block).
+        pub async fn start(k: &Kit, mock: MockUpstream, cache_extra: &str) -> Fleet {
+            let mut replicas = Vec::new();
+            let n = if k.backend == "postgres" { 2 } else { 1 };
+            for _ in 0..n {
+                replicas.push(start_replica(k, &mock.base_url(), cache_extra, "").await);
+            }
+            Fleet { replicas, mock }
+        }
+
+        /// Replica `i` (the only one, with the embedded backend).
+        pub fn at(&self, i: usize) -> &Deja {
+            &self.replicas[i % self.replicas.len()]
+        }
+
+        pub async fn ask(&self, i: usize, text: &str, headers: &[(&str, &str)]) -> Reply {
+            let mut h = vec![("authorization", "Bearer k")];
+            h.extend_from_slice(headers);
+            self.at(i)
+                .post("/v1/chat/completions", &chat(text), &h)
+                .await
+        }
+
+        /// Waits for every replica's background inserts.
+        pub async fn settle(&self) {
+            for d in &self.replicas {
+                d.settle().await;
+            }
+        }
+
+        /// Writes every replica's pending hit counts (batched by the postgres backend).
+        pub fn flush_hits(&self) {
+            for d in &self.replicas {
+                let e = d.state.engine().unwrap().clone();
+                blocking(|| e.flush_blocking()).unwrap();
+            }
+        }
+
+        pub async fn stop(self) {
+            for d in self.replicas {
+                d.stop().await;
+            }
+        }
+    }
+
+    /// One deja server on the kit's storage; `pg_extra` goes in `[cache.postgres]`.
+    pub async fn start_replica(k: &Kit, upstream: &str, cache_extra: &str, pg_extra: &str) -> Deja {
+        let cache = match k.backend {
+            "postgres" => format!(
+                "threshold = 0.8\n{cache_extra}\nbackend = \"postgres\"\n[cache.postgres]\n\
+                 url_env = \"{URL_ENV}\"\nschema = \"{}\"\n{pg_extra}\n",
+                k.schema
+            ),
+            _ => format!("threshold = 0.8\n{cache_extra}\n"),
+        };
+        let text = common::harness::config_text(&k.dir.path().join("store"), upstream, &cache, "");
+        let env = match &k.url {
+            Some(url) => vec![(URL_ENV.to_string(), url.clone())],
+            None => Vec::new(),
+        };
         Deja::start_config_env(&text, k.dir.path(), model(), None, env).await
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn issue14_a_miss_on_one_replica_is_a_hit_on_the_other() {
-        let Some(k) = Kit::new("postgres", "http_fleet") else {
-            return;
-        };
-        let mock = MockUpstream::start().await;
-        let (a, b) = (
-            start(&k, &mock.base_url()).await,
-            start(&k, &mock.base_url()).await,
-        );
-        let chat =
-            |text: &str| json!({"model": "m", "messages": [{"role": "user", "content": text}]});
-        let auth = [("authorization", "Bearer k")];
-        let r = a.post("/v1/chat/completions", &chat(BREAD), &auth).await;
-        assert_eq!(r.header("x-deja-cache"), "miss");
-        a.wait_entries(1).await;
-        let r = b.post("/v1/chat/completions", &chat(BREAD), &auth).await;
-        assert_eq!(r.header("x-deja-cache"), "exact-hit");
-        let r = b
-            .post("/v1/chat/completions", &chat(BREAD_NEAR), &auth)
-            .await;
-        assert_eq!(r.header("x-deja-cache"), "semantic-hit");
+    pub async fn metrics(d: &Deja) -> String {
+        let r = client().get(d.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
+    /// The value of one exported series (0 when it is absent).
+    pub fn metric(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// What one replica paid for upstream, the others serve at once: exact and semantic.
+    pub async fn a_miss_on_one_replica_is_a_hit_on_the_other(k: &Kit) {
+        let f = Fleet::start(k, MockUpstream::start().await, "").await;
+        assert_eq!(f.ask(0, BREAD, &[]).await.header("x-deja-cache"), "miss");
+        f.settle().await;
         assert_eq!(
-            mock.calls(),
+            f.ask(1, BREAD, &[]).await.header("x-deja-cache"),
+            "exact-hit"
+        );
+        let near = f.ask(1, BREAD_NEAR, &[]).await;
+        assert_eq!(near.header("x-deja-cache"), "semantic-hit");
+        assert_eq!(
+            f.mock.calls(),
             1,
             "the other replica's hits cost no upstream call"
         );
-        let ready = client().get(b.url("/readyz")).send().await.unwrap();
+        let ready = client().get(f.at(1).url("/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
         assert_eq!(ready.text().await.unwrap(), "ready\n");
-        let metrics = client().get(b.url("/metrics")).send().await.unwrap();
-        let metrics = metrics.text().await.unwrap();
+        let kind = k.backend;
+        let m = metrics(f.at(1)).await;
         assert!(
-            metrics.contains("deja_backend_degraded{backend=\"postgres\"} 0"),
-            "{metrics}"
+            m.contains(&format!("deja_backend_degraded{{backend=\"{kind}\"}} 0")),
+            "{m}"
         );
-        a.stop().await;
-        b.stop().await;
+        f.stop().await;
+    }
+
+    /// `Cache-Control: no-cache` on one replica replaces the answer every replica serves.
+    pub async fn no_cache_on_one_replica_refreshes_the_whole_fleet(k: &Kit) {
+        let f = Fleet::start(k, MockUpstream::start().await, "").await;
+        let first = f.ask(0, BREAD, &[]).await;
+        f.settle().await;
+        assert_eq!(f.ask(1, BREAD, &[]).await.content(), first.content());
+        let fresh = f.ask(1, BREAD, &[("cache-control", "no-cache")]).await;
+        assert_eq!(fresh.header("x-deja-cache"), "miss");
+        assert_ne!(
+            fresh.content(),
+            first.content(),
+            "the mock numbers its answers"
+        );
+        f.settle().await;
+        for i in 0..2 {
+            let r = f.ask(i, BREAD, &[]).await;
+            assert_eq!(r.header("x-deja-cache"), "exact-hit", "replica {i}");
+            assert_eq!(r.content(), fresh.content(), "replica {i}");
+            let near = f.ask(i, BREAD_NEAR, &[]).await;
+            assert_eq!(near.content(), fresh.content(), "replica {i} semantic");
+        }
+        assert_eq!(f.mock.calls(), 2);
+        f.stop().await;
+    }
+
+    /// An answer past its TTL is served by no replica, and one sweep removes it for all.
+    pub async fn an_expired_answer_is_served_by_no_replica(k: &Kit) {
+        let f = Fleet::start(k, MockUpstream::start().await, "").await;
+        f.ask(0, BREAD, &[("x-deja-ttl", "1s")]).await;
+        f.ask(0, OTHER, &[]).await;
+        f.settle().await;
+        assert_eq!(
+            f.ask(1, BREAD, &[]).await.header("x-deja-cache"),
+            "exact-hit"
+        );
+        // Real time: the database and the servers share the wall clock.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        for i in 0..2 {
+            let r = f.ask(i, BREAD, &[("cache-control", "no-store")]).await;
+            assert_eq!(r.header("x-deja-cache"), "miss", "replica {i}");
+            let r = f.ask(i, BREAD_NEAR, &[("cache-control", "no-store")]).await;
+            assert_eq!(r.header("x-deja-cache"), "miss", "replica {i} semantic");
+        }
+        let sweep = |i: usize| {
+            let e = f.at(i).state.engine().unwrap().clone();
+            blocking(move || e.sweep_expired_blocking(100)).unwrap()
+        };
+        assert_eq!(sweep(0), 1);
+        assert_eq!(sweep(1), 0, "swept for the whole fleet");
+        assert_eq!(
+            f.ask(1, OTHER, &[]).await.header("x-deja-cache"),
+            "exact-hit"
+        );
+        f.stop().await;
+    }
+
+    /// Past `max_entries` the least recently hit answer goes, whichever replica hit or stored
+    /// what; the others stay, on every replica.
+    pub async fn eviction_acts_fleet_wide_least_recently_hit_first(k: &Kit) {
+        let f = Fleet::start(k, MockUpstream::start().await, "max_entries = 3").await;
+        let prompts = [
+            "the first question about rivers",
+            "a second question about mountains",
+            "a third question about deserts",
+            "the fourth question about oceans",
+        ];
+        for (i, p) in prompts[..3].iter().enumerate() {
+            assert_eq!(f.ask(i, p, &[]).await.header("x-deja-cache"), "miss");
+            f.settle().await;
+        }
+        // The oldest, hit on the other replica, is now the most recently used.
+        assert_eq!(
+            f.ask(1, prompts[0], &[]).await.header("x-deja-cache"),
+            "exact-hit"
+        );
+        f.flush_hits();
+        f.ask(0, prompts[3], &[]).await;
+        f.settle().await;
+        // The embedded store evicts as it inserts; with PostgreSQL the first replica to see
+        // the table past the limit evicts (within a maintenance round): count the table.
+        let rows = || match common::postgres::server() {
+            Some(pg) if k.backend == "postgres" => pg
+                .psql(&format!("SELECT count(*) FROM {}.entries", k.schema))
+                .parse::<usize>()
+                .unwrap(),
+            _ => f.at(0).entries(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while rows() > 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rows(), 3);
+        for i in 0..2 {
+            for p in [prompts[0], prompts[2], prompts[3]] {
+                let r = f.ask(i, p, &[("cache-control", "no-store")]).await;
+                assert_eq!(r.header("x-deja-cache"), "exact-hit", "replica {i}: {p}");
+            }
+            let r = f.ask(i, prompts[1], &[("cache-control", "no-store")]).await;
+            assert_eq!(r.header("x-deja-cache"), "miss", "replica {i}: evicted");
+        }
+        assert_eq!(f.mock.calls(), 4 + 2);
+        f.stop().await;
+    }
+
+    /// Identical misses arriving at every replica while the first is upstream make that one
+    /// upstream call; all are served its answer.
+    pub async fn identical_misses_across_replicas_make_one_upstream_call(k: &Kit) {
+        let mock = MockUpstream::builder()
+            .with_latency(Duration::from_millis(800))
+            .start()
+            .await;
+        let f = Arc::new(Fleet::start(k, mock, "").await);
+        let first = {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { f.ask(0, BREAD, &[]).await })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while f.mock.calls() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let others: Vec<_> = (1..6)
+            .map(|i| {
+                let f = Arc::clone(&f);
+                tokio::spawn(async move { f.ask(i, BREAD, &[]).await })
+            })
+            .collect();
+        let first = first.await.unwrap();
+        assert_eq!(first.header("x-deja-cache"), "miss");
+        for r in others {
+            let r = r.await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-deja-cache"), "exact-hit");
+            assert_eq!(r.content(), first.content());
+        }
+        assert_eq!(f.mock.calls(), 1);
+        if k.backend == "postgres" {
+            let m = metrics(f.at(1)).await;
+            assert_eq!(
+                metric(&m, "deja_fleet_singleflight_total{outcome=\"served\"}"),
+                1.0,
+                "{m}"
+            );
+            assert_eq!(
+                metric(&m, "deja_fleet_singleflight_total{outcome=\"led\"}"),
+                0.0,
+                "{m}"
+            );
+        }
+        let Ok(f) = Arc::try_unwrap(f) else {
+            panic!("requests still hold the fleet")
+        };
+        f.stop().await;
+    }
+}
+
+macro_rules! http_suite {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(kit) = Kit::new(stringify!($backend), stringify!($test)) else {
+                        return;
+                    };
+                    http_suite::$test(&kit).await;
+                }
+            )*
+        }
+    };
+}
+
+mod http_embedded {
+    use super::*;
+    http_suite!(embedded:
+        a_miss_on_one_replica_is_a_hit_on_the_other,
+        no_cache_on_one_replica_refreshes_the_whole_fleet,
+        an_expired_answer_is_served_by_no_replica,
+        eviction_acts_fleet_wide_least_recently_hit_first,
+        identical_misses_across_replicas_make_one_upstream_call,
+    );
+}
+
+mod http_postgres {
+    use super::*;
+    http_suite!(postgres:
+        a_miss_on_one_replica_is_a_hit_on_the_other,
+        no_cache_on_one_replica_refreshes_the_whole_fleet,
+        an_expired_answer_is_served_by_no_replica,
+        eviction_acts_fleet_wide_least_recently_hit_first,
+        identical_misses_across_replicas_make_one_upstream_call,
+    );
+}
+
+/// A database too slow to answer within `statement_timeout` (a test transaction holds the
+/// entries table locked): requests are forwarded uncached within about that bound, `/readyz`
+/// says degraded, the metrics count it; once the lock goes, the replica serves again by itself.
+mod slow_database {
+    use super::http_suite::{metric, metrics, start_replica};
+    use super::*;
+    use common::mock_upstream::MockUpstream;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_a_slow_database_is_passed_through_uncached_then_recovers() {
+        let Some(k) = Kit::new("postgres", "slow_db") else {
+            return;
+        };
+        let mock = MockUpstream::start().await;
+        let d = start_replica(&k, &mock.base_url(), "", "statement_timeout = \"300ms\"").await;
+        let ask = |extra: &'static [(&'static str, &'static str)]| {
+            let mut h = vec![("authorization", "Bearer k")];
+            h.extend_from_slice(extra);
+            let d = &d;
+            async move {
+                let started = std::time::Instant::now();
+                let r = d
+                    .post("/v1/chat/completions", &http_suite::chat(BREAD), &h)
+                    .await;
+                (r, started.elapsed())
+            }
+        };
+        let (first, _) = ask(&[]).await;
+        d.settle().await;
+        assert_eq!(ask(&[]).await.0.header("x-deja-cache"), "exact-hit");
+
+        let (locker, conn) =
+            tokio_postgres::connect(k.url.as_ref().unwrap(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {}.entries IN ACCESS EXCLUSIVE MODE",
+                k.schema
+            ))
+            .await
+            .unwrap();
+        let (r, took) = ask(&[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-deja-cache"), "miss", "forwarded uncached");
+        assert_ne!(r.content(), first.content(), "a fresh upstream answer");
+        assert!(took < Duration::from_millis(1500), "not bounded: {took:?}");
+        assert_eq!(mock.calls(), 2);
+        let ready = client_text(&d, "/readyz").await;
+        assert!(ready.starts_with("degraded: "), "{ready}");
+        assert!(!ready.contains("127.0.0.1"), "no address: {ready}");
+        let m = metrics(&d).await;
+        assert_eq!(
+            metric(&m, "deja_backend_degraded{backend=\"postgres\"}"),
+            1.0,
+            "{m}"
+        );
+        let errors = metric(&m, "deja_backend_errors_total{backend=\"postgres\"}");
+        assert!(errors >= 1.0, "{m}");
+        // Still degraded: the next request is forwarded too (and counted).
+        let (r, took) = ask(&[]).await;
+        assert_eq!(r.header("x-deja-cache"), "miss");
+        assert!(took < Duration::from_millis(1500), "not bounded: {took:?}");
+        let m = metrics(&d).await;
+        assert!(
+            metric(&m, "deja_backend_errors_total{backend=\"postgres\"}") > errors,
+            "{m}"
+        );
+
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while client_text(&d, "/readyz").await != "ready\n" && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(client_text(&d, "/readyz").await, "ready\n");
+        let calls = mock.calls();
+        assert_eq!(ask(&[]).await.0.header("x-deja-cache"), "exact-hit");
+        assert_eq!(mock.calls(), calls);
+        let m = metrics(&d).await;
+        assert_eq!(
+            metric(&m, "deja_backend_degraded{backend=\"postgres\"}"),
+            0.0,
+            "{m}"
+        );
+        d.stop().await;
+    }
+
+    async fn client_text(d: &common::harness::Deja, path: &str) -> String {
+        let r = common::harness::client()
+            .get(d.url(path))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
     }
 }
 
@@ -701,6 +1060,115 @@ mod processes {
             .psql(&format!("SELECT count(*) FROM {}.entries", k.schema));
         assert_eq!(rows, "5");
         assert_eq!(mock.calls(), 5);
+        blocking(|| b.stop());
+    }
+}
+
+/// Singleflight across two real `deja serve` processes on one database: identical misses make
+/// one upstream call even when the upstream outlasts `singleflight_timeout` (the holder renews
+/// its claim), and a holder killed with SIGKILL holds the other back no longer than that.
+mod fleet_singleflight {
+    use super::*;
+    use common::binary::DejaProcess;
+    use common::mock_upstream::MockUpstream;
+    use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_identical_misses_on_two_processes_make_one_call_and_a_dead_holder_blocks_nobody_long(
+    ) {
+        let Some(k) = Kit::new("postgres", "fleet_sf") else {
+            return;
+        };
+        let mock = MockUpstream::builder()
+            .with_latency(Duration::from_secs(3))
+            .start()
+            .await;
+        let pg = format!(
+            "backend = \"postgres\"\n[cache.postgres]\nurl_env = \"{URL_ENV}\"\nschema = \"{}\"\n\
+             singleflight_timeout = \"2s\"\n",
+            k.schema
+        );
+        let text =
+            common::harness::config_text(&k.dir.path().join("store"), &mock.base_url(), &pg, "");
+        let path = k.dir.path().join("deja.toml");
+        std::fs::write(&path, text).unwrap();
+        let url = k.url.clone().unwrap();
+        let env = [(URL_ENV, url.as_str())];
+        let (a, b) = blocking(|| {
+            (
+                DejaProcess::start_env(&path, &env),
+                DejaProcess::start_env(&path, &env),
+            )
+        });
+        let http = common::harness::client();
+        let ask = |base: &str, text: &str| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+            let req = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth("k")
+                .json(&body);
+            async move {
+                let started = std::time::Instant::now();
+                let r = req.send().await?;
+                let cache = r.headers()["x-deja-cache"].to_str().unwrap().to_string();
+                let body: serde_json::Value = r.json().await?;
+                let content = body["choices"][0]["message"]["content"].clone();
+                Ok::<_, reqwest::Error>((cache, content, started.elapsed()))
+            }
+        };
+        let wait_calls = |n: u64| {
+            let mock = &mock;
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while mock.calls() < n && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(mock.calls(), n);
+            }
+        };
+
+        // A is upstream (3 s, past the 2 s timeout: its renewals keep B waiting); B waits for
+        // A's answer instead of paying for it again.
+        const ASKED: &str = "What is the capital city of France";
+        let on_a = tokio::spawn(ask(&a.base, ASKED));
+        wait_calls(1).await;
+        let (cache, content, _) = ask(&b.base, ASKED).await.unwrap();
+        let (a_cache, a_content, _) = on_a.await.unwrap().unwrap();
+        assert_eq!(a_cache, "miss");
+        assert_eq!((cache.as_str(), &content), ("exact-hit", &a_content));
+        assert_eq!(mock.calls(), 1, "one upstream call for the fleet");
+
+        // A dies while upstream: B waits for A's claim to run out (at most 2 s after A's last
+        // renewal), then goes upstream itself.
+        const DIED: &str = "How many legs does a spider have";
+        mock.set_latency(Duration::from_secs(60));
+        let on_a = tokio::spawn(ask(&a.base, DIED));
+        wait_calls(2).await;
+        blocking(|| a.kill_9());
+        let _ = on_a.await;
+        mock.set_latency(Duration::ZERO);
+        let (cache, _, took) = ask(&b.base, DIED).await.unwrap();
+        assert_eq!(cache, "miss");
+        assert_eq!(mock.calls(), 3);
+        assert!(
+            took >= Duration::from_millis(900),
+            "B did not wait for the claim: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "blocked past the timeout: {took:?}"
+        );
+
+        let m = http
+            .get(format!("{}/metrics", b.base))
+            .send()
+            .await
+            .unwrap();
+        let m = m.text().await.unwrap();
+        for outcome in ["served", "took_over"] {
+            let series = format!("deja_fleet_singleflight_total{{outcome=\"{outcome}\"}} 1");
+            assert!(m.contains(&series), "{series}: {m}");
+        }
         blocking(|| b.stop());
     }
 }

@@ -209,6 +209,39 @@ impl CacheEngine {
         &*self.inner.backend
     }
 
+    /// The storage backend, shared (a fleet-wide claim keeps it to release itself).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.inner.backend)
+    }
+
+    /// [`Backend::claim_flight`] on a lookup thread (bounded as every lookup is).
+    pub async fn claim_flight(
+        &self,
+        key: super::backend::ExactKey,
+    ) -> Result<Option<super::backend::Claim>, CacheError> {
+        let this = self.clone();
+        self.inner
+            .lookups
+            .run("singleflight claim", move || {
+                this.inner.backend.claim_flight(&key)
+            })
+            .await
+    }
+
+    /// [`Backend::flight_state`] on a lookup thread.
+    pub async fn flight_state(
+        &self,
+        key: super::backend::ExactKey,
+    ) -> Result<super::backend::Claim, CacheError> {
+        let this = self.clone();
+        self.inner
+            .lookups
+            .run("singleflight poll", move || {
+                this.inner.backend.flight_state(&key)
+            })
+            .await
+    }
+
     /// Entries held by the backend (for the gauge and the start-up log).
     pub fn entries(&self) -> usize {
         self.inner.backend.len()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::engine::{Lookup, LookupTrace};
+use crate::cache::fleet;
 use crate::cache::judge::{Judge, JudgeVerdict};
 use crate::cache::miss::{InsertJob, Miss};
 use crate::cache::request::Planned;
@@ -180,7 +181,25 @@ impl Planned {
         let mut flight = None;
         if plan.write {
             match singleflight.join(plan.scope, &plan.prompt) {
-                Role::Leader(f) => flight = Some(f),
+                Role::Leader(mut f) => {
+                    // One leader per process; across processes sharing the backend, one per
+                    // fleet (`no-cache` asks upstream itself, as below).
+                    if plan.read {
+                        match fleet::join(&engine, metrics, plan.scope, &plan.prompt).await {
+                            fleet::Joined::Served(entry) => {
+                                return LookedUp::Hit(Hit {
+                                    entry,
+                                    kind: HitKind::Exact,
+                                    similarity: 1.0,
+                                    verified: None,
+                                    trace,
+                                })
+                            }
+                            fleet::Joined::Lead(claim) => f.hold(claim),
+                        }
+                    }
+                    flight = Some(f)
+                }
                 // `no-cache` (the plan does not read) must not be answered from the leader's
                 // entry: it asks upstream itself, and its answer replaces the entry.
                 Role::Follower(_) if !plan.read => {}

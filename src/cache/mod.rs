@@ -21,6 +21,7 @@ pub mod access;
 pub mod backend;
 pub mod blocking;
 pub mod engine;
+pub mod fleet;
 pub mod guards;
 pub mod judge;
 pub mod lookup;

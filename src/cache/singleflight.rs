@@ -21,11 +21,20 @@ pub struct Singleflight {
     flights: Mutex<HashMap<Key, watch::Receiver<bool>>>,
 }
 
-/// Held by the leader; dropping it releases the followers.
+/// Held by the leader; dropping it releases the followers (and, after them, the fleet-wide
+/// claim it holds, if any: see [`crate::cache::fleet`]).
 pub struct Flight {
     key: Key,
     owner: Arc<Singleflight>,
     done: watch::Sender<bool>,
+    fleet: Option<crate::cache::fleet::FleetClaim>,
+}
+
+impl Flight {
+    /// Keeps the fleet-wide claim until this flight ends.
+    pub fn hold(&mut self, claim: Option<crate::cache::fleet::FleetClaim>) {
+        self.fleet = claim;
+    }
 }
 
 impl Drop for Flight {
@@ -70,6 +79,7 @@ impl Singleflight {
             key,
             owner: self.clone(),
             done: tx,
+            fleet: None,
         })
     }
 

@@ -18,6 +18,12 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A statement runs on the request path: longer than this is slower than the upstream call the
 /// cache is meant to save.
 pub const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A replica fetching a miss renews its fleet-wide claim every half second; a claim not renewed
+/// for this long (its replica died) no longer holds the other replicas back.
+pub const DEFAULT_SINGLEFLIGHT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shorter than this, a replica busy for a moment could lose its claim between two renewals.
+pub const MIN_SINGLEFLIGHT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_SINGLEFLIGHT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_IDENTIFIER: usize = 63;
 
@@ -29,6 +35,7 @@ pub struct RawPostgres {
     pub pool_size: Option<u64>,
     pub schema: Option<String>,
     pub statement_timeout: Option<String>,
+    pub singleflight_timeout: Option<String>,
 }
 
 /// Where the cache keeps its entries and searches its vectors.
@@ -62,6 +69,9 @@ pub struct PostgresConfig {
     /// Bound on every statement (and on waiting for a connection); past it the request goes
     /// on uncached.
     pub statement_timeout: Duration,
+    /// Fleet-wide singleflight: how long a claim on an identical miss holds other replicas
+    /// back once its replica stops renewing it (it died); zero turns it off.
+    pub singleflight_timeout: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -71,6 +81,7 @@ impl Default for PostgresConfig {
             pool_size: DEFAULT_POOL_SIZE,
             schema: DEFAULT_SCHEMA.into(),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            singleflight_timeout: DEFAULT_SINGLEFLIGHT_TIMEOUT,
         }
     }
 }
@@ -195,7 +206,39 @@ fn validate_postgres(raw: &RawPostgres, issues: &mut Vec<ConfigIssue>) -> Postgr
             ),
         }
     }
+    if let Some(s) = &raw.singleflight_timeout {
+        cfg.singleflight_timeout = singleflight_timeout(s, issues);
+    }
     cfg
+}
+
+/// `cache.postgres.singleflight_timeout`: `0s` (off) or 1s to 600s.
+fn singleflight_timeout(s: &str, issues: &mut Vec<ConfigIssue>) -> Duration {
+    const PATH: &str = "cache.postgres.singleflight_timeout";
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => d,
+        Ok(d) if (MIN_SINGLEFLIGHT_TIMEOUT..=MAX_SINGLEFLIGHT_TIMEOUT).contains(&d) => d,
+        Ok(_) => {
+            issue(
+                issues,
+                PATH,
+                format!(
+                    "'{s}' is not \"0s\" (off) or between {}s and {}s",
+                    MIN_SINGLEFLIGHT_TIMEOUT.as_secs(),
+                    MAX_SINGLEFLIGHT_TIMEOUT.as_secs()
+                ),
+            );
+            DEFAULT_SINGLEFLIGHT_TIMEOUT
+        }
+        Err(e) => {
+            issue(
+                issues,
+                PATH,
+                format!("invalid duration '{s}': {e} (e.g. \"5s\", or \"0s\" for off)"),
+            );
+            DEFAULT_SINGLEFLIGHT_TIMEOUT
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +269,7 @@ mod tests {
                 pool_size: Some(4),
                 schema: Some("deja_fleet2".into()),
                 statement_timeout: Some("250ms".into()),
+                singleflight_timeout: Some("30s".into()),
             }),
         );
         assert!(issues.is_empty(), "{issues:?}");
@@ -236,6 +280,7 @@ mod tests {
                 pool_size: 4,
                 schema: "deja_fleet2".into(),
                 statement_timeout: Duration::from_millis(250),
+                singleflight_timeout: Duration::from_secs(30),
             })
         );
     }
@@ -249,10 +294,17 @@ mod tests {
                 pool_size: Some(0),
                 schema: Some("Deja; DROP TABLE x".into()),
                 statement_timeout: Some("0s".into()),
+                singleflight_timeout: Some("500ms".into()),
             }),
         );
         let joined = issues.join("\n");
-        for path in ["url_env", "pool_size", "schema", "statement_timeout"] {
+        for path in [
+            "url_env",
+            "pool_size",
+            "schema",
+            "statement_timeout",
+            "singleflight_timeout",
+        ] {
             assert!(
                 joined.contains(&format!("cache.postgres.{path}")),
                 "{path}: {joined}"
@@ -284,6 +336,36 @@ mod tests {
                 }),
             );
             assert_eq!(issues.len(), 1, "{bad}: {issues:?}");
+        }
+    }
+
+    /// `0s` turns the fleet-wide singleflight off; anything else must leave room for renewals.
+    #[test]
+    fn issue14_singleflight_timeout_is_off_or_between_bounds() {
+        let timeout = |v: &str| {
+            check(
+                Some("postgres"),
+                Some(RawPostgres {
+                    singleflight_timeout: Some(v.into()),
+                    ..RawPostgres::default()
+                }),
+            )
+        };
+        for (v, want) in [("0s", 0), ("1s", 1), ("10m", 600)] {
+            let (cfg, issues) = timeout(v);
+            assert!(issues.is_empty(), "{v}: {issues:?}");
+            let BackendConfig::Postgres(pg) = cfg else {
+                panic!("{v}: not postgres")
+            };
+            assert_eq!(pg.singleflight_timeout, Duration::from_secs(want), "{v}");
+        }
+        for bad in ["999ms", "11m", "later"] {
+            let (_, issues) = timeout(bad);
+            assert_eq!(issues.len(), 1, "{bad}: {issues:?}");
+            assert!(
+                issues[0].starts_with("cache.postgres.singleflight_timeout: "),
+                "{issues:?}"
+            );
         }
     }
 

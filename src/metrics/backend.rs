@@ -1,7 +1,8 @@
 //! The storage backend's metrics (`cache::backend`, issue 14): failed calls (each forwarded
-//! uncached: the fail-open path), whether it is degraded now, and hits not recorded because
-//! the pending batch was full. The backend counts with atomics; `/metrics` copies them here at
-//! scrape time. The only label is the backend kind, a fixed string.
+//! uncached: the fail-open path), whether it is degraded now, hits not recorded because the
+//! pending batch was full, and how the singleflight across replicas went. The backend counts
+//! with atomics; `/metrics` copies them here at scrape time. The labels are the backend kind
+//! and the singleflight outcome, fixed strings.
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -14,6 +15,12 @@ pub struct BackendMetrics {
     pub degraded: IntGaugeVec,
     /// `deja_backend_hits_dropped_total{backend}`.
     pub hits_dropped: IntCounterVec,
+    /// `deja_fleet_singleflight_total{outcome}`: misses that joined the fleet-wide singleflight
+    /// (`cache::fleet`), by what came of it: `led` (claimed the upstream call), `served` (waited
+    /// and got another replica's answer), `stored` (the answer had just landed), `took_over`
+    /// (the holder gave up or died; this one claimed it), `unclaimed` (upstream without a claim:
+    /// waited too long, or nothing to wait for), `error` (the backend failed: fail open).
+    pub fleet_flights: IntCounterVec,
 }
 
 impl BackendMetrics {
@@ -41,6 +48,13 @@ impl BackendMetrics {
                 ),
                 &["backend"],
             )?,
+            fleet_flights: IntCounterVec::new(
+                Opts::new(
+                    "deja_fleet_singleflight_total",
+                    "Misses that joined the singleflight across replicas, by outcome.",
+                ),
+                &["outcome"],
+            )?,
         })
     }
 
@@ -48,6 +62,7 @@ impl BackendMetrics {
         registry.register(Box::new(self.errors.clone()))?;
         registry.register(Box::new(self.degraded.clone()))?;
         registry.register(Box::new(self.hits_dropped.clone()))?;
+        registry.register(Box::new(self.fleet_flights.clone()))?;
         Ok(())
     }
 

@@ -22,6 +22,9 @@ use super::engine::CacheError;
 use crate::index::SnapshotStats;
 use crate::store::{Entry, EntryId, NewEntry, Recovery, ScopeId};
 
+/// [`crate::store::exact_key`]: scope and normalized prompt.
+pub type ExactKey = [u8; 48];
+
 /// One result of [`Backend::nearest`].
 #[derive(Clone, Debug)]
 pub struct Near {
@@ -41,6 +44,21 @@ pub enum Health {
     /// Requests are forwarded uncached until it recovers; the reason is safe to show (no
     /// address, no password).
     Degraded(String),
+}
+
+/// Where an identical miss stands across the fleet ([`Backend::claim_flight`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica now holds the flight (with this token) until it releases it, or stops
+    /// renewing it for the backend's timeout.
+    Led(u64),
+    /// A live answer is stored for the key: look it up.
+    Stored,
+    /// Another replica holds the flight; its claim runs out in this much unless renewed.
+    Held(std::time::Duration),
+    /// Nobody could be made to wait for: go upstream without a claim (the holder released it
+    /// without an answer, a race, or the backend cannot keep more claims now).
+    Free,
 }
 
 /// Counters a backend keeps for `/metrics` (exported by `metrics::backend`).
@@ -106,6 +124,28 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> BackendStats {
         BackendStats::default()
     }
+
+    /// Whether identical misses on different processes sharing this backend can wait for one
+    /// another ([`Self::claim_flight`]). The embedded backend has one process: its in-process
+    /// singleflight is enough.
+    fn fleet_singleflight(&self) -> bool {
+        false
+    }
+
+    /// Claims the upstream call for the miss with this exact key ([`crate::store::exact_key`])
+    /// for the whole fleet, or says who holds it. `None`: no fleet-wide singleflight here.
+    fn claim_flight(&self, _key: &ExactKey) -> Result<Option<Claim>, CacheError> {
+        Ok(None)
+    }
+
+    /// Where the flight of this key stands now (never [`Claim::Led`]).
+    fn flight_state(&self, _key: &ExactKey) -> Result<Claim, CacheError> {
+        Ok(Claim::Free)
+    }
+
+    /// Gives a [`Claim::Led`] back. Never blocks (it may run in a drop on the async runtime):
+    /// the backend does it in the background.
+    fn release_flight(&self, _key: &ExactKey, _token: u64) {}
 
     /// The embedded backend, for operations and tests that look inside it (index stats).
     fn as_embedded(&self) -> Option<&EmbeddedBackend> {

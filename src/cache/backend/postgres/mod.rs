@@ -16,6 +16,8 @@
 //!   lookup into a miss and the request is forwarded uncached. The backend then reports
 //!   [`Health::Degraded`] (`/readyz`) and counts it, and its maintenance task pings the
 //!   database until it answers again; the pool reconnects by itself.
+//! - **Singleflight across replicas**: identical misses on different replicas wait for the one
+//!   that claimed the upstream call, bounded ([`flights`]).
 //! - **Bookkeeping in batches**: hits are gathered in memory (bounded) and written every
 //!   [`MAINTENANCE_EVERY`] in one statement; expiry and `max_entries` eviction delete in
 //!   batches of [`DELETE_BATCH`] rows, so neither holds locks on many rows for long.
@@ -24,6 +26,7 @@
 //! threads): calls run on a small runtime of the backend's own, which also drives the
 //! connections. The database URL is read from the environment once and never logged.
 
+mod flights;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -38,7 +41,7 @@ use pgvector::Vector;
 use tokio_postgres::types::Json;
 use tokio_postgres::{NoTls, Row};
 
-use super::{Backend, BackendStats, Health, Near};
+use super::{Backend, BackendStats, Claim, ExactKey, Health, Near};
 use crate::cache::engine::CacheError;
 use crate::config::PostgresConfig;
 use crate::store::{exact_key, now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId};
@@ -125,12 +128,19 @@ struct Shared {
     /// Entries in the table: counted at open and by maintenance, raised by this replica's
     /// inserts in between.
     count: AtomicUsize,
+    /// The last exact count and the id sequence's value then ([`Shared::estimate_rows`]).
+    counted: Mutex<(usize, i64)>,
     /// Entry id → (hits, latest hit) not yet written.
     hits: Mutex<HashMap<i64, (i64, i64)>>,
     hits_dropped: AtomicU64,
     errors: AtomicU64,
     /// Why the last call failed, until one succeeds.
     degraded: Mutex<Option<String>>,
+    /// `cache.postgres.singleflight_timeout` (zero: no fleet-wide singleflight).
+    flight_hold: Duration,
+    /// Fleet-wide claims this replica holds (exact key → token), renewed by maintenance.
+    claims: Mutex<HashMap<ExactKey, i64>>,
+    flight_sql: flights::FlightSql,
 }
 
 /// Statement texts with the schema's names in them.
@@ -143,6 +153,7 @@ struct Sql {
     expire: String,
     evict: String,
     count: String,
+    ids: String,
 }
 
 const COLUMNS: &str = "id, scope, prompt, embedding, response, created_ms, expires_ms";
@@ -150,6 +161,11 @@ const COLUMNS: &str = "id, scope, prompt, embedding, response, created_ms, expir
 impl Sql {
     fn new(n: &Names) -> Sql {
         let e = &n.entries;
+        // The last id handed out (a fresh sequence's `last_value` is its first, not yet used).
+        let ids = format!(
+            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}",
+            n.seq
+        );
         Sql {
             get: format!("SELECT {COLUMNS} FROM {e} WHERE id = $1"),
             get_exact: format!("SELECT {COLUMNS} FROM {e} WHERE exact_key = $1"),
@@ -195,7 +211,8 @@ impl Sql {
                     SELECT id FROM {e} ORDER BY last_hit_ms, id LIMIT $1
                     FOR UPDATE SKIP LOCKED)"
             ),
-            count: format!("SELECT count(*) FROM {e}"),
+            count: format!("SELECT count(*), ({ids}) FROM {e}"),
+            ids,
         }
     }
 }
@@ -326,7 +343,24 @@ impl Shared {
             .map_err(PgError::db("count"))?;
         let n: i64 = row.get(0);
         self.count.store(n.max(0) as usize, Ordering::Relaxed);
+        *self.counted.lock() = (n.max(0) as usize, row.get(1));
         Ok(n.max(0) as usize)
+    }
+
+    /// Rows now at most, without counting them: the last count plus the ids every replica took
+    /// since (one per insert or replacement), read from the id sequence in O(1). Kept as this
+    /// replica's entry count.
+    async fn estimate_rows(&self) -> Result<usize, PgError> {
+        let c = self.client("count").await?;
+        let row = c
+            .query_one(&self.sql.ids, &[])
+            .await
+            .map_err(PgError::db("count"))?;
+        let last: i64 = row.get(0);
+        let (rows, at) = *self.counted.lock();
+        let estimate = rows.saturating_add(last.saturating_sub(at).max(0) as usize);
+        self.count.store(estimate, Ordering::Relaxed);
+        Ok(estimate)
     }
 
     /// Deletes up to `limit` expired rows, then the least recently hit rows past
@@ -362,11 +396,14 @@ impl Shared {
                 count = count.saturating_sub(n);
             }
             self.count.store(count, Ordering::Relaxed);
+            self.counted.lock().0 = count;
         }
         Ok(removed)
     }
 
-    /// Writes hits; when degraded, pings; every few rounds, counts and evicts.
+    /// Renews this replica's claims and writes hits; when degraded, pings; past
+    /// `max_entries` (by this replica's count) and every few rounds, counts and evicts, and
+    /// deletes claims left by dead replicas.
     async fn maintain(self: Arc<Self>) {
         let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,19 +411,36 @@ impl Shared {
         loop {
             tick.tick().await;
             round += 1;
+            if self.degraded.lock().is_none() {
+                let _ = self.bounded("renew", self.renew_claims()).await;
+            }
             let _ = self.bounded("hits", self.flush_hits()).await;
             if self.degraded.lock().is_some() {
+                // The entries table itself: a database that answers but holds it locked
+                // (or is too slow to read it) cannot serve either.
                 let ping = async {
                     let c = self.client("ping").await?;
-                    c.simple_query("SELECT 1")
+                    c.simple_query(&format!("SELECT 1 FROM {} LIMIT 1", self.names.entries))
                         .await
                         .map_err(PgError::db("ping"))?;
                     Ok(())
                 };
                 let _ = self.bounded("ping", ping).await;
-            } else if round.is_multiple_of(20) && self.max_entries > 0 {
+                continue;
+            }
+            // Any replica's inserts can take the table past `max_entries`: whichever notices
+            // first counts exactly and evicts.
+            let over = self.max_entries > 0
+                && self
+                    .bounded("count", self.estimate_rows())
+                    .await
+                    .is_ok_and(|n| n > self.max_entries);
+            if over || (round.is_multiple_of(20) && self.max_entries > 0) {
                 // Eviction only: the server's sweep removes the expired.
                 let _ = self.bounded("evict", self.sweep(0, 0)).await;
+            }
+            if round.is_multiple_of(20) && !self.flight_hold.is_zero() {
+                let _ = self.bounded("flights", self.delete_stale_claims()).await;
             }
         }
     }
@@ -451,15 +505,19 @@ impl PostgresBackend {
         let shared = Arc::new(Shared {
             pool,
             sql: Sql::new(&names),
+            flight_sql: flights::FlightSql::new(&names),
             names,
             timeout,
             dim,
             max_entries,
             count: AtomicUsize::new(0),
+            counted: Mutex::new((0, 0)),
             hits: Mutex::new(HashMap::new()),
             hits_dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             degraded: Mutex::new(None),
+            flight_hold: cfg.singleflight_timeout,
+            claims: Mutex::new(HashMap::new()),
         });
         let s = Arc::clone(&shared);
         let opened = handle.block_on(async move {
@@ -678,6 +736,22 @@ impl Backend for PostgresBackend {
     /// Inserts are committed when they return: only pending hits are written here.
     fn flush(&self) -> Result<(), CacheError> {
         self.flush_hits()
+    }
+
+    fn fleet_singleflight(&self) -> bool {
+        !self.shared.flight_hold.is_zero()
+    }
+
+    fn claim_flight(&self, key: &ExactKey) -> Result<Option<Claim>, CacheError> {
+        self.claim(key)
+    }
+
+    fn flight_state(&self, key: &ExactKey) -> Result<Claim, CacheError> {
+        self.state(key)
+    }
+
+    fn release_flight(&self, key: &ExactKey, token: u64) {
+        self.release(key, token)
     }
 
     fn health(&self) -> Health {

@@ -23,6 +23,8 @@ pub struct Names {
     pub entries: String,
     pub meta: String,
     pub seq: String,
+    /// Fleet-wide singleflight claims (unlogged: short-lived, worthless after a crash).
+    pub flights: String,
 }
 
 impl Names {
@@ -32,6 +34,7 @@ impl Names {
             entries: format!("{schema}.entries"),
             meta: format!("{schema}.meta"),
             seq: format!("{schema}.entries_id_seq"),
+            flights: format!("{schema}.flights"),
         }
     }
 }
@@ -57,7 +60,14 @@ fn ddl(n: &Names, dim: usize) -> String {
         CREATE INDEX IF NOT EXISTS entries_last_hit ON {e} (last_hit_ms);
         CREATE INDEX IF NOT EXISTS entries_embedding ON {e}
             USING hnsw (embedding vector_cosine_ops);
-        COMMENT ON TABLE {e} IS 'deja cache entries (schema {s}, owned and migrated by deja)';"
+        COMMENT ON TABLE {e} IS 'deja cache entries (schema {s}, owned and migrated by deja)';
+        CREATE UNLOGGED TABLE IF NOT EXISTS {f} (
+            exact_key   bytea  PRIMARY KEY,
+            token       bigint NOT NULL,
+            deadline_ms bigint NOT NULL
+        );
+        COMMENT ON TABLE {f} IS 'deja: which replica is fetching which miss, until when';",
+        f = n.flights
     )
 }
 
