@@ -32,6 +32,10 @@
 //!    included); the answer streams back to the
 //!    client while `cache::miss` collects it.
 //!
+//! [`quality`] measures hit quality on live traffic: feedback on served hits tightens an
+//! entry's own threshold, shadow checks compare a share of semantic hits with fresh upstream
+//! answers, and both record labeled pairs that `deja bench` calibrates on.
+//!
 //! [`config`] turns `config.toml` into a validated [`config::Config`]; [`metrics`] exports
 //! Prometheus counters with bounded labels; [`bench`] replays labeled datasets through the same
 //! [`cache`] engine to choose a threshold.
@@ -53,5 +57,6 @@ pub mod index;
 pub mod metrics;
 pub mod pii;
 pub mod providers;
+pub mod quality;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The `deja` command: `serve` runs the proxy, `model fetch` obtains and verifies the embedding
 //! model, `bench` measures hit rate and false hits on labeled data to choose a threshold,
-//! `key-hash` prints the hash of an API key for `[[cache.namespaces]]`.
+//! `key-hash` prints the hash of an API key for `[[cache.namespaces]]`, `quality export-pairs`
+//! writes the pairs labeled on live traffic as a dataset for `bench`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,6 +46,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Hit quality on live traffic: the labeled pairs feedback and shadow checks recorded.
+    Quality {
+        #[command(subcommand)]
+        command: QualityCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QualityCommand {
+    /// Write the recorded pairs as a `pairs` dataset (JSON lines) for `deja bench --dataset`.
+    /// Reads the store directly: the deja that uses it must not be running.
+    ExportPairs {
+        /// The store directory (`cache.dir`).
+        #[arg(long)]
+        store: PathBuf,
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +107,9 @@ fn main() -> anyhow::Result<()> {
             deja::bench::run(args)
         }
         Command::KeyHash => key_hash(),
+        Command::Quality {
+            command: QualityCommand::ExportPairs { store, out },
+        } => export_pairs(&store, out.as_deref()),
         Command::Keys {
             command: KeysCommand::New { name },
         } => {
@@ -97,6 +120,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn export_pairs(store: &std::path::Path, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut sink: Box<dyn std::io::Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let n = deja::quality::pairs::export_offline(store, &mut *sink)
+        .with_context(|| format!("exporting the recorded pairs of {}", store.display()))?;
+    eprintln!("{n} labeled pairs exported");
+    Ok(())
 }
 
 /// One key on stdin (a trailing newline is not part of it), its hash on stdout.

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("no endpoint {method} {path}")]
     NotFound { method: String, path: String },
+    /// The request names something deja does not have (a response id feedback is about);
+    /// `param` names the field.
+    #[error("not found: {message}")]
+    UnknownId { message: String, param: String },
     /// The endpoint exists but not for this method (`GET /v1/chat/completions`).
     #[error("method {method} not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
@@ -125,7 +129,9 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } | ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ApiError::KeyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::NoRoute { .. } | ApiError::UnknownId { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Upstream { status, .. } => match StatusCode::from_u16(*status) {
                 // A 2xx/3xx "error" is an upstream bug; anything non-error becomes a bad gateway.
                 Ok(s) if s.is_client_error() || s.is_server_error() => s,
@@ -193,6 +199,11 @@ impl ApiError {
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
+            }
+            ApiError::UnknownId { message, param } => {
+                parts.message = message.clone();
+                parts.param = Some(param.clone());
+                parts.code = Some("not_found");
             }
             ApiError::MethodNotAllowed { method, path } => {
                 parts.message = format!("Method not allowed ({method} {path})");

@@ -14,9 +14,12 @@ use super::backend::{Backend, EmbeddedBackend, Health, Near};
 use super::blocking::{LookupGate, LookupLimits};
 use super::restore::IndexLoad;
 use crate::cache::guards::{Features, GuardVerdict};
-use crate::cache::verify::{decide_with, Candidate, Decision, MissReason, Rule, Verified};
+use crate::cache::verify::{
+    decide_with, passes_entry_floor, Candidate, Decision, MissReason, Rule, Verified,
+};
 use crate::embed::{EmbedError, EmbedPool, PairScorer};
 use crate::index::{IndexError, ScopedIndex, SnapshotError, SnapshotStats};
+use crate::quality::pairs::Ledger;
 use crate::store::{now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,8 @@ pub struct SemanticOutcome {
     pub unverified: bool,
     /// The verifier model's P(same) and the time it took, when it ran.
     pub model: Option<(f32, Duration)>,
+    /// The most similar candidate was turned away by its entry's own threshold (feedback).
+    pub tightened: bool,
 }
 
 /// What a lookup did, for headers, logs and metrics: where it spent its time and which guards
@@ -115,6 +120,8 @@ pub struct LookupTrace {
     pub unverified: bool,
     /// The verifier model's P(same) and the time it took, when it ran (part of `search`).
     pub model: Option<(f32, Duration)>,
+    /// The most similar candidate was turned away by its entry's own threshold (feedback).
+    pub tightened: bool,
 }
 
 impl LookupTrace {
@@ -137,6 +144,8 @@ struct Inner {
     lookups: LookupGate,
     /// The verifier model, when `[cache.verifier]` names one.
     pair: parking_lot::RwLock<Option<Arc<dyn PairScorer>>>,
+    /// Feedback's per-entry thresholds and recorded pairs (`crate::quality`), once attached.
+    ledger: std::sync::OnceLock<Arc<Ledger>>,
 }
 
 /// Inserts running on blocking threads at once (see [`CacheEngine::insert`]). Two keep both of
@@ -189,6 +198,7 @@ impl CacheEngine {
                 inserts: tokio::sync::Semaphore::new(INSERT_THREADS),
                 lookups: LookupGate::new(limits),
                 pair: parking_lot::RwLock::new(None),
+                ledger: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -202,6 +212,16 @@ impl CacheEngine {
     /// Sets (or clears) the verifier model that rules with a [`super::verify::ModelBar`] use.
     pub fn set_pair_scorer(&self, scorer: Option<Arc<dyn PairScorer>>) {
         *self.inner.pair.write() = scorer;
+    }
+
+    /// Attaches the quality ledger: from then on a candidate must be more similar than its
+    /// entry's own threshold, when feedback set one. Once; a second ledger is ignored.
+    pub fn set_ledger(&self, ledger: Arc<Ledger>) {
+        let _ = self.inner.ledger.set(ledger);
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.inner.ledger.get()
     }
 
     /// The storage backend (entries and vector search).
@@ -326,6 +346,7 @@ impl CacheEngine {
         timings.vetoed = found.vetoed;
         timings.unverified = found.unverified;
         timings.model = found.model;
+        timings.tightened = found.tightened;
         Ok(match (found.hit, found.uncertain) {
             (Some((entry, similarity, verified)), _) => Lookup::Semantic {
                 entry,
@@ -456,10 +477,27 @@ impl CacheEngine {
                 vetoed: Vec::new(),
                 unverified: false,
                 model: None,
+                tightened: false,
             });
         }
         let candidates = self.resolve_blocking(scope, prompt, neighbours)?;
         let best = candidates.first().map(|(c, _)| c.similarity);
+        // Feedback raised this entry's own bar: at or below it the most similar candidate is a
+        // miss, before any verifier or judge is paid for.
+        if let Some((top, _)) = candidates.first() {
+            let floor = self.ledger().and_then(|l| l.floors().floor(top.id));
+            if !passes_entry_floor(top.similarity, floor) {
+                return Ok(SemanticOutcome {
+                    hit: None,
+                    uncertain: None,
+                    best,
+                    vetoed: Vec::new(),
+                    unverified: false,
+                    model: None,
+                    tightened: true,
+                });
+            }
+        }
         let only: Vec<Candidate> = candidates.iter().map(|(c, _)| c.clone()).collect();
         let pair = self.inner.pair.read().clone();
         let mut model_time = Duration::ZERO;
@@ -500,6 +538,7 @@ impl CacheEngine {
             vetoed,
             unverified,
             model: score.map(|s| (s, model_time)),
+            tightened: false,
         })
     }
 

@@ -98,6 +98,9 @@ impl Planned {
                     .with_label_values(&[guard.as_str()])
                     .inc();
             }
+            if trace.tightened {
+                metrics.quality.tightened.inc();
+            }
             if trace.unverified {
                 metrics
                     .verifier_decisions

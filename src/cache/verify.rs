@@ -152,6 +152,14 @@ pub enum MissReason {
     Unverified,
 }
 
+/// Whether a candidate clears its entry's own threshold, which feedback on a wrong hit raised
+/// to that hit's similarity (`crate::quality`): it must be strictly more similar, so the wrong
+/// hit's query and its neighbours at that similarity miss. No threshold: it clears. This only
+/// ever turns hits into misses.
+pub fn passes_entry_floor(similarity: f32, floor: Option<f32>) -> bool {
+    floor.is_none_or(|f| similarity > f)
+}
+
 /// Applies `rule` to candidates sorted most similar first, without a verifier model.
 pub fn decide(candidates: &[Candidate], rule: &Rule) -> Decision {
     decide_with(candidates, rule, |_| None).0
@@ -343,6 +351,23 @@ mod tests {
         );
         let t = modelled.tightened(Some(0.9)).model.unwrap();
         assert_eq!((t.floor, t.threshold), (0.9, 0.7));
+    }
+
+    #[test]
+    fn issue17_an_entry_threshold_turns_away_at_and_below_it() {
+        assert!(passes_entry_floor(0.91, None));
+        assert!(
+            !passes_entry_floor(0.91, Some(0.91)),
+            "the wrong hit itself"
+        );
+        assert!(
+            !passes_entry_floor(0.90, Some(0.91)),
+            "a less similar neighbour"
+        );
+        assert!(
+            passes_entry_floor(0.92, Some(0.91)),
+            "a closer query still hits"
+        );
     }
 
     #[test]

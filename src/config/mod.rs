@@ -9,6 +9,7 @@ pub mod judge;
 pub mod keys;
 mod parse;
 pub mod pii;
+pub mod quality;
 pub mod raw;
 pub mod tools;
 mod validate;
@@ -24,6 +25,7 @@ pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
 pub use keys::{AuthMode, KeysConfig};
 pub use pii::{PiiConfig, PiiMode};
+pub use quality::QualityConfig;
 pub use validate::validate;
 pub use verifier::VerifierConfig;
 
@@ -140,6 +142,8 @@ pub struct CacheConfig {
     pub verifier: Option<VerifierConfig>,
     /// `[cache] backend` + `[cache.postgres]`: where entries and vectors live.
     pub backend: BackendConfig,
+    /// `cache.audit_rate` + `[quality]`: feedback and shadow checks (issue 17).
+    pub quality: QualityConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// `[pii]` (issue 16), see `config::pii`.
     #[serde(default)]
     pub pii: super::pii::RawPii,
+    /// `[quality]`: feedback, shadow checks, recorded pairs (issue 17), see `config::quality`.
+    #[serde(default)]
+    pub quality: super::quality::RawQuality,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +86,8 @@ pub struct RawCache {
     pub backend: Option<String>,
     /// `[cache.postgres]`: the shared backend's connection (issue 14), see `config::backend`.
     pub postgres: Option<super::backend::RawPostgres>,
+    /// Share of semantic hits shadow-checked upstream (issue 17), see `config::quality`.
+    pub audit_rate: Option<f64>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

@@ -119,6 +119,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     cache.judge =
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
+    cache.quality = super::quality::validate_quality(raw.cache.audit_rate, &raw.quality, &mut is.0);
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
     cache.backend = super::backend::validate_backend(
@@ -256,6 +257,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
         judge: None,
         verifier: None,
         backend: Default::default(),
+        quality: Default::default(),
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

@@ -9,6 +9,7 @@ pub mod cost;
 pub mod judge;
 pub mod keys;
 pub mod pii;
+pub mod quality;
 pub mod verifier;
 
 use prometheus::core::Collector;
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub keys: keys::KeyMetrics,
     /// The storage backend's `deja_backend_*` metrics.
     pub backend: backend::BackendMetrics,
+    /// Hit quality on live traffic: `deja_feedback_*`, `deja_shadow_*` (issue 17).
+    pub quality: quality::QualityMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -272,6 +275,7 @@ impl Metrics {
                 backend.register(&f.0)?;
                 backend
             },
+            quality: quality::QualityMetrics::new(&f.0)?,
             registry: f.0,
         })
     }

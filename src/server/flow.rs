@@ -26,6 +26,7 @@ use crate::cache::request::CacheRequest;
 use crate::metrics::{cost, pii};
 use crate::pii::stream::StreamRestorer;
 use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
+use crate::quality::ServedAnswer;
 use crate::server::headers::{client_key, forwardable_headers, DejaHeaders};
 use crate::server::state::AppState;
 
@@ -175,6 +176,16 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         req.model(),
         &req.body,
     );
+    // Remembered for feedback and maybe offered to a shadow check: inside `elapsed`, so the
+    // hit's `deja;dur` shows what it costs.
+    let response_id = state.quality().and_then(|q| {
+        let served = ServedAnswer {
+            entry: &entry,
+            kind,
+            similarity,
+        };
+        q.served(req, served, state.router())
+    });
     let elapsed = req.started.elapsed();
     m.requests
         .with_label_values(&[req.api.as_str(), kind.label()])
@@ -199,6 +210,9 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         deja.verifier_score(score);
     }
     deja.entry(entry.id);
+    if let Some(id) = response_id {
+        deja.response_id(id);
+    }
     deja.timing(&trace, None, elapsed);
     deja.tokens_saved(usage.total());
     let mut resp = match body {

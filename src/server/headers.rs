@@ -130,6 +130,14 @@ impl DejaHeaders {
         self.values.push(("x-deja-entry", id.to_string()));
     }
 
+    /// The id feedback names this hit by (`POST /v1/deja/feedback`).
+    pub fn response_id(&mut self, id: u128) {
+        self.values.push((
+            "x-deja-response-id",
+            crate::quality::recent::format_response_id(id),
+        ));
+    }
+
     pub fn provider(&mut self, p: &str) {
         self.values.push(("x-deja-provider", p.to_string()));
     }

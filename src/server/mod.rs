@@ -97,12 +97,9 @@ pub fn open_engine_env(
         ));
         let settings = EngineSettings::from(&config.cache);
         let limits = crate::cache::LookupLimits::default();
-        return Ok(CacheEngine::with_backend(
-            Arc::new(backend),
-            pool,
-            settings,
-            limits,
-        ));
+        let engine = CacheEngine::with_backend(Arc::new(backend), pool, settings, limits);
+        attach_ledger(&engine, config)?;
+        return Ok(engine);
     }
     let dim = embedder.dim();
     let store = Store::open(&StoreConfig {
@@ -126,6 +123,7 @@ pub fn open_engine_env(
     let settings = EngineSettings::from(&config.cache);
     let (engine, load) = CacheEngine::open(store, index, pool, settings, snapshots)
         .map_err(|e| ServeError::Cache(e.to_string()))?;
+    attach_ledger(&engine, config)?;
     if let Some(v) = &config.cache.verifier {
         let threads = config.embedding.compute_threads;
         let model =
@@ -146,6 +144,12 @@ pub fn open_engine_env(
         "index loaded"
     );
     Ok(engine)
+}
+
+/// The quality ledger (feedback's thresholds, recorded pairs) beside the engine's entries.
+fn attach_ledger(engine: &CacheEngine, config: &Config) -> Result<(), ServeError> {
+    crate::quality::attach_ledger(engine, &config.cache.quality)
+        .map_err(|e| ServeError::Cache(format!("quality ledger: {e}")))
 }
 
 /// Where index snapshots live: beside the store, in the cache directory.
@@ -223,6 +227,10 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
+        .route(
+            "/v1/deja/feedback",
+            post(crate::quality::feedback::public_handler),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -236,8 +244,16 @@ pub fn app(state: AppState) -> axum::Router {
 /// `server.body_read_timeout` (else 408: a client that stops sending mid-body must not hold a
 /// handler and its connection).
 pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    let server = &state.config().server;
-    let (limit, timeout) = (server.max_body_bytes, server.body_read_timeout);
+    read_body_within(state, body, state.config().server.max_body_bytes).await
+}
+
+/// [`read_body`] with its own size limit (smaller bodies, such as feedback's).
+pub(crate) async fn read_body_within(
+    state: &AppState,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let timeout = state.config().server.body_read_timeout;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::BodyTooLarge { limit }),

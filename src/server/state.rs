@@ -35,6 +35,8 @@ pub struct Inner {
     pub background: TaskTracker,
     /// The file hot reload reads, when the config came from one.
     pub config_path: Option<PathBuf>,
+    /// Feedback, shadow checks and recorded pairs (issue 17), built once the engine is ready.
+    pub quality: OnceLock<Arc<crate::quality::Quality>>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             access: Default::default(),
             background: TaskTracker::new(),
             config_path,
+            quality: OnceLock::new(),
         }))
     }
 
@@ -88,6 +91,21 @@ impl AppState {
             None => Judge::new(settings, Arc::clone(router), self.metrics_handle()),
         };
         Some(Arc::new(judge))
+    }
+
+    /// Feedback, shadow checks and recorded pairs; `None` until the engine is ready (or when it
+    /// has no ledger). Built on first use, inside the runtime.
+    pub fn quality(&self) -> Option<Arc<crate::quality::Quality>> {
+        if let Some(q) = self.0.quality.get() {
+            return Some(Arc::clone(q));
+        }
+        let engine = self.engine()?;
+        let q = crate::quality::Quality::new(
+            engine,
+            &self.config().cache.quality,
+            self.metrics_handle(),
+        )?;
+        Some(Arc::clone(self.0.quality.get_or_init(|| Arc::new(q))))
     }
 
     pub fn metrics(&self) -> &Metrics {

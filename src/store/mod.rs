@@ -447,6 +447,12 @@ impl Store {
         self.inner.durable.flush().map_err(|e| self.db_err(e))
     }
 
+    /// A tree of this store's database for data kept beside the entries (the labeled pairs
+    /// and per-entry thresholds of `crate::quality`): flushed with the store, never read by it.
+    pub fn side_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.inner.db.open_tree(name).map_err(|e| self.db_err(e))
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.db.size_on_disk().map_err(|e| self.db_err(e))
@@ -536,6 +542,20 @@ pub fn exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
 }
 
 /// Opens sled, turning any failure (a panic deep in recovery included) into an error.
+/// Opens the database of the store in `dir` without checking its metadata and returns its tree
+/// `name` (offline tools reading [`Store::side_tree`] data while no server holds the store).
+pub fn open_side_tree_offline(dir: &Path, name: &str) -> Result<sled::Tree, StoreError> {
+    if !dir.is_dir() {
+        return Err(StoreError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no store directory"),
+        });
+    }
+    let db = open_sled(dir)?;
+    db.open_tree(name)
+        .map_err(|e| StoreError::from_sled(dir, e))
+}
+
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let opened = std::panic::catch_unwind(|| {
         sled::Config::new()

@@ -145,6 +145,34 @@ def test_legacy_completions():
     assert r2.parse().choices[0].text == c1.choices[0].text
 
 
+def test_feedback_tightens_a_wrong_hit():
+    """Issue 17: thumbs-down on a semantic hit, sent with the SDK's own client."""
+    import httpx
+
+    ask("How do I change my email address?")
+    h, _ = wait_for_hit("How can I change my email address?")
+    assert h["x-deja-cache"] == "semantic-hit", h
+    rid = h["x-deja-response-id"]
+    assert rid.startswith("dejaresp-"), h
+    r = client.post("/deja/feedback", cast_to=httpx.Response, body={"response_id": rid, "correct": False})
+    body = r.json()
+    assert body["recorded"] is True and body["verdict"] == "wrong", body
+    assert abs(body["entry_min_similarity"] - float(h["x-deja-similarity"])) < 1e-3, body
+    # The same query now misses that entry (no-store: its answer is not written).
+    h2, _ = ask("How can I change my email address?", extra_headers={"cache-control": "no-store"})
+    assert h2["x-deja-cache"] == "miss", h2
+    try:
+        client.post("/deja/feedback", cast_to=httpx.Response, body={"response_id": rid, "correct": False})
+        raise AssertionError("a second verdict on one answer must be a 404")
+    except openai.NotFoundError as e:
+        assert e.body and e.body.get("param") == "response_id", e.body
+    try:
+        client.post("/deja/feedback", cast_to=httpx.Response, body={"response_id": rid})
+        raise AssertionError("a body without `correct` must be a 400")
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "correct", e.body
+
+
 def test_models_passthrough():
     models = client.models.list()
     assert len(models.data) >= 1
