@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// `[pii]` (issue 16), see `config::pii`.
     #[serde(default)]
     pub pii: super::pii::RawPii,
+    /// `[admin]` (issue 17), see `config::admin`.
+    #[serde(default)]
+    pub admin: super::admin::RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,6 +120,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
+    let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
     cache.backend = super::backend::validate_backend(
         raw.cache.backend.as_deref(),
@@ -138,6 +139,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             prices,
             pii,
             keys,
+            admin,
         })
     } else {
         Err(ConfigError::Invalid(is.0))
