@@ -32,6 +32,9 @@
 //!    included); the answer streams back to the
 //!    client while `cache::miss` collects it.
 //!
+//! The operator's side: [`admin`] serves a second, token-protected listener (stats, explain,
+//! delete/purge, export/import, reload, a dashboard page) over the same engine and backend.
+//!
 //! [`config`] turns `config.toml` into a validated [`config::Config`]; [`metrics`] exports
 //! Prometheus counters with bounded labels; [`bench`] replays labeled datasets through the same
 //! [`cache`] engine to choose a threshold.
@@ -44,6 +47,7 @@
 // an `unsafe fn`, and every block says which invariant makes it sound and where it is set up.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod cache;
