@@ -35,6 +35,8 @@
 //! [`quality`] measures hit quality on live traffic: feedback on served hits tightens an
 //! entry's own threshold, shadow checks compare a share of semantic hits with fresh upstream
 //! answers, and both record labeled pairs that `deja bench` calibrates on.
+//! The operator's side: [`admin`] serves a second, token-protected listener (stats, explain,
+//! delete/purge, export/import, reload, a dashboard page) over the same engine and backend.
 //!
 //! [`config`] turns `config.toml` into a validated [`config::Config`]; [`metrics`] exports
 //! Prometheus counters with bounded labels; [`bench`] replays labeled datasets through the same
@@ -48,6 +50,7 @@
 // an `unsafe fn`, and every block says which invariant makes it sound and where it is set up.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod cache;

@@ -1,7 +1,8 @@
 //! The `deja` command: `serve` runs the proxy, `model fetch` obtains and verifies the embedding
 //! model, `bench` measures hit rate and false hits on labeled data to choose a threshold,
 //! `key-hash` prints the hash of an API key for `[[cache.namespaces]]`, `quality export-pairs`
-//! writes the pairs labeled on live traffic as a dataset for `bench`.
+//! writes the pairs labeled on live traffic as a dataset for `bench`, `cache` talks to the
+//! admin listener (or opens a store offline).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,6 +42,9 @@ enum Command {
     /// Read an API key from stdin and print its hash (`sha256:…`), for the `keys` of a
     /// `[[cache.namespaces]]` grant. The key is never written anywhere.
     KeyHash,
+    /// The cache of a running deja (its admin listener), or of a store no server holds
+    /// (`--offline`): stats, explain, purge, delete, export, import.
+    Cache(deja::admin::cli::CacheArgs),
     /// Deja keys (`server.auth = "keys"`).
     Keys {
         #[command(subcommand)]
@@ -110,6 +114,10 @@ fn main() -> anyhow::Result<()> {
         Command::Quality {
             command: QualityCommand::ExportPairs { store, out },
         } => export_pairs(&store, out.as_deref()),
+        Command::Cache(args) => {
+            init_tracing(LogFormat::Text);
+            deja::admin::cli::run(args)
+        }
         Command::Keys {
             command: KeysCommand::New { name },
         } => {
@@ -178,6 +186,9 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         let addr = server.local_addr()?;
         // One stable, parseable line: tests and scripts read the bound port from it.
         println!("deja listening on http://{addr}");
+        if let Some(admin) = server.admin_addr() {
+            println!("deja admin listening on http://{admin}");
+        }
         tracing::info!(%addr, config = %config_path.display(), "deja listening");
         let state = server.state().clone();
         let _watchers = server::reload::spawn_watchers(state.clone());

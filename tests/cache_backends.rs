@@ -190,6 +190,43 @@ mod suite {
         assert_eq!(e.entries(), 1);
     }
 
+    /// Issue 17: the admin's scan, remove and purge, on every backend: what is removed leaves
+    /// the store and the search at once.
+    pub async fn issue17_removed_entries_leave_store_and_search_at_once(k: &Kit) {
+        use deja::admin::entries::{Purge, PurgeFilter};
+        let e = k.open();
+        let (a, b) = (scope("a"), scope("b"));
+        let bread = put(&e, a, BREAD, "bread", TTL).await;
+        let rings = put(&e, b, OTHER, "rings", TTL).await;
+        assert_eq!(seen(&look(&e, a, BREAD_NEAR).await).0, "semantic");
+        let first = blocking(|| e.backend().scan(None, 1)).unwrap();
+        assert_eq!(first.len(), 1);
+        let rest = blocking(|| e.backend().scan(Some(first[0].entry.id), 10)).unwrap();
+        let ids: Vec<u64> = first.iter().chain(&rest).map(|s| s.entry.id).collect();
+        let mut want = vec![bread, rings];
+        want.sort();
+        assert_eq!(ids, want, "pages in id order, nothing twice");
+        assert!(blocking(|| e.backend().scan(Some(want[1]), 10))
+            .unwrap()
+            .is_empty());
+
+        let removed = blocking(|| e.remove_blocking(bread)).unwrap();
+        assert_eq!(removed.map(|x| x.id), Some(bread));
+        assert_eq!(seen(&look(&e, a, BREAD).await).0, "miss");
+        assert_eq!(seen(&look(&e, a, BREAD_NEAR).await).0, "miss");
+        assert!(blocking(|| e.backend().get(bread)).unwrap().is_none());
+        assert!(blocking(|| e.remove_blocking(bread)).unwrap().is_none());
+
+        let filter = PurgeFilter {
+            scope: Some(b.to_hex()),
+            ..Default::default()
+        };
+        let purge = Purge::new(&filter, deja::store::now_ms()).unwrap();
+        assert_eq!(blocking(|| purge.run_blocking(&e)).unwrap(), (1, 1));
+        assert_eq!(seen(&look(&e, b, OTHER).await).0, "miss");
+        assert_eq!(e.entries(), 0);
+    }
+
     pub async fn a_replacement_takes_the_old_answers_place(k: &Kit) {
         let e = k.open();
         let s = scope("t");
@@ -306,6 +343,7 @@ backend_suite!(embedded:
     answers_outlive_the_engine_that_stored_them,
     storage_written_by_another_model_is_refused,
     the_least_recently_hit_go_first_past_max_entries,
+    issue17_removed_entries_leave_store_and_search_at_once,
 );
 
 backend_suite!(postgres:
@@ -315,6 +353,7 @@ backend_suite!(postgres:
     answers_outlive_the_engine_that_stored_them,
     storage_written_by_another_model_is_refused,
     the_least_recently_hit_go_first_past_max_entries,
+    issue17_removed_entries_leave_store_and_search_at_once,
 );
 
 /// What only a shared database can do: several engines (replicas) on one schema at once.

@@ -386,17 +386,50 @@ impl CacheEngine {
         scope: ScopeId,
         prompt: &str,
     ) -> Result<Option<Entry>, CacheError> {
-        let now = now_ms();
-        match self.inner.backend.get_exact(scope, prompt)? {
-            Some(e) if !e.is_expired(now) => {
-                // Recency is bookkeeping for eviction: a failed write must not fail the hit.
-                if let Err(err) = self.inner.backend.record_hit(e.id, now) {
-                    tracing::debug!(error = %err, "recording a hit failed");
-                }
-                Ok(Some(e))
+        let found = self.peek_exact_blocking(scope, prompt)?;
+        if let Some(e) = &found {
+            // Recency is bookkeeping for eviction: a failed write must not fail the hit.
+            if let Err(err) = self.inner.backend.record_hit(e.id, now_ms()) {
+                tracing::debug!(error = %err, "recording a hit failed");
             }
+        }
+        Ok(found)
+    }
+
+    /// [`Self::exact_blocking`] without recording the hit (explain).
+    pub fn peek_exact_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+    ) -> Result<Option<Entry>, CacheError> {
+        match self.inner.backend.get_exact(scope, prompt)? {
+            Some(e) if !e.is_expired(now_ms()) => Ok(Some(e)),
             _ => Ok(None),
         }
+    }
+
+    /// The `k` nearest live entries of `scope` with their guard verdicts, most similar first,
+    /// read without recording anything (explain lists them; the decision is
+    /// [`Self::decide_blocking`]'s).
+    pub fn top_candidates_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        embedding: &[f32],
+        k: usize,
+    ) -> Result<Vec<(Candidate, Entry)>, CacheError> {
+        let neighbours = self.inner.backend.nearest(scope, embedding, k)?;
+        self.resolve_blocking(scope, prompt, neighbours)
+    }
+
+    /// Removes an entry from the backend (store and search at once); the removed entry.
+    pub fn remove_blocking(&self, id: EntryId) -> Result<Option<Entry>, CacheError> {
+        self.inner.backend.remove(id)
+    }
+
+    /// Whether the guards run (the engine's setting, which a rule cannot override).
+    pub fn guards_enabled(&self) -> bool {
+        self.inner.settings.read().guards
     }
 
     /// Nearest live neighbours of `embedding` in `scope` with guard verdicts, most similar
@@ -456,6 +489,23 @@ impl CacheEngine {
     /// The semantic step: the selected entry (if any) and the best similarity seen. `rule`
     /// comes with the request; whether guards run is the engine's setting.
     pub fn semantic_blocking(
+        &self,
+        scope: ScopeId,
+        prompt: &str,
+        embedding: &[f32],
+        rule: &Rule,
+    ) -> Result<SemanticOutcome, CacheError> {
+        let outcome = self.decide_blocking(scope, prompt, embedding, rule)?;
+        if let Some((e, _, _)) = &outcome.hit {
+            self.record_hit(e.id);
+        }
+        Ok(outcome)
+    }
+
+    /// What [`Self::semantic_blocking`] decides, without recording the hit: the one decision
+    /// path both the request path and `POST /admin/explain` take, so an explanation is what a
+    /// request does.
+    pub fn decide_blocking(
         &self,
         scope: ScopeId,
         prompt: &str,
@@ -528,9 +578,6 @@ impl CacheEngine {
                 (None, None)
             }
         };
-        if let Some((e, _, _)) = &hit {
-            self.record_hit(e.id);
-        }
         Ok(SemanticOutcome {
             hit,
             uncertain,

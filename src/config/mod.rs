@@ -3,6 +3,7 @@
 //! its field path. Secrets never live here: providers name the env var that holds their key.
 //! This module never touches the network, the store or the model.
 
+pub mod admin;
 pub mod backend;
 pub mod grants;
 pub mod judge;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use admin::AdminConfig;
 pub use backend::{BackendConfig, PostgresConfig};
 pub use grants::{KeyHash, NamespaceGrant};
 pub use judge::JudgeConfig;
@@ -266,6 +268,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `[pii]`: what to do with personal data in prompts and answers.
     pub pii: PiiConfig,
+    /// `[admin]`: the operator's listener (issue 17).
+    pub admin: AdminConfig,
 }
 
 impl Config {

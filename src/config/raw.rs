@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// `[quality]`: feedback, shadow checks, recorded pairs (issue 17), see `config::quality`.
     #[serde(default)]
     pub quality: super::quality::RawQuality,
+    /// `[admin]` (issue 17), see `config::admin`.
+    #[serde(default)]
+    pub admin: super::admin::RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]

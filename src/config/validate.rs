@@ -121,6 +121,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
     cache.quality = super::quality::validate_quality(raw.cache.audit_rate, &raw.quality, &mut is.0);
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
+    let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
     cache.backend = super::backend::validate_backend(
         raw.cache.backend.as_deref(),
@@ -139,6 +140,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             prices,
             pii,
             keys,
+            admin,
         })
     } else {
         Err(ConfigError::Invalid(is.0))

@@ -53,6 +53,9 @@ pub enum ServeError {
     Cache(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// `[admin]` cannot start (its token is not set).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Builds the provider router from the validated config.
@@ -160,11 +163,22 @@ pub fn snapshot_dir(config: &Config) -> PathBuf {
 /// A bound server, not yet serving.
 pub struct Server {
     listener: TcpListener,
+    /// The admin listener (`[admin] listen`) with its token.
+    admin: Option<(TcpListener, crate::admin::Token)>,
     state: AppState,
 }
 
 impl Server {
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
+        Server::bind_env(config, config_path, &|name| std::env::var(name).ok()).await
+    }
+
+    /// [`Server::bind`] with the environment `env` answers (the admin token comes from it).
+    pub async fn bind_env(
+        config: Config,
+        config_path: Option<PathBuf>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Result<Server, ServeError> {
         let router = build_router(&config)?;
         let metrics = Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?;
         let addr = config.server.listen;
@@ -172,10 +186,26 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let admin = match config.admin.listen {
+            None => None,
+            Some(addr) => {
+                let token = crate::admin::Token::from_env(&config.admin.token_env, env)?;
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?;
+                Some((l, token))
+            }
+        };
         Ok(Server {
             listener,
+            admin,
             state: AppState::new(config, router, metrics, config_path),
         })
+    }
+
+    /// Where the admin listener is bound, when `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -198,7 +228,27 @@ impl Server {
         let snapshotter = tokio::spawn(snapshot_loop(state.clone()));
         let app = app(state.clone());
         let limits = conn::ConnLimits::from(&state.config().server);
+        // One shutdown for both listeners; the admin one has the public one's bounds.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin = self.admin.map(|(listener, token)| {
+            let admin = crate::admin::AdminState::new(state.clone(), token);
+            let sampler = tokio::spawn(crate::admin::stats::sample_loop(admin.clone()));
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                conn::serve(listener, crate::admin::router(admin), limits, stopped).await;
+                sampler.abort();
+            })
+        });
+        let stopping = stop.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         conn::serve(self.listener, app, limits, shutdown).await;
+        stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         sweeper.abort();
         snapshotter.abort();
         state.0.background.close();
@@ -222,7 +272,15 @@ impl Server {
 
 /// The axum application.
 pub fn app(state: AppState) -> axum::Router {
-    axum::Router::new()
+    // `[admin] metrics = true` moves /metrics to the admin listener (`crate::admin`).
+    let public_metrics = state.config().admin.public_metrics();
+    let router = axum::Router::new();
+    let router = if public_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
@@ -233,7 +291,6 @@ pub fn app(state: AppState) -> axum::Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/{*rest}", any(passthrough::passthrough))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -321,6 +378,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    metrics_response(&state)
+}
+
+/// The Prometheus text of every metric, refreshed from the engine and the router first.
+pub fn metrics_response(state: &AppState) -> Response {
     if let Some(engine) = state.engine() {
         let m = state.metrics();
         m.entries.set(engine.entries() as i64);
@@ -328,7 +390,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         m.backend
             .sync(engine.backend().kind(), &engine.backend().stats());
     }
-    sync_provider_metrics(&state);
+    sync_provider_metrics(state);
     let mut r = state.metrics().render().into_response();
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,

@@ -433,6 +433,35 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `limit` entries with ids above `after` (all when `None`), in id order, expired
+    /// ones included, each with its recorded hit count: one page of a scan (admin stats, purge,
+    /// export). Reads `limit` entries: run it off the async runtime.
+    pub fn scan_after(
+        &self,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<(Entry, u64)>, StoreError> {
+        let start = match after {
+            Some(id) => match id.checked_add(1) {
+                Some(next) => id_key(next),
+                None => return Ok(Vec::new()),
+            },
+            None => id_key(0),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.inner.entries.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(|e| self.db_err(e))?;
+            let id = id_from_key(&k).ok_or_else(|| self.corrupt("malformed entry key".into()))?;
+            let e = self.decode(id, &v)?;
+            let hits = self.hits(id).unwrap_or(0);
+            out.push((e, hits));
+        }
+        Ok(out)
+    }
+
     /// Entries in the store (expired ones included until swept).
     pub fn len(&self) -> usize {
         self.inner.tracker.lock().len()

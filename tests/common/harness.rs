@@ -29,6 +29,8 @@ pub fn real_model() -> Arc<dyn Embedder> {
 
 pub struct Deja {
     pub base: String,
+    /// The admin listener's base URL, when the config has `[admin] listen`.
+    pub admin: Option<String>,
     pub state: AppState,
     pub dir: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -113,10 +115,18 @@ impl Deja {
             std::fs::write(f, text).unwrap();
         }
         let config = Config::from_toml_str(text, Vec::<(String, String)>::new(), dir).unwrap();
-        let server = Server::bind(config.clone(), config_file.clone())
-            .await
-            .unwrap();
+        // The admin token, like the backend's URL, comes from `env` when one is given.
+        let bound = if env.is_empty() {
+            Server::bind(config.clone(), config_file.clone()).await
+        } else {
+            let vars = env.clone();
+            let lookup =
+                move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            Server::bind_env(config.clone(), config_file.clone(), &lookup).await
+        };
+        let server = bound.unwrap();
         let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr().map(|a| format!("http://{a}"));
         let state = server.state().clone();
         let engine = tokio::task::spawn_blocking(move || {
             if env.is_empty() {
@@ -143,6 +153,7 @@ impl Deja {
         });
         Deja {
             base: format!("http://{addr}"),
+            admin,
             state,
             dir: dir.to_path_buf(),
             shutdown: Some(tx),

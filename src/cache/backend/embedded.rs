@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{Backend, Near};
+use super::{Backend, Near, Scanned};
 use crate::cache::engine::CacheError;
 use crate::cache::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::index::{ScopedIndex, SnapshotStats};
@@ -98,6 +98,25 @@ impl Backend for EmbeddedBackend {
             self.index.remove(*scope, *id);
         }
         Ok(removed.len())
+    }
+
+    /// The store first, then the index: a search that still finds the id in between reads
+    /// no entry for it and skips it, so nothing removed is ever served.
+    fn remove(&self, id: EntryId) -> Result<Option<Entry>, CacheError> {
+        let removed = self.store.remove(id)?;
+        if let Some(e) = &removed {
+            self.index.remove(e.scope, e.id);
+        }
+        Ok(removed)
+    }
+
+    fn scan(&self, after: Option<EntryId>, limit: usize) -> Result<Vec<Scanned>, CacheError> {
+        Ok(self
+            .store
+            .scan_after(after, limit)?
+            .into_iter()
+            .map(|(entry, hits)| Scanned { entry, hits })
+            .collect())
     }
 
     fn len(&self) -> usize {

@@ -37,6 +37,14 @@ pub struct Near {
     pub entry: Option<Entry>,
 }
 
+/// One result of [`Backend::scan`].
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    pub entry: Entry,
+    /// Hits recorded for it (recent ones may still be pending).
+    pub hits: u64,
+}
+
 /// Whether the backend can serve right now (`/readyz`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -96,6 +104,21 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Removes up to `limit` entries expired at `now_ms`; returns how many went.
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, CacheError>;
+
+    /// Removes one entry from the store and from the search at once (admin delete and purge):
+    /// once this returns, no lookup finds it. Returns it if it existed.
+    fn remove(&self, id: EntryId) -> Result<Option<Entry>, CacheError>;
+
+    /// One page of a scan: up to `limit` entries with ids above `after` (from the start when
+    /// `None`), in id order, expired ones included, each with its stored hit count (admin
+    /// stats, purge, export). Pages are read one at a time, so a scan never holds the store.
+    fn scan(&self, after: Option<EntryId>, limit: usize) -> Result<Vec<Scanned>, CacheError>;
+
+    /// Stores an entry as it was exported (prompt, embedding, answer, times), under a new id,
+    /// replacing what the same scope and prompt had (admin import). Nothing is re-embedded.
+    fn import(&self, entry: NewEntry) -> Result<EntryId, CacheError> {
+        self.insert(entry)
+    }
 
     /// Entries held (expired ones included until swept); may be a recent estimate.
     fn len(&self) -> usize;

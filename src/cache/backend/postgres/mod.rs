@@ -31,6 +31,7 @@
 //! connections. The database URL is read from the environment once and never logged.
 
 mod flights;
+mod admin;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -732,6 +733,18 @@ impl Backend for PostgresBackend {
 
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, CacheError> {
         self.run("sweep", self.shared.sweep(now_ms, limit))
+    }
+
+    fn remove(&self, id: EntryId) -> Result<Option<Entry>, CacheError> {
+        self.remove_entry(id)
+    }
+
+    fn scan(
+        &self,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<super::Scanned>, CacheError> {
+        self.scan_entries(after, limit)
     }
 
     fn len(&self) -> usize {
