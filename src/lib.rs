@@ -45,6 +45,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod cache;
 pub mod config;

@@ -3,6 +3,7 @@
 //! its field path. Secrets never live here: providers name the env var that holds their key.
 //! This module never touches the network, the store or the model.
 
+pub mod audit;
 pub mod backend;
 pub mod grants;
 pub mod judge;
@@ -10,6 +11,7 @@ pub mod keys;
 mod parse;
 pub mod pii;
 pub mod raw;
+pub mod templates;
 mod validate;
 pub mod verifier;
 
@@ -259,6 +261,10 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `[pii]`: what to do with personal data in prompts and answers.
     pub pii: PiiConfig,
+    /// `[[templates]]`: prompt templates, called as `model = "template:NAME"`.
+    pub templates: Vec<templates::Template>,
+    /// `[audit]`: the audit log.
+    pub audit: audit::AuditConfig,
 }
 
 impl Config {

@@ -27,6 +27,12 @@ pub struct RawConfig {
     /// `[pii]` (issue 16), see `config::pii`.
     #[serde(default)]
     pub pii: super::pii::RawPii,
+    /// `[[templates]]` (issue 16), see `config::templates`.
+    #[serde(default)]
+    pub templates: Vec<super::templates::RawTemplate>,
+    /// `[audit]` (issue 16), see `config::audit`.
+    #[serde(default)]
+    pub audit: super::audit::RawAudit,
 }
 
 #[derive(Debug, Deserialize)]
