@@ -530,7 +530,9 @@ fn open_db(dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), String> {
             .open()
         {
             Ok(db) => break db,
-            Err(sled::Error::Io(e)) if tries < 40 && e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(sled::Error::Io(e))
+                if tries < 200 && e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
