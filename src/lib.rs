@@ -52,6 +52,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod cache;
 pub mod config;

@@ -135,17 +135,18 @@ fn official_python_sdks_against_the_binary() {
     );
 
     // Issue 16: the gateway controls, through both SDKs, on a second binary with deja keys.
-    let (full, limited) = (
+    let (full, limited, budget) = (
         "dk-e2e-full-0123456789abcdef",
         "dk-e2e-limited-0123456789abcdef",
+        "dk-e2e-budget-0123456789abcdef",
     );
     let gw = tmp.path().join("gateway");
     std::fs::create_dir_all(&gw).unwrap();
-    let config = write_gateway_config(&gw, &mock, full, limited);
+    let config = write_gateway_config(&gw, &mock, full, limited, budget);
     let deja = DejaProcess::start(&config);
     let script = format!("{}/tests/e2e/gateway_sdk.py", env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(&python)
-        .args([script.as_str(), deja.base.as_str(), full, limited])
+        .args([script.as_str(), deja.base.as_str(), full, limited, budget])
         .env("PYTHONUNBUFFERED", "1")
         .status()
         .expect("run python");
@@ -164,7 +165,7 @@ fn official_python_sdks_against_the_binary() {
     for e in walkdir(&gw.join("store")) {
         store.extend(std::fs::read(e).unwrap_or_default());
     }
-    for key in [full, limited] {
+    for key in [full, limited, budget] {
         assert!(!log.contains(key), "a deja key reached the log");
         assert!(!metrics.contains(key), "a deja key reached the metrics");
         assert!(
@@ -194,12 +195,14 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `server.auth = "keys"` with two keys, and per-model `[pii]` modes.
+/// `server.auth = "keys"` with three keys (one with a $0.05 daily budget at $0.01 per
+/// completion token of `gpt-4o-budget`), and per-model `[pii]` modes.
 fn write_gateway_config(
     dir: &std::path::Path,
     mock: &MockUpstream,
     full: &str,
     limited: &str,
+    budget: &str,
 ) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
@@ -226,6 +229,21 @@ name = "e2e-limited"
 hash = "{}"
 models = ["gpt-*"]
 rpm = 2
+[[keys]]
+name = "e2e-budget"
+hash = "{}"
+budget_daily_usd = 0.05
+[[templates]]
+name = "greet"
+model = "gpt-4o-mini"
+messages = [
+  {{ role = "system", content = "You greet people warmly." }},
+  {{ role = "user", content = "Say hello to {{{{name}}}}" }},
+]
+[[prices]]
+model = "gpt-4o-budget"
+input_per_mtok = 0.0
+output_per_mtok = 10000.0
 [[providers]]
 name = "openai-mock"
 kind = "openai"
@@ -238,6 +256,7 @@ providers = ["openai-mock"]
         dir.join("store").display(),
         deja::config::KeyHash::of(full),
         deja::config::KeyHash::of(limited),
+        deja::config::KeyHash::of(budget),
         mock.base_url(),
     );
     std::fs::write(&path, text).unwrap();

@@ -396,3 +396,431 @@ async fn issue16_keys_401_403_429_and_shared_namespace() {
         assert!(!contains(&hay, k), "key material in the store or metrics");
     }
 }
+
+/// A keys config whose model is priced so that a request's cost is its completion tokens
+/// only ($0.01 per token; prompts are free), so an estimate from `max_tokens` is exact.
+fn budget_config(dir: &std::path::Path, upstream: &str, keys: &str) -> String {
+    let text = keys_config(dir, upstream, keys);
+    format!(
+        "{text}\n[[prices]]\nmodel = \"gpt-4o-mini*\"\ninput_per_mtok = 0.0\n\
+         output_per_mtok = 10000.0\n"
+    )
+}
+
+/// A prompt whose words no other prompt shares (no semantic hits between them).
+fn unique_prompt(i: usize) -> String {
+    format!("zq{i}alpha zq{i}beta zq{i}gamma")
+}
+
+/// The value of the series `name{labels}` in a metrics exposition.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in {text}"))
+}
+
+fn priced(text: &str, max_tokens: u64) -> Value {
+    let mut b = chat("gpt-4o-mini", text);
+    b["max_tokens"] = json!(max_tokens);
+    b
+}
+
+/// `budget_daily_usd`: 50 requests race a $1.00 budget at $0.07 each and exactly 14 reach the
+/// upstream (reserve before, settle after); the rest get a 429 naming the budget in each API's
+/// shape. After a restart the same amount is left, and a cached answer still costs nothing.
+#[tokio::test]
+async fn issue16_budget_exact_under_concurrency_and_survives_restart() {
+    let mock = MockUpstream::builder()
+        .reply_with(|_| "one two three four five six seven".to_string())
+        .start()
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = "dk-budget-secret-0003";
+    let text = budget_config(
+        tmp.path(),
+        &mock.base_url(),
+        &key_block(
+            "spender",
+            key,
+            "budget_daily_usd = 1.0\nbudget_monthly_usd = 30.0",
+        ),
+    );
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let replies = futures::future::join_all((0..50).map(|i| {
+        let body = priced(&unique_prompt(i), 7);
+        let d = &d;
+        async move { ask(d, key, &body).await }
+    }))
+    .await;
+    let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        (ok.len(), refused.len()),
+        (14, 36),
+        "floor(1.00 / 0.07) go through"
+    );
+    assert_eq!(
+        mock.calls(),
+        14,
+        "exactly the affordable requests reach the upstream"
+    );
+    let e = &refused[0].body["error"];
+    assert_eq!(e["type"], "rate_limit_error");
+    assert_eq!(e["code"], "insufficient_quota");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("daily budget of $1.000000 (budget_daily_usd)"),
+        "{msg}"
+    );
+    let retry: u64 = refused[0].header("retry-after").parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let monthly: f64 = ok[0]
+        .header("x-deja-budget-remaining-monthly-usd")
+        .parse()
+        .unwrap();
+    assert!(monthly < 30.0 && monthly >= 29.02 - 1e-9, "{monthly}");
+    d.settle().await;
+    d.wait_entries(14).await;
+    let a = d
+        .post(
+            "/v1/messages",
+            &json!({"model": "gpt-4o-mini", "max_tokens": 7,
+                    "messages": [{"role": "user", "content": "zqxa zqxb"}]}),
+            &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+        )
+        .await;
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    assert_eq!(
+        (a.body["type"].as_str(), a.body["error"]["type"].as_str()),
+        (Some("error"), Some("rate_limit_error"))
+    );
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget_daily_usd"));
+    let m = metrics_text(&d).await;
+    assert!(
+        m.contains(r#"deja_key_requests_total{key="spender",result="over_budget"} 37"#),
+        "{m}"
+    );
+    let spent = metric(&m, r#"deja_key_cost_usd_total{key="spender",kind="spent"}"#);
+    assert!((spent - 0.98).abs() < 1e-9, "{spent}");
+    d.stop().await;
+    assert_eq!(mock.calls(), 14);
+
+    // Restarted: $0.02 is left, so a $0.07 request is refused and a $0.01 one goes.
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let r = ask(&d, key, &priced("zqy1 zqy2 zqy3", 7)).await;
+    assert_eq!(
+        r.status, 429,
+        "the spend survived the restart: {:?}",
+        r.body
+    );
+    let r = ask(&d, key, &priced("zqz1 zqz2 zqz3", 1)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-deja-budget-remaining-daily-usd"), "0.010000");
+    // A cached answer is served at no cost even with the budget nearly spent.
+    let served: &Reply = ok[0];
+    let text0 = served.body["choices"][0]["message"]["content"].clone();
+    let hit_prompt = replies
+        .iter()
+        .position(|r| r.status == 200)
+        .map(unique_prompt)
+        .unwrap();
+    let r = ask(&d, key, &priced(&hit_prompt, 7)).await;
+    assert_eq!((r.status, r.header("x-deja-cache")), (200, "exact-hit"));
+    assert_eq!(r.body["choices"][0]["message"]["content"], text0);
+    d.settle().await;
+    assert_eq!(r.header("x-deja-budget-remaining-daily-usd"), "0.010000");
+    let m = metrics_text(&d).await;
+    let saved = metric(&m, r#"deja_key_cost_usd_total{key="spender",kind="saved"}"#);
+    assert!((saved - 0.07).abs() < 1e-9, "{saved}");
+    assert_eq!(mock.calls(), 15);
+    d.stop().await;
+}
+
+/// `tpm`: the first request reserves its prompt and `max_tokens`; the second does not fit
+/// what is left and gets a 429 naming tpm, with the x-ratelimit-*-tokens headers before it.
+#[tokio::test]
+async fn issue16_tokens_per_minute() {
+    let mock = MockUpstream::builder()
+        .reply_with(|_| vec!["word"; 80].join(" "))
+        .start()
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = "dk-tpm-secret-0004";
+    let text = keys_config(
+        tmp.path(),
+        &mock.base_url(),
+        &key_block("tok", key, "tpm = 100"),
+    );
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let r = ask(&d, key, &priced(&unique_prompt(1), 60)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), "100");
+    let left: u64 = r.header("x-ratelimit-remaining-tokens").parse().unwrap();
+    assert!(
+        left <= 40,
+        "the prompt and 60 completion tokens are reserved: {left}"
+    );
+    assert!(!r.header("x-ratelimit-reset-tokens").is_empty());
+    d.settle().await;
+    let r = ask(&d, key, &priced(&unique_prompt(2), 60)).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens per minute (tpm)"));
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(mock.calls(), 1);
+    let m = metrics_text(&d).await;
+    assert!(
+        m.contains(r#"deja_key_requests_total{key="tok",result="over_tpm"} 1"#),
+        "{m}"
+    );
+    d.stop().await;
+}
+
+const TEMPLATE: &str = r#"
+[[templates]]
+name = "support"
+model = "gpt-4o-mini"
+messages = [
+  { role = "system", content = "You are the support agent of {{product}}. Answer in one sentence." },
+  { role = "user", content = "{{question}}" },
+]
+params = { max_tokens = 50 }
+"#;
+
+fn template_call(product: &str, question: &str) -> Value {
+    json!({"model": "template:support", "messages": [],
+           "deja_variables": {"product": product, "question": question}})
+}
+
+/// `[[templates]]`: `GET /v1/templates` lists them; a call renders the template's messages,
+/// model and defaults (the upstream never sees `deja_variables`); two paraphrased questions
+/// share an answer (real model), another product is another scope; missing and unknown
+/// variables are a 400 naming them; a reload changes the template.
+#[tokio::test]
+async fn issue16_templates_render_share_answers_and_reload() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = common::harness::config_text(&tmp.path().join("store"), &mock.base_url(), "", "");
+    let file = tmp.path().join("config.toml");
+    let d = Deja::start_config(
+        &format!("{text}{TEMPLATE}"),
+        tmp.path(),
+        common::harness::real_model(),
+        Some(file.clone()),
+    )
+    .await;
+    let list: Value = client()
+        .get(d.url("/v1/templates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["id"], "template:support");
+    assert_eq!(list["data"][0]["variables"], json!(["product", "question"]));
+
+    let r = ask(
+        &d,
+        "k",
+        &template_call("Deja", "How do I reset my password?"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("x-deja-cache")),
+        (200, "miss"),
+        "{:?}",
+        r.body
+    );
+    let seen = mock.last_request().unwrap().body;
+    assert_eq!(seen["model"], "gpt-4o-mini");
+    assert_eq!(seen["max_tokens"], 50);
+    assert!(seen.get("deja_variables").is_none());
+    assert_eq!(
+        seen["messages"],
+        json!([{"role": "system", "content": "You are the support agent of Deja. Answer in one sentence."},
+               {"role": "user", "content": "How do I reset my password?"}])
+    );
+    d.wait_entries(1).await;
+    let r = ask(
+        &d,
+        "k",
+        &template_call("Deja", "How can I reset my password?"),
+    )
+    .await;
+    assert_ne!(
+        r.header("x-deja-cache"),
+        "miss",
+        "paraphrases share the answer: {:?}",
+        r.headers
+    );
+    assert_eq!(mock.calls(), 1);
+    let r = ask(
+        &d,
+        "k",
+        &template_call("Acme", "How do I reset my password?"),
+    )
+    .await;
+    assert_eq!(
+        r.header("x-deja-cache"),
+        "miss",
+        "the template's text is part of the scope"
+    );
+
+    let r = ask(
+        &d,
+        "k",
+        &json!({"model": "template:support",
+                                  "deja_variables": {"question": "q", "colour": "red"}}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["param"], "deja_variables");
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("missing variables: product") && msg.contains("unknown variables: colour"),
+        "{msg}"
+    );
+    assert_eq!(mock.calls(), 2, "a bad call never goes upstream");
+
+    // Hot reload: the template now takes a `tone` too.
+    let changed = TEMPLATE.replace("Answer in one sentence.", "Answer in a {{tone}} tone.");
+    std::fs::write(&file, format!("{text}{changed}")).unwrap();
+    deja::server::reload::reload(&d.state).unwrap();
+    let r = ask(
+        &d,
+        "k",
+        &template_call("Deja", "How do I reset my password?"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("missing variables: tone"));
+    let mut call = template_call("Deja", "How do I reset my password?");
+    call["deja_variables"]["tone"] = json!("friendly");
+    let r = ask(&d, "k", &call).await;
+    assert_eq!((r.status, r.header("x-deja-cache")), (200, "miss"));
+    assert_eq!(
+        mock.last_request().unwrap().body["messages"][0]["content"],
+        "You are the support agent of Deja. Answer in a friendly tone."
+    );
+    d.stop().await;
+}
+
+fn audit_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `[audit]`: one JSON line per request (miss, hit, bypass, error) with who, what, outcome,
+/// tokens, cost and phases; no prompts or answers unless asked, never key material or personal
+/// data; with `include_content` the content is there, redacted.
+#[tokio::test]
+async fn issue16_audit_log_one_line_per_request() {
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = "dk-audit-secret-0005";
+    let log = tmp.path().join("audit").join("audit.jsonl");
+    let text = format!(
+        "{}\n[audit]\npath = \"{}\"\n",
+        budget_config(
+            tmp.path(),
+            &mock.base_url(),
+            &key_block("auditor", key, "budget_daily_usd = 10.0")
+        ),
+        log.display()
+    );
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let q = priced("What is the capital of France?", 20);
+    assert_eq!(ask(&d, key, &q).await.header("x-deja-cache"), "miss");
+    d.wait_entries(1).await;
+    assert_eq!(ask(&d, key, &q).await.header("x-deja-cache"), "exact-hit");
+    // With max_tokens: a request without one would reserve 1024 tokens ($10.24 here).
+    let pii = priced("My card is 4111 1111 1111 1111, is it valid?", 20);
+    assert_eq!(ask(&d, key, &pii).await.header("x-deja-cache"), "bypass");
+    assert_eq!(ask(&d, "sk-unlisted", &q).await.status, 401);
+    d.stop().await;
+    let lines = audit_lines(&log);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let by = |o: &str| lines.iter().find(|l| l["outcome"] == o).unwrap().clone();
+    let miss = by("miss");
+    assert_eq!(miss["key"], "auditor");
+    assert_eq!(miss["model"], "gpt-4o-mini");
+    assert_eq!(miss["route"], "*");
+    assert_eq!(miss["provider"], "mock");
+    assert_eq!(miss["status"], 200);
+    assert_eq!(miss["api"], "chat");
+    assert!(miss["prompt_tokens"].as_u64().unwrap() > 0);
+    let completion = miss["completion_tokens"].as_u64().unwrap();
+    assert!((miss["cost_usd"].as_f64().unwrap() - completion as f64 * 0.01).abs() < 1e-9);
+    for phase in ["lookup", "upstream", "total"] {
+        assert!(miss["ms"][phase].as_f64().is_some(), "{miss}");
+    }
+    assert_eq!(miss["request_id"].as_str().unwrap().len(), 32);
+    assert!(miss["ts"].as_str().unwrap().ends_with('Z'));
+    let hit = by("exact-hit");
+    assert_eq!(hit["cost_usd"].as_f64(), Some(0.0));
+    assert!(hit["similarity"].as_f64().is_some(), "{hit}");
+    assert!((hit["saved_usd"].as_f64().unwrap() - miss["cost_usd"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(hit["entry"].as_u64().is_some());
+    assert_eq!(by("bypass")["key"], "auditor");
+    let err = by("error");
+    assert_eq!(err["status"], 401);
+    let raw = std::fs::read_to_string(&log).unwrap();
+    for l in &lines {
+        assert!(
+            l.get("prompt").is_none() && l.get("answer").is_none(),
+            "{l}"
+        );
+    }
+    for secret in [key, "4111", "capital of France", "sk-unlisted"] {
+        assert!(!raw.contains(secret), "{secret} in the audit log");
+    }
+
+    // include_content: prompts and answers, personal data replaced by its kind.
+    let log2 = tmp.path().join("audit2.jsonl");
+    let dir2 = tmp.path().join("second");
+    let text = common::harness::config_text(
+        &dir2.join("store"),
+        &mock.base_url(),
+        "",
+        &format!(
+            "[audit]\npath = \"{}\"\ninclude_content = true\n",
+            log2.display()
+        ),
+    );
+    let d = Deja::start_config(&text, &dir2, hash_model(), None).await;
+    let r = ask(
+        &d,
+        "k",
+        &chat("gpt-4o-mini", "Write to ann@example.com about Paris"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    d.stop().await;
+    let lines = audit_lines(&log2);
+    assert_eq!(lines.len(), 1);
+    let prompt = lines[0]["prompt"].as_str().unwrap();
+    let answer = lines[0]["answer"].as_str().unwrap();
+    assert!(prompt.contains("[EMAIL] about Paris"), "{prompt}");
+    assert!(
+        answer.contains("[EMAIL]") && !answer.contains("ann@"),
+        "{answer}"
+    );
+    assert!(lines[0]["tenant"].is_string() && lines[0].get("key").is_none());
+    assert!(!std::fs::read_to_string(&log2)
+        .unwrap()
+        .contains("ann@example.com"));
+}

@@ -80,9 +80,14 @@ pub enum ApiError {
     /// A deja key may not use this model (`[[keys]] models`).
     #[error("model not allowed for this key: {message}")]
     ModelNotAllowed { message: String },
-    /// A deja key reached one of its own limits (`[[keys]] rpm`); `message` says which.
+    /// A deja key reached one of its own limits (`[[keys]] rpm`, `tpm`, budgets); `message`
+    /// says which, `code` is `rate_limit_exceeded` or (a spent budget) `insufficient_quota`.
     #[error("key limit reached: {message}")]
-    KeyLimited { message: String, retry_after_s: u64 },
+    KeyLimited {
+        message: String,
+        retry_after_s: u64,
+        code: &'static str,
+    },
     /// deja is shedding load (queues full, shutting down).
     #[error("overloaded")]
     Overloaded { retry_after_s: Option<u64> },
@@ -260,9 +265,9 @@ impl ApiError {
                 parts.param = Some("model".to_string());
                 parts.code = Some("model_not_allowed");
             }
-            ApiError::KeyLimited { message, .. } => {
+            ApiError::KeyLimited { message, code, .. } => {
                 parts.message = message.clone();
-                parts.code = Some("rate_limit_exceeded");
+                parts.code = Some(code);
             }
             ApiError::Overloaded { .. } => {
                 parts.message = "The server is overloaded, please retry later.".to_string();

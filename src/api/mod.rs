@@ -33,6 +33,7 @@ pub mod parse;
 pub mod render;
 pub mod responses;
 pub mod sse;
+pub mod template;
 pub mod text;
 
 pub use collect::NotCacheable;

@@ -109,6 +109,7 @@ impl Access {
                                 openai_duration(wait)
                             ),
                             retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+                            code: "rate_limit_exceeded",
                         });
                     }
                 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::api::collect::NotCacheable;
 use crate::api::inbound::{not_cacheable_label, StreamEnd, StreamTee};
 use crate::api::ApiKind;
+use crate::cache::budget::Reservation;
 use crate::cache::engine::{CacheEngine, LookupTrace};
 use crate::cache::policy::CachePlan;
 use crate::cache::privacy;
@@ -26,7 +27,7 @@ use crate::metrics::pii::Source;
 use crate::metrics::{cost, Metrics};
 use crate::pii::stream::StreamRestorer;
 use crate::providers::ByteStream;
-use crate::store::CachedResponse;
+use crate::store::{CachedResponse, Usage};
 
 /// A request the cache did not answer.
 pub struct Miss {
@@ -84,6 +85,8 @@ impl Miss {
             metrics,
             job: self.job,
             restorer: None,
+            charge: None,
+            audit: None,
         }
     }
 }
@@ -101,9 +104,45 @@ pub struct Settle {
     /// A redacted request's values, put back into the stream the client gets (the answer
     /// collected for the cache keeps the placeholders).
     restorer: Option<StreamRestorer>,
+    /// A deja key's reservation (`[[keys]] tpm`, budgets), settled with the answer's usage.
+    charge: Option<Reservation>,
+    /// The request's audit line, written once the answer is complete.
+    audit: Option<crate::audit::Pending>,
 }
 
 impl Settle {
+    /// Writes `line` to the audit log once the answer is complete.
+    pub fn auditing(mut self, line: Option<crate::audit::Pending>) -> Settle {
+        self.audit = line;
+        self
+    }
+
+    /// Settles `reservation` with this answer's usage (`cache::budget`).
+    pub fn charging(mut self, reservation: Option<Reservation>) -> Settle {
+        self.charge = reservation;
+        self
+    }
+
+    /// Settles the key's reservation off the runtime (a sled write) and counts what it spent.
+    async fn settle_charge(&mut self, usage: Option<Usage>, charge: bool) {
+        let Some(r) = self.charge.take() else { return };
+        if !charge {
+            // No answer to pay for (an upstream error): the estimate is given back.
+            drop(r);
+            return;
+        }
+        let key = r.key().to_string();
+        if let Ok(spent) =
+            tokio::task::spawn_blocking(move || r.settle_blocking(usage.as_ref())).await
+        {
+            self.metrics
+                .keys
+                .cost
+                .with_label_values(&[key.as_str(), "spent"])
+                .inc_by(spent.nano_usd as f64 / 1e9);
+        }
+    }
+
     /// Restores a redacted request's values in the relayed stream (`[pii] mode = "redact"`).
     pub fn restoring(mut self, restorer: Option<StreamRestorer>) -> Settle {
         self.restorer = restorer;
@@ -111,7 +150,7 @@ impl Settle {
     }
 
     /// Settles a complete answer (or the reason there is none to store).
-    pub async fn finish(self, answer: Result<CachedResponse, NotCacheable>) {
+    pub async fn finish(mut self, answer: Result<CachedResponse, NotCacheable>) {
         let answer = match answer {
             Ok(mut a) => {
                 if a.usage.is_none() {
@@ -129,6 +168,11 @@ impl Settle {
                 if let Some(u) = &a.usage {
                     cost::record_upstream(&self.metrics, &self.config, &self.model, u);
                 }
+                self.settle_charge(a.usage, true).await;
+                if let Some(line) = self.audit.take() {
+                    let price = self.config.price_for(&self.model);
+                    line.finish(a.usage, price, Some(a.content.as_str()));
+                }
                 let mode = self.config.pii.mode_for(&self.model);
                 let pii = |text: &str| {
                     privacy::answer_has_pii(mode, text, &self.metrics.pii, Source::Answer)
@@ -145,7 +189,15 @@ impl Settle {
                     Ok(a)
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // An answer whose usage is unknown (cut, too large) is charged its estimate.
+                let answered = !matches!(e, NotCacheable::UpstreamError);
+                self.settle_charge(None, answered).await;
+                if let Some(line) = self.audit.take() {
+                    line.finish(None, None, None);
+                }
+                Err(e)
+            }
         };
         if let Some(job) = self.job {
             job.run(&self.metrics, answer).await;

@@ -20,6 +20,7 @@
 pub mod access;
 pub mod backend;
 pub mod blocking;
+pub mod budget;
 pub mod engine;
 pub mod fleet;
 pub mod guards;

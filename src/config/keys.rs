@@ -10,6 +10,12 @@ use super::{grants, ConfigIssue, KeyHash, ModelGlob};
 
 /// Largest `rpm` a key may have: more is no limit at all.
 const MAX_RPM: u64 = 10_000_000;
+/// Largest `tpm` and `reserve_output_tokens`.
+const MAX_TPM: u64 = 1_000_000_000;
+/// Largest budget in USD (a day's or a month's).
+const MAX_BUDGET_USD: f64 = 1e9;
+/// Completion tokens reserved for a request that names no `max_tokens`.
+pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u32 = 1024;
 
 /// `[[keys]]` as written.
 #[derive(Debug, Deserialize)]
@@ -25,6 +31,15 @@ pub struct RawKey {
     pub models: Option<Vec<String>>,
     /// Requests per minute.
     pub rpm: Option<u64>,
+    /// Upstream tokens (prompt + completion) per minute.
+    pub tpm: Option<u64>,
+    /// USD spent upstream per UTC day, priced with `[[prices]]`.
+    pub budget_daily_usd: Option<f64>,
+    /// USD spent upstream per UTC calendar month.
+    pub budget_monthly_usd: Option<f64>,
+    /// Completion tokens reserved before the upstream call when the request sets no
+    /// `max_tokens` (default 1024).
+    pub reserve_output_tokens: Option<u64>,
 }
 
 /// Who may call deja.
@@ -46,9 +61,29 @@ pub struct KeyConfig {
     /// Empty: every model.
     pub models: Vec<ModelGlob>,
     pub rpm: Option<u32>,
+    /// Upstream tokens per minute.
+    pub tpm: Option<u64>,
+    /// Budgets in nano-USD (integers, so reserving and settling add up exactly).
+    pub budget_daily_nano: Option<u64>,
+    pub budget_monthly_nano: Option<u64>,
+    pub reserve_output_tokens: u32,
+}
+
+/// USD as integer nano-dollars (rounded; negative and non-finite amounts are 0).
+pub fn usd_to_nano(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e9).round() as u64
+    } else {
+        0
+    }
 }
 
 impl KeyConfig {
+    /// Whether requests of this key reserve tokens or money before going upstream.
+    pub fn has_spend_limits(&self) -> bool {
+        self.tpm.is_some() || self.budget_daily_nano.is_some() || self.budget_monthly_nano.is_some()
+    }
+
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|g| g.matches(model))
     }
@@ -94,7 +129,8 @@ pub fn new_key() -> String {
 pub fn config_block(name: &str, key: &str) -> String {
     format!(
         "[[keys]]\nname = \"{name}\"\nhash = \"{}\"\n# namespace = \"team-a\"\n\
-         # models = [\"gpt-4o*\"]\n# rpm = 60\n",
+         # models = [\"gpt-4o*\"]\n# rpm = 60\n# tpm = 100000\n\
+         # budget_daily_usd = 5.0\n# budget_monthly_usd = 100.0\n",
         KeyHash::of(key)
     )
 }
@@ -197,6 +233,30 @@ pub fn validate_keys(
                 None
             }
         };
+        let mut count = |f: &str, v: Option<u64>, max: u64| match v {
+            Some(v) if !(1..=max).contains(&v) => {
+                issue(issues, at(f), format!("{v} is not between 1 and {max}"));
+                ok = false;
+                None
+            }
+            v => v,
+        };
+        let tpm = count("tpm", k.tpm, MAX_TPM);
+        let reserve = count("reserve_output_tokens", k.reserve_output_tokens, MAX_TPM);
+        let mut usd = |f: &str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v > 0.0 && v <= MAX_BUDGET_USD) => {
+                issue(
+                    issues,
+                    at(f),
+                    format!("{v} is not a number of USD above 0 and at most {MAX_BUDGET_USD}"),
+                );
+                ok = false;
+                None
+            }
+            v => v.map(usd_to_nano),
+        };
+        let daily = usd("budget_daily_usd", k.budget_daily_usd);
+        let monthly = usd("budget_monthly_usd", k.budget_monthly_usd);
         if let (true, Some(hash)) = (ok, hash) {
             keys.push(KeyConfig {
                 name: k.name.clone(),
@@ -204,6 +264,12 @@ pub fn validate_keys(
                 namespace: k.namespace.clone(),
                 models,
                 rpm,
+                tpm,
+                budget_daily_nano: daily,
+                budget_monthly_nano: monthly,
+                reserve_output_tokens: reserve
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(DEFAULT_RESERVE_OUTPUT_TOKENS),
             });
         }
     }
@@ -241,6 +307,42 @@ mod tests {
         assert_eq!((k.name.as_str(), k.rpm), ("team-a", Some(60)));
         assert!(k.allows_model("gpt-4o-mini") && !k.allows_model("claude-3"));
         assert_eq!(k.tenant(), "ns:support");
+    }
+
+    #[test]
+    fn spend_limits_parse_and_bad_ones_are_reported() {
+        let h = KeyHash::of("dk-a");
+        let c = load(&format!(
+            "[server]\nauth = \"keys\"\n[[keys]]\nname = \"a\"\nhash = \"{h}\"\n\
+             tpm = 1000\nbudget_daily_usd = 1.5\nbudget_monthly_usd = 20\n"
+        ))
+        .unwrap();
+        let k = c.keys.find(&h).unwrap();
+        assert_eq!(k.tpm, Some(1000));
+        assert_eq!(k.budget_daily_nano, Some(1_500_000_000));
+        assert_eq!(k.budget_monthly_nano, Some(20_000_000_000));
+        assert_eq!(
+            k.reserve_output_tokens,
+            super::DEFAULT_RESERVE_OUTPUT_TOKENS
+        );
+        assert!(k.has_spend_limits());
+        let e = load(&format!(
+            "[server]\nauth = \"keys\"\n[[keys]]\nname = \"a\"\nhash = \"{h}\"\n\
+             tpm = 0\nbudget_daily_usd = -1.0\nbudget_monthly_usd = nan\n\
+             reserve_output_tokens = 0\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = e.issues().iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "keys[0].tpm",
+                "keys[0].reserve_output_tokens",
+                "keys[0].budget_daily_usd",
+                "keys[0].budget_monthly_usd"
+            ],
+            "{e}"
+        );
     }
 
     #[test]

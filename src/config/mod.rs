@@ -4,6 +4,7 @@
 //! This module never touches the network, the store or the model.
 
 pub mod admin;
+pub mod audit;
 pub mod backend;
 pub mod grants;
 pub mod judge;
@@ -13,6 +14,7 @@ pub mod pii;
 pub mod quality;
 pub mod raw;
 pub mod tools;
+pub mod templates;
 mod validate;
 pub mod verifier;
 
@@ -270,6 +272,10 @@ pub struct Config {
     pub pii: PiiConfig,
     /// `[admin]`: the operator's listener (issue 17).
     pub admin: AdminConfig,
+    /// `[[templates]]`: prompt templates, called as `model = "template:NAME"`.
+    pub templates: Vec<templates::Template>,
+    /// `[audit]`: the audit log.
+    pub audit: audit::AuditConfig,
 }
 
 impl Config {

@@ -33,6 +33,12 @@ pub struct RawConfig {
     /// `[admin]` (issue 17), see `config::admin`.
     #[serde(default)]
     pub admin: super::admin::RawAdmin,
+    /// `[[templates]]` (issue 16), see `config::templates`.
+    #[serde(default)]
+    pub templates: Vec<super::templates::RawTemplate>,
+    /// `[audit]` (issue 16), see `config::audit`.
+    #[serde(default)]
+    pub audit: super::audit::RawAudit,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,6 +123,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
+    let templates = super::templates::validate_templates(&raw.templates, &mut is.0);
+    let audit = super::audit::validate_audit(&raw.audit, base_dir, &mut is.0);
     cache.backend = super::backend::validate_backend(
         raw.cache.backend.as_deref(),
         raw.cache.postgres.as_ref(),
@@ -141,6 +143,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
             pii,
             keys,
             admin,
+            templates,
+            audit,
         })
     } else {
         Err(ConfigError::Invalid(is.0))

@@ -4,6 +4,7 @@
 //! keys), so clients cannot grow the series count, and never a tenant. Rendering happens on
 //! scrape; recording is a few atomic adds on the request path.
 
+pub mod audit;
 pub mod backend;
 pub mod cost;
 pub mod judge;
@@ -54,6 +55,8 @@ pub struct Metrics {
     pub pii: pii::PiiMetrics,
     /// Deja keys: `deja_key_*` (issue 16).
     pub keys: keys::KeyMetrics,
+    /// The audit log: `deja_audit_*` (issue 16).
+    pub audit: audit::AuditMetrics,
     /// The storage backend's `deja_backend_*` metrics.
     pub backend: backend::BackendMetrics,
     /// Hit quality on live traffic: `deja_feedback_*`, `deja_shadow_*` (issue 17).
@@ -270,6 +273,7 @@ impl Metrics {
             },
             pii: pii::PiiMetrics::new(&f.0)?,
             keys: keys::KeyMetrics::new(&f.0)?,
+            audit: audit::AuditMetrics::new(&f.0)?,
             backend: {
                 let backend = backend::BackendMetrics::new()?;
                 backend.register(&f.0)?;

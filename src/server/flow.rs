@@ -18,11 +18,14 @@ use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
 use crate::api::inbound::{self, Rendered};
 use crate::api::ApiKind;
+use crate::audit::Pending;
 use crate::cache::access::{openai_duration, RateState};
+use crate::cache::budget;
 use crate::cache::lookup::{Hit, LookedUp};
 use crate::cache::miss::Miss;
 use crate::cache::privacy::{self, Screened};
 use crate::cache::request::CacheRequest;
+use crate::config::keys::KeyConfig;
 use crate::metrics::{cost, pii};
 use crate::pii::stream::StreamRestorer;
 use crate::providers::{RouterError, UpstreamBody, UpstreamRequest};
@@ -37,6 +40,10 @@ pub async fn handle(state: AppState, api: ApiKind, headers: HeaderMap, body: Byt
     match run(&state, api, &headers, body, started).await {
         Ok(resp) => resp,
         Err(err) => {
+            if let Some(log) = state.audit() {
+                let status = err.status().as_u16();
+                crate::audit::error_line(log, api.as_str(), status, err.to_string(), started);
+            }
             state
                 .metrics()
                 .requests
@@ -59,9 +66,10 @@ async fn run(
     body: Bytes,
     started: Instant,
 ) -> Result<Response, ApiError> {
+    let config = state.config();
+    let body = crate::api::template::apply(&config, api, body)?;
     let mut parsed = inbound::parse_request(api, &body)?;
     let controls = crate::server::headers::controls(headers)?;
-    let config = state.config();
     let admitted = state.0.access.admit(
         &config.keys,
         client_key(headers).as_deref(),
@@ -90,6 +98,10 @@ async fn run(
         Some(a) => req.with_tenant(a.key.tenant()),
         None => req,
     };
+    let key = admitted.as_ref().map(|a| &a.key);
+    let mut audit = state
+        .audit()
+        .map(|log| Pending::begin(log, &req, key.map(|k| k.name.as_str())));
     if state.router().route(req.model()).is_none() {
         return Err(ApiError::NoRoute {
             model: req.model().to_string(),
@@ -115,8 +127,27 @@ async fn run(
             // An entry stored before `[pii]` applied (or under `off`) is not served.
             if has_pii(content) || calls.iter().any(|c| has_pii(&c.arguments)) {
                 pii.action("refused");
-                forward(state, &req, headers, body, Miss::bypass(), &screened).await?
+                let caller = Caller { key, audit };
+                forward(
+                    state,
+                    &req,
+                    headers,
+                    body,
+                    Miss::bypass(),
+                    &screened,
+                    caller,
+                )
+                .await?
             } else {
+                let price = req.config.price_for(req.model());
+                let usage = hit.entry.response.usage;
+                if let Some(k) = key {
+                    budget::count_saved(&state.metrics().keys, &k.name, price, usage);
+                }
+                if let Some(line) = audit.take() {
+                    let (outcome, entry) = (hit.kind.as_str(), hit.entry.id);
+                    line.hit(outcome, hit.similarity, entry, usage, price, content);
+                }
                 if let Some(r) = screened.redaction() {
                     hit.entry.response.content = r.restore(content);
                     // Arguments are JSON text: restored values go in JSON-escaped.
@@ -128,12 +159,29 @@ async fn run(
                 respond_hit(state, &req, hit)
             }
         }
-        LookedUp::Miss(miss) => forward(state, &req, headers, body, miss, &screened).await?,
+        LookedUp::Miss(miss) => {
+            let caller = Caller { key, audit };
+            forward(state, &req, headers, body, miss, &screened, caller).await?
+        }
     };
     if let Some(rate) = admitted.as_ref().and_then(|a| a.requests) {
         rate_headers(&rate, resp.headers_mut());
     }
+    if let Some(key) = admitted
+        .as_ref()
+        .map(|a| &a.key)
+        .filter(|k| k.has_spend_limits())
+    {
+        let left = state.0.ledger.remaining(key, budget::Now::system());
+        left.apply(resp.headers_mut());
+    }
     Ok(resp)
+}
+
+/// Who asked (the deja key, in keys mode) and the request's audit line.
+struct Caller<'a> {
+    key: Option<&'a KeyConfig>,
+    audit: Option<Pending>,
 }
 
 /// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`
@@ -234,7 +282,10 @@ async fn forward(
     body: Bytes,
     miss: Miss,
     screened: &Screened,
+    caller: Caller<'_>,
 ) -> Result<Response, ApiError> {
+    let ledger = &state.0.ledger;
+    let charge = budget::reserve_for(ledger, caller.key, req, &state.metrics().keys).await?;
     let mut upstream_req =
         UpstreamRequest::post_bytes(req.api.upstream_path(), body, req.canonical.stream)
             .with_client_key(req.client_key().map(str::to_string))
@@ -278,6 +329,7 @@ async fn forward(
     }
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let ok = status.is_success();
+    let (miss_best, lookup_ms) = (miss.best, miss.trace.total().as_secs_f64() * 1e3);
     let settle = miss
         .settle(req, state.metrics_handle(), &resp.provider)
         .restoring(
@@ -285,7 +337,16 @@ async fn forward(
                 .redaction()
                 .filter(|_| ok)
                 .map(|r| StreamRestorer::new(r.clone(), req.api)),
-        );
+        )
+        .charging(charge)
+        .auditing(caller.audit.map(|mut line| {
+            let r = &mut line.record;
+            r.provider = Some(resp.provider.clone());
+            (r.outcome, r.status, r.similarity) = (outcome, resp.status, miss_best);
+            r.ms.push(("lookup", lookup_ms));
+            r.ms.push(("upstream", upstream_time.as_secs_f64() * 1e3));
+            line
+        }));
     let mut response = match resp.body {
         UpstreamBody::Json(bytes) => {
             let answer = if ok {

@@ -56,6 +56,8 @@ pub enum ServeError {
     /// `[admin]` cannot start (its token is not set).
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error("cannot open the audit log: {0}")]
+    Audit(String),
 }
 
 /// Builds the provider router from the validated config.
@@ -196,10 +198,25 @@ impl Server {
                 Some((l, token))
             }
         };
+        let spends = config.keys.keys.iter().any(|k| k.has_spend_limits());
+        let audit = config.audit.clone();
+        let lines = metrics.audit.lines.clone();
+        let audit =
+            tokio::task::spawn_blocking(move || crate::audit::AuditLog::start(&audit, lines))
+                .await
+                .map_err(|e| ServeError::Audit(e.to_string()))?
+                .map_err(|e| ServeError::Audit(e.to_string()))?;
+        let state = AppState::new(config, router, metrics, config_path);
+        let _ = state.0.audit.set(audit.map(Arc::new));
+        if spends {
+            // Key budgets are read back before the first request (blocking: sled opens).
+            let ledger = state.0.ledger.clone();
+            let _ = tokio::task::spawn_blocking(move || ledger.open_blocking()).await;
+        }
         Ok(Server {
             listener,
             admin,
-            state: AppState::new(config, router, metrics, config_path),
+            state,
         })
     }
 
@@ -258,6 +275,11 @@ impl Server {
         {
             tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
         }
+        let ledger = state.0.ledger.clone();
+        let _ = tokio::task::spawn_blocking(move || ledger.flush_blocking()).await;
+        if let Some(audit) = state.audit().cloned() {
+            let _ = tokio::task::spawn_blocking(move || audit.close_blocking()).await;
+        }
         if let Some(engine) = state.engine().cloned() {
             take_snapshot(engine.clone(), "shutdown").await;
             match tokio::task::spawn_blocking(move || engine.flush_blocking()).await {
@@ -291,6 +313,7 @@ pub fn app(state: AppState) -> axum::Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/templates", get(templates))
         .route("/v1/{*rest}", any(passthrough::passthrough))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -356,6 +379,27 @@ async fn messages(State(s): State<AppState>, h: HeaderMap, body: Body) -> Respon
 
 async fn responses(State(s): State<AppState>, h: HeaderMap, body: Body) -> Response {
     cached(s, ApiKind::Responses, h, body).await
+}
+
+/// `GET /v1/templates`: the `[[templates]]` a client may call (in keys mode, a deja key is
+/// needed and only templates on models the key may use are listed).
+async fn templates(State(state): State<AppState>, req_headers: HeaderMap) -> Response {
+    let config = state.config();
+    let key = headers::client_key(&req_headers);
+    let admitted = state.0.access.admit(
+        &config.keys,
+        key.as_deref(),
+        None,
+        &state.metrics().keys.requests,
+    );
+    let mut list = match admitted {
+        Ok(a) => (a, crate::api::template::list(&config)),
+        Err(e) => return e.into_response_for(Some(ApiKind::Chat)),
+    };
+    if let (Some(a), Some(data)) = (&list.0, list.1["data"].as_array_mut()) {
+        data.retain(|t| t["model"].as_str().is_some_and(|m| a.key.allows_model(m)));
+    }
+    axum::Json(list.1).into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -31,6 +31,10 @@ pub struct Inner {
     pub singleflight: Arc<Singleflight>,
     /// Deja keys' rate-limit buckets (`server.auth = "keys"`).
     pub access: crate::cache::access::Access,
+    /// Deja keys' tokens per minute and budgets (`<cache.dir>/usage`).
+    pub ledger: Arc<crate::cache::budget::Ledger>,
+    /// The audit log (`[audit] path`), started at bind; a reload does not move it.
+    pub audit: OnceLock<Option<Arc<crate::audit::AuditLog>>>,
     /// Cache inserts running after their response was sent; drained on shutdown.
     pub background: TaskTracker,
     /// The file hot reload reads, when the config came from one.
@@ -50,6 +54,9 @@ impl AppState {
         let metrics = Arc::new(metrics);
         let judge = JudgeSettings::from_config(&config)
             .map(|s| Arc::new(Judge::new(s, Arc::clone(&router), Arc::clone(&metrics))));
+        let ledger = Arc::new(crate::cache::budget::Ledger::new(
+            config.cache.dir.join("usage"),
+        ));
         AppState(Arc::new(Inner {
             config: RwLock::new(Arc::new(config)),
             router: RwLock::new(router),
@@ -58,10 +65,17 @@ impl AppState {
             metrics,
             singleflight: Singleflight::new(),
             access: Default::default(),
+            ledger,
+            audit: OnceLock::new(),
             background: TaskTracker::new(),
             config_path,
             quality: OnceLock::new(),
         }))
+    }
+
+    /// The audit log, when `[audit] path` is set.
+    pub fn audit(&self) -> Option<&Arc<crate::audit::AuditLog>> {
+        self.0.audit.get().and_then(Option::as_ref)
     }
 
     pub fn config(&self) -> Arc<Config> {

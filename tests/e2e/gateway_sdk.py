@@ -3,16 +3,19 @@
 (skip-cache, redact, block).
 
 Run by tests/e2e_sdk.rs against a `deja` binary with `server.auth = "keys"`. Arguments: the
-base URL, a key without limits, a key limited to `gpt-*` models and 2 requests per minute.
+base URL, a key without limits, a key limited to `gpt-*` models and 2 requests per minute, a
+key with a $0.05 daily budget (`gpt-4o-budget` costs $0.01 per completion token).
 Prints one line per check and a closing 'N passed, N failed' line; exits non-zero on failure.
 """
+import json
 import sys
 import traceback
+import urllib.request
 
 import anthropic
 import openai
 
-BASE, FULL_KEY, LIMITED_KEY = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, FULL_KEY, LIMITED_KEY, BUDGET_KEY = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 full = openai.OpenAI(base_url=BASE + "/v1", api_key=FULL_KEY, max_retries=0)
 limited = openai.OpenAI(base_url=BASE + "/v1", api_key=LIMITED_KEY, max_retries=0)
 stranger = openai.OpenAI(base_url=BASE + "/v1", api_key="sk-not-a-deja-key", max_retries=0)
@@ -80,6 +83,54 @@ def test_rpm_limit_is_429_with_retry_after():
         ),
     )
     assert e.status_code == 429, e
+
+
+def test_spent_budget_is_429_insufficient_quota_in_both_sdks():
+    spender = openai.OpenAI(base_url=BASE + "/v1", api_key=BUDGET_KEY, max_retries=0)
+    raw = spender.chat.completions.with_raw_response.create(
+        model="gpt-4o-budget", max_tokens=5,
+        messages=[{"role": "user", "content": "Spend the whole budget"}],
+    )
+    # Five completion tokens at $0.01 are reserved: nothing is left.
+    assert raw.headers["x-deja-budget-remaining-daily-usd"] == "0.000000", dict(raw.headers)
+    e = expect(
+        openai.RateLimitError,
+        lambda: spender.chat.completions.create(
+            model="gpt-4o-budget", max_tokens=5,
+            messages=[{"role": "user", "content": "One more, please"}],
+        ),
+    )
+    assert e.code == "insufficient_quota" and "budget_daily_usd" in e.message, e
+    assert int(e.response.headers["retry-after"]) >= 1, dict(e.response.headers)
+    a = anthropic.Anthropic(base_url=BASE, api_key=BUDGET_KEY, max_retries=0)
+    e = expect(
+        anthropic.RateLimitError,
+        lambda: a.messages.create(
+            model="gpt-4o-budget", max_tokens=5,
+            messages=[{"role": "user", "content": "And one in Anthropic's format"}],
+        ),
+    )
+    assert e.status_code == 429 and "daily budget" in e.message, e
+
+
+def test_template_call_through_extra_body():
+    r = full.chat.completions.create(
+        model="template:greet", messages=[],
+        extra_body={"deja_variables": {"name": "Ada Lovelace"}},
+    )
+    assert "Say hello to Ada Lovelace" in r.choices[0].message.content, r
+    e = expect(
+        openai.BadRequestError,
+        lambda: full.chat.completions.create(
+            model="template:greet", messages=[], extra_body={"deja_variables": {"nom": "Ada"}}
+        ),
+    )
+    assert e.param == "deja_variables" and "missing variables: name" in e.message, e
+    assert "unknown variables: nom" in e.message, e
+    req = urllib.request.Request(BASE + "/v1/templates", headers={"Authorization": "Bearer " + FULL_KEY})
+    listed = json.load(urllib.request.urlopen(req))
+    assert [t["id"] for t in listed["data"]] == ["template:greet"], listed
+    assert listed["data"][0]["variables"] == ["name"], listed
 
 
 def test_pii_prompt_skips_the_cache():
