@@ -13,8 +13,8 @@ mod parse;
 pub mod pii;
 pub mod quality;
 pub mod raw;
-pub mod tools;
 pub mod templates;
+pub mod tools;
 mod validate;
 pub mod verifier;
 

@@ -30,8 +30,8 @@
 //! threads): calls run on a small runtime of the backend's own, which also drives the
 //! connections. The database URL is read from the environment once and never logged.
 
-mod flights;
 mod admin;
+mod flights;
 pub mod schema;
 
 use std::collections::HashMap;
