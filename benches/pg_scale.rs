@@ -63,6 +63,7 @@ fn answer() -> CachedResponse {
         usage: None,
         provider: "bench".into(),
         system_fingerprint: None,
+        tool_calls: Vec::new(),
     }
 }
 

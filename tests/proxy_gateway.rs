@@ -478,7 +478,7 @@ async fn issue16_budget_exact_under_concurrency_and_survives_restart() {
         .header("x-deja-budget-remaining-monthly-usd")
         .parse()
         .unwrap();
-    assert!(monthly < 30.0 && monthly >= 29.02 - 1e-9, "{monthly}");
+    assert!((29.02 - 1e-9..30.0).contains(&monthly), "{monthly}");
     d.settle().await;
     d.wait_entries(14).await;
     let a = d
@@ -512,8 +512,10 @@ async fn issue16_budget_exact_under_concurrency_and_survives_restart() {
     let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
     let r = ask(&d, key, &priced("zqy1 zqy2 zqy3", 7)).await;
     assert_eq!(
-        r.status, 429,
-        "the spend survived the restart: {:?}",
+        r.status,
+        429,
+        "the spend survived the restart (remaining daily {:?}): {:?}",
+        r.headers.get("x-deja-budget-remaining-daily-usd"),
         r.body
     );
     let r = ask(&d, key, &priced("zqz1 zqz2 zqz3", 1)).await;

@@ -604,6 +604,7 @@ mod tests {
                 usage: None,
                 provider: "p".into(),
                 system_fingerprint: None,
+                tool_calls: Vec::new(),
             },
             created_ms,
             expires_ms: u64::MAX,

@@ -436,8 +436,14 @@ pub async fn dashboard(State(state): State<AdminState>) -> Response {
             )
         })
         .collect();
-    // Live precision (feedback and shadow checks), only when quality tracking runs.
-    let precision = state.app.quality().map(|q| q.summary(&config));
+    // Live precision (feedback and shadow checks), once there is something to show: shadow
+    // checks are on, or feedback or recorded pairs exist.
+    let precision = state.app.quality().map(|q| q.summary(&config)).filter(|p| {
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        p["audit_rate"].as_f64().unwrap_or(0.0) > 0.0
+            || n(&p["pairs"]) > 0
+            || n(&p["feedback"]["correct"]) + n(&p["feedback"]["wrong"]) > 0
+    });
     Json(json!({
         "generated_ms": now,
         "precision": precision,

@@ -63,7 +63,7 @@ pub fn apply(config: &Config, api: ApiKind, body: Bytes) -> Result<Bytes, ApiErr
             ))
         }
     };
-    let rendered = render(template, &vars, config.server.max_body_bytes as usize)?;
+    let rendered = render(template, &vars, config.server.max_body_bytes)?;
     let mut messages = rendered;
     if let Some(Value::Array(own)) = map.remove("messages") {
         messages.extend(own);

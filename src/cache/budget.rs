@@ -284,9 +284,10 @@ fn usd(nano: u64) -> String {
 pub struct Ledger {
     keys: Mutex<HashMap<String, KeyUsage>>,
     dir: PathBuf,
-    /// Opened once, on first need; `None` when it could not be (counters then live in memory
-    /// only, and the log said why).
-    db: OnceLock<Option<(sled::Db, sled::Tree)>>,
+    /// Opened once, on first need; `None` inside when it could not be (counters then live in
+    /// memory only, and the log said why) or once closed at shutdown (which releases the
+    /// database's file lock even while other handles to the ledger live on).
+    db: OnceLock<Mutex<Option<(sled::Db, sled::Tree)>>>,
 }
 
 impl Ledger {
@@ -303,7 +304,7 @@ impl Ledger {
     pub fn open_blocking(&self) {
         self.db.get_or_init(|| {
             let opened = open_db(&self.dir);
-            match opened {
+            Mutex::new(match opened {
                 Ok((db, tree)) => {
                     let mut keys = self.keys.lock();
                     for (k, v) in tree.iter().flatten() {
@@ -325,16 +326,28 @@ impl Ledger {
                     );
                     None
                 }
-            }
+            })
         });
     }
 
     /// Flushes the counters to disk. Blocking.
     pub fn flush_blocking(&self) {
-        if let Some(Some((db, _))) = self.db.get() {
-            if let Err(e) = db.flush() {
-                tracing::error!(error = %e, "flushing the key usage counters failed");
+        if let Some(open) = self.db.get() {
+            if let Some((db, _)) = open.lock().as_ref() {
+                if let Err(e) = db.flush() {
+                    tracing::error!(error = %e, "flushing the key usage counters failed");
+                }
             }
+        }
+    }
+
+    /// Flushes and closes the database (shutdown): its file lock is released at once, so a
+    /// process that starts next (or a server restarted in the same process) reads the
+    /// counters back. Later spends are counted in memory only. Blocking.
+    pub fn close_blocking(&self) {
+        self.flush_blocking();
+        if let Some(open) = self.db.get() {
+            open.lock().take();
         }
     }
 
@@ -455,11 +468,23 @@ impl Ledger {
         u.record
     }
 
-    fn persist(&self, key: &str, record: &Record) {
-        let Some(Some((_, tree))) = self.db.get() else {
+    /// Writes the key's counters as they are now. The keys lock is held across the write, so
+    /// concurrent settles reach the database in the order they happened: writing the record
+    /// each settle computed, after the lock, let an older total overwrite a newer one (a
+    /// restart then forgot spend).
+    fn persist(&self, key: &str) {
+        let Some(open) = self.db.get() else {
             return;
         };
-        let written = serde_json::to_vec(record)
+        let keys = self.keys.lock();
+        let Some(record) = keys.get(key).map(|u| u.record) else {
+            return;
+        };
+        let open = open.lock();
+        let Some((_, tree)) = open.as_ref() else {
+            return;
+        };
+        let written = serde_json::to_vec(&record)
             .map_err(|e| e.to_string())
             .and_then(|v| tree.insert(key.as_bytes(), v).map_err(|e| e.to_string()));
         if let Err(e) = written {
@@ -568,8 +593,8 @@ impl Reservation {
     /// Charges `actual` at `now` instead of the estimate, and persists.
     pub fn settle_at(mut self, actual: Spend, now: Now) {
         self.settled = true;
-        let record = self.ledger.settle(&self.key, self.estimate, actual, now);
-        self.ledger.persist(&self.key, &record);
+        self.ledger.settle(&self.key, self.estimate, actual, now);
+        self.ledger.persist(&self.key);
     }
 
     pub fn key(&self) -> &str {

@@ -276,7 +276,7 @@ impl Server {
             tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
         }
         let ledger = state.0.ledger.clone();
-        let _ = tokio::task::spawn_blocking(move || ledger.flush_blocking()).await;
+        let _ = tokio::task::spawn_blocking(move || ledger.close_blocking()).await;
         if let Some(audit) = state.audit().cloned() {
             let _ = tokio::task::spawn_blocking(move || audit.close_blocking()).await;
         }

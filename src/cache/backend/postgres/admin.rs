@@ -30,6 +30,10 @@ impl PostgresBackend {
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                             Some(n.saturating_sub(1))
                         });
+                    // The periodic estimate is the last exact count plus the ids taken since:
+                    // take the removed row off that count too, or the next estimate restores it.
+                    let mut counted = s.counted.lock();
+                    counted.0 = counted.0.saturating_sub(1);
                     Ok(Some(entry_from(&r, 0)?))
                 }
                 None => Ok(None),
