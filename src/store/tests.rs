@@ -44,7 +44,7 @@ fn new_entry(s: ScopeId, prompt: &str, created_ms: u64, ttl_ms: u64) -> NewEntry
 #[test]
 fn insert_get_and_exact_lookup() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let out = store
         .insert(new_entry(scope(1), "hello", 1_000, 60_000))
         .unwrap();
@@ -67,7 +67,7 @@ fn insert_get_and_exact_lookup() {
 #[test]
 fn replacing_an_exact_key_reports_the_old_id() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let first = store.insert(new_entry(scope(1), "q", 1, 1_000)).unwrap();
     let other = store.insert(new_entry(scope(2), "q", 1, 1_000)).unwrap();
     let second = store.insert(new_entry(scope(1), "q", 2, 1_000)).unwrap();
@@ -91,7 +91,7 @@ fn replacing_an_exact_key_reports_the_old_id() {
 #[test]
 fn max_entries_evicts_least_recently_used_and_hits_refresh() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&StoreConfig {
+    let store = reopen(&StoreConfig {
         max_entries: 3,
         ..cfg(&dir)
     })
@@ -128,7 +128,7 @@ fn max_entries_evicts_least_recently_used_and_hits_refresh() {
 #[test]
 fn a_new_entry_is_never_its_own_eviction_victim() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&StoreConfig {
+    let store = reopen(&StoreConfig {
         max_entries: 1,
         ..cfg(&dir)
     })
@@ -146,7 +146,7 @@ fn a_new_entry_is_never_its_own_eviction_victim() {
 #[test]
 fn sweep_returns_expired_ids_and_removes_them() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let short1 = store.insert(new_entry(scope(1), "s1", 0, 100)).unwrap().id;
     let long = store
         .insert(new_entry(scope(1), "l", 0, 10_000))
@@ -180,7 +180,7 @@ fn sweep_returns_expired_ids_and_removes_them() {
 #[test]
 fn remove_deletes_entry_exact_key_and_access() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let id = store.insert(new_entry(scope(1), "x", 0, 100)).unwrap().id;
     store.record_hit(id, 5).unwrap();
     let gone = store.remove(id).unwrap().unwrap();
@@ -195,7 +195,7 @@ fn remove_deletes_entry_exact_key_and_access() {
 #[test]
 fn bad_embeddings_are_rejected() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let mut e = new_entry(scope(1), "x", 0, 100);
     e.embedding = Some(vec![1.0; DIM + 1]);
     assert!(matches!(
@@ -222,7 +222,7 @@ fn a_second_open_of_the_same_dir_is_locked_not_a_panic() {
 #[test]
 fn concurrent_hits_and_writes_leave_no_orphan_records() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&StoreConfig {
+    let store = reopen(&StoreConfig {
         max_entries: 50,
         ..cfg(&dir)
     })
@@ -406,7 +406,7 @@ fn issue12_a_schema_1_store_migrates_on_open_and_serves_its_entries() {
     assert_eq!(version, 1u32.to_be_bytes());
     assert!(before.iter().all(|raw| codec::decode(raw).is_err()));
 
-    let store = Store::open(&legacy_cfg(&path)).unwrap();
+    let store = reopen(&legacy_cfg(&path)).unwrap();
     assert_eq!(store.len(), 4);
     assert_serves_the_fixture(&store, &ids);
     // New writes coexist with the migrated entries.
@@ -429,7 +429,7 @@ fn issue12_a_schema_1_store_migrates_on_open_and_serves_its_entries() {
     assert!(marker.contains(&format!("schema_version = {SCHEMA_VERSION}\n")));
 
     // Idempotent: a second open rewrites nothing and serves the same.
-    let store = Store::open(&legacy_cfg(&path)).unwrap();
+    let store = reopen(&legacy_cfg(&path)).unwrap();
     assert_eq!(store.len(), 5);
     assert_serves_the_fixture(&store, &ids);
     assert!(store.get(added.id).unwrap().is_some());
@@ -461,7 +461,7 @@ fn issue12_an_interrupted_migration_reopens_and_finishes() {
         assert_eq!(version, 1u32.to_be_bytes(), "stopped after {done}");
         assert_eq!(cursor, done > 0, "stopped after {done}");
 
-        let store = Store::open(&legacy_cfg(&path)).unwrap();
+        let store = reopen(&legacy_cfg(&path)).unwrap();
         assert_eq!(store.len(), 4);
         assert_serves_the_fixture(&store, &ids);
         drop(store);
@@ -487,7 +487,7 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    match Store::open(&legacy_cfg(&path)) {
+    match reopen(&legacy_cfg(&path)) {
         Err(StoreError::Corrupt { message, .. }) => {
             assert!(message.contains("0000000000000001"), "{message}")
         }
@@ -505,7 +505,7 @@ fn a_damaged_legacy_entry_or_a_newer_schema_is_an_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    let opened = Store::open(&legacy_cfg(&path));
+    let opened = reopen(&legacy_cfg(&path));
     assert!(
         matches!(opened, Err(StoreError::SchemaMismatch { found: 99, .. })),
         "expected a schema mismatch, got {:?}",
@@ -532,7 +532,7 @@ fn schema2_store(dir: &TempDir, entries: &[NewEntry]) -> Vec<EntryId> {
 /// A store of schema 2 or 3 (one entry layout, [`codec::legacy::encode_v3`]; exact keys as
 /// that schema made them).
 fn postcard_store(dir: &TempDir, entries: &[NewEntry], version: u32) -> Vec<EntryId> {
-    drop(Store::open(&cfg(dir)).unwrap());
+    drop(reopen(&cfg(dir)).unwrap());
     let db = open_raw(cfg(dir).dir);
     let tree = |n: &str| db.open_tree(n).unwrap();
     let (entries_tree, exact, access, meta) =
@@ -642,7 +642,7 @@ fn a_schema_2_store_is_rekeyed_on_open() {
         (5, 5, 5, 2u32.to_be_bytes().to_vec(), false)
     );
 
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     assert_rekeyed(&store, &ids);
     drop(store);
     let (entries, exact, access, version, cursor) = raw_exact_state(&dir);
@@ -653,7 +653,7 @@ fn a_schema_2_store_is_rekeyed_on_open() {
     assert!(marker.contains(&format!("schema_version = {SCHEMA_VERSION}\n")));
 
     // Idempotent: a second open serves the same; new inserts replace by the new key.
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     assert_rekeyed(&store, &ids);
     let out = store
         .insert(new_entry(scope(1), "How do I reset my password!", 9, 1_000))
@@ -689,7 +689,7 @@ fn an_interrupted_exact_key_rebuild_reopens_and_finishes() {
         assert_eq!(version, 2u32.to_be_bytes(), "stopped after {done}");
         assert_eq!(cursor, done > 0, "stopped after {done}");
 
-        let store = Store::open(&cfg(&dir)).unwrap();
+        let store = reopen(&cfg(&dir)).unwrap();
         assert_rekeyed(&store, &ids);
         drop(store);
         let (_, _, _, version, cursor) = raw_exact_state(&dir);
@@ -708,7 +708,7 @@ fn an_exact_key_rebuild_merges_within_a_batch() {
         new_entry(scope(1), "Is it done...", 3, u64::MAX / 2),
     ];
     let ids = schema2_store(&dir, &entries);
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let e = store.get_exact(scope(1), "is it done?").unwrap().unwrap();
     assert_eq!(e.id, ids[2]);
     assert_eq!(store.len(), 1);
@@ -765,7 +765,7 @@ fn a_schema_3_store_gains_tool_calls_on_open_even_after_an_interrupted_rewrite()
             db.flush().unwrap();
             assert_eq!(v3_cursor(&db), (3u32.to_be_bytes().to_vec(), done > 0));
         }
-        let store = Store::open(&cfg(&dir)).unwrap();
+        let store = reopen(&cfg(&dir)).unwrap();
         for (id, e) in ids.iter().zip(&entries) {
             let got = store.get(*id).unwrap().unwrap();
             assert_eq!(got.response, e.response, "{done:?}");
@@ -792,7 +792,7 @@ fn a_schema_3_store_gains_tool_calls_on_open_even_after_an_interrupted_rewrite()
 #[test]
 fn an_answer_with_tool_calls_round_trips_through_the_store() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(&cfg(&dir)).unwrap();
+    let store = reopen(&cfg(&dir)).unwrap();
     let mut e = new_entry(scope(1), "weather in Paris", 1, u64::MAX / 2);
     e.response.content = String::new();
     e.response.finish_reason = FinishReason::ToolCalls;
@@ -803,4 +803,21 @@ fn an_answer_with_tool_calls_round_trips_through_the_store() {
     }];
     let id = store.insert(e.clone()).unwrap().id;
     assert_eq!(store.get(id).unwrap().unwrap().response, e.response);
+}
+
+/// `Store::open`, waiting out the lock a just-dropped raw `sled::Db` in this process can
+/// still hold for a moment (sled releases it from a background thread); any other outcome,
+/// and a lock still held after five seconds, is returned as it is.
+fn reopen(config: &StoreConfig) -> Result<Store, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match Store::open(config) {
+            Err(StoreError::Locked { .. })
+                if started.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
