@@ -137,6 +137,10 @@ fn seen(l: &Lookup) -> (&'static str, String) {
     }
 }
 
+fn lim(max: usize, max_bytes: u64) -> deja::cache::backend::ChainLimits {
+    deja::cache::backend::ChainLimits { max, max_bytes }
+}
+
 fn cosine(a: &str, b: &str) -> f32 {
     let h = HashEmbedder::new(DIM);
     let (x, y) = (h.embed_one(a), h.embed_one(b));
@@ -317,6 +321,84 @@ mod suite {
             assert_eq!(seen(&look(&e, s, p).await).0, "exact", "{p}");
         }
     }
+
+    /// Responses conversation records (issue 15): read back until they expire, bounded by the
+    /// count given (the soonest-expiring go first; the shared database checks its count every
+    /// few writes), and kept across a restart.
+    pub async fn issue15_response_chains_are_bounded_and_outlive_the_engine(k: &Kit) {
+        let e = k.open();
+        e.put_chain("a".into(), b"one".to_vec(), TTL, lim(100, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(
+            e.chain("a".into()).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        e.put_chain("a".into(), b"two".to_vec(), TTL, lim(100, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(
+            e.chain("a".into()).await.unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
+        assert_eq!(e.chain("absent".into()).await.unwrap(), None);
+        let short = Duration::from_millis(1);
+        e.put_chain("short".into(), b"x".to_vec(), short, lim(100, 1 << 20))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(e.chain("short".into()).await.unwrap(), None, "expired");
+
+        // 70 writes with a bound of 5, each expiring later than the one before.
+        for i in 0..70u64 {
+            let ttl = TTL + Duration::from_secs(i);
+            e.put_chain(format!("r{i:02}"), b"x".to_vec(), ttl, lim(5, 1 << 20))
+                .await
+                .unwrap();
+        }
+        let mut kept = Vec::new();
+        for i in 0..70u64 {
+            if e.chain(format!("r{i:02}")).await.unwrap().is_some() {
+                kept.push(i);
+            }
+        }
+        match k.backend {
+            "embedded" => assert_eq!(kept, (65..70).collect::<Vec<_>>()),
+            _ => assert!(kept.len() <= 5 + 64, "{kept:?}"),
+        }
+        assert!(kept.contains(&69), "the latest-expiring stays: {kept:?}");
+        assert!(
+            !kept.contains(&0),
+            "the soonest-expiring went first: {kept:?}"
+        );
+        assert_eq!(e.chain("a".into()).await.unwrap(), None, "evicted too");
+
+        // 70 records of 1000 bytes with a budget of 10,000 bytes.
+        for i in 0..70u64 {
+            let ttl = 2 * TTL + Duration::from_secs(i);
+            e.put_chain(format!("b{i:02}"), vec![7; 1000], ttl, lim(1000, 10_000))
+                .await
+                .unwrap();
+        }
+        let mut kept = Vec::new();
+        for i in 0..70u64 {
+            if e.chain(format!("b{i:02}")).await.unwrap().is_some() {
+                kept.push(i);
+            }
+        }
+        match k.backend {
+            "embedded" => assert_eq!(kept, (61..70).collect::<Vec<_>>()),
+            _ => assert!(kept.len() <= 10 + 64, "{kept:?}"),
+        }
+        assert!(kept.contains(&69) && !kept.contains(&0), "{kept:?}");
+        drop(e);
+
+        let e = k.open();
+        assert!(
+            e.chain("b69".into()).await.unwrap().is_some(),
+            "kept across a restart"
+        );
+    }
 }
 
 macro_rules! backend_suite {
@@ -344,6 +426,7 @@ backend_suite!(embedded:
     storage_written_by_another_model_is_refused,
     the_least_recently_hit_go_first_past_max_entries,
     issue17_removed_entries_leave_store_and_search_at_once,
+    issue15_response_chains_are_bounded_and_outlive_the_engine,
 );
 
 backend_suite!(postgres:
@@ -354,6 +437,7 @@ backend_suite!(postgres:
     storage_written_by_another_model_is_refused,
     the_least_recently_hit_go_first_past_max_entries,
     issue17_removed_entries_leave_store_and_search_at_once,
+    issue15_response_chains_are_bounded_and_outlive_the_engine,
 );
 
 /// What only a shared database can do: several engines (replicas) on one schema at once.
@@ -795,6 +879,41 @@ mod http_suite {
         };
         f.stop().await;
     }
+
+    /// A Responses answer one replica served from the cache (a deja id, `resp_dj…`) is resolved
+    /// by another replica when a follow-up names it (issue 15): the upstream gets the whole
+    /// conversation, statelessly.
+    pub async fn issue15_a_deja_response_id_resolves_on_every_replica(k: &Kit) {
+        let f = Fleet::start(k, MockUpstream::start().await, "").await;
+        let h = [("authorization", "Bearer k")];
+        let first = json!({"model": "m", "input": BREAD});
+        let r = f.at(0).post("/v1/responses", &first, &h).await;
+        assert_eq!(r.header("x-deja-cache"), "miss", "{}", r.text);
+        f.settle().await;
+        let hit = f.at(1).post("/v1/responses", &first, &h).await;
+        assert_eq!(hit.header("x-deja-cache"), "exact-hit");
+        let id = hit.body["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("resp_dj"), "{id}");
+        let follow = json!({"model": "m", "input": "And rye bread?", "previous_response_id": id});
+        let r = f.at(0).post("/v1/responses", &follow, &h).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-deja-cache"), "miss");
+        let sent = f.mock.last_request().unwrap();
+        assert!(
+            sent.body.get("previous_response_id").is_none(),
+            "{}",
+            sent.body
+        );
+        let input = sent.body["input"].as_array().unwrap();
+        assert_eq!(input.len(), 3, "{}", sent.body);
+        assert_eq!(input[0]["content"], BREAD);
+        assert_eq!(
+            input[1]["content"][0]["text"],
+            hit.body["output"][0]["content"][0]["text"]
+        );
+        assert_eq!(input[2]["content"], "And rye bread?");
+        f.stop().await;
+    }
 }
 
 macro_rules! http_suite {
@@ -818,6 +937,7 @@ mod http_embedded {
     use super::*;
     http_suite!(embedded:
         a_miss_on_one_replica_is_a_hit_on_the_other,
+        issue15_a_deja_response_id_resolves_on_every_replica,
         no_cache_on_one_replica_refreshes_the_whole_fleet,
         an_expired_answer_is_served_by_no_replica,
         eviction_acts_fleet_wide_least_recently_hit_first,
@@ -829,6 +949,7 @@ mod http_postgres {
     use super::*;
     http_suite!(postgres:
         a_miss_on_one_replica_is_a_hit_on_the_other,
+        issue15_a_deja_response_id_resolves_on_every_replica,
         no_cache_on_one_replica_refreshes_the_whole_fleet,
         an_expired_answer_is_served_by_no_replica,
         eviction_acts_fleet_wide_least_recently_hit_first,

@@ -90,8 +90,32 @@ fn official_python_sdks_against_the_binary() {
     // tool call cached on the `cache_tool_calls` route (a miss, and one more until stored).
     let responses_calls = mock.calls_for("/v1/responses");
     assert!(
-        (7..=10).contains(&responses_calls),
+        (11..=14).contains(&responses_calls),
         "upstream Responses calls: {responses_calls}"
+    );
+    // The follow-up to a deja-served response went upstream as the whole conversation (the
+    // provider never saw that id); the one to the provider's own id, as the client sent it.
+    let sent = |marker: &str| {
+        mock.requests()
+            .into_iter()
+            .find(|r| String::from_utf8_lossy(&r.raw_body).contains(marker))
+            .map(|r| r.body)
+            .unwrap_or_default()
+    };
+    let expanded = sent("Is there a newer edition?");
+    assert!(expanded.get("previous_response_id").is_none(), "{expanded}");
+    let text = expanded["input"].to_string();
+    assert!(
+        text.contains("Recommend a book about databases.") && text.contains("Why that one?"),
+        "{expanded}"
+    );
+    let native = sent("Why that one?");
+    assert!(native["previous_response_id"].is_string(), "{native}");
+    let translated_follow = sent("And to French?");
+    let text = translated_follow.to_string();
+    assert!(
+        text.contains("Translate 'cache' to German.") && translated_follow["messages"].is_array(),
+        "the follow-up went to Anthropic with the whole conversation: {translated_follow}"
     );
     // The chat question the Responses answer was served back to was a hit: one more chat call
     // for the chat answer that a Responses request then got, and the tool-call miss (its JSON,
@@ -114,10 +138,11 @@ fn official_python_sdks_against_the_binary() {
 
     // Routed to the Anthropic-kind mock: a Responses JSON miss and stream miss (and any retry
     // until stored), and the tool round trips: a chat call twice (tool calls are never cached),
-    // its follow-up, a streamed chat call, a streamed Responses call and its follow-up.
+    // its follow-up, a streamed chat call, a streamed Responses call and its follow-up; and the
+    // `previous_response_id` follow-up to a translated answer (resolved by deja).
     let translated = mock.calls_for("/v1/messages");
     assert!(
-        (8..=10).contains(&translated),
+        (9..=11).contains(&translated),
         "Responses calls translated for Anthropic: {translated}"
     );
 

@@ -786,3 +786,207 @@ async fn uncertain_candidates_go_to_the_judge() {
             >= 1
     );
 }
+
+async fn responses(d: &Deja, body: &Value, key: &str) -> Reply {
+    let auth = format!("Bearer {key}");
+    d.post("/v1/responses", body, &[("authorization", &auth)])
+        .await
+}
+
+/// The `response` object of a streamed Responses answer's terminal event.
+fn completed_of(sse: &str) -> Value {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "response.completed")
+        .map(|v| v["response"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// The texts of a Responses `input` list, in order (strings and text parts).
+fn input_texts(body: &Value) -> Vec<String> {
+    let items = body["input"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .map(|i| match &i["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// `previous_response_id` (issue 15): a follow-up naming a response deja relayed or served is
+/// resolved into the stateless request it stands for, so it is cached like any conversation;
+/// upstream gets the provider's own chain when the provider made the id, and the whole
+/// conversation when deja did (a hit). A streamed answer is remembered before its terminal
+/// event reaches the client. Records belong to one tenant; deja ids it does not know are a 400
+/// without an upstream call; provider ids it does not know, and answers to `store: false`, go
+/// upstream as sent.
+#[tokio::test]
+async fn issue15_previous_response_id_chains_are_resolved_per_tenant() {
+    let up = MockUpstream::start().await;
+    let d = Deja::start(&up.base_url(), hash_model()).await;
+    let m = "gpt-4o-mini";
+    let r1 = responses(
+        &d,
+        &json!({"model": m, "input": "Recommend a database book."}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(
+        (r1.status, r1.header("x-deja-cache")),
+        (200, "miss"),
+        "{}",
+        r1.text
+    );
+    let id1 = r1.body["id"].as_str().unwrap().to_string();
+    assert!(!id1.starts_with("resp_dj"), "the provider's id: {id1}");
+    let answer1 = r1.body["output"][0]["content"][0]["text"].clone();
+
+    // Turn 2 names the provider's id: resolved (a miss, not a bypass), sent as the client sent it.
+    let follow = json!({"model": m, "input": "Why that one?", "previous_response_id": id1});
+    let r2 = responses(&d, &follow, "sk-a").await;
+    assert_eq!(r2.header("x-deja-cache"), "miss", "{}", r2.text);
+    let sent = up.last_request().unwrap();
+    assert_eq!(sent.body["previous_response_id"], id1.as_str());
+    assert_eq!(
+        sent.body["input"], "Why that one?",
+        "the provider's own chain is used"
+    );
+    d.wait_entries(2).await;
+
+    // The same follow-up again: served from the cache, with a deja id that echoes the chain.
+    let r3 = responses(&d, &follow, "sk-a").await;
+    assert_eq!(r3.header("x-deja-cache"), "exact-hit", "{}", r3.text);
+    let id3 = r3.body["id"].as_str().unwrap().to_string();
+    assert!(id3.starts_with("resp_dj"), "{id3}");
+    assert_eq!(r3.body["previous_response_id"], id1.as_str());
+    let answer2 = r2.body["output"][0]["content"][0]["text"].clone();
+    assert_eq!(r3.body["output"][0]["content"][0]["text"], answer2);
+
+    // Turn 3 names the deja id, streamed: the provider gets the whole conversation.
+    let turn3 = json!({"model": m, "input": "Is there a newer edition?",
+                       "previous_response_id": id3, "stream": true});
+    let r4 = responses(&d, &turn3, "sk-a").await;
+    assert_eq!(
+        (r4.status, r4.header("x-deja-cache")),
+        (200, "miss"),
+        "{}",
+        r4.text
+    );
+    let sent = up.last_request().unwrap();
+    assert!(
+        sent.body.get("previous_response_id").is_none(),
+        "{}",
+        sent.body
+    );
+    assert_eq!(
+        input_texts(&sent.body),
+        [
+            "Recommend a database book.",
+            answer1.as_str().unwrap(),
+            "Why that one?",
+            answer2.as_str().unwrap(),
+            "Is there a newer edition?"
+        ]
+    );
+    // Its answer was remembered before the client read the terminal event: named at once.
+    let id4 = completed_of(&r4.text)["id"].as_str().unwrap().to_string();
+    let calls = up.calls_for("/v1/responses");
+    let r5 = responses(
+        &d,
+        &json!({"model": m, "input": "Thanks!", "previous_response_id": id4}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r5.header("x-deja-cache"), "miss", "{}", r5.text);
+    assert_eq!(up.calls_for("/v1/responses"), calls + 1);
+    assert_eq!(
+        up.last_request().unwrap().body["previous_response_id"],
+        id4.as_str()
+    );
+
+    // Another tenant cannot use the conversation; an unknown deja id is a 400; neither calls up.
+    let calls = up.calls_for("/v1/responses");
+    let other = json!({"model": m, "input": "What did I ask?", "previous_response_id": id3});
+    let r = responses(&d, &other, "sk-b").await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "previous_response_not_found");
+    assert_eq!(r.body["error"]["param"], "previous_response_id");
+    let unknown = format!("resp_dj{}", "0".repeat(32));
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "x", "previous_response_id": unknown}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(up.calls_for("/v1/responses"), calls, "no upstream call");
+
+    // A provider id deja never saw goes upstream as sent, uncached.
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "y", "previous_response_id": "resp_elsewhere"}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "bypass");
+    assert_eq!(
+        up.last_request().unwrap().body["previous_response_id"],
+        "resp_elsewhere"
+    );
+
+    // `store: false`: nothing remembered, so a follow-up is the provider's to resolve.
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "Keep this private.", "store": false}),
+        "sk-a",
+    )
+    .await;
+    let private = r.body["id"].as_str().unwrap().to_string();
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "And?", "previous_response_id": private}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "bypass");
+
+    let m = metrics_text(&d).await;
+    for (event, n) in [("resolved", 4), ("not_found", 2), ("unknown", 2)] {
+        let series = format!("deja_response_chains_total{{event=\"{event}\"}} {n}");
+        assert!(m.contains(&series), "{series} in\n{m}");
+    }
+    d.stop().await;
+
+    // `response_chains = 0`: deja remembers nothing; its own ids cannot be resolved.
+    let d = Deja::start_with(&up.base_url(), hash_model(), "response_chains = 0", "").await;
+    let r = responses(
+        &d,
+        &json!({"model": m_name(), "input": "Hello there."}),
+        "sk-a",
+    )
+    .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = responses(
+        &d,
+        &json!({"model": m_name(), "input": "Again?", "previous_response_id": id}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "bypass", "{}", r.text);
+    d.stop().await;
+}
+
+fn m_name() -> &'static str {
+    "gpt-4o-mini"
+}
+
+async fn metrics_text(d: &Deja) -> String {
+    let r = client().get(d.url("/metrics")).send().await.unwrap();
+    r.text().await.unwrap()
+}

@@ -42,6 +42,10 @@ pub enum ApiError {
     /// `param` names the field.
     #[error("not found: {message}")]
     UnknownId { message: String, param: String },
+    /// A Responses follow-up names a response deja made (`resp_dj…`) but no longer remembers
+    /// (expired, evicted, another tenant's): 400 as OpenAI answers an unknown id.
+    #[error("previous response {id} not found")]
+    PreviousResponseNotFound { id: String },
     /// The endpoint exists but not for this method (`GET /v1/chat/completions`).
     #[error("method {method} not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
@@ -125,6 +129,7 @@ impl ApiError {
             ApiError::InvalidJson { .. }
             | ApiError::InvalidRequest { .. }
             | ApiError::PersonalData { .. }
+            | ApiError::PreviousResponseNotFound { .. }
             | ApiError::MalformedHead => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -204,6 +209,11 @@ impl ApiError {
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
+            }
+            ApiError::PreviousResponseNotFound { id } => {
+                parts.message = format!("Previous response with id '{id}' not found.");
+                parts.param = Some("previous_response_id".into());
+                parts.code = Some("previous_response_not_found");
             }
             ApiError::UnknownId { message, param } => {
                 parts.message = message.clone();

@@ -182,6 +182,14 @@ impl StreamCollector {
         }
     }
 
+    /// A Responses stream's finished `response` object, once seen (once).
+    pub fn take_response(&mut self) -> Option<Value> {
+        match self {
+            StreamCollector::Responses(c) => c.take_response(),
+            _ => None,
+        }
+    }
+
     pub fn finish(self) -> Result<CachedResponse, NotCacheable> {
         match self {
             StreamCollector::Chat(c) => c.finish(),
@@ -248,6 +256,12 @@ impl StreamTee {
             overflow: None,
             events: 0,
         }
+    }
+
+    /// A Responses stream's finished `response` object, once an event pushed so far carried it
+    /// (once): taken before that event is relayed, so it can be remembered first.
+    pub fn take_response(&mut self) -> Option<Value> {
+        self.collector.take_response()
     }
 
     /// Feeds one upstream chunk: returns the bytes to relay now (whole events; the chunk

@@ -7,6 +7,7 @@
 //! provider translator sends it to providers that have no Responses API. Rendering and
 //! collecting live in the `render` and `collect` submodules. JSON only: no cache or HTTP logic.
 
+pub mod chain;
 mod collect;
 mod render;
 

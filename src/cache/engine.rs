@@ -657,6 +657,44 @@ impl CacheEngine {
             .await
     }
 
+    /// The conversation record stored under a Responses id (`cache::chains`), on a lookup
+    /// thread (bounded as every lookup is).
+    pub async fn chain(&self, id: String) -> Result<Option<Vec<u8>>, CacheError> {
+        let this = self.clone();
+        self.inner
+            .lookups
+            .run("chain lookup", move || {
+                this.inner.backend.get_chain(&id, now_ms())
+            })
+            .await
+    }
+
+    /// Stores a conversation record (`cache::chains`) for `ttl`, within `limits`; bounded as
+    /// inserts are ([`INSERT_THREADS`]).
+    pub async fn put_chain(
+        &self,
+        id: String,
+        record: Vec<u8>,
+        ttl: Duration,
+        limits: super::backend::ChainLimits,
+    ) -> Result<(), CacheError> {
+        let _permit = self
+            .inner
+            .inserts
+            .acquire()
+            .await
+            .map_err(|e| CacheError::Join(e.to_string()))?;
+        let this = self.clone();
+        blocking(move || {
+            let now = now_ms();
+            let expires = now.saturating_add(ttl.as_millis() as u64);
+            this.inner
+                .backend
+                .put_chain(&id, &record, now, expires, limits)
+        })
+        .await
+    }
+
     /// Removes up to `limit` expired entries; returns how many went.
     pub fn sweep_expired_blocking(&self, limit: usize) -> Result<usize, CacheError> {
         self.inner.backend.sweep_expired(now_ms(), limit)

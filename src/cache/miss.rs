@@ -17,6 +17,7 @@ use crate::api::collect::NotCacheable;
 use crate::api::inbound::{not_cacheable_label, StreamEnd, StreamTee};
 use crate::api::ApiKind;
 use crate::cache::budget::Reservation;
+use crate::cache::chains::ChainWrite;
 use crate::cache::engine::{CacheEngine, LookupTrace};
 use crate::cache::policy::CachePlan;
 use crate::cache::privacy;
@@ -87,6 +88,7 @@ impl Miss {
             restorer: None,
             charge: None,
             audit: None,
+            chain: None,
         }
     }
 }
@@ -108,12 +110,21 @@ pub struct Settle {
     charge: Option<Reservation>,
     /// The request's audit line, written once the answer is complete.
     audit: Option<crate::audit::Pending>,
+    /// Where a Responses answer's conversation is remembered, before its terminal event is
+    /// relayed (`cache::chains`).
+    chain: Option<ChainWrite>,
 }
 
 impl Settle {
     /// Writes `line` to the audit log once the answer is complete.
     pub fn auditing(mut self, line: Option<crate::audit::Pending>) -> Settle {
         self.audit = line;
+        self
+    }
+
+    /// Remembers a Responses answer's conversation (`cache::chains`) when its stream finishes.
+    pub fn chaining(mut self, chain: Option<ChainWrite>) -> Settle {
+        self.chain = chain;
         self
     }
 
@@ -224,6 +235,13 @@ impl Settle {
             match chunk {
                 Ok(bytes) => {
                     let (relay, intact) = tee.push(bytes);
+                    if self.chain.is_some() {
+                        if let Some(finished) = tee.take_response() {
+                            if let Some(w) = self.chain.take() {
+                                w.record(&finished).await;
+                            }
+                        }
+                    }
                     let relay = match (relay, self.restorer.as_mut()) {
                         (Some(r), Some(restorer)) => Some(restorer.relay(&r)),
                         (relay, _) => relay,

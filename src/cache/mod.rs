@@ -21,6 +21,7 @@ pub mod access;
 pub mod backend;
 pub mod blocking;
 pub mod budget;
+pub mod chains;
 pub mod engine;
 pub mod fleet;
 pub mod guards;

@@ -49,12 +49,7 @@ impl CacheRequest {
         config: Arc<Config>,
         started: Instant,
     ) -> Result<CacheRequest, NamespaceDenied> {
-        let canonical = match api {
-            ApiKind::Chat => CanonicalRequest::from_chat(&body),
-            ApiKind::Completions => CanonicalRequest::from_completions(&body),
-            ApiKind::Messages => CanonicalRequest::from_messages(&body),
-            ApiKind::Responses => CanonicalRequest::from_responses(&body),
-        };
+        let canonical = canonical_of(api, &body);
         let tenant = policy::tenant(&config, key.as_deref(), &controls)?;
         Ok(CacheRequest {
             api,
@@ -72,6 +67,14 @@ impl CacheRequest {
     /// instead of the one derived from the client's credentials.
     pub fn with_tenant(mut self, tenant: String) -> CacheRequest {
         self.tenant = tenant;
+        self
+    }
+
+    /// The same request with another body: a Responses follow-up resolved into the stateless
+    /// request it stands for (`cache::chains`). Scope and prompt follow the new body.
+    pub fn with_body(mut self, body: Map<String, Value>) -> CacheRequest {
+        self.canonical = canonical_of(self.api, &body);
+        self.body = Arc::new(body);
         self
     }
 
@@ -97,6 +100,15 @@ impl CacheRequest {
                 plan,
             },
         }
+    }
+}
+
+fn canonical_of(api: ApiKind, body: &Map<String, Value>) -> CanonicalRequest {
+    match api {
+        ApiKind::Chat => CanonicalRequest::from_chat(body),
+        ApiKind::Completions => CanonicalRequest::from_completions(body),
+        ApiKind::Messages => CanonicalRequest::from_messages(body),
+        ApiKind::Responses => CanonicalRequest::from_responses(body),
     }
 }
 

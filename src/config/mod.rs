@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod backend;
+pub mod chains;
 pub mod grants;
 pub mod judge;
 pub mod keys;
@@ -148,6 +149,8 @@ pub struct CacheConfig {
     pub backend: BackendConfig,
     /// `cache.audit_rate` + `[quality]`: feedback and shadow checks (issue 17).
     pub quality: QualityConfig,
+    /// `cache.response_chains` + `cache.response_chain_ttl`: `previous_response_id` (issue 15).
+    pub chains: chains::ChainsConfig,
 }
 
 #[derive(Debug, Clone)]

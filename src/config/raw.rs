@@ -97,6 +97,11 @@ pub struct RawCache {
     pub postgres: Option<super::backend::RawPostgres>,
     /// Share of semantic hits shadow-checked upstream (issue 17), see `config::quality`.
     pub audit_rate: Option<f64>,
+    /// Responses conversations remembered for `previous_response_id` (issue 15), see
+    /// `config::chains`.
+    pub response_chains: Option<u64>,
+    pub response_chain_ttl: Option<String>,
+    pub response_chain_bytes: Option<u64>,
 }
 
 /// `[[cache.namespaces]]`: a namespace and the SHA-256 hashes of the keys that may use it.

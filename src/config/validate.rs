@@ -120,6 +120,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
     cache.quality = super::quality::validate_quality(raw.cache.audit_rate, &raw.quality, &mut is.0);
+    cache.chains = super::chains::validate_chains(
+        raw.cache.response_chains,
+        raw.cache.response_chain_ttl.as_deref(),
+        raw.cache.response_chain_bytes,
+        &mut is.0,
+    );
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
@@ -264,6 +270,7 @@ fn cache(c: &RawCache, base_dir: &Path, is: &mut Issues) -> CacheConfig {
         verifier: None,
         backend: Default::default(),
         quality: Default::default(),
+        chains: Default::default(),
     };
     if cache.ttl.is_zero() {
         is.push("cache.ttl", "must be greater than 0");

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod chains;
 pub mod cost;
 pub mod judge;
 pub mod keys;
@@ -49,6 +50,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// The LLM judge's `deja_judge_*` metrics.
     pub judge: judge::JudgeMetrics,
+    /// `deja_response_chains_total` (`previous_response_id`).
+    pub chains: chains::ChainMetrics,
     /// The verifier model's `deja_verifier_model_*` metrics.
     pub verifier_model: verifier::VerifierMetrics,
     /// Personal data: `deja_pii_*` (issue 16).
@@ -272,6 +275,7 @@ impl Metrics {
                 model
             },
             pii: pii::PiiMetrics::new(&f.0)?,
+            chains: chains::ChainMetrics::new(&f.0)?,
             keys: keys::KeyMetrics::new(&f.0)?,
             audit: audit::AuditMetrics::new(&f.0)?,
             backend: {

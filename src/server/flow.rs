@@ -17,10 +17,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::api::collect::NotCacheable;
 use crate::api::error::ApiError;
 use crate::api::inbound::{self, Rendered};
+use crate::api::responses::chain;
 use crate::api::ApiKind;
 use crate::audit::Pending;
 use crate::cache::access::{openai_duration, RateState};
 use crate::cache::budget;
+use crate::cache::chains::{self, ChainWrite, Resolved, WriteContext};
 use crate::cache::lookup::{Hit, LookedUp};
 use crate::cache::miss::Miss;
 use crate::cache::privacy::{self, Screened};
@@ -98,6 +100,43 @@ async fn run(
         Some(a) => req.with_tenant(a.key.tenant()),
         None => req,
     };
+    // A Responses follow-up (`previous_response_id`) becomes the stateless request it stands
+    // for when deja knows the conversation; upstream gets that body when only deja knows it.
+    let resolved = match api {
+        ApiKind::Responses => {
+            let cfg = &req.config.cache.chains;
+            chains::resolve(state.engine(), cfg, &req.body, &req.tenant, state.metrics()).await?
+        }
+        _ => Resolved::Plain,
+    };
+    let (req, body) = match &resolved {
+        Resolved::Known {
+            body: expanded,
+            forward_expanded,
+            ..
+        } => {
+            let forwarded = match forward_expanded {
+                true => Bytes::from(serde_json::to_vec(expanded).map_err(|e| {
+                    ApiError::internal(format!("serializing a resolved follow-up failed: {e}"))
+                })?),
+                false => body,
+            };
+            (req.with_body(expanded.clone()), forwarded)
+        }
+        _ => (req, body),
+    };
+    let chain = ChainWrite::new(WriteContext {
+        engine: state.engine(),
+        cfg: &req.config.cache.chains,
+        api,
+        body: &req.body,
+        resolved: &resolved,
+        tenant: &req.tenant,
+        clean: matches!(screened, Screened::Clean),
+        pii: pii_mode,
+        max_bytes: req.config.server.max_body_bytes,
+        metrics: state.metrics_handle(),
+    });
     let key = admitted.as_ref().map(|a| &a.key);
     let mut audit = state
         .audit()
@@ -127,7 +166,7 @@ async fn run(
             // An entry stored before `[pii]` applied (or under `off`) is not served.
             if has_pii(content) || calls.iter().any(|c| has_pii(&c.arguments)) {
                 pii.action("refused");
-                let caller = Caller { key, audit };
+                let caller = Caller { key, audit, chain };
                 forward(
                     state,
                     &req,
@@ -156,11 +195,16 @@ async fn run(
                         c.arguments = String::from_utf8_lossy(&restored).into_owned();
                     }
                 }
-                respond_hit(state, &req, hit)
+                let echo = resolved.previous_id();
+                let (resp, finished) = respond_hit(state, &req, hit, echo, chain.is_some());
+                if let (Some(w), Some(v)) = (chain, finished) {
+                    w.record(&v).await;
+                }
+                resp
             }
         }
         LookedUp::Miss(miss) => {
-            let caller = Caller { key, audit };
+            let caller = Caller { key, audit, chain };
             forward(state, &req, headers, body, miss, &screened, caller).await?
         }
     };
@@ -178,10 +222,12 @@ async fn run(
     Ok(resp)
 }
 
-/// Who asked (the deja key, in keys mode) and the request's audit line.
+/// Who asked (the deja key, in keys mode), the request's audit line, and where its answer's
+/// conversation is remembered (Responses, `cache::chains`).
 struct Caller<'a> {
     key: Option<&'a KeyConfig>,
     audit: Option<Pending>,
+    chain: Option<ChainWrite>,
 }
 
 /// `x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`
@@ -204,8 +250,16 @@ fn parsed_model(body: &serde_json::Map<String, serde_json::Value>) -> &str {
         .unwrap_or_default()
 }
 
-/// Renders a stored answer as this API's response (JSON or a replayed SSE stream).
-fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
+/// Renders a stored answer as this API's response (JSON or a replayed SSE stream), echoing
+/// `previous_id` (a resolved Responses follow-up's), and returns with it the finished
+/// `response` object when `want_response` (to remember its conversation).
+fn respond_hit(
+    state: &AppState,
+    req: &CacheRequest,
+    hit: Hit,
+    previous_id: Option<&str>,
+    want_response: bool,
+) -> (Response, Option<serde_json::Value>) {
     let m = state.metrics();
     let Hit {
         entry,
@@ -216,14 +270,24 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
     } = hit;
     let usage = entry.response.usage.unwrap_or_default();
     cost::record_saved(m, &req.config, req.model(), &usage);
+    let echoed = previous_id.map(|id| {
+        let mut b = (*req.body).clone();
+        b.insert("previous_response_id".into(), id.into());
+        b
+    });
     let body = inbound::render_hit(
         req.api,
         &entry.response,
         req.canonical.stream,
         req.canonical.include_usage,
         req.model(),
-        &req.body,
+        echoed.as_ref().unwrap_or(&req.body),
     );
+    let finished = match (&body, want_response) {
+        (_, false) => None,
+        (Rendered::Json(bytes), true) => serde_json::from_slice(bytes).ok(),
+        (Rendered::Sse(events), true) => chain::response_of_events(events),
+    };
     // Remembered for feedback and maybe offered to a shadow check: inside `elapsed`, so the
     // hit's `deja;dur` shows what it costs.
     let response_id = state.quality().and_then(|q| {
@@ -271,7 +335,7 @@ fn respond_hit(state: &AppState, req: &CacheRequest, hit: Hit) -> Response {
         }
     };
     deja.apply(resp.headers_mut());
-    resp
+    (resp, finished)
 }
 
 /// Sends the request upstream and streams the answer back; the miss settles it afterwards.
@@ -360,6 +424,12 @@ async fn forward(
                 Err(NotCacheable::UpstreamError)
             };
             state.0.background.spawn(settle.finish(answer));
+            // Remembered before the client has the id to name in a follow-up.
+            if let (Some(w), true) = (caller.chain, ok) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    w.record(&v).await;
+                }
+            }
             let mut r = match screened.redaction() {
                 Some(red) if ok => Response::new(Body::from(red.restore_json(&bytes))),
                 _ => Response::new(Body::from(bytes)),
@@ -375,6 +445,7 @@ async fn forward(
         UpstreamBody::Stream(upstream) => {
             let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
             let max_event_bytes = resp.max_event_bytes;
+            let settle = settle.chaining(caller.chain.filter(|_| ok));
             state
                 .0
                 .background

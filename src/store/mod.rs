@@ -38,6 +38,7 @@
 //! logged at WARN and reported by [`Store::recovery`] ([`watermark`]).
 
 mod access;
+pub mod chains;
 mod codec;
 pub mod entry;
 mod flusher;

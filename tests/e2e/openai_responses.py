@@ -1,6 +1,7 @@
 """End-to-end checks of deja's Responses API (`POST /v1/responses`) with the official `openai`
 Python SDK: misses and paraphrase hits, stream <-> JSON both ways, a chat answer served to a
-Responses request and back, pass-through of `previous_response_id`, and 400s for bad input.
+Responses request and back, `previous_response_id` chains (passed through when unknown, resolved
+when deja relayed or served the response), and 400s for bad input.
 
 Run by tests/e2e_sdk.rs against the real `deja` binary (the same process as openai_sdk.py),
 which forwards misses to an in-process mock upstream speaking the Responses wire format.
@@ -136,6 +137,34 @@ def test_previous_response_id_is_passed_through_uncached():
     assert r.previous_response_id == "resp_upstream_only"
 
 
+def test_previous_response_id_chains_through_the_cache():
+    h1, r1 = create(input="Recommend a book about databases.")
+    assert h1["x-deja-cache"] == "miss", h1
+    # deja relayed turn 1, so it knows the conversation: the follow-up is cacheable.
+    h2, r2 = create(input="Why that one?", previous_response_id=r1.id)
+    assert h2["x-deja-cache"] == "miss", h2
+    assert r2.previous_response_id == r1.id
+    h3, r3 = until_stored(lambda: create(input="Why that one?", previous_response_id=r1.id))
+    assert h3["x-deja-cache"] == "exact-hit", h3
+    assert r3.id.startswith("resp_dj") and r3.previous_response_id == r1.id, r3
+    assert r3.output_text == r2.output_text
+    # A follow-up to deja's own id, through the SDK's stream helper: deja sends the whole
+    # conversation upstream (tests/e2e_sdk.rs checks what the mock received).
+    with client.responses.stream(model=MODEL, input="Is there a newer edition?",
+                                 previous_response_id=r3.id) as stream:
+        final = stream.get_final_response()
+    assert final.output_text.startswith("Answer #"), final
+    h5, _ = create(input="Thanks, that is all.", previous_response_id=final.id)
+    assert h5["x-deja-cache"] == "miss", h5
+    try:
+        client.responses.create(model=MODEL, input="x-chain", previous_response_id="resp_dj" + "0" * 32)
+    except openai.BadRequestError as e:
+        assert e.body.get("code") == "previous_response_not_found", e.body
+        assert e.body.get("param") == "previous_response_id", e.body
+        return
+    raise AssertionError("expected a 400 for an unknown deja response id")
+
+
 def test_responses_routed_to_an_anthropic_provider():
     claude = "claude-3-5-haiku-latest"
     raw = client.responses.with_raw_response.create(
@@ -145,6 +174,13 @@ def test_responses_routed_to_an_anthropic_provider():
     r = raw.parse()
     assert r.object == "response" and r.status == "completed", r
     assert r.output_text.startswith("Answer #"), r.output_text
+    # The id is deja's (the translation made it): a follow-up naming it is resolved by deja and
+    # translated with the whole conversation, where the provider could not resolve it.
+    assert r.id.startswith("resp_dj"), r.id
+    follow = client.responses.with_raw_response.create(
+        model=claude, input="And to French?", previous_response_id=r.id, max_output_tokens=64)
+    assert follow.headers["x-deja-cache"] == "miss", follow.headers
+    assert follow.parse().output_text.startswith("Answer #")
     # A translated stream the SDK's helper accumulates, then served again from the cache.
     with client.responses.stream(model=claude, input="Translate 'index' to German.") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]

@@ -146,6 +146,8 @@ pub struct ResponsesStreamCollector {
     seen: usize,
     answer: Option<Result<CachedResponse, NotCacheable>>,
     failed: Option<NotCacheable>,
+    /// The terminal event's `response` object, until taken (`cache::chains` remembers it).
+    response: Option<Value>,
 }
 
 impl ResponsesStreamCollector {
@@ -156,7 +158,13 @@ impl ResponsesStreamCollector {
             seen: 0,
             answer: None,
             failed: None,
+            response: None,
         }
+    }
+
+    /// The finished `response` object of the stream, once its terminal event was seen (once).
+    pub fn take_response(&mut self) -> Option<Value> {
+        self.response.take()
     }
 
     pub fn push_event_data(&mut self, data: &str) {
@@ -179,6 +187,7 @@ impl ResponsesStreamCollector {
                 }
             }
             Some("response.completed") | Some("response.incomplete") => {
+                self.response = v.get("response").cloned();
                 let answer = match v.get("response") {
                     Some(r) => collect_response(r, &self.provider),
                     None => Err(NotCacheable::Malformed("no `response` in its event".into())),

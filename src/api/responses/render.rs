@@ -13,9 +13,14 @@ use crate::api::render::{replay_calls, split_pieces};
 use crate::api::sse;
 use crate::store::{CachedResponse, FinishReason, ToolCall};
 
-/// `resp_` + 32 hex chars, like OpenAI's ids.
+/// `resp_dj` + 32 hex chars: shaped like OpenAI's ids, and recognizably deja's own (see
+/// [`super::chain::MINTED_PREFIX`]).
 pub fn new_response_id() -> String {
-    format!("resp_{}", uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        super::chain::MINTED_PREFIX,
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// `msg_` + 32 hex chars.
@@ -95,7 +100,7 @@ pub fn envelope(
         "model": e.model,
         "output": output,
         "parallel_tool_calls": echoed(request, "parallel_tool_calls", json!(true)),
-        "previous_response_id": null,
+        "previous_response_id": echoed(request, "previous_response_id", Value::Null),
         "reasoning": echoed(request, "reasoning", json!({"effort": null, "summary": null})),
         "store": echoed(request, "store", json!(true)),
         "temperature": echoed(request, "temperature", json!(1.0)),

@@ -9,11 +9,14 @@ use super::{Backend, Near, Scanned};
 use crate::cache::engine::CacheError;
 use crate::cache::restore::{load_index, snapshot_tag, IndexLoad};
 use crate::index::{ScopedIndex, SnapshotStats};
-use crate::store::{Entry, EntryId, NewEntry, Recovery, ScopeId, Store};
+use crate::store::chains::{ChainLimits, ChainTrees};
+use crate::store::{Entry, EntryId, NewEntry, Recovery, ScopeId, Store, StoreError};
 
 pub struct EmbeddedBackend {
     store: Store,
     index: ScopedIndex,
+    /// Conversation records of Responses answers (`previous_response_id`).
+    chains: ChainTrees,
     snapshots: Option<PathBuf>,
 }
 
@@ -27,9 +30,11 @@ impl EmbeddedBackend {
         snapshots: Option<PathBuf>,
     ) -> Result<(EmbeddedBackend, IndexLoad), CacheError> {
         let load = load_index(&store, &index, snapshots.as_deref())?;
+        let chains = ChainTrees::open(&store)?;
         let backend = EmbeddedBackend {
             store,
             index,
+            chains,
             snapshots,
         };
         Ok((backend, load))
@@ -142,6 +147,27 @@ impl Backend for EmbeddedBackend {
 
     fn recovery(&self) -> Recovery {
         self.store.recovery().clone()
+    }
+
+    fn put_chain(
+        &self,
+        id: &str,
+        record: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        limits: ChainLimits,
+    ) -> Result<(), CacheError> {
+        let path = self.store.path();
+        self.chains
+            .put(id, record, now_ms, expires_ms, limits)
+            .map_err(|e| CacheError::from(StoreError::from_sled(path, e)))
+    }
+
+    fn get_chain(&self, id: &str, now_ms: u64) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.store.path();
+        self.chains
+            .get(id, now_ms)
+            .map_err(|e| CacheError::from(StoreError::from_sled(path, e)))
     }
 
     fn as_embedded(&self) -> Option<&EmbeddedBackend> {

@@ -20,6 +20,7 @@ pub use postgres::{PgError, PostgresBackend};
 
 use super::engine::CacheError;
 use crate::index::SnapshotStats;
+pub use crate::store::chains::ChainLimits;
 use crate::store::{Entry, EntryId, NewEntry, Recovery, ScopeId};
 
 /// [`crate::store::exact_key`]: scope and normalized prompt.
@@ -169,6 +170,21 @@ pub trait Backend: Send + Sync + 'static {
     /// Gives a [`Claim::Led`] back. Never blocks (it may run in a drop on the async runtime):
     /// the backend does it in the background.
     fn release_flight(&self, _key: &ExactKey, _token: u64) {}
+
+    /// Stores the conversation record of a Responses answer (`crate::cache::chains`) under its
+    /// response id until `expires_ms`, replacing what the id had; past either of `limits` the
+    /// soonest-expiring records go, and records expired at `now_ms` are deleted as it goes.
+    fn put_chain(
+        &self,
+        id: &str,
+        record: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        limits: ChainLimits,
+    ) -> Result<(), CacheError>;
+
+    /// The record stored under a response id, unless it expired at `now_ms`.
+    fn get_chain(&self, id: &str, now_ms: u64) -> Result<Option<Vec<u8>>, CacheError>;
 
     /// The embedded backend, for operations and tests that look inside it (index stats).
     fn as_embedded(&self) -> Option<&EmbeddedBackend> {

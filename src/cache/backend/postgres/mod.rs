@@ -31,6 +31,7 @@
 //! connections. The database URL is read from the environment once and never logged.
 
 mod admin;
+mod chains;
 mod flights;
 pub mod schema;
 
@@ -146,6 +147,7 @@ struct Shared {
     /// Fleet-wide claims this replica holds (exact key → token), renewed by maintenance.
     claims: Mutex<HashMap<ExactKey, i64>>,
     flight_sql: flights::FlightSql,
+    chain_sql: chains::ChainSql,
 }
 
 /// Statement texts with the schema's names in them.
@@ -512,6 +514,7 @@ impl PostgresBackend {
             pool,
             sql: Sql::new(&names),
             flight_sql: flights::FlightSql::new(&names),
+            chain_sql: chains::ChainSql::new(&names),
             names,
             timeout,
             dim,
@@ -611,6 +614,25 @@ impl PostgresBackend {
 impl Backend for PostgresBackend {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn put_chain(
+        &self,
+        id: &str,
+        record: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        limits: super::ChainLimits,
+    ) -> Result<(), CacheError> {
+        let s = &self.shared;
+        self.run(
+            "chain write",
+            s.put_chain(id, record, now_ms, expires_ms, limits),
+        )
+    }
+
+    fn get_chain(&self, id: &str, now_ms: u64) -> Result<Option<Vec<u8>>, CacheError> {
+        self.run("chain read", self.shared.get_chain(id, now_ms))
     }
 
     fn get_exact(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError> {

@@ -25,6 +25,8 @@ pub struct Names {
     pub seq: String,
     /// Fleet-wide singleflight claims (unlogged: short-lived, worthless after a crash).
     pub flights: String,
+    /// Conversation records of Responses answers (`previous_response_id`).
+    pub chains: String,
 }
 
 impl Names {
@@ -35,6 +37,7 @@ impl Names {
             meta: format!("{schema}.meta"),
             seq: format!("{schema}.entries_id_seq"),
             flights: format!("{schema}.flights"),
+            chains: format!("{schema}.response_chains"),
         }
     }
 }
@@ -66,8 +69,16 @@ fn ddl(n: &Names, dim: usize) -> String {
             token       bigint NOT NULL,
             deadline_ms bigint NOT NULL
         );
-        COMMENT ON TABLE {f} IS 'deja: which replica is fetching which miss, until when';",
-        f = n.flights
+        COMMENT ON TABLE {f} IS 'deja: which replica is fetching which miss, until when';
+        CREATE TABLE IF NOT EXISTS {c} (
+            id          text   PRIMARY KEY,
+            record      bytea  NOT NULL,
+            expires_ms  bigint NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS response_chains_expires ON {c} (expires_ms);
+        COMMENT ON TABLE {c} IS 'deja: the conversation behind each Responses answer, by response id';",
+        f = n.flights,
+        c = n.chains
     )
 }
 
