@@ -165,7 +165,8 @@ impl Settle {
         let answer = match answer {
             Ok(mut a) => {
                 if a.usage.is_none() {
-                    let (api, body, content) = (self.api, self.body.clone(), a.content.clone());
+                    let content = cost::completion_text(&a.content, &a.tool_calls);
+                    let (api, body) = (self.api, self.body.clone());
                     // Tokenizing is CPU work (and loads the BPE once): keep it off the runtime.
                     let estimate = tokio::task::spawn_blocking(move || {
                         cost::estimate_usage(api, &body, &content)

@@ -93,6 +93,19 @@ pub fn count_tokens(text: &str) -> u32 {
 
 /// Estimated usage for an answer that came without it: the prompt side counts every message's
 /// text plus OpenAI's per-message overhead (3 tokens, and 3 to prime the reply).
+/// Tokens an answer's text and tool calls take, as the model wrote them (for
+/// [`estimate_usage`]'s `completion`).
+pub fn completion_text(content: &str, calls: &[crate::store::ToolCall]) -> String {
+    let mut out = content.to_string();
+    for c in calls {
+        out.push(' ');
+        out.push_str(&c.name);
+        out.push(' ');
+        out.push_str(&c.arguments);
+    }
+    out
+}
+
 pub fn estimate_usage(api: ApiKind, request: &Map<String, Value>, completion: &str) -> Usage {
     let mut prompt = 0u32;
     match api {
@@ -111,7 +124,26 @@ pub fn estimate_usage(api: ApiKind, request: &Map<String, Value>, completion: &s
                 .map(Vec::as_slice)
                 .unwrap_or(&[])
             {
-                prompt += 3 + count_tokens(&text_of(m.get("content").unwrap_or(&Value::Null)));
+                let content = m.get("content").unwrap_or(&Value::Null);
+                prompt += 3 + count_tokens(&text_of(content));
+                // What a model reads besides text: earlier tool calls (chat `tool_calls`,
+                // Anthropic `tool_use` / `tool_result` blocks), as the JSON it is sent as.
+                if let Some(calls) = m.get("tool_calls") {
+                    prompt += count_tokens(&calls.to_string());
+                }
+                for block in content.as_array().into_iter().flatten() {
+                    if let Some("tool_use" | "tool_result") = block["type"].as_str() {
+                        prompt += count_tokens(&block.to_string());
+                    }
+                }
+            }
+            // Tool definitions are part of the prompt the model reads.
+            for key in ["tools", "functions"] {
+                if let Some(Value::Array(tools)) = request.get(key) {
+                    if !tools.is_empty() {
+                        prompt += count_tokens(&Value::Array(tools.clone()).to_string());
+                    }
+                }
             }
             prompt += 3;
         }
@@ -135,6 +167,39 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::path::Path;
+
+    #[test]
+    fn issue15_estimates_count_tools_calls_and_results() {
+        let plain = json!({"model": "m", "messages": [{"role": "user", "content": "Weather?"}]});
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let mut with_tools = plain.clone();
+        with_tools["tools"] = tools;
+        let obj = |v: &Value| v.as_object().cloned().unwrap();
+        let base = estimate_usage(ApiKind::Chat, &obj(&plain), "").prompt_tokens;
+        let more = estimate_usage(ApiKind::Chat, &obj(&with_tools), "").prompt_tokens;
+        assert!(more > base + 10, "{base} -> {more}");
+        let history = json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]});
+        let h = estimate_usage(ApiKind::Chat, &obj(&history), "").prompt_tokens;
+        assert!(h > base + 10, "{base} -> {h}");
+        let blocks = json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                "input": {"city": "Paris"}}]}]});
+        let b = estimate_usage(ApiKind::Messages, &obj(&blocks), "").prompt_tokens;
+        assert!(b > base + 5, "{base} -> {b}");
+        let call = crate::store::ToolCall {
+            id: "c".into(),
+            name: "get_weather".into(),
+            arguments: "{\"city\":\"Paris\",\"days\":3}".into(),
+        };
+        let text = completion_text("", std::slice::from_ref(&call));
+        assert!(estimate_usage(ApiKind::Chat, &obj(&plain), &text).completion_tokens >= 8);
+    }
 
     #[test]
     fn prices_and_labels() {

@@ -282,7 +282,8 @@ impl Checker {
         let fresh = inbound::collect_json(job.api, bytes, &resp.provider, max)
             .map_err(|_| "no comparable answer")?;
         let usage = fresh.usage.unwrap_or_else(|| {
-            crate::metrics::cost::estimate_usage(job.api, &job.body, &fresh.content)
+            let text = crate::metrics::cost::completion_text(&fresh.content, &fresh.tool_calls);
+            crate::metrics::cost::estimate_usage(job.api, &job.body, &text)
         });
         self.count(&job.config, &job.model, &usage);
         if fresh.content.trim().is_empty() || job.served.trim().is_empty() {
