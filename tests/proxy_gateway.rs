@@ -826,3 +826,129 @@ async fn issue16_audit_log_one_line_per_request() {
         .unwrap()
         .contains("ann@example.com"));
 }
+
+/// deja in keys mode with one config key (`boot`) and the admin listener, from a config file
+/// (so `/admin/reload` re-reads it).
+async fn keys_admin(dir: &std::path::Path, upstream: &str) -> Deja {
+    let text = keys_config(dir, upstream, &key_block("boot", "dk-boot-secret-0003", ""))
+        + "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"T16\"\n";
+    let env = vec![("T16".to_string(), "t16-admin-token".to_string())];
+    let file = dir.join("deja.toml");
+    Deja::start_config_env(&text, dir, hash_model(), Some(file), env).await
+}
+
+async fn admin_call(d: &Deja, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+    let url = format!("{}{path}", d.admin.as_deref().unwrap());
+    let mut req = client().request(method, url).bearer_auth("t16-admin-token");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    Reply::read(req.send().await.unwrap()).await
+}
+
+/// Keys managed on the admin API (issue 16): a key made there works at once (its limits
+/// enforced), is listed with the config's keys, survives a reload and a restart, and is gone
+/// the moment it is deleted; the key itself is answered once and kept nowhere; bad requests are
+/// 400s or 409s naming the field; the config file's keys cannot be deleted there.
+#[tokio::test]
+async fn issue16_keys_made_and_revoked_on_the_admin_api() {
+    use reqwest::Method;
+    let mock = MockUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = keys_admin(tmp.path(), &mock.base_url()).await;
+    let made = admin_call(
+        &d,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "ops", "models": ["gpt-*"], "rpm": 2})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let ops = made.body["key"].as_str().unwrap().to_string();
+    assert!(ops.starts_with("dk-") && ops.len() > 40, "{ops}");
+    assert_eq!(made.body["source"], "admin");
+    let q = chat("gpt-4o-mini", "What are your opening hours?");
+    for _ in 0..2 {
+        assert_eq!(ask(&d, &ops, &q).await.status, 200);
+    }
+    let limited = ask(&d, &ops, &q).await;
+    assert_eq!(limited.status, 429, "rpm = 2: {}", limited.text);
+    let forbidden = ask(&d, &ops, &chat("claude-x", "hi")).await;
+    assert_eq!(forbidden.status, 403);
+
+    let listed = admin_call(&d, Method::GET, "/admin/keys", None).await;
+    assert_eq!(listed.status, 200);
+    let names: Vec<(&str, &str)> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("boot", "config"), ("ops", "admin")]);
+    assert!(
+        !listed.text.contains(&ops),
+        "a listed key never shows its key"
+    );
+    let full_hash = deja::config::KeyHash::of(&ops).to_string();
+    assert!(!listed.text.contains(&full_hash), "nor its whole hash");
+
+    for (body, status, param) in [
+        (json!({"name": "ops"}), 409, "name"),
+        (json!({"name": "boot"}), 409, "name"),
+        (json!({"name": "x", "rpm": 0}), 400, "rpm"),
+        (json!({"name": "x", "models": ["[bad"]}), 400, "models[0]"),
+        (json!({"name": "bad name!"}), 400, "name"),
+        (json!({"name": "x", "colour": 1}), 400, ""),
+        (json!({"rpm": 1}), 400, ""),
+    ] {
+        let r = admin_call(&d, Method::POST, "/admin/keys", Some(body.clone())).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+        if !param.is_empty() {
+            assert_eq!(r.body["error"]["param"], param, "{body}: {}", r.text);
+        }
+    }
+    let r = admin_call(&d, Method::DELETE, "/admin/keys/boot", None).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    let r = admin_call(&d, Method::DELETE, "/admin/keys/nobody", None).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = admin_call(
+        &d,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "lab"})),
+    )
+    .await;
+    let lab = r.body["key"].as_str().unwrap().to_string();
+
+    // A reload re-reads the file and keeps the admin's keys.
+    let r = admin_call(&d, Method::POST, "/admin/reload", Some(json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(ask(&d, &lab, &q).await.status, 200, "after a reload");
+    d.stop().await;
+
+    // A restart reads them back; a delete revokes at once, and for good.
+    let d = keys_admin(tmp.path(), &mock.base_url()).await;
+    assert_eq!(ask(&d, &lab, &q).await.status, 200, "after a restart");
+    let r = admin_call(&d, Method::DELETE, "/admin/keys/lab", None).await;
+    assert_eq!((r.status, r.body["deleted"].as_str()), (200, Some("lab")));
+    assert_eq!(ask(&d, &lab, &q).await.status, 401);
+    d.stop().await;
+    let d = keys_admin(tmp.path(), &mock.base_url()).await;
+    assert_eq!(
+        ask(&d, &lab, &q).await.status,
+        401,
+        "still revoked after a restart"
+    );
+    assert_eq!(
+        ask(&d, &ops, &chat("gpt-4o", "Another question?"))
+            .await
+            .status,
+        200
+    );
+    d.stop().await;
+    let bytes = store_bytes(tmp.path());
+    for k in [&ops, &lab] {
+        assert!(!contains(&bytes, k), "a key reached the disk");
+    }
+    assert!(contains(&bytes, &full_hash), "its hash is what is kept");
+}

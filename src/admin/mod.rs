@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod entries;
 pub mod explain;
+pub mod keys;
 pub mod page;
 pub mod stats;
 
@@ -129,7 +130,9 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/admin/reload", post(entries::reload))
         .route("/admin/export", get(entries::export))
         .route("/admin/import", post(entries::import))
-        .route("/admin/feedback", post(feedback));
+        .route("/admin/feedback", post(feedback))
+        .route("/admin/keys", get(keys::list).post(keys::create))
+        .route("/admin/keys/{name}", axum::routing::delete(keys::delete));
     if metrics_here {
         protected = protected.route("/metrics", get(metrics));
     }

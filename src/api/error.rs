@@ -46,6 +46,10 @@ pub enum ApiError {
     /// (expired, evicted, another tenant's): 400 as OpenAI answers an unknown id.
     #[error("previous response {id} not found")]
     PreviousResponseNotFound { id: String },
+    /// The request conflicts with what exists (an admin key name taken, a key the config file
+    /// defines): 409, `param` names the field.
+    #[error("conflict: {message}")]
+    Conflict { message: String, param: String },
     /// The endpoint exists but not for this method (`GET /v1/chat/completions`).
     #[error("method {method} not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
@@ -132,6 +136,7 @@ impl ApiError {
             | ApiError::PreviousResponseNotFound { .. }
             | ApiError::MalformedHead => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -209,6 +214,11 @@ impl ApiError {
             }
             ApiError::NotFound { method, path } => {
                 parts.message = format!("Invalid URL ({method} {path})");
+            }
+            ApiError::Conflict { message, param } => {
+                parts.message = message.clone();
+                parts.param = Some(param.clone());
+                parts.code = Some("conflict");
             }
             ApiError::PreviousResponseNotFound { id } => {
                 parts.message = format!("Previous response with id '{id}' not found.");

@@ -4,7 +4,7 @@
 //! deja. Raw shape and validation ([`validate_keys`], called once from `validate`) live here;
 //! enforcement is `cache::access`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{grants, ConfigIssue, KeyHash, ModelGlob};
 
@@ -17,8 +17,9 @@ const MAX_BUDGET_USD: f64 = 1e9;
 /// Completion tokens reserved for a request that names no `max_tokens`.
 pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u32 = 1024;
 
-/// `[[keys]]` as written.
-#[derive(Debug, Deserialize)]
+/// `[[keys]]` as written (and as `POST /admin/keys` keeps a key it made, in
+/// `<cache.dir>/admin-keys.json`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub name: String,
@@ -67,6 +68,8 @@ pub struct KeyConfig {
     pub budget_daily_nano: Option<u64>,
     pub budget_monthly_nano: Option<u64>,
     pub reserve_output_tokens: u32,
+    /// Made through the admin API (`POST /admin/keys`), not listed in the config file.
+    pub admin: bool,
 }
 
 /// USD as integer nano-dollars (rounded; negative and non-finite amounts are 0).
@@ -270,6 +273,7 @@ pub fn validate_keys(
                 reserve_output_tokens: reserve
                     .and_then(|v| u32::try_from(v).ok())
                     .unwrap_or(DEFAULT_RESERVE_OUTPUT_TOKENS),
+                admin: false,
             });
         }
     }
@@ -283,6 +287,60 @@ pub fn validate_keys(
     KeysConfig { auth, keys }
 }
 
+/// Validates one key made through the admin API against the keys already in `taken`: the
+/// same checks as `[[keys]]` (problems named by field, `rpm`, `models[0]`), and neither its name
+/// nor its key may be one `taken` has.
+pub fn validate_admin_key(raw: &RawKey, taken: &KeysConfig) -> Result<KeyConfig, Vec<ConfigIssue>> {
+    let mut issues = Vec::new();
+    let one = validate_keys(None, std::slice::from_ref(raw), &mut issues);
+    for i in &mut issues {
+        if let Some(field) = i.path.strip_prefix("keys[0].") {
+            i.path = field.to_string();
+        }
+    }
+    if taken.keys.iter().any(|k| k.name == raw.name) {
+        issue(
+            &mut issues,
+            "name".into(),
+            format!("a key named '{}' exists", raw.name),
+        );
+    }
+    match one.keys.into_iter().next() {
+        Some(_) if !issues.is_empty() => Err(issues),
+        Some(k) if taken.find(&k.hash).is_some() => {
+            issue(&mut issues, "hash".into(), "the same key is listed already");
+            Err(issues)
+        }
+        Some(k) => Ok(KeyConfig { admin: true, ..k }),
+        None => Err(issues),
+    }
+}
+
+impl KeysConfig {
+    /// These keys with `admin` (keys the admin API made) in place of the admin keys they had.
+    /// A key whose name or hash the config file now has too is left out (the file wins), with
+    /// a warning in the log.
+    pub fn with_admin_keys(&self, admin: &[RawKey]) -> KeysConfig {
+        let mut out = KeysConfig {
+            auth: self.auth,
+            keys: self.keys.iter().filter(|k| !k.admin).cloned().collect(),
+        };
+        for raw in admin {
+            match validate_admin_key(raw, &out) {
+                Ok(k) => out.keys.push(k),
+                Err(problems) => {
+                    let why: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.path, p.message))
+                        .collect();
+                    tracing::warn!(key = %raw.name, "admin key left out: {}", why.join("; "));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{AuthMode, Config, KeyHash};
@@ -290,6 +348,53 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, crate::config::ConfigError> {
         Config::from_toml_str(text, Vec::<(String, String)>::new(), Path::new("/"))
+    }
+
+    #[test]
+    fn admin_keys_merge_after_the_files_and_lose_conflicts() {
+        use crate::config::keys::{validate_admin_key, RawKey};
+        let c = load(&format!(
+            "[server]\nauth = \"keys\"\n[[keys]]\nname = \"boot\"\nhash = \"{}\"\n",
+            KeyHash::of("dk-boot")
+        ))
+        .unwrap();
+        let raw = |name: &str, key: &str| RawKey {
+            name: name.into(),
+            hash: KeyHash::of(key).to_string(),
+            namespace: None,
+            models: None,
+            rpm: Some(3),
+            tpm: None,
+            budget_daily_usd: None,
+            budget_monthly_usd: None,
+            reserve_output_tokens: None,
+        };
+        let ok = validate_admin_key(&raw("ops", "dk-ops"), &c.keys).unwrap();
+        assert!(ok.admin && ok.rpm == Some(3));
+        let taken = validate_admin_key(&raw("boot", "dk-other"), &c.keys).unwrap_err();
+        assert_eq!(taken[0].path, "name");
+        let same_key = validate_admin_key(&raw("other", "dk-boot"), &c.keys).unwrap_err();
+        assert_eq!(same_key[0].path, "hash");
+        let mut bad = raw("x", "dk-x");
+        bad.rpm = Some(0);
+        assert_eq!(
+            validate_admin_key(&bad, &c.keys).unwrap_err()[0].path,
+            "rpm"
+        );
+
+        // Merged after the file's keys; a conflict with the file leaves the admin key out; a
+        // second merge replaces the admin keys instead of adding them again.
+        let admin = [raw("ops", "dk-ops"), raw("boot", "dk-shadow")];
+        let merged = c.keys.with_admin_keys(&admin);
+        let names: Vec<_> = merged
+            .keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.admin))
+            .collect();
+        assert_eq!(names, [("boot", false), ("ops", true)]);
+        let again = merged.with_admin_keys(&admin[..1]);
+        assert_eq!(again.keys.len(), 2);
+        assert!(again.with_admin_keys(&[]).keys.iter().all(|k| !k.admin));
     }
 
     #[test]

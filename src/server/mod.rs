@@ -58,6 +58,9 @@ pub enum ServeError {
     Admin(#[from] crate::admin::AdminError),
     #[error("cannot open the audit log: {0}")]
     Audit(String),
+    /// `<cache.dir>/admin-keys.json` (keys made through the admin API) cannot be read.
+    #[error("{0}")]
+    AdminKeys(String),
 }
 
 /// Builds the provider router from the validated config.
@@ -206,7 +209,14 @@ impl Server {
                 .await
                 .map_err(|e| ServeError::Audit(e.to_string()))?
                 .map_err(|e| ServeError::Audit(e.to_string()))?;
+        let keys_file = crate::admin::keys::file(&config);
+        let admin_keys = tokio::task::spawn_blocking(move || crate::admin::keys::load(&keys_file))
+            .await
+            .map_err(|e| ServeError::AdminKeys(e.to_string()))?
+            .map_err(ServeError::AdminKeys)?;
+        let spends = spends || crate::admin::keys::any_spend_limits(&admin_keys);
         let state = AppState::new(config, router, metrics, config_path);
+        crate::admin::keys::install(&state, admin_keys);
         let _ = state.0.audit.set(audit.map(Arc::new));
         if spends {
             // Key budgets are read back before the first request (blocking: sled opens).

@@ -36,7 +36,10 @@ pub fn reload(state: &AppState) -> Result<(), String> {
             router.map(|r| (new, r))
         });
     match result {
-        Ok((new, router)) => {
+        Ok((mut new, router)) => {
+            // Held until the new config is in place, as `admin::keys::install` holds it.
+            let admin_keys = state.0.admin_keys.lock();
+            new.keys = new.keys.with_admin_keys(&admin_keys);
             new.log_warnings();
             for note in restart_only_changes(&old, &new) {
                 tracing::warn!("config reload: {note} changed; it takes effect after a restart");
@@ -49,6 +52,7 @@ pub fn reload(state: &AppState) -> Result<(), String> {
             *state.0.router.write() = router;
             *state.0.judge.write() = judge;
             *state.0.config.write() = Arc::new(new);
+            drop(admin_keys);
             state.metrics().reloads.with_label_values(&["ok"]).inc();
             tracing::info!(path = %path.display(), "config reloaded");
             Ok(())

@@ -41,6 +41,11 @@ pub struct Inner {
     pub config_path: Option<PathBuf>,
     /// Feedback, shadow checks and recorded pairs (issue 17), built once the engine is ready.
     pub quality: OnceLock<Arc<crate::quality::Quality>>,
+    /// Deja keys made through the admin API (`<cache.dir>/admin-keys.json`), merged into every
+    /// config snapshot, the reloaded ones included (`admin::keys`).
+    pub admin_keys: parking_lot::Mutex<Vec<crate::config::keys::RawKey>>,
+    /// Admin key changes, one at a time (each rewrites the file).
+    pub admin_keys_write: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -70,6 +75,8 @@ impl AppState {
             background: TaskTracker::new(),
             config_path,
             quality: OnceLock::new(),
+            admin_keys: parking_lot::Mutex::new(Vec::new()),
+            admin_keys_write: tokio::sync::Mutex::new(()),
         }))
     }
 

@@ -35,6 +35,9 @@ pub struct Deja {
     pub dir: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Hot reload's watchers (a config file was given): stopped with the server, so that a
+    /// restart in the same test finds the store unlocked.
+    watchers: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -139,9 +142,10 @@ impl Deja {
         .unwrap()
         .unwrap();
         assert!(state.0.engine.set(engine).is_ok());
-        if config_file.is_some() {
-            std::mem::forget(server::reload::spawn_watchers(state.clone()));
-        }
+        let watchers = match config_file {
+            Some(_) => server::reload::spawn_watchers(state.clone()),
+            None => None,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -158,6 +162,7 @@ impl Deja {
             dir: dir.to_path_buf(),
             shutdown: Some(tx),
             task: Some(task),
+            watchers,
             _tmp: None,
         }
     }
@@ -222,6 +227,10 @@ impl Deja {
         }
         if let Some(t) = self.task.take() {
             t.await.unwrap();
+        }
+        if let Some(w) = self.watchers.take() {
+            w.abort();
+            let _ = w.await;
         }
         self._tmp.take()
     }
