@@ -270,6 +270,11 @@ fn unit(i: usize) -> Vec<f32> {
 }
 
 fn line(scope: u8, prompt: &str, model: &str, i: usize, expires_ms: u64) -> ExportLine {
+    let namespace = match scope {
+        1 => Some("ns:team-a".to_string()),
+        2 => Some("key:0123abcd".to_string()),
+        _ => None,
+    };
     ExportLine {
         scope: hex::encode([scope; 16]),
         prompt: prompt.into(),
@@ -289,6 +294,7 @@ fn line(scope: u8, prompt: &str, model: &str, i: usize, expires_ms: u64) -> Expo
         created_ms: 1_000 + i as u64,
         expires_ms,
         hits: 0,
+        namespace,
     }
 }
 
@@ -337,6 +343,8 @@ async fn issue17_the_cli_works_offline_without_loading_the_model() {
     assert_eq!(stats["by_model"]["m-a"]["entries"], 2);
     assert_eq!(stats["by_model"]["m-b"]["entries"], 1);
     assert_eq!(stats["oldest_ms"], 1_000);
+    assert_eq!(stats["by_namespace"]["ns:team-a"]["entries"], 2, "{stats}");
+    assert_eq!(stats["by_namespace"]["key:0123abcd"]["entries"], 1);
 
     // export gives back what was imported, embeddings included.
     let export = off(&one, &["export"]).await;
@@ -355,6 +363,7 @@ async fn issue17_the_cli_works_offline_without_loading_the_model() {
         assert_eq!(got.embedding, want.embedding);
         assert_eq!(got.response, want.response);
         assert_eq!(got.created_ms, want.created_ms);
+        assert_eq!(got.namespace, want.namespace);
     }
 
     // purge by model, then the export round-trips onto a fresh store.
@@ -374,6 +383,11 @@ async fn issue17_the_cli_works_offline_without_loading_the_model() {
     assert_eq!(round["imported"], 2, "{round}");
     let two_stats = off(&two, &["stats"]).await.json();
     assert_eq!(two_stats["by_model"], after["by_model"]);
+    assert_eq!(two_stats["by_namespace"], after["by_namespace"]);
+    let by_ns = off(&two, &["purge", "--namespace", "team-a"]).await.json();
+    assert_eq!(by_ns["removed"], 2, "{by_ns}");
+    let empty = off(&two, &["stats"]).await.json();
+    assert_eq!(empty["entries"], 0, "{empty}");
 
     // explain embeds: it tries to load the model, which fails clearly.
     let body = tmp.path().join("body.json");

@@ -44,7 +44,7 @@ pub struct CacheArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CacheCommand {
-    /// Entries, bytes and hits per model, requests and savings (JSON).
+    /// Entries, bytes, hits and hit rates per model and namespace, requests and savings (JSON).
     Stats,
     /// Why a request would hit or miss: FILE holds the request body (`-` for stdin).
     Explain {
@@ -66,6 +66,9 @@ pub enum CacheCommand {
         prompt_contains: Option<String>,
         #[arg(long)]
         scope: Option<String>,
+        /// A namespace as `stats` lists it (`ns:team-a`, `key:…`; a bare name means `ns:NAME`).
+        #[arg(long)]
+        namespace: Option<String>,
         /// Everything (no other filter).
         #[arg(long)]
         all: bool,
@@ -163,13 +166,14 @@ fn call(cmd: &CacheCommand) -> anyhow::Result<Call> {
             older_than,
             prompt_contains,
             scope,
+            namespace,
             all,
         } => Call {
             method: Method::POST,
             path: "/admin/purge".into(),
             body: json(serde_json::json!({
                 "model": model, "older_than": older_than, "prompt_contains": prompt_contains,
-                "scope": scope, "all": all,
+                "scope": scope, "namespace": namespace, "all": all,
             })),
         },
         CacheCommand::Delete { id } => Call {

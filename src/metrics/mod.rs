@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cost;
 pub mod judge;
 pub mod keys;
+pub mod namespaces;
 pub mod pii;
 pub mod quality;
 pub mod verifier;
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub keys: keys::KeyMetrics,
     /// The audit log: `deja_audit_*` (issue 16).
     pub audit: audit::AuditMetrics,
+    /// Lookups by namespace and model, for `/admin/stats` only (not Prometheus labels).
+    pub lookups: namespaces::NamespaceLookups,
     /// The storage backend's `deja_backend_*` metrics.
     pub backend: backend::BackendMetrics,
     /// Hit quality on live traffic: `deja_feedback_*`, `deja_shadow_*` (issue 17).
@@ -274,6 +277,7 @@ impl Metrics {
             pii: pii::PiiMetrics::new(&f.0)?,
             keys: keys::KeyMetrics::new(&f.0)?,
             audit: audit::AuditMetrics::new(&f.0)?,
+            lookups: namespaces::NamespaceLookups::default(),
             backend: {
                 let backend = backend::BackendMetrics::new()?;
                 backend.register(&f.0)?;
