@@ -478,6 +478,45 @@ mod fleet {
         assert_eq!(meta, "dim|64\nmodel_id|deja/hashing-64\nschema_version|1");
     }
 
+    /// Issue 17: a table written before entries recorded their namespace (no such column)
+    /// opens: the migration adds the column without touching the rows, which read as unknown
+    /// and keep serving; new rows record theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue17_a_table_from_before_namespaces_opens_and_reads_unknown() {
+        let Some(k) = kit("before_namespaces") else {
+            return;
+        };
+        let e = k.open();
+        let s = scope("t");
+        let old = put(&e, s, BREAD, "old", TTL).await;
+        drop(e);
+        let pg = common::postgres::server().unwrap();
+        pg.psql(&format!(
+            "ALTER TABLE {}.entries DROP COLUMN namespace",
+            k.schema
+        ));
+        let e = k.open();
+        assert_eq!(seen(&look(&e, s, BREAD).await), ("exact", "old".into()));
+        let v = e.embedder().embed(OTHER).await.unwrap();
+        let new = e
+            .insert(
+                s,
+                OTHER.into(),
+                Some(v),
+                answer("new"),
+                TTL,
+                Some("ns:x".into()),
+            )
+            .await
+            .unwrap();
+        let names: Vec<(u64, Option<String>)> = blocking(|| e.backend().scan(None, 10))
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.entry.id, s.namespace))
+            .collect();
+        assert_eq!(names, vec![(old, None), (new, Some("ns:x".into()))]);
+    }
+
     /// Hits are written in batches by the maintenance task (or a flush), not one UPDATE each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn issue14_hit_counts_are_written_in_batches() {
