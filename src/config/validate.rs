@@ -120,6 +120,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         super::judge::validate_judge(raw.cache.judge.as_ref(), &providers, &routes, &mut is.0);
     cache.verifier = super::verifier::validate_verifier(raw.cache.verifier.as_ref(), &mut is.0);
     cache.quality = super::quality::validate_quality(raw.cache.audit_rate, &raw.quality, &mut is.0);
+    cache.quality.judge_model = super::shadow_judge::validate_shadow_judge(
+        raw.quality.judge_model.as_deref(),
+        &routes,
+        &mut is.0,
+    );
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);
