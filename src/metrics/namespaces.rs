@@ -13,6 +13,21 @@ use serde::Serialize;
 pub const MAX_LABELS: usize = 100;
 /// The key everything past [`MAX_LABELS`] is summed under.
 pub const OTHER: &str = "(other)";
+/// Longest key kept, in bytes: a model name is whatever a client sent under a `*` route, so
+/// longer ones are cut (at a character boundary) and the maps stay small in bytes too.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// `s` cut to at most [`MAX_LABEL_BYTES`] bytes, at a character boundary.
+fn cut(s: &str) -> &str {
+    if s.len() <= MAX_LABEL_BYTES {
+        return s;
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// Lookups by outcome.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -73,9 +88,9 @@ impl NamespaceLookups {
     /// `semantic_hit`, `miss`; anything else is a bypass).
     pub fn count(&self, namespace: &str, model: &str, outcome: &str) {
         let mut m = self.maps.lock();
-        let ns = bounded_key(&m.by_namespace, namespace, MAX_LABELS).to_string();
+        let ns = bounded_key(&m.by_namespace, cut(namespace), MAX_LABELS).to_string();
         m.by_namespace.entry(ns).or_default().add(outcome);
-        let model = bounded_key(&m.by_model, model, MAX_LABELS).to_string();
+        let model = bounded_key(&m.by_model, cut(model), MAX_LABELS).to_string();
         m.by_model.entry(model).or_default().add(outcome);
     }
 
@@ -131,5 +146,16 @@ mod tests {
             .map(|c| c.miss + c.exact_hit + c.semantic_hit + c.bypass)
             .sum();
         assert_eq!(total, 4 + 3 * MAX_LABELS as u64 + 1);
+        // A long name is cut, so a few keys never hold much either.
+        // (an `é` straddles the cut: it goes whole)
+        let long = format!("{}é{}", "m".repeat(MAX_LABEL_BYTES - 1), "m".repeat(300));
+        let l = NamespaceLookups::default();
+        l.count("ns:a", &long, "miss");
+        let (_, models) = l.snapshot();
+        let key = models.keys().next().unwrap();
+        assert!(
+            key.len() <= MAX_LABEL_BYTES && long.starts_with(key.as_str()),
+            "{key}"
+        );
     }
 }
