@@ -48,7 +48,14 @@ fn engine(rt: &tokio::runtime::Runtime) -> (CacheEngine, tempfile::TempDir) {
                 tool_calls: Vec::new(),
             };
             engine
-                .insert(scope(), prompt, Some(v), answer, Duration::from_secs(3600))
+                .insert(
+                    scope(),
+                    prompt,
+                    Some(v),
+                    answer,
+                    Duration::from_secs(3600),
+                    None,
+                )
                 .await
                 .expect("insert");
         }

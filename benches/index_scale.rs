@@ -221,6 +221,7 @@ fn build_phase(args: &Args, work: &Path, v: &Vectors, model_id: &str) -> anyhow:
             response: answer(i, prompt),
             created_ms: now,
             expires_ms: now + 365 * 86_400_000,
+            namespace: None,
         })?;
         ids.push(out.id);
         if (n + 1) % 200_000 == 0 {

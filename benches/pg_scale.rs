@@ -114,6 +114,7 @@ fn main() {
                         response: answer(),
                         created_ms: 1,
                         expires_ms: u64::MAX / 2,
+                        namespace: None,
                     })
                     .expect("insert");
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;

@@ -31,6 +31,7 @@ fn entry(i: u64) -> NewEntry {
         },
         created_ms: i,
         expires_ms: u64::MAX,
+        namespace: None,
     }
 }
 

@@ -190,6 +190,17 @@ async fn issue17_the_dashboard_renders_in_headless_chromium() {
     assert!(!busiest.is_empty());
     assert!(dom.contains(busiest[0]["prompt"].as_str().unwrap()));
     assert!(dom.contains(">mock<"), "provider row missing");
+    // One namespace (the key's own), with the entries stats counts for it.
+    let by_ns = stats["by_namespace"].as_object().unwrap();
+    assert_eq!(by_ns.len(), 1, "{by_ns:?}");
+    let (ns, v) = by_ns.iter().next().unwrap();
+    let row = regex::Regex::new(&format!(
+        r#"title="{}">[^<]*</td><td class="n">{}</td>"#,
+        regex::escape(ns),
+        v["entries"]
+    ))
+    .unwrap();
+    assert!(row.is_match(&dom), "no namespace row for {ns}: {dom}");
     assert!(
         dom.contains("id=\"precision\" hidden"),
         "precision shown without data"

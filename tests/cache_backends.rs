@@ -117,7 +117,7 @@ const RULE: Rule = Rule {
 /// Stores `prompt` with its embedding, as a miss's insert does.
 async fn put(e: &CacheEngine, s: ScopeId, prompt: &str, text: &str, ttl: Duration) -> u64 {
     let v = e.embedder().embed(prompt).await.unwrap();
-    e.insert(s, prompt.into(), Some(v), answer(text), ttl)
+    e.insert(s, prompt.into(), Some(v), answer(text), ttl, None)
         .await
         .unwrap()
 }
@@ -229,6 +229,62 @@ mod suite {
         assert_eq!(blocking(|| purge.run_blocking(&e)).unwrap(), (1, 1));
         assert_eq!(seen(&look(&e, b, OTHER).await).0, "miss");
         assert_eq!(e.entries(), 0);
+    }
+
+    /// Issue 17: each entry keeps the tenant it was stored for, across a restart; entries
+    /// stored without one read as unknown; purge by namespace takes exactly its entries out
+    /// of the store and the search.
+    pub async fn issue17_entries_keep_their_namespace(k: &Kit) {
+        use deja::admin::entries::{Purge, PurgeFilter};
+        let e = k.open();
+        let (a, b, c) = (scope("na"), scope("nb"), scope("nc"));
+        let store = |s: ScopeId, prompt: &'static str, ns: Option<&'static str>| {
+            let e = e.clone();
+            async move {
+                let v = e.embedder().embed(prompt).await.unwrap();
+                let ns = ns.map(str::to_string);
+                e.insert(s, prompt.into(), Some(v), answer(prompt), TTL, ns)
+                    .await
+                    .unwrap()
+            }
+        };
+        let team = store(a, BREAD, Some("ns:team-a")).await;
+        let key = store(b, OTHER, Some("key:0123abcd")).await;
+        let old = store(c, BREAD, None).await;
+        let names = |e: &CacheEngine| -> Vec<(u64, Option<String>)> {
+            blocking(|| e.backend().scan(None, 10))
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.entry.id, s.namespace))
+                .collect()
+        };
+        let want = vec![
+            (team, Some("ns:team-a".to_string())),
+            (key, Some("key:0123abcd".to_string())),
+            (old, None),
+        ];
+        assert_eq!(names(&e), want);
+        blocking(|| e.flush_blocking()).unwrap();
+        drop(e);
+        let e = k.open();
+        assert_eq!(names(&e), want, "after a restart");
+
+        let purge = |ns: &str| {
+            let f = PurgeFilter {
+                namespace: Some(ns.into()),
+                ..Default::default()
+            };
+            Purge::new(&f, deja::store::now_ms()).unwrap()
+        };
+        let p = purge("team-a");
+        assert_eq!(blocking(|| p.run_blocking(&e)).unwrap(), (1, 3));
+        assert_eq!(seen(&look(&e, a, BREAD).await).0, "miss");
+        assert_eq!(seen(&look(&e, a, BREAD_NEAR).await).0, "miss");
+        assert_eq!(seen(&look(&e, b, OTHER).await).0, "exact");
+        let p = purge("(unknown)");
+        assert_eq!(blocking(|| p.run_blocking(&e)).unwrap(), (1, 2));
+        assert_eq!(seen(&look(&e, c, BREAD).await).0, "miss");
+        assert_eq!(names(&e), vec![(key, Some("key:0123abcd".to_string()))]);
     }
 
     pub async fn a_replacement_takes_the_old_answers_place(k: &Kit) {
@@ -427,6 +483,7 @@ backend_suite!(embedded:
     the_least_recently_hit_go_first_past_max_entries,
     issue17_removed_entries_leave_store_and_search_at_once,
     issue15_response_chains_are_bounded_and_outlive_the_engine,
+    issue17_entries_keep_their_namespace,
 );
 
 backend_suite!(postgres:
@@ -438,6 +495,7 @@ backend_suite!(postgres:
     the_least_recently_hit_go_first_past_max_entries,
     issue17_removed_entries_leave_store_and_search_at_once,
     issue15_response_chains_are_bounded_and_outlive_the_engine,
+    issue17_entries_keep_their_namespace,
 );
 
 /// What only a shared database can do: several engines (replicas) on one schema at once.
@@ -502,6 +560,45 @@ mod fleet {
             k.schema
         ));
         assert_eq!(meta, "dim|64\nmodel_id|deja/hashing-64\nschema_version|1");
+    }
+
+    /// Issue 17: a table written before entries recorded their namespace (no such column)
+    /// opens: the migration adds the column without touching the rows, which read as unknown
+    /// and keep serving; new rows record theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue17_a_table_from_before_namespaces_opens_and_reads_unknown() {
+        let Some(k) = kit("before_namespaces") else {
+            return;
+        };
+        let e = k.open();
+        let s = scope("t");
+        let old = put(&e, s, BREAD, "old", TTL).await;
+        drop(e);
+        let pg = common::postgres::server().unwrap();
+        pg.psql(&format!(
+            "ALTER TABLE {}.entries DROP COLUMN namespace",
+            k.schema
+        ));
+        let e = k.open();
+        assert_eq!(seen(&look(&e, s, BREAD).await), ("exact", "old".into()));
+        let v = e.embedder().embed(OTHER).await.unwrap();
+        let new = e
+            .insert(
+                s,
+                OTHER.into(),
+                Some(v),
+                answer("new"),
+                TTL,
+                Some("ns:x".into()),
+            )
+            .await
+            .unwrap();
+        let names: Vec<(u64, Option<String>)> = blocking(|| e.backend().scan(None, 10))
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.entry.id, s.namespace))
+            .collect();
+        assert_eq!(names, vec![(old, None), (new, Some("ns:x".into()))]);
     }
 
     /// Hits are written in batches by the maintenance task (or a flush), not one UPDATE each.
@@ -1089,6 +1186,7 @@ mod recall {
                             response: answer("x"),
                             created_ms: 0,
                             expires_ms: u64::MAX / 2,
+                            namespace: None,
                         })
                         .unwrap();
                     stored.push((s, id, v));

@@ -426,6 +426,159 @@ async fn issue17_deleted_and_purged_entries_are_never_served_again_under_traffic
     d.stop().await;
 }
 
+/// Sends `text` as key `k` in namespace `support` (granted to it), or in the key's own.
+async fn ask_in(c: &reqwest::Client, base: &str, text: &str, support: bool) -> (String, String) {
+    let mut r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .header("authorization", "Bearer k")
+        .json(&chat(text));
+    if support {
+        r = r.header("x-deja-namespace", "support");
+    }
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string())
+    };
+    (h("x-deja-cache"), h("x-deja-entry"))
+}
+
+#[tokio::test]
+async fn issue17_stats_per_namespace_and_purge_by_namespace_under_traffic() {
+    let mock = MockUpstream::start().await;
+    let grant = format!(
+        "[[cache.namespaces]]\nname = \"support\"\nkeys = [\"{}\"]\n",
+        deja::config::KeyHash::of("k")
+    );
+    let (d, _tmp) = start(&mock.base_url(), &grant, "").await;
+    let support: Vec<String> = (0..6)
+        .map(|i| format!("support question number {i} about billing"))
+        .collect();
+    let own: Vec<String> = (0..4)
+        .map(|i| format!("private note {i} on the roadmap"))
+        .collect();
+    let c = client();
+    for p in &support {
+        assert_eq!(ask_in(&c, &d.base, p, true).await.0, "miss");
+    }
+    for p in &own {
+        assert_eq!(ask_in(&c, &d.base, p, false).await.0, "miss");
+    }
+    d.wait_entries(support.len() + own.len()).await;
+    let (mut old_support, mut old_own) = (HashSet::new(), HashSet::new());
+    for p in &support {
+        let (outcome, entry) = ask_in(&c, &d.base, p, true).await;
+        assert_eq!(outcome, "exact-hit");
+        old_support.insert(entry);
+    }
+    for p in &own[..2] {
+        let (outcome, entry) = ask_in(&c, &d.base, p, false).await;
+        assert_eq!(outcome, "exact-hit");
+        old_own.insert(entry);
+    }
+    d.settle().await;
+
+    let (status, stats) = get(&d, "/admin/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    let by_ns = stats["by_namespace"].as_object().unwrap();
+    assert_eq!(by_ns.len(), 2, "{stats}");
+    let team = &by_ns["ns:support"];
+    assert_eq!(team["entries"], 6, "{team}");
+    assert_eq!(team["hits"], 6, "{team}");
+    assert_eq!(team["requests"]["miss"], 6);
+    assert_eq!(team["requests"]["exact_hit"], 6);
+    assert_eq!(team["hit_rate"]["exact"], 0.5);
+    assert_eq!(team["hit_rate"]["semantic"], 0.0);
+    assert!(team["oldest_ms"].as_u64().unwrap() > 0);
+    // The key's own namespace is its hash, never the key.
+    let (own_ns, mine) = by_ns.iter().find(|(k, _)| k.starts_with("key:")).unwrap();
+    assert!(!own_ns.contains("Bearer") && own_ns.len() > 20, "{own_ns}");
+    assert_eq!(mine["entries"], 4);
+    assert_eq!(mine["requests"]["exact_hit"], 2);
+    let rate = mine["hit_rate"]["exact"].as_f64().unwrap();
+    assert!((rate - 2.0 / 6.0).abs() < 1e-9, "{mine}");
+    let saved = |v: &Value| v["tokens_saved"].as_u64().unwrap();
+    assert!(saved(team) > 0 && saved(mine) > 0, "{stats}");
+    assert_eq!(
+        saved(team) + saved(mine),
+        stats["stored_tokens_saved"].as_u64().unwrap()
+    );
+    let model = &stats["requests_by_model"]["gpt-4o-mini"]["requests"];
+    assert_eq!(
+        (model["miss"].as_u64(), model["exact_hit"].as_u64()),
+        (Some(10), Some(8))
+    );
+    let sum: u64 = by_ns.values().map(|v| v["entries"].as_u64().unwrap()).sum();
+    assert_eq!(sum, stats["entries"].as_u64().unwrap());
+
+    // Both namespaces busy while one of them is purged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let purged = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4usize {
+        let (stop, purged, base) = (stop.clone(), purged.clone(), d.base.clone());
+        let (support, own) = (support.clone(), own[..2].to_vec());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let (mut after, mut i) = (Vec::new(), w);
+            while !stop.load(Ordering::SeqCst) {
+                let in_support = i % 2 == 0;
+                let text = if in_support {
+                    &support[i % support.len()]
+                } else {
+                    &own[i % own.len()]
+                };
+                let was_purged = purged.load(Ordering::SeqCst);
+                let seen = ask_in(&c, &base, text, in_support).await;
+                if was_purged {
+                    after.push((in_support, seen));
+                }
+                i += 1;
+            }
+            after
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (status, v) = post(&d, "/admin/purge", &json!({"namespace": "support"})).await;
+    assert_eq!(status, 200, "{v}");
+    purged.store(true, Ordering::SeqCst);
+    assert!(v["removed"].as_u64().unwrap() >= 6, "{v}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut support_after, mut own_after) = (0, 0);
+    for w in workers {
+        for (in_support, (outcome, entry)) in w.await.unwrap() {
+            if in_support {
+                support_after += 1;
+                assert!(!old_support.contains(&entry), "purged entry {entry} served");
+            } else {
+                own_after += 1;
+                assert_eq!(outcome, "exact-hit", "the other namespace was purged too");
+                assert!(old_own.contains(&entry), "{entry}");
+            }
+        }
+    }
+    assert!(
+        support_after > 0 && own_after > 0,
+        "{support_after} {own_after}"
+    );
+    d.settle().await;
+    let (_, stats) = get(&d, "/admin/stats").await;
+    assert_eq!(
+        stats["by_namespace"][own_ns.as_str()]["entries"],
+        4,
+        "{stats}"
+    );
+    let (status, v) = post(&d, "/admin/purge", &json!({"namespace": ""})).await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("namespace"))
+    );
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn issue17_export_then_import_onto_a_fresh_store_round_trips() {
     let mock = MockUpstream::start().await;

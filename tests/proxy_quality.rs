@@ -331,3 +331,118 @@ async fn issue17_a_full_shadow_queue_drops_checks_and_counts_them() {
     let summary = d.state.quality().unwrap().summary(&d.state.config());
     assert_eq!(summary["shadow"]["dropped"], dropped);
 }
+
+/// With `quality.judge_model`, the judge's yes or no decides a shadow check (here against the
+/// answers' cosine both ways); without a verdict the cosine decides. Its calls, tokens and
+/// cost are counted apart.
+#[tokio::test]
+async fn issue17_a_judge_model_decides_shadow_checks_and_its_cost_is_counted() {
+    use std::sync::{Arc, Mutex};
+    const SUNNY: &str = "It is sunny in Paris today.";
+    // (what clients get, what the judge says)
+    let say = Arc::new(Mutex::new((SUNNY.to_string(), "no".to_string())));
+    let said = Arc::clone(&say);
+    let mock = MockUpstream::builder()
+        .reply_with(move |body| {
+            let (answer, verdict) = said.lock().unwrap().clone();
+            let system = body["messages"][0]["content"].as_str().unwrap_or("");
+            if system == deja::quality::shadow_judge::SHADOW_JUDGE_SYSTEM {
+                verdict
+            } else {
+                answer
+            }
+        })
+        .start()
+        .await;
+    let cache = format!("{CACHE}\naudit_rate = 1.0");
+    let extra = "[quality]\njudge_model = \"judge-mini\"\n\
+                 [[prices]]\nmodel = \"judge-*\"\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n";
+    let d = Deja::start_with(&mock.base_url(), hash_model(), &cache, extra).await;
+    ask(&d, "tell me about the weather in paris today", "k", &[]).await;
+    d.wait_entries(1).await;
+    let q = &d.state.metrics().quality;
+    let j = &d.state.metrics().shadow_judge;
+    let shadow = |o: &str| q.shadow.with_label_values(&[o]).get();
+
+    // The same answer again (cosine 1), but the judge says no: a disagreement.
+    let hit = ask(
+        &d,
+        "tell me about the weather in paris today please",
+        "k",
+        &[],
+    )
+    .await;
+    assert_eq!(hit.header("x-deja-cache"), "semantic-hit");
+    eventually("the judge's no", || shadow("disagree") == 1).await;
+    assert_eq!(shadow("agree"), 0);
+    assert_eq!(j.calls.with_label_values(&["disagree"]).get(), 1);
+    let judged = mock.last_request().unwrap();
+    let sent = &judged.body;
+    assert_eq!(sent["model"], "judge-mini");
+    let user = sent["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        user.contains(&format!("<answer_a>\n\"{SUNNY}\"\n</answer_a>")),
+        "{user}"
+    );
+    assert!(user.contains("weather in paris today please"), "{user}");
+
+    // Another answer (a low cosine), but the judge says yes: an agreement.
+    *say.lock().unwrap() = (
+        "Bananas are yellow and rich in potassium.".into(),
+        "Yes.".into(),
+    );
+    let hit = ask(
+        &d,
+        "please tell me about the weather in paris now",
+        "k",
+        &[],
+    )
+    .await;
+    assert_eq!(hit.header("x-deja-cache"), "semantic-hit");
+    eventually("the judge's yes", || shadow("agree") == 1).await;
+    assert_eq!(j.calls.with_label_values(&["agree"]).get(), 1);
+
+    // No verdict: the cosine decides (a disagreement), and the judge's miss is counted.
+    say.lock().unwrap().1 = "maybe".into();
+    let hit = ask(
+        &d,
+        "tell me about the weather in paris today now please",
+        "k",
+        &[],
+    )
+    .await;
+    assert_eq!(hit.header("x-deja-cache"), "semantic-hit");
+    eventually("the cosine's no", || shadow("disagree") == 2).await;
+    assert_eq!(j.calls.with_label_values(&["unparsable"]).get(), 1);
+    assert_eq!(
+        mock.calls(),
+        1 + 3 * 2,
+        "the seed, three checks and three judge calls"
+    );
+
+    let tokens: u64 = ["prompt", "completion"]
+        .iter()
+        .map(|k| j.tokens.with_label_values(&[k]).get())
+        .sum();
+    assert!(j.tokens.with_label_values(&["prompt"]).get() > 0);
+    assert!(
+        (j.cost_usd.get() - tokens as f64).abs() < 1e-6,
+        "$1 a token"
+    );
+    let quality = d.state.quality().unwrap();
+    eventually("three pairs recorded", || quality.ledger().len() == 3).await;
+    let labels: Vec<bool> = quality
+        .ledger()
+        .pairs()
+        .unwrap()
+        .iter()
+        .map(|p| p.same)
+        .collect();
+    assert_eq!(labels, [false, true, false]);
+    let metrics = client().get(d.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("deja_shadow_judge_calls_total{verdict=\"agree\"} 1"),
+        "{text}"
+    );
+}

@@ -53,6 +53,7 @@ fn entry(i: u64, content_len: usize) -> NewEntry {
         },
         created_ms: 1_000 + i,
         expires_ms: u64::MAX,
+        namespace: None,
     }
 }
 

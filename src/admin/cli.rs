@@ -3,7 +3,9 @@
 //! the token from the environment variable `--token-env` names). With `--offline` the store
 //! named by `--config` is opened in this process (sled allows one process: while a server
 //! holds it, that is a clear error) and the same request is answered by the same admin router
-//! in-process, so both ways run exactly the same handlers.
+//! in-process, so both ways run exactly the same handlers. Offline, the embedding model is
+//! resolved but loaded only by a command that embeds ([`crate::embed::LazyEmbedder`]): stats,
+//! purge, delete, export and an import of this model's embeddings never read its weights.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -42,7 +44,7 @@ pub struct CacheArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CacheCommand {
-    /// Entries, bytes and hits per model, requests and savings (JSON).
+    /// Entries, bytes, hits and hit rates per model and namespace, requests and savings (JSON).
     Stats,
     /// Why a request would hit or miss: FILE holds the request body (`-` for stdin).
     Explain {
@@ -64,6 +66,9 @@ pub enum CacheCommand {
         prompt_contains: Option<String>,
         #[arg(long)]
         scope: Option<String>,
+        /// A namespace as `stats` lists it (`ns:team-a`, `key:…`; a bare name means `ns:NAME`).
+        #[arg(long)]
+        namespace: Option<String>,
         /// Everything (no other filter).
         #[arg(long)]
         all: bool,
@@ -161,13 +166,14 @@ fn call(cmd: &CacheCommand) -> anyhow::Result<Call> {
             older_than,
             prompt_contains,
             scope,
+            namespace,
             all,
         } => Call {
             method: Method::POST,
             path: "/admin/purge".into(),
             body: json(serde_json::json!({
                 "model": model, "older_than": older_than, "prompt_contains": prompt_contains,
-                "scope": scope, "all": all,
+                "scope": scope, "namespace": namespace, "all": all,
             })),
         },
         CacheCommand::Delete { id } => Call {
@@ -240,11 +246,13 @@ async fn online(args: &CacheArgs, req: Call) -> anyhow::Result<()> {
 
 async fn offline(args: &CacheArgs, req: Call) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    let embedder = crate::embed::load_default(
-        &crate::embed::EmbedSettings::from(&config.embedding),
-        &crate::embed::ResolveOptions::from_env(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    // Resolved, not loaded: only a command that embeds (explain, an import from another
+    // model) reads the weights, on its first embedding.
+    let embedder: std::sync::Arc<dyn crate::embed::Embedder> =
+        std::sync::Arc::new(crate::embed::LazyEmbedder::resolve(
+            &crate::embed::EmbedSettings::from(&config.embedding),
+            &crate::embed::ResolveOptions::from_env(),
+        )?);
     let cfg = config.clone();
     let engine = tokio::task::spawn_blocking(move || crate::server::open_engine(&cfg, embedder))
         .await?

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::stats::SCAN_PAGE;
+use super::stats::{SCAN_PAGE, UNKNOWN_NAMESPACE};
 use super::AdminState;
 use crate::api::error::ApiError;
 use crate::cache::{CacheEngine, CacheError};
@@ -115,6 +115,9 @@ pub struct PurgeFilter {
     pub prompt_contains: Option<String>,
     /// One scope, as `POST /admin/explain` reports it (hex).
     pub scope: Option<String>,
+    /// One namespace, as `GET /admin/stats` lists it (`ns:team-a`, `key:…`, `dkey:…`,
+    /// `anonymous`, `(unknown)`); a bare name means `ns:<name>`.
+    pub namespace: Option<String>,
     /// Required to purge everything (no other filter).
     #[serde(default)]
     pub all: bool,
@@ -126,6 +129,7 @@ pub struct Purge {
     created_before: Option<u64>,
     prompt_contains: Option<String>,
     scope: Option<ScopeId>,
+    namespace: Option<String>,
 }
 
 impl Purge {
@@ -165,20 +169,30 @@ impl Purge {
             }
             t => t.as_ref().map(|t| t.to_lowercase()),
         };
+        let namespace = match f.namespace.as_deref() {
+            Some("") => return Err(bad("namespace must not be empty".into(), "namespace")),
+            Some(n) if n.contains(':') || n == "anonymous" || n == UNKNOWN_NAMESPACE => {
+                Some(n.to_string())
+            }
+            Some(n) => Some(format!("ns:{n}")),
+            None => None,
+        };
         let p = Purge {
             model,
             created_before,
             prompt_contains,
             scope,
+            namespace,
         };
         let any = p.model.is_some()
             || p.created_before.is_some()
             || p.prompt_contains.is_some()
-            || p.scope.is_some();
+            || p.scope.is_some()
+            || p.namespace.is_some();
         if any == f.all {
             return Err(bad(
-                "give at least one filter (model, older_than, prompt_contains, scope), or \
-                 \"all\": true alone to purge everything"
+                "give at least one filter (model, older_than, prompt_contains, scope, \
+                 namespace), or \"all\": true alone to purge everything"
                     .into(),
                 "all",
             ));
@@ -186,7 +200,8 @@ impl Purge {
         Ok(p)
     }
 
-    pub fn matches(&self, e: &Entry) -> bool {
+    /// Whether entry `e`, stored for `namespace` (`None`: not recorded), is to go.
+    pub fn matches(&self, e: &Entry, namespace: Option<&str>) -> bool {
         self.model
             .as_ref()
             .is_none_or(|g| g.matches(&e.response.model))
@@ -196,6 +211,10 @@ impl Purge {
                 .as_ref()
                 .is_none_or(|t| e.prompt.to_lowercase().contains(t))
             && self.scope.is_none_or(|s| e.scope == s)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| namespace.unwrap_or(UNKNOWN_NAMESPACE) == n)
     }
 
     /// Scans the backend and removes every match; (removed, scanned). Blocking.
@@ -208,7 +227,8 @@ impl Purge {
             after = Some(last.entry.id);
             for s in &page {
                 scanned += 1;
-                if self.matches(&s.entry) && engine.remove_blocking(s.entry.id)?.is_some() {
+                let hit = self.matches(&s.entry, s.namespace.as_deref());
+                if hit && engine.remove_blocking(s.entry.id)?.is_some() {
                     removed += 1;
                 }
             }
@@ -280,6 +300,9 @@ pub struct ExportLine {
     pub expires_ms: u64,
     #[serde(default)]
     pub hits: u64,
+    /// The tenant it was stored for (absent in exports of entries without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// The export of the whole backend as JSONL lines, produced a page at a time into `tx`
@@ -315,6 +338,7 @@ pub fn export_blocking(
                 created_ms: e.created_ms,
                 expires_ms: e.expires_ms,
                 hits: s.hits,
+                namespace: s.namespace,
             };
             if tx.blocking_send(Ok(line(&l))).is_err() {
                 return Ok(n);
@@ -522,6 +546,7 @@ pub async fn import_stream(
                 response: l.response,
                 created_ms: l.created_ms,
                 expires_ms: l.expires_ms,
+                namespace: l.namespace,
             });
             if batch.len() >= IMPORT_BATCH {
                 flush_batch(engine, &mut batch, &mut done).await?;
@@ -621,10 +646,13 @@ mod tests {
             ..Default::default()
         };
         let p = Purge::new(&f, now).unwrap();
-        assert!(p.matches(&entry("gpt-4o-mini", "my refund please", 0)));
-        assert!(!p.matches(&entry("claude", "my refund please", 0)));
-        assert!(!p.matches(&entry("gpt-4o-mini", "my refund please", now - 60_000)));
-        assert!(!p.matches(&entry("gpt-4o-mini", "hello", 0)));
+        assert!(p.matches(&entry("gpt-4o-mini", "my refund please", 0), None));
+        assert!(!p.matches(&entry("claude", "my refund please", 0), None));
+        assert!(!p.matches(
+            &entry("gpt-4o-mini", "my refund please", now - 60_000),
+            None
+        ));
+        assert!(!p.matches(&entry("gpt-4o-mini", "hello", 0), None));
         let s = Purge::new(
             &PurgeFilter {
                 scope: Some(hex::encode([7u8; 16])),
@@ -633,7 +661,7 @@ mod tests {
             now,
         )
         .unwrap();
-        assert!(s.matches(&entry("m", "x", 0)));
+        assert!(s.matches(&entry("m", "x", 0), None));
     }
 
     #[test]
@@ -643,7 +671,9 @@ mod tests {
             all: true,
             ..Default::default()
         };
-        assert!(Purge::new(&all, 0).unwrap().matches(&entry("m", "x", 0)));
+        assert!(Purge::new(&all, 0)
+            .unwrap()
+            .matches(&entry("m", "x", 0), None));
         let both = PurgeFilter {
             all: true,
             model: Some("*".into()),
@@ -660,5 +690,33 @@ mod tests {
             ..Default::default()
         };
         assert!(Purge::new(&bad, 0).is_err());
+    }
+
+    #[test]
+    fn purge_by_namespace_matches_the_label_stats_show() {
+        let by = |n: &str| {
+            let f = PurgeFilter {
+                namespace: Some(n.into()),
+                ..Default::default()
+            };
+            Purge::new(&f, 0).unwrap()
+        };
+        let e = entry("m", "x", 0);
+        assert!(by("team-a").matches(&e, Some("ns:team-a")), "a bare name");
+        assert!(by("ns:team-a").matches(&e, Some("ns:team-a")));
+        assert!(!by("team-a").matches(&e, Some("ns:team-b")));
+        assert!(!by("team-a").matches(&e, None));
+        assert!(by("key:abc").matches(&e, Some("key:abc")));
+        assert!(by("anonymous").matches(&e, Some("anonymous")));
+        assert!(
+            by("(unknown)").matches(&e, None),
+            "entries stored before namespaces"
+        );
+        assert!(!by("(unknown)").matches(&e, Some("ns:team-a")));
+        let empty = PurgeFilter {
+            namespace: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(Purge::new(&empty, 0).is_err());
     }
 }

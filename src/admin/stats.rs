@@ -2,12 +2,15 @@
 //!
 //! Two sources, both bounded:
 //! - the **inventory**, one scan of the backend in pages ([`Backend::scan`]) on a blocking
-//!   thread: entries and bytes per model, the oldest entry, the busiest entries (a top-N heap),
+//!   thread: entries and bytes per model and per namespace (the tenant each entry was stored
+//!   for; [`UNKNOWN_NAMESPACE`] for entries stored before deja recorded it), the oldest entry, the busiest entries (a top-N heap),
 //!   tokens and dollars the stored hits saved. It is kept for [`INVENTORY_TTL`] and dropped by
 //!   every delete, purge and import, so a dashboard refreshing every few seconds scans at most
 //!   that often, one scan at a time;
 //! - the **counters** the request path already keeps in `metrics` (requests by outcome,
-//!   latency and similarity histograms, tokens and cost saved), read without touching it.
+//!   latency and similarity histograms, tokens and cost saved), read without touching it,
+//!   and the lookups by namespace and by requested model ([`crate::metrics::namespaces`]),
+//!   which give each its exact and semantic hit rate.
 //!   [`History`] samples the request counters into a ring of per-minute buckets (the last
 //!   hour, [`HISTORY_MINUTES`]) for the rates the dashboard draws.
 //!
@@ -44,6 +47,11 @@ pub const INVENTORY_TTL: Duration = Duration::from_secs(10);
 pub const SCAN_PAGE: usize = 1000;
 /// Models listed one by one; the rest are summed under `"(other)"`.
 pub const MAX_MODELS: usize = 100;
+/// Namespaces listed one by one; the rest are summed under `"(other)"` (a client can name any
+/// tenant, with a key of its own).
+pub const MAX_NAMESPACES: usize = 100;
+/// The namespace of entries stored before deja recorded one (and what purge matches for them).
+pub const UNKNOWN_NAMESPACE: &str = "(unknown)";
 /// Characters of a prompt shown among the busiest entries.
 const PROMPT_PREVIEW: usize = 120;
 
@@ -183,7 +191,7 @@ pub async fn sample_loop(state: AdminState) {
     }
 }
 
-/// Per model (as the upstream named it in the stored answer).
+/// Per model (as the upstream named it in the stored answer), or per namespace.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ModelStats {
     pub entries: u64,
@@ -214,6 +222,7 @@ pub struct Inventory {
     pub expired: u64,
     pub oldest_ms: Option<u64>,
     pub by_model: BTreeMap<String, ModelStats>,
+    pub by_namespace: BTreeMap<String, ModelStats>,
     pub busiest: Vec<Busiest>,
     pub hits: u64,
     pub tokens_saved: u64,
@@ -251,24 +260,17 @@ pub fn scan_inventory(
                     .price_for(&e.response.model)
                     .map_or(0.0, |p| p.cost(&u))
             }) * s.hits as f64;
-            let key = if inv.by_model.contains_key(&e.response.model)
-                || inv.by_model.len() < MAX_MODELS
-            {
-                e.response.model.clone()
-            } else {
-                "(other)".to_string()
+            let one = ModelStats {
+                entries: 1,
+                bytes,
+                hits: s.hits,
+                tokens_saved: tokens,
+                cost_saved_usd: cost,
+                oldest_ms: Some(e.created_ms),
             };
-            let m = inv.by_model.entry(key).or_default();
-            for (total, add) in [
-                (&mut m.entries, 1),
-                (&mut m.bytes, bytes),
-                (&mut m.hits, s.hits),
-                (&mut m.tokens_saved, tokens),
-            ] {
-                *total += add;
-            }
-            m.cost_saved_usd += cost;
-            m.oldest_ms = Some(m.oldest_ms.map_or(e.created_ms, |o| o.min(e.created_ms)));
+            tally(&mut inv.by_model, &e.response.model, MAX_MODELS, &one);
+            let ns = s.namespace.as_deref().unwrap_or(UNKNOWN_NAMESPACE);
+            tally(&mut inv.by_namespace, ns, MAX_NAMESPACES, &one);
             inv.entries += 1;
             inv.bytes += bytes;
             inv.hits += s.hits;
@@ -298,6 +300,51 @@ pub fn scan_inventory(
     busiest.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.id.cmp(&b.id)));
     inv.busiest = busiest;
     Ok(inv)
+}
+
+/// Adds `one` to `key`'s stats in `map`, or to `"(other)"`'s once `map` has `max` keys.
+fn tally(map: &mut BTreeMap<String, ModelStats>, key: &str, max: usize, one: &ModelStats) {
+    let key = if map.contains_key(key) || map.len() < max {
+        key
+    } else {
+        crate::metrics::namespaces::OTHER
+    };
+    let m = map.entry(key.to_string()).or_default();
+    m.entries += one.entries;
+    m.bytes += one.bytes;
+    m.hits += one.hits;
+    m.tokens_saved += one.tokens_saved;
+    m.cost_saved_usd += one.cost_saved_usd;
+    m.oldest_ms = match (m.oldest_ms, one.oldest_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+}
+
+/// Per namespace: what the inventory holds for it and its lookups since start, with their
+/// hit rates (every namespace either knows).
+fn by_namespace(
+    stored: &BTreeMap<String, ModelStats>,
+    lookups: &BTreeMap<String, crate::metrics::namespaces::Lookups>,
+) -> BTreeMap<String, Value> {
+    let mut keys: Vec<&String> = stored.keys().chain(lookups.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| {
+            let s = stored.get(k).cloned().unwrap_or_default();
+            let l = lookups.get(k).copied().unwrap_or_default();
+            let mut v = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
+            v["requests"] = json!(l);
+            v["hit_rate"] = hit_rate(&l);
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn hit_rate(l: &crate::metrics::namespaces::Lookups) -> Value {
+    let (exact, semantic) = l.hit_rates();
+    json!({"exact": exact, "semantic": semantic})
 }
 
 /// The last inventory, reused for [`INVENTORY_TTL`]; one scan runs at a time.
@@ -362,6 +409,11 @@ pub async fn stats_value(state: &AdminState) -> Result<Value, ApiError> {
     let inv = state.inventory.get(state).await?;
     let totals = Totals::read(&state.app);
     let m = state.app.metrics();
+    let (ns_lookups, model_lookups) = m.lookups.snapshot();
+    let requests_by_model: BTreeMap<String, Value> = model_lookups
+        .iter()
+        .map(|(k, l)| (k.clone(), json!({"requests": l, "hit_rate": hit_rate(l)})))
+        .collect();
     let lookups = totals.total().saturating_sub(totals.bypass + totals.error);
     let rate = |n: u64| {
         if lookups == 0 {
@@ -377,6 +429,8 @@ pub async fn stats_value(state: &AdminState) -> Result<Value, ApiError> {
         "bytes": inv.bytes,
         "oldest_ms": inv.oldest_ms,
         "by_model": inv.by_model,
+        "by_namespace": by_namespace(&inv.by_namespace, &ns_lookups),
+        "requests_by_model": requests_by_model,
         "busiest": inv.busiest,
         "stored_hits": inv.hits,
         "stored_tokens_saved": inv.tokens_saved,

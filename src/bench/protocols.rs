@@ -214,7 +214,7 @@ pub fn cache(
         if !present.insert(ai) {
             continue;
         }
-        let id = engine.insert_blocking(scope, &r.a, Some(v.get(ai)), answer(), TTL)?;
+        let id = engine.insert_blocking(scope, &r.a, Some(v.get(ai)), answer(), TTL, None)?;
         entry_text.insert(id, ai);
         inserted += 1;
         if inserted.is_multiple_of(10_000) {
@@ -385,7 +385,8 @@ fn replay_one(
                 }
             }
             None => {
-                let id = engine.insert_blocking(scope, &r.text, Some(v.get(i)), answer(), TTL)?;
+                let id =
+                    engine.insert_blocking(scope, &r.text, Some(v.get(i)), answer(), TTL, None)?;
                 class_of.insert(id, (r.class.as_deref(), r.text.as_str()));
             }
         }

@@ -342,7 +342,7 @@ mod tests {
             };
             let ttl = Duration::from_secs(60);
             engine
-                .insert(scope, "2+2?".into(), None, answer, ttl)
+                .insert(scope, "2+2?".into(), None, answer, ttl, None)
                 .await
                 .unwrap();
 

@@ -613,8 +613,8 @@ impl CacheEngine {
         }
     }
 
-    /// Stores an answer and makes its embedding searchable. Replaced and evicted entries leave
-    /// the search too.
+    /// Stores an answer for `namespace` (the request's tenant, kept for admin stats and purge)
+    /// and makes its embedding searchable. Replaced and evicted entries leave the search too.
     pub fn insert_blocking(
         &self,
         scope: ScopeId,
@@ -622,6 +622,7 @@ impl CacheEngine {
         embedding: Option<&[f32]>,
         response: CachedResponse,
         ttl: Duration,
+        namespace: Option<&str>,
     ) -> Result<EntryId, CacheError> {
         let now = now_ms();
         self.inner.backend.insert(NewEntry {
@@ -631,6 +632,7 @@ impl CacheEngine {
             response,
             created_ms: now,
             expires_ms: now.saturating_add(ttl.as_millis() as u64),
+            namespace: namespace.map(str::to_string),
         })
     }
 
@@ -645,6 +647,7 @@ impl CacheEngine {
         embedding: Option<Arc<[f32]>>,
         response: CachedResponse,
         ttl: Duration,
+        namespace: Option<String>,
     ) -> Result<EntryId, CacheError> {
         let _permit = self
             .inner
@@ -653,8 +656,11 @@ impl CacheEngine {
             .await
             .map_err(|e| CacheError::Join(e.to_string()))?;
         let this = self.clone();
-        blocking(move || this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl))
-            .await
+        blocking(move || {
+            let ns = namespace.as_deref();
+            this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl, ns)
+        })
+        .await
     }
 
     /// The conversation record stored under a Responses id (`cache::chains`), on a lookup

@@ -379,8 +379,9 @@ pub fn parse_verdict(text: &str) -> JudgeVerdict {
     }
 }
 
-/// `usage` of an OpenAI chat completion (an Anthropic answer has been translated into one).
-fn usage_of(answer: &Value) -> Option<Usage> {
+/// `usage` of an OpenAI chat completion (an Anthropic answer has been translated into one);
+/// the shadow checks' judge reads its answers with it too.
+pub fn usage_of(answer: &Value) -> Option<Usage> {
     let u = answer.get("usage")?;
     let tokens = |k: &str| {
         u.get(k)

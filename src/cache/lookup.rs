@@ -28,6 +28,16 @@ pub enum LookedUp {
     Miss(Miss),
 }
 
+impl LookedUp {
+    /// The `outcome` label: `exact_hit`, `semantic_hit`, `miss` or `bypass`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            LookedUp::Hit(h) => h.kind.label(),
+            LookedUp::Miss(m) => m.outcome(),
+        }
+    }
+}
+
 /// A stored answer to serve.
 pub struct Hit {
     pub entry: Entry,

@@ -345,6 +345,7 @@ impl InsertJob {
                 embedding,
                 answer,
                 self.plan.ttl,
+                Some(self.plan.namespace.clone()),
             )
             .await;
         match res {

@@ -200,6 +200,8 @@ pub struct CachePlan {
     pub write: bool,
     pub ttl: Duration,
     pub api: ApiKind,
+    /// The tenant, recorded with the entry a miss stores (admin stats and purge by namespace).
+    pub namespace: String,
 }
 
 /// The plan for one request of `tenant` (from [`tenant`], which has checked its namespace).
@@ -228,6 +230,7 @@ pub fn plan(
         write: !controls.no_store,
         ttl: controls.ttl.unwrap_or(config.cache.ttl),
         api: request.api,
+        namespace: tenant.to_string(),
     })
 }
 

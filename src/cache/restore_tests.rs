@@ -51,6 +51,7 @@ fn put(store: &Store, s: ScopeId, prompt: &str, v: &[f32]) -> EntryId {
             },
             created_ms: now,
             expires_ms: now + 3_600_000,
+            namespace: None,
         })
         .unwrap()
         .id

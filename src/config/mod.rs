@@ -14,6 +14,7 @@ mod parse;
 pub mod pii;
 pub mod quality;
 pub mod raw;
+pub mod shadow_judge;
 pub mod templates;
 pub mod tools;
 mod validate;

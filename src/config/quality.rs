@@ -30,6 +30,8 @@ pub struct RawQuality {
     pub answer_agreement: Option<f64>,
     pub max_pairs: Option<u64>,
     pub recent_hits: Option<u64>,
+    /// Validated by `config::shadow_judge`.
+    pub judge_model: Option<String>,
 }
 
 /// The validated `cache.audit_rate` + `[quality]`.
@@ -48,6 +50,9 @@ pub struct QualityConfig {
     pub max_pairs: usize,
     /// Hits remembered for feedback (by response id and by entry), least recent out first.
     pub recent_hits: usize,
+    /// The model asked whether a shadow check's two answers agree (`quality.judge_model`,
+    /// see `config::shadow_judge`); `None`: their cosine decides.
+    pub judge_model: Option<String>,
 }
 
 impl Default for QualityConfig {
@@ -59,6 +64,7 @@ impl Default for QualityConfig {
             answer_agreement: DEFAULT_ANSWER_AGREEMENT as f32,
             max_pairs: DEFAULT_MAX_PAIRS,
             recent_hits: DEFAULT_RECENT_HITS,
+            judge_model: None,
         }
     }
 }
@@ -150,6 +156,7 @@ pub fn validate_quality(
             d.recent_hits,
             MAX_RECENT_HITS,
         ),
+        judge_model: None,
     }
 }
 

@@ -126,6 +126,11 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> 
         raw.cache.response_chain_bytes,
         &mut is.0,
     );
+    cache.quality.judge_model = super::shadow_judge::validate_shadow_judge(
+        raw.quality.judge_model.as_deref(),
+        &routes,
+        &mut is.0,
+    );
     let pii = super::pii::validate_pii(&raw.pii, &mut is.0);
     let admin = super::admin::validate_admin(&raw.admin, &mut is.0);
     let keys = super::keys::validate_keys(raw.server.auth.as_deref(), &raw.keys, &mut is.0);

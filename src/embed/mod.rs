@@ -9,6 +9,7 @@
 mod bert;
 mod hashing;
 mod hub;
+mod lazy;
 mod manifest;
 pub mod native;
 mod pair;
@@ -19,6 +20,7 @@ mod wheel;
 
 pub use bert::BertEmbedder;
 pub use hashing::HashEmbedder;
+pub use lazy::LazyEmbedder;
 pub use manifest::{HfSource, KnownModel, Manifest, PipSource, Sources};
 pub use pair::{load_verifier, PairModel, PairScorer};
 pub use pool::{EmbedPool, Pending, PoolStats};

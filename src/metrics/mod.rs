@@ -10,8 +10,10 @@ pub mod chains;
 pub mod cost;
 pub mod judge;
 pub mod keys;
+pub mod namespaces;
 pub mod pii;
 pub mod quality;
+pub mod shadow_judge;
 pub mod verifier;
 
 use prometheus::core::Collector;
@@ -60,6 +62,10 @@ pub struct Metrics {
     pub keys: keys::KeyMetrics,
     /// The audit log: `deja_audit_*` (issue 16).
     pub audit: audit::AuditMetrics,
+    /// Lookups by namespace and model, for `/admin/stats` only (not Prometheus labels).
+    pub lookups: namespaces::NamespaceLookups,
+    /// The shadow checks' judge: `deja_shadow_judge_*` (issue 17).
+    pub shadow_judge: shadow_judge::ShadowJudgeMetrics,
     /// The storage backend's `deja_backend_*` metrics.
     pub backend: backend::BackendMetrics,
     /// Hit quality on live traffic: `deja_feedback_*`, `deja_shadow_*` (issue 17).
@@ -278,6 +284,8 @@ impl Metrics {
             chains: chains::ChainMetrics::new(&f.0)?,
             keys: keys::KeyMetrics::new(&f.0)?,
             audit: audit::AuditMetrics::new(&f.0)?,
+            lookups: namespaces::NamespaceLookups::default(),
+            shadow_judge: shadow_judge::ShadowJudgeMetrics::new(&f.0)?,
             backend: {
                 let backend = backend::BackendMetrics::new()?;
                 backend.register(&f.0)?;

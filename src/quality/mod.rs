@@ -14,6 +14,8 @@
 //!   persisted beside the entries), exported as the `pairs` dataset `deja bench --dataset`
 //!   reads (`deja quality export-pairs`, [`Quality::export`]): calibrate on your own traffic.
 //!
+//! [`shadow_judge`] is the shadow checks' optional LLM judge (`quality.judge_model`).
+//!
 //! [`recent`] remembers served hits so feedback can name them by response id. Nothing here is
 //! on the client's path except [`Quality::served`] (an LRU insert and a queue offer).
 
@@ -21,6 +23,7 @@ pub mod feedback;
 pub mod pairs;
 pub mod recent;
 pub mod shadow;
+pub mod shadow_judge;
 
 use std::sync::Arc;
 

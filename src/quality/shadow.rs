@@ -1,6 +1,8 @@
 //! Shadow checks (`cache.audit_rate`): a share of semantic hits is also asked upstream, after
 //! the client has its answer, and the fresh answer is compared with the served one by the
-//! cosine of the two answers' embeddings (`quality.answer_agreement`). The result is a labeled
+//! cosine of the two answers' embeddings (`quality.answer_agreement`), or, with
+//! `quality.judge_model`, by an LLM judge's yes or no ([`super::shadow_judge`]; the cosine
+//! decides when it gives none). The result is a labeled
 //! pair (agree → `same: true`) and one more observation of the live precision of semantic hits.
 //!
 //! Never on the client's path: a hit only offers a job to a bounded queue
@@ -205,8 +207,13 @@ fn shadow_body(body: &Map<String, Value>) -> Result<Bytes, serde_json::Error> {
 
 impl Checker {
     async fn check(&self, job: ShadowJob) {
-        let outcome = match tokio::time::timeout(SHADOW_TIMEOUT, self.compare(&job)).await {
-            Ok(Ok(cosine)) => Some(cosine),
+        let compared = async {
+            let (cosine, fresh) = self.compare(&job).await?;
+            let same = self.verdict(&job, cosine, &fresh).await;
+            Ok::<_, &'static str>((cosine, same))
+        };
+        let outcome = match tokio::time::timeout(SHADOW_TIMEOUT, compared).await {
+            Ok(Ok(checked)) => Some(checked),
             Ok(Err(why)) => {
                 tracing::debug!(why, entry = job.entry, "shadow check without a verdict");
                 None
@@ -217,12 +224,11 @@ impl Checker {
             }
         };
         let q = &self.metrics.quality;
-        let Some(cosine) = outcome else {
+        let Some((cosine, same)) = outcome else {
             self.tally.errors.fetch_add(1, Ordering::Relaxed);
             q.shadow.with_label_values(&["error"]).inc();
             return;
         };
-        let same = cosine >= job.config.cache.quality.answer_agreement;
         let (counter, label) = if same {
             (&self.tally.agree, "agree")
         } else {
@@ -263,8 +269,27 @@ impl Checker {
         }
     }
 
-    /// Asks upstream and returns the cosine of the fresh and the served answers.
-    async fn compare(&self, job: &ShadowJob) -> Result<f32, &'static str> {
+    /// Whether the two answers agree: the judge's verdict when `quality.judge_model` names one
+    /// and it gives a verdict, else their cosine against `quality.answer_agreement`.
+    async fn verdict(&self, job: &ShadowJob, cosine: f32, fresh: &str) -> bool {
+        let by_cosine = cosine >= job.config.cache.quality.answer_agreement;
+        let Some(model) = &job.config.cache.quality.judge_model else {
+            return by_cosine;
+        };
+        let (query, served) = (&job.query, &job.served);
+        let m = &self.metrics;
+        match super::shadow_judge::judge(&job.router, &job.config, m, model, query, served, fresh)
+            .await
+        {
+            crate::cache::judge::JudgeVerdict::Same => true,
+            crate::cache::judge::JudgeVerdict::Different => false,
+            crate::cache::judge::JudgeVerdict::Unavailable(_) => by_cosine,
+        }
+    }
+
+    /// Asks upstream and returns the cosine of the fresh and the served answers, and the
+    /// fresh answer.
+    async fn compare(&self, job: &ShadowJob) -> Result<(f32, String), &'static str> {
         let body = shadow_body(&job.body).map_err(|_| "body")?;
         let req = UpstreamRequest::post_bytes(job.api.upstream_path(), body, false)
             .with_client_key(job.client_key.clone())
@@ -294,7 +319,10 @@ impl Checker {
             embed.embed(&job.served).await.map_err(|_| "embedding")?,
             embed.embed(&fresh.content).await.map_err(|_| "embedding")?,
         );
-        Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
+        Ok((
+            a.iter().zip(b.iter()).map(|(x, y)| x * y).sum(),
+            fresh.content,
+        ))
     }
 
     fn count(&self, config: &Config, model: &str, usage: &Usage) {

@@ -157,6 +157,7 @@ async fn run(
             )
             .await
     };
+    (state.metrics().lookups).count(&req.tenant, req.model(), looked.outcome());
     let mut resp = match looked {
         LookedUp::Hit(mut hit) => {
             let pii = &state.metrics().pii;

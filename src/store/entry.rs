@@ -155,6 +155,10 @@ pub struct NewEntry {
     pub response: CachedResponse,
     pub created_ms: u64,
     pub expires_ms: u64,
+    /// The tenant the answer was stored for (`ns:<name>`, `key:<hash>`, `dkey:<name>`,
+    /// `anonymous`): kept beside the entry, not in it, so stores written before it existed
+    /// need no migration (their entries have none). For admin stats and purge only.
+    pub namespace: Option<String>,
 }
 
 /// Current wall clock in unix milliseconds.

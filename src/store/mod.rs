@@ -157,6 +157,9 @@ struct Inner {
     entries: sled::Tree,
     exact: sled::Tree,
     access: sled::Tree,
+    /// Entry id → the tenant it was stored for ([`NewEntry::namespace`]): a side record, so
+    /// the entry encoding (and the schema) stay as they were.
+    namespaces: sled::Tree,
     tracker: Arc<Mutex<Tracker>>,
     /// Flushes, recording each flush so that lost writes are noticed on the next open.
     durable: Arc<watermark::Durable>,
@@ -198,11 +201,12 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| StoreError::from_sled(&path, e))
         };
-        let (entries, exact, access, meta_tree) = (
+        let (entries, exact, access, meta_tree, namespaces) = (
             tree("entries")?,
             tree("exact")?,
             tree("access")?,
             tree("meta")?,
+            tree(NAMESPACES_TREE)?,
         );
         let trees = migrate::Trees {
             meta: &meta_tree,
@@ -253,6 +257,7 @@ impl Store {
                 entries,
                 exact,
                 access,
+                namespaces,
                 tracker,
                 durable,
                 recovery,
@@ -297,6 +302,7 @@ impl Store {
             }
         }
         let scope = e.scope;
+        let namespace = e.namespace;
         let entry = Entry {
             id,
             scope: e.scope,
@@ -314,18 +320,30 @@ impl Store {
             expires_ms: entry.expires_ms,
         };
         let key = id_key(id);
-        let replaced = (&inner.entries, &inner.exact, &inner.access)
-            .transaction(|(entries, exact, access)| -> TxResult<Option<EntryId>> {
-                let old = exact.get(ekey)?.and_then(|v| id_from_key(&v));
-                if let Some(old) = old {
-                    entries.remove(&id_key(old))?;
-                    access.remove(&id_key(old))?;
-                }
-                entries.insert(&key, bytes.as_slice())?;
-                exact.insert(&ekey[..], &key[..])?;
-                access.insert(&key, &acc.encode())?;
-                Ok(old)
-            })
+        let trees = (
+            &inner.entries,
+            &inner.exact,
+            &inner.access,
+            &inner.namespaces,
+        );
+        let replaced = trees
+            .transaction(
+                |(entries, exact, access, names)| -> TxResult<Option<EntryId>> {
+                    let old = exact.get(ekey)?.and_then(|v| id_from_key(&v));
+                    if let Some(old) = old {
+                        entries.remove(&id_key(old))?;
+                        access.remove(&id_key(old))?;
+                        names.remove(&id_key(old))?;
+                    }
+                    entries.insert(&key, bytes.as_slice())?;
+                    exact.insert(&ekey[..], &key[..])?;
+                    access.insert(&key, &acc.encode())?;
+                    if let Some(ns) = &namespace {
+                        names.insert(&key, ns.as_bytes())?;
+                    }
+                    Ok(old)
+                },
+            )
             .map_err(|e| self.tx_err(e))?;
         let mut removed: Vec<(ScopeId, EntryId)> =
             replaced.map(|old| (scope, old)).into_iter().collect();
@@ -390,6 +408,17 @@ impl Store {
             .insert(id_key(id), &a.encode())
             .map_err(|e| self.db_err(e))?;
         Ok(true)
+    }
+
+    /// The tenant entry `id` was stored for; `None` when it is gone or was stored before deja
+    /// recorded it.
+    pub fn namespace(&self, id: EntryId) -> Result<Option<String>, StoreError> {
+        let raw = self
+            .inner
+            .namespaces
+            .get(id_key(id))
+            .map_err(|e| self.db_err(e))?;
+        Ok(raw.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Hits recorded for `id` (across restarts, up to the last flush); `None` if it is gone.
@@ -515,24 +544,32 @@ impl Store {
         inner.tracker.lock().remove(id);
         let key = id_key(id);
         let path = &inner.cfg.dir;
-        (&inner.entries, &inner.exact, &inner.access)
-            .transaction(|(entries, exact, access)| -> TxResult<Option<Entry>> {
-                access.remove(&key)?;
-                let Some(raw) = entries.remove(&key)? else {
-                    return Ok(None);
-                };
-                let entry: Entry = codec::decode(&raw).map_err(|e| {
-                    TxError::Abort(StoreError::Corrupt {
-                        path: path.clone(),
-                        message: format!("entry {id} does not decode: {e}"),
-                    })
-                })?;
-                let ekey = exact_key(entry.scope, &entry.prompt);
-                if exact.get(ekey)?.as_deref() == Some(&key[..]) {
-                    exact.remove(&ekey[..])?;
-                }
-                Ok(Some(entry))
-            })
+        (
+            &inner.entries,
+            &inner.exact,
+            &inner.access,
+            &inner.namespaces,
+        )
+            .transaction(
+                |(entries, exact, access, names)| -> TxResult<Option<Entry>> {
+                    access.remove(&key)?;
+                    names.remove(&key)?;
+                    let Some(raw) = entries.remove(&key)? else {
+                        return Ok(None);
+                    };
+                    let entry: Entry = codec::decode(&raw).map_err(|e| {
+                        TxError::Abort(StoreError::Corrupt {
+                            path: path.clone(),
+                            message: format!("entry {id} does not decode: {e}"),
+                        })
+                    })?;
+                    let ekey = exact_key(entry.scope, &entry.prompt);
+                    if exact.get(ekey)?.as_deref() == Some(&key[..]) {
+                        exact.remove(&ekey[..])?;
+                    }
+                    Ok(Some(entry))
+                },
+            )
             .map_err(|e| self.tx_err(e))
     }
 
@@ -570,6 +607,9 @@ pub fn exact_key(scope: ScopeId, prompt: &str) -> [u8; 48] {
     k[16..].copy_from_slice(blake3::hash(text.as_bytes()).as_bytes());
     k
 }
+
+/// The side tree of [`Store::namespace`].
+pub const NAMESPACES_TREE: &str = "namespaces";
 
 /// Opens sled, turning any failure (a panic deep in recovery included) into an error.
 /// Opens the database of the store in `dir` without checking its metadata and returns its tree

@@ -38,6 +38,7 @@ fn new_entry(s: ScopeId, prompt: &str, created_ms: u64, ttl_ms: u64) -> NewEntry
         },
         created_ms,
         expires_ms: created_ms + ttl_ms,
+        namespace: None,
     }
 }
 
@@ -277,6 +278,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
             response: response("It is \"9:00\"\nin the morning."),
             created_ms: 1_764_000_000_000,
             expires_ms: far,
+            namespace: None,
         },
         NewEntry {
             scope: scope(2),
@@ -293,6 +295,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
             },
             created_ms: 1_764_000_000_001,
             expires_ms: far,
+            namespace: None,
         },
         NewEntry {
             scope: scope(1),
@@ -301,6 +304,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
             response: response("too late"),
             created_ms: 1_000,
             expires_ms: 2_000,
+            namespace: None,
         },
         NewEntry {
             scope: scope(3),
@@ -309,6 +313,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
             response: response("first answer"),
             created_ms: 1_764_000_000_002,
             expires_ms: far,
+            namespace: None,
         },
         NewEntry {
             scope: scope(3),
@@ -317,6 +322,7 @@ pub(crate) fn legacy_fixture_entries() -> Vec<NewEntry> {
             response: response("second answer"),
             created_ms: 1_764_000_000_003,
             expires_ms: far,
+            namespace: None,
         },
     ]
 }
@@ -803,6 +809,48 @@ fn an_answer_with_tool_calls_round_trips_through_the_store() {
     }];
     let id = store.insert(e.clone()).unwrap().id;
     assert_eq!(store.get(id).unwrap().unwrap().response, e.response);
+}
+
+/// Issue 17: the namespace side record is written with its entry and leaves with it (replaced,
+/// evicted, removed), so the side tree never outgrows the entries.
+#[test]
+fn issue17_the_namespace_record_lives_and_dies_with_its_entry() {
+    let dir = TempDir::new().unwrap();
+    let store = reopen(&StoreConfig {
+        max_entries: 2,
+        ..cfg(&dir)
+    })
+    .unwrap();
+    let with = |s: ScopeId, p: &str, ns: Option<&str>| NewEntry {
+        namespace: ns.map(str::to_string),
+        ..new_entry(s, p, 1_000, 60_000)
+    };
+    let a = store
+        .insert(with(scope(1), "a", Some("ns:team")))
+        .unwrap()
+        .id;
+    let plain = store.insert(with(scope(1), "b", None)).unwrap().id;
+    assert_eq!(store.namespace(a).unwrap().as_deref(), Some("ns:team"));
+    assert_eq!(store.namespace(plain).unwrap(), None);
+    let a2 = store.insert(with(scope(1), "a", Some("key:x"))).unwrap();
+    assert_eq!(a2.removed, vec![(scope(1), a)]);
+    assert_eq!(store.namespace(a).unwrap(), None, "replaced");
+    assert_eq!(store.namespace(a2.id).unwrap().as_deref(), Some("key:x"));
+    let c = store.insert(with(scope(2), "c", Some("ns:c"))).unwrap();
+    assert_eq!(c.removed.len(), 1, "max_entries 2 evicts one");
+    for (_, gone) in &c.removed {
+        assert_eq!(store.namespace(*gone).unwrap(), None, "evicted");
+    }
+    store.remove(c.id).unwrap();
+    assert_eq!(store.namespace(c.id).unwrap(), None, "removed");
+    for kv in store.inner.namespaces.iter() {
+        let (k, _) = kv.unwrap();
+        let id = id_from_key(&k).unwrap();
+        assert!(
+            store.get(id).unwrap().is_some(),
+            "a record without its entry: {id}"
+        );
+    }
 }
 
 /// `Store::open`, waiting out the lock a just-dropped raw `sled::Db` in this process can

@@ -116,12 +116,17 @@ impl Backend for EmbeddedBackend {
     }
 
     fn scan(&self, after: Option<EntryId>, limit: usize) -> Result<Vec<Scanned>, CacheError> {
-        Ok(self
-            .store
-            .scan_after(after, limit)?
-            .into_iter()
-            .map(|(entry, hits)| Scanned { entry, hits })
-            .collect())
+        let page = self.store.scan_after(after, limit)?;
+        let mut out = Vec::with_capacity(page.len());
+        for (entry, hits) in page {
+            let namespace = self.store.namespace(entry.id)?;
+            out.push(Scanned {
+                entry,
+                hits,
+                namespace,
+            });
+        }
+        Ok(out)
     }
 
     fn len(&self) -> usize {

@@ -44,6 +44,8 @@ pub struct Scanned {
     pub entry: Entry,
     /// Hits recorded for it (recent ones may still be pending).
     pub hits: u64,
+    /// The tenant it was stored for; `None` for entries stored before deja recorded it.
+    pub namespace: Option<String>,
 }
 
 /// Whether the backend can serve right now (`/readyz`).

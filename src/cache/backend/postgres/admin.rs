@@ -53,7 +53,7 @@ impl PostgresBackend {
         self.run("scan", async {
             let c = s.client("scan").await?;
             let q = format!(
-                "SELECT {COLUMNS}, hits FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT {COLUMNS}, hits, namespace FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
                 s.names.entries
             );
             let rows = c
@@ -66,9 +66,14 @@ impl PostgresBackend {
                     op: "scan",
                     message: "malformed hits in a stored entry".into(),
                 })?;
+                let namespace: Option<String> = r.try_get(8).map_err(|_| PgError::Db {
+                    op: "scan",
+                    message: "malformed namespace in a stored entry".into(),
+                })?;
                 out.push(Scanned {
                     entry: entry_from(&r, 0)?,
                     hits: hits.max(0) as u64,
+                    namespace,
                 });
             }
             Ok(out)

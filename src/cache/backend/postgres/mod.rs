@@ -193,13 +193,14 @@ impl Sql {
             // new id, so a stale id held anywhere never finds the new answer.
             insert: format!(
                 "INSERT INTO {e} (scope, exact_key, prompt, embedding, response, created_ms,
-                                  expires_ms, last_hit_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6)
+                                  expires_ms, last_hit_ms, namespace)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8)
                  ON CONFLICT (exact_key) DO UPDATE SET
                     id = nextval('{seq}'), scope = EXCLUDED.scope, prompt = EXCLUDED.prompt,
                     embedding = EXCLUDED.embedding, response = EXCLUDED.response,
                     created_ms = EXCLUDED.created_ms, expires_ms = EXCLUDED.expires_ms,
-                    last_hit_ms = EXCLUDED.last_hit_ms, hits = 0
+                    last_hit_ms = EXCLUDED.last_hit_ms, hits = 0,
+                    namespace = EXCLUDED.namespace
                  RETURNING id, (xmax = 0) AS inserted",
                 seq = n.seq
             ),
@@ -741,6 +742,7 @@ impl Backend for PostgresBackend {
                         &Json(&e.response),
                         &ms(e.created_ms),
                         &ms(e.expires_ms),
+                        &e.namespace,
                     ],
                 )
                 .await

@@ -57,6 +57,10 @@ fn ddl(n: &Names, dim: usize) -> String {
             last_hit_ms bigint NOT NULL,
             hits        bigint NOT NULL DEFAULT 0
         );
+        -- The tenant of each entry (admin stats and purge). Added by a later deja: a nullable
+        -- column without a default is a catalog change, no rewrite; rows written before it
+        -- (or by an older replica still running) read NULL, namespace unknown.
+        ALTER TABLE {e} ADD COLUMN IF NOT EXISTS namespace text;
         CREATE UNIQUE INDEX IF NOT EXISTS entries_exact_key ON {e} (exact_key);
         CREATE INDEX IF NOT EXISTS entries_scope ON {e} (scope);
         CREATE INDEX IF NOT EXISTS entries_expires ON {e} (expires_ms);
