@@ -47,7 +47,15 @@ pub fn load(path: &Path) -> Result<Vec<RawKey>, String> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        // No file yet; or no directory, which opening the store reports in its own words.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Vec::new())
+        }
         Err(e) => return Err(format!("cannot read the admin keys in {shown}: {e}")),
     };
     if meta.len() > MAX_FILE_BYTES {

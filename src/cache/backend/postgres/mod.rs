@@ -356,8 +356,10 @@ impl Shared {
     }
 
     /// Rows now at most, without counting them: the last count plus the ids every replica took
-    /// since (one per insert or replacement), read from the id sequence in O(1). Kept as this
-    /// replica's entry count.
+    /// since (one per insert or replacement), read from the id sequence in O(1): an upper
+    /// bound that decides when to count exactly. Not kept as the entry count, which it would
+    /// overstate by every replacement (the count is the last exact one plus this replica's own
+    /// inserts).
     async fn estimate_rows(&self) -> Result<usize, PgError> {
         let c = self.client("count").await?;
         let row = c
@@ -366,9 +368,7 @@ impl Shared {
             .map_err(PgError::db("count"))?;
         let last: i64 = row.get(0);
         let (rows, at) = *self.counted.lock();
-        let estimate = rows.saturating_add(last.saturating_sub(at).max(0) as usize);
-        self.count.store(estimate, Ordering::Relaxed);
-        Ok(estimate)
+        Ok(rows.saturating_add(last.saturating_sub(at).max(0) as usize))
     }
 
     /// Deletes up to `limit` expired rows, then the least recently hit rows past
