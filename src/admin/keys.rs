@@ -153,6 +153,20 @@ fn describe(state: &AppState, k: &KeyConfig) -> Value {
     v
 }
 
+/// A save's outcome (on its blocking thread) as the error the admin gets, if it failed.
+fn saved_or_error(
+    saved: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), ApiError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        ApiError::internal(format!("saving the admin keys failed: {e}"))
+    };
+    match saved {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
 /// `GET /admin/keys`.
 pub async fn list(State(state): State<AdminState>) -> Response {
     let config = state.app.config();
@@ -235,18 +249,8 @@ pub async fn create(State(state): State<AdminState>, body: Body) -> Response {
         save(&path, &list)
     })
     .await;
-    match saved {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return fail(ApiError::internal(format!(
-                "saving the admin keys failed: {e}"
-            )))
-        }
-        Err(e) => {
-            return fail(ApiError::internal(format!(
-                "saving the admin keys failed: {e}"
-            )))
-        }
+    if let Err(e) = saved_or_error(saved) {
+        return fail(e);
     }
     install(app, keys);
     tracing::info!(key = %made.name, "admin: key made");
@@ -279,18 +283,9 @@ pub async fn delete(State(state): State<AdminState>, UrlPath(name): UrlPath<Stri
     };
     keys.remove(at);
     let (path, list) = (file(&config), keys.clone());
-    match tokio::task::spawn_blocking(move || save(&path, &list)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return fail(ApiError::internal(format!(
-                "saving the admin keys failed: {e}"
-            )))
-        }
-        Err(e) => {
-            return fail(ApiError::internal(format!(
-                "saving the admin keys failed: {e}"
-            )))
-        }
+    let saved = tokio::task::spawn_blocking(move || save(&path, &list)).await;
+    if let Err(e) = saved_or_error(saved) {
+        return fail(e);
     }
     install(app, keys);
     tracing::info!(key = %name, "admin: key deleted");

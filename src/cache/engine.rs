@@ -649,18 +649,26 @@ impl CacheEngine {
         ttl: Duration,
         namespace: Option<String>,
     ) -> Result<EntryId, CacheError> {
+        let this = self.clone();
+        self.insert_slot(move || {
+            let ns = namespace.as_deref();
+            this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl, ns)
+        })
+        .await
+    }
+
+    /// Runs `f` on a blocking thread once one of the [`INSERT_THREADS`] insert slots is free.
+    async fn insert_slot<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+    ) -> Result<T, CacheError> {
         let _permit = self
             .inner
             .inserts
             .acquire()
             .await
             .map_err(|e| CacheError::Join(e.to_string()))?;
-        let this = self.clone();
-        blocking(move || {
-            let ns = namespace.as_deref();
-            this.insert_blocking(scope, &prompt, embedding.as_deref(), response, ttl, ns)
-        })
-        .await
+        blocking(f).await
     }
 
     /// The conversation record stored under a Responses id (`cache::chains`), on a lookup
@@ -684,14 +692,8 @@ impl CacheEngine {
         ttl: Duration,
         limits: super::backend::ChainLimits,
     ) -> Result<(), CacheError> {
-        let _permit = self
-            .inner
-            .inserts
-            .acquire()
-            .await
-            .map_err(|e| CacheError::Join(e.to_string()))?;
         let this = self.clone();
-        blocking(move || {
+        self.insert_slot(move || {
             let now = now_ms();
             let expires = now.saturating_add(ttl.as_millis() as u64);
             this.inner
