@@ -917,6 +917,29 @@ async fn issue15_previous_response_id_chains_are_resolved_per_tenant() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.body["error"]["code"], "previous_response_not_found");
     assert_eq!(r.body["error"]["param"], "previous_response_id");
+    let long = format!("resp_dj{}", "a".repeat(100_000));
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "x", "previous_response_id": long}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text.len() < 1000,
+        "a client's id is not echoed whole: {} bytes",
+        r.text.len()
+    );
+    let r = responses(
+        &d,
+        &json!({"model": m, "input": "x", "previous_response_id": 7}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["param"].as_str()),
+        (400, Some("previous_response_id"))
+    );
     let unknown = format!("resp_dj{}", "0".repeat(32));
     let r = responses(
         &d,
@@ -957,7 +980,7 @@ async fn issue15_previous_response_id_chains_are_resolved_per_tenant() {
     assert_eq!(r.header("x-deja-cache"), "bypass");
 
     let m = metrics_text(&d).await;
-    for (event, n) in [("resolved", 4), ("not_found", 2), ("unknown", 2)] {
+    for (event, n) in [("resolved", 4), ("not_found", 3), ("unknown", 2)] {
         let series = format!("deja_response_chains_total{{event=\"{event}\"}} {n}");
         assert!(m.contains(&series), "{series} in\n{m}");
     }

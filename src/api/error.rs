@@ -221,7 +221,10 @@ impl ApiError {
                 parts.code = Some("conflict");
             }
             ApiError::PreviousResponseNotFound { id } => {
-                parts.message = format!("Previous response with id '{id}' not found.");
+                // The id is the client's: echoed, but never more than a real id's length.
+                let shown: String = id.chars().take(64).collect();
+                let cut = if shown.len() < id.len() { "…" } else { "" };
+                parts.message = format!("Previous response with id '{shown}{cut}' not found.");
                 parts.param = Some("previous_response_id".into());
                 parts.code = Some("previous_response_not_found");
             }

@@ -104,6 +104,10 @@ pub fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
         None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
         Some(_) => return Err(bad("instructions", "expected a string")),
     }
+    match body.get("previous_response_id") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => return Err(bad("previous_response_id", "expected a string")),
+    }
     for key in ["stream", "store", "background", "parallel_tool_calls"] {
         match body.get(key) {
             None | Some(Value::Null) | Some(Value::Bool(_)) => {}
@@ -631,6 +635,10 @@ mod tests {
         assert_eq!(
             param_of(json!({"model": "m", "input": "x", "max_output_tokens": 0})),
             "max_output_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"model": "m", "input": "x", "previous_response_id": 5})),
+            "previous_response_id"
         );
         assert!(validate(&obj(json!({"model": "m", "input": [
             {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
