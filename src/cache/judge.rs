@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use crate::api::ApiKind;
 use crate::config::{Config, Price};
 use crate::metrics::Metrics;
-use crate::providers::{Router, UpstreamRequest};
+use crate::providers::{Router, RouterError, UpstreamRequest, UpstreamResponse};
 use crate::store::{ScopeId, Usage};
 
 /// `max_tokens` of a judge call: `yes` or `no` is one token in every tokenizer deja knows; a
@@ -259,39 +259,9 @@ impl Judge {
             Some(p) => self.router.send_to(p, req).await,
             None => self.router.send(req, &self.settings.model).await,
         };
-        let resp = match sent {
-            Ok(r) if r.is_success() => r,
-            Ok(r) => {
-                tracing::warn!(provider = %r.provider, status = r.status, "judge call refused: miss");
-                return JudgeVerdict::Unavailable("error");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "judge call failed: miss");
-                return JudgeVerdict::Unavailable("error");
-            }
-        };
-        let answer: Option<Value> = resp
-            .json_bytes()
-            .and_then(|b| serde_json::from_slice(b).ok());
-        let Some(answer) = answer else {
-            tracing::warn!(provider = %resp.provider, "judge answer is not JSON: miss");
-            return JudgeVerdict::Unavailable("error");
-        };
-        if let Some(usage) = usage_of(&answer) {
+        let (verdict, usage) = read_verdict(sent, "judge");
+        if let Some(usage) = usage {
             self.count(&usage);
-        }
-        let text = answer
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let verdict = parse_verdict(text);
-        if verdict == JudgeVerdict::Unavailable("unparsable") {
-            // The answer may quote the prompts: its length only.
-            tracing::warn!(
-                provider = %resp.provider,
-                chars = text.chars().count(),
-                "judge answer is neither yes nor no: miss"
-            );
         }
         verdict
     }
@@ -361,6 +331,47 @@ pub fn judge_request_body(model: &str, a: &str, b: &str) -> Value {
         "max_tokens": JUDGE_MAX_TOKENS,
         "stream": false,
     })
+}
+
+/// What the router's reply to one yes/no judge call says, and the usage it reported: `what`
+/// names the judge in the log (`judge`, `shadow judge`). A refused or failed call, or an answer
+/// that is not JSON, is `Unavailable("error")`; one that is neither yes nor no is logged by its
+/// length only (it may quote the prompts).
+pub fn read_verdict(
+    sent: Result<UpstreamResponse, RouterError>,
+    what: &str,
+) -> (JudgeVerdict, Option<Usage>) {
+    let resp = match sent {
+        Ok(r) if r.is_success() => r,
+        Ok(r) => {
+            tracing::warn!(provider = %r.provider, status = r.status, "{what} call refused");
+            return (JudgeVerdict::Unavailable("error"), None);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} call failed");
+            return (JudgeVerdict::Unavailable("error"), None);
+        }
+    };
+    let answer: Option<Value> = resp
+        .json_bytes()
+        .and_then(|b| serde_json::from_slice(b).ok());
+    let Some(answer) = answer else {
+        tracing::warn!(provider = %resp.provider, "{what} answer is not JSON");
+        return (JudgeVerdict::Unavailable("error"), None);
+    };
+    let text = answer
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let verdict = parse_verdict(text);
+    if verdict == JudgeVerdict::Unavailable("unparsable") {
+        tracing::warn!(
+            provider = %resp.provider,
+            chars = text.chars().count(),
+            "{what} answer is neither yes nor no"
+        );
+    }
+    (verdict, usage_of(&answer))
 }
 
 /// `yes` or `no` as the first word, whatever the case and punctuation (`Yes.`, `**no**`,

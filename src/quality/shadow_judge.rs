@@ -18,7 +18,7 @@
 use serde_json::{json, Value};
 
 use crate::api::ApiKind;
-use crate::cache::judge::{parse_verdict, quote_prompt, usage_of, JudgeVerdict, JUDGE_MAX_TOKENS};
+use crate::cache::judge::{quote_prompt, read_verdict, JudgeVerdict, JUDGE_MAX_TOKENS};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::providers::{Router, UpstreamRequest};
@@ -97,24 +97,8 @@ async fn ask(
     }
     let body = request_body(model, query, served, fresh);
     let req = UpstreamRequest::post_json("/chat/completions", &body, false).with_api(ApiKind::Chat);
-    let resp = match router.send(req, model).await {
-        Ok(r) if r.is_success() => r,
-        Ok(r) => {
-            tracing::warn!(provider = %r.provider, status = r.status, "shadow judge call refused");
-            return JudgeVerdict::Unavailable("error");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "shadow judge call failed");
-            return JudgeVerdict::Unavailable("error");
-        }
-    };
-    let Some(answer) = resp
-        .json_bytes()
-        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-    else {
-        return JudgeVerdict::Unavailable("error");
-    };
-    if let Some(usage) = usage_of(&answer) {
+    let (verdict, usage) = read_verdict(router.send(req, model).await, "shadow judge");
+    if let Some(usage) = usage {
         let m = &metrics.shadow_judge;
         m.tokens
             .with_label_values(&["prompt"])
@@ -126,11 +110,7 @@ async fn ask(
             m.cost_usd.inc_by(price.cost(&usage));
         }
     }
-    let text = answer
-        .pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    parse_verdict(text)
+    verdict
 }
 
 #[cfg(test)]
