@@ -986,6 +986,27 @@ async fn issue15_previous_response_id_chains_are_resolved_per_tenant() {
     }
     d.stop().await;
 
+    // A conversation over the request body cap is not remembered (`too_large`): a follow-up
+    // naming its id goes upstream as sent.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = common::harness::config_text(&tmp.path().join("store"), &up.base_url(), "", "")
+        .replacen("[server]\n", "[server]\nmax_body_bytes = 1200\n", 1);
+    let d = Deja::start_config(&text, tmp.path(), hash_model(), None).await;
+    let long = "Tell me about sled. ".repeat(50);
+    let r = responses(&d, &json!({"model": m_name(), "input": long}), "sk-a").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = responses(
+        &d,
+        &json!({"model": m_name(), "input": "More?", "previous_response_id": id}),
+        "sk-a",
+    )
+    .await;
+    assert_eq!(r.header("x-deja-cache"), "bypass", "{}", r.text);
+    let series = "deja_response_chains_total{event=\"too_large\"} 1";
+    assert!(metrics_text(&d).await.contains(series), "{series}");
+    d.stop().await;
+
     // `response_chains = 0`: deja remembers nothing; its own ids cannot be resolved.
     let d = Deja::start_with(&up.base_url(), hash_model(), "response_chains = 0", "").await;
     let r = responses(

@@ -900,6 +900,11 @@ async fn issue16_keys_made_and_revoked_on_the_admin_api() {
         (json!({"name": "bad name!"}), 400, "name"),
         (json!({"name": "x", "colour": 1}), 400, ""),
         (json!({"rpm": 1}), 400, ""),
+        (
+            json!({"name": "x", "models": ["a".repeat(20_000)]}),
+            413,
+            "",
+        ),
     ] {
         let r = admin_call(&d, Method::POST, "/admin/keys", Some(body.clone())).await;
         assert_eq!(r.status, status, "{body}: {}", r.text);
@@ -933,7 +938,25 @@ async fn issue16_keys_made_and_revoked_on_the_admin_api() {
     assert_eq!((r.status, r.body["deleted"].as_str()), (200, Some("lab")));
     assert_eq!(ask(&d, &lab, &q).await.status, 401);
     d.stop().await;
+    // At most 1000 keys are kept: the file is filled up to the bound.
+    let file = tmp.path().join("store").join("admin-keys.json");
+    let mut kept: Vec<Value> = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept.len(), 1, "ops is left");
+    for i in kept.len()..1000 {
+        let hash = deja::config::KeyHash::of(&format!("dk-filler-{i}")).to_string();
+        kept.push(json!({"name": format!("filler-{i}"), "hash": hash}));
+    }
+    std::fs::write(&file, serde_json::to_vec(&kept).unwrap()).unwrap();
     let d = keys_admin(tmp.path(), &mock.base_url()).await;
+    let r = admin_call(
+        &d,
+        Method::POST,
+        "/admin/keys",
+        Some(json!({"name": "one-more"})),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("at most 1000"), "{}", r.text);
     assert_eq!(
         ask(&d, &lab, &q).await.status,
         401,
