@@ -321,6 +321,12 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         let e = load(&path).unwrap_err();
         assert!(e.contains(FILE) && e.contains("damaged"), "{e}");
+        std::fs::write(&path, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let e = load(&path).unwrap_err();
+        assert!(
+            e.contains("over"),
+            "a file past the read cap is refused: {e}"
+        );
     }
 
     #[test]
