@@ -25,10 +25,8 @@
 //! Everything runs on this machine's cores; figures go to docs/benchmarks.md with the machine.
 
 use clap::Parser;
-use deja::bench::dataset::{self, Texts};
-use deja::bench::embeddings::{default_dir, embed_texts, Vectors};
+use deja::bench::embeddings::{default_dir, Vectors};
 use deja::cache::restore::{load_index, snapshot_tag};
-use deja::embed::{resolve_model, BertEmbedder, EmbedSettings, Embedder, ResolveOptions};
 use deja::index::{FlatIndex, HnswIndex, IndexConfig, ScopedIndex, VectorSearch, VectorWrite};
 use deja::store::{
     now_ms, CachedResponse, EntryId, FinishReason, NewEntry, ScopeId, Store, StoreConfig,
@@ -37,6 +35,10 @@ use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+#[path = "support/corpus.rs"]
+mod corpus;
+use corpus::split;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -48,7 +50,7 @@ struct Args {
     queries: usize,
     /// Texts embedded (cached once): smaller runs use the first `entries + queries` of them,
     /// so a 100k run reuses the 1M run's embeddings.
-    #[arg(long, default_value_t = 1_002_000)]
+    #[arg(long, default_value_t = corpus::DEFAULT_CORPUS)]
     corpus: usize,
     /// embed | build | restart | all
     #[arg(long, default_value = "all")]
@@ -70,100 +72,11 @@ struct Args {
     bench: bool,
 }
 
-/// Every distinct text of the shared datasets, in file order.
-fn base_texts(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut texts = Texts::default();
-    for name in [
-        "qqp-pairs.jsonl",
-        "paraphrase-pairs.jsonl",
-        "clinc150-stream.jsonl",
-        "sharegpt-stream.jsonl",
-    ] {
-        dataset::load(&dir.join(name), None)?.add_texts(&mut texts);
-    }
-    Ok(texts.list)
-}
-
-/// `n` distinct texts: the base texts, then round `r` adds the `r`-th word window of every
-/// base text that has one (windows of 4–12 words, longest first).
-fn corpus(base: &[String], n: usize) -> Texts {
-    let mut out = Texts::default();
-    for t in base.iter().take(n) {
-        out.add(t);
-    }
-    let words: Vec<Vec<&str>> = base
-        .iter()
-        .map(|t| t.split_whitespace().collect())
-        .collect();
-    let windows = |w: &[&str]| -> Vec<(usize, usize)> {
-        let mut v = Vec::new();
-        for len in (4..=12.min(w.len().saturating_sub(1))).rev() {
-            for start in 0..=w.len() - len {
-                v.push((start, len));
-            }
-        }
-        v
-    };
-    let all: Vec<Vec<(usize, usize)>> = words.iter().map(|w| windows(w)).collect();
-    let mut round = 0;
-    while out.list.len() < n {
-        let mut added = false;
-        for (w, wins) in words.iter().zip(&all) {
-            if out.list.len() >= n {
-                break;
-            }
-            if let Some(&(s, l)) = wins.get(round) {
-                out.add(&w[s..s + l].join(" "));
-                added = true;
-            }
-        }
-        if !added {
-            break;
-        }
-        round += 1;
-    }
-    out
-}
-
 fn embed_phase(args: &Args) -> anyhow::Result<(Vectors, String)> {
-    let t = Instant::now();
-    let base = base_texts(&args.datasets)?;
-    let want = args.corpus.max(args.entries + args.queries);
-    let texts = corpus(&base, want);
-    anyhow::ensure!(
-        texts.list.len() == want,
-        "the datasets give only {} distinct texts",
-        texts.list.len()
-    );
-    eprintln!(
-        "corpus: {} base texts, {} texts in all ({:.1}s)",
-        base.len(),
-        texts.list.len(),
-        t.elapsed().as_secs_f64()
-    );
-    let settings = EmbedSettings::default();
-    let files = resolve_model(&settings, &ResolveOptions::from_env())?;
-    let model = BertEmbedder::load(&files, &settings)?;
-    eprintln!("encoder: {}", model.backend());
-    let v = embed_texts(&model, texts, &default_dir(), settings.max_tokens)?;
-    Ok((v, model.model_id().to_string()))
+    corpus::embed(&args.datasets, args.corpus.max(args.entries + args.queries))
 }
 
 const SCOPE: &[u8] = b"bench-index-scale";
-
-/// Held-out queries: every `stride`-th text, so they spread over base texts and windows alike.
-fn split(total: usize, queries: usize) -> (Vec<usize>, Vec<usize>) {
-    let stride = (total / queries.max(1)).max(2);
-    let (mut entries, mut held) = (Vec::new(), Vec::new());
-    for i in 0..total {
-        if i % stride == 1 && held.len() < queries {
-            held.push(i);
-        } else {
-            entries.push(i);
-        }
-    }
-    (entries, held)
-}
 
 fn store_config(work: &Path, model_id: &str, dim: usize) -> StoreConfig {
     StoreConfig {

@@ -1251,6 +1251,123 @@ mod recall {
     }
 }
 
+/// Moving a cache between backends (`deja cache export` / `import`): an embedded store's
+/// export imports into PostgreSQL without re-embedding, in transactions of
+/// `IMPORT_TX_ROWS`; a bad entry stops the import with the count stored before it, and the
+/// transaction it was in stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_an_embedded_export_imports_into_postgres_in_transactions() {
+    use deja::admin::entries::{export_blocking, import_stream};
+    use deja::cache::backend::postgres::IMPORT_TX_ROWS;
+    use deja::store::NewEntry;
+    let Some(pg) = Kit::new("postgres", "import") else {
+        return;
+    };
+    let embedded = Kit::new("embedded", "import").unwrap();
+    let from = embedded.open();
+    let s = scope("moved");
+    let n = IMPORT_TX_ROWS * 2 + 22;
+    let prompts: Vec<String> = (0..n)
+        .map(|i| format!("moved question number {i}"))
+        .collect();
+    blocking(|| {
+        for (i, p) in prompts.iter().enumerate() {
+            let v = model().embed_batch(&[p]).unwrap().remove(0);
+            from.backend()
+                .insert(NewEntry {
+                    scope: s,
+                    prompt: p.clone(),
+                    embedding: Some(v),
+                    response: answer(&format!("answer {i}")),
+                    created_ms: 1,
+                    expires_ms: u64::MAX / 2,
+                    namespace: Some("team".into()),
+                })
+                .unwrap();
+        }
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let exported = {
+        let from = from.clone();
+        tokio::task::spawn_blocking(move || export_blocking(&from, &tx).unwrap())
+    };
+    let mut text = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(exported.await.unwrap(), n as u64);
+
+    let to = pg.open();
+    let body = axum::body::Body::from(text.clone());
+    let done = import_stream(&to, body, 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((done.imported, done.reembedded), (n as u64, 0));
+    assert_eq!(to.backend().len(), n);
+    for (i, p) in prompts.iter().enumerate().step_by(17) {
+        let e = to.exact(s, p.clone()).await.unwrap().expect("imported");
+        assert_eq!(e.response.content, format!("answer {i}"));
+        let v = model().embed_batch(&[p]).unwrap().remove(0);
+        let near = blocking(|| to.backend().nearest(s, &v, 1).unwrap());
+        assert_eq!(near[0].entry.as_ref().unwrap().prompt, *p, "searchable");
+    }
+
+    // A line with a vector of the wrong size, in the second transaction of a fresh schema.
+    let bad_at = IMPORT_TX_ROWS + 5;
+    let text = String::from_utf8(text).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut bad: serde_json::Value = serde_json::from_str(&lines[1 + bad_at]).unwrap();
+    bad["embedding"] = serde_json::json!([0.5, 0.5]);
+    lines[1 + bad_at] = bad.to_string();
+    let again = Kit::new("postgres", "import_bad").unwrap().open();
+    let body = axum::body::Body::from(lines.join("\n"));
+    let (status, message, done) = import_stream(&again, body, 1 << 20, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(status, 500, "{message}");
+    assert_eq!(done.imported, IMPORT_TX_ROWS as u64, "{message}");
+    assert_eq!(
+        again.backend().len(),
+        IMPORT_TX_ROWS,
+        "the bad transaction stored nothing"
+    );
+}
+
+/// What every connection of the backend runs with: the search settings its recall rests on
+/// (`cache.postgres.ef_search` among them), as the database reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_every_connection_runs_with_the_search_settings() {
+    use deja::cache::backend::PostgresBackend;
+    use deja::config::PostgresConfig;
+    let Some(k) = Kit::new("postgres", "settings") else {
+        return;
+    };
+    let cfg = PostgresConfig {
+        url_env: URL_ENV.into(),
+        schema: k.schema.clone(),
+        pool_size: 2,
+        ef_search: 77,
+        ..PostgresConfig::default()
+    };
+    let url = k.url.clone();
+    let env = move |name: &str| (name == URL_ENV).then(|| url.clone()).flatten();
+    blocking(|| {
+        let b = PostgresBackend::open(&cfg, &env, "settings-model", DIM, 0).unwrap();
+        // Both pooled connections, not only the first.
+        let (a, c) = std::thread::scope(|t| {
+            let one = t.spawn(|| b.setting("hnsw.ef_search").unwrap());
+            let two = t.spawn(|| b.setting("hnsw.ef_search").unwrap());
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        assert_eq!((a.as_str(), c.as_str()), ("77", "77"));
+        assert_eq!(b.setting("hnsw.iterative_scan").unwrap(), "relaxed_order");
+        assert_eq!(b.setting("plan_cache_mode").unwrap(), "force_custom_plan");
+        assert_eq!(b.setting("statement_timeout").unwrap(), "2s");
+        let plan = b.explain_nearest(scope("any"), &[0.1; DIM]).unwrap();
+        assert!(plan.contains("Limit"), "{plan}");
+    });
+}
+
 /// Two real `deja serve` processes on one database.
 mod processes {
     use super::*;

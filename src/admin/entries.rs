@@ -584,25 +584,21 @@ async fn flush_batch(
         return Ok(());
     }
     let entries = std::mem::take(batch);
-    let n = entries.len() as u64;
     let e = engine.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
-        for entry in entries {
-            e.backend().import(entry)?;
-        }
-        Ok(())
-    })
-    .await;
+    let stored = tokio::task::spawn_blocking(move || e.backend().import_batch(entries)).await;
     match stored {
-        Ok(Ok(())) => {
-            done.imported += n;
+        Ok((n, Ok(()))) => {
+            done.imported += n as u64;
             Ok(())
         }
-        Ok(Err(err)) => Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("storing imported entries failed: {err}"),
-            std::mem::take(done),
-        )),
+        Ok((n, Err(err))) => {
+            done.imported += n as u64;
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing imported entries failed: {err}"),
+                std::mem::take(done),
+            ))
+        }
         Err(err) => Err((
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("import task failed: {err}"),

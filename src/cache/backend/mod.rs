@@ -123,6 +123,20 @@ pub trait Backend: Send + Sync + 'static {
         self.insert(entry)
     }
 
+    /// [`Backend::import`] of several entries, in order; returns how many were stored before
+    /// an error stopped it. A backend whose writes each wait for a commit stores them in
+    /// fewer transactions.
+    fn import_batch(&self, entries: Vec<NewEntry>) -> (usize, Result<(), CacheError>) {
+        let mut n = 0;
+        for entry in entries {
+            if let Err(e) = self.import(entry) {
+                return (n, Err(e));
+            }
+            n += 1;
+        }
+        (n, Ok(()))
+    }
+
     /// Entries held (expired ones included until swept); may be a recent estimate.
     fn len(&self) -> usize;
 

@@ -8,7 +8,9 @@
 //! - **Recall**: a filtered HNSW scan returns `ef_search` rows before the scope filter drops
 //!   most of them, so every connection runs with `hnsw.iterative_scan = relaxed_order`
 //!   (pgvector >= 0.8): the scan goes on until it found enough rows of the scope. The closest
-//!   [`CANDIDATES`] rows are then ordered exactly. Connections also run with
+//!   [`CANDIDATES`] rows are then ordered exactly. `hnsw.ef_search` is
+//!   `cache.postgres.ef_search` (100: pgvector's 40 loses recall in a 1M-entry scope; a small
+//!   scope is read through its btree and ordered exactly, whatever it is). Connections also run with
 //!   `plan_cache_mode = force_custom_plan`: after five executions a prepared search would
 //!   switch to a generic plan, which cannot see the scope's size and read a 100k-entry scope
 //!   through the scope's btree with an exact sort (455 ms, measured) instead of the HNSW index
@@ -57,6 +59,9 @@ use schema::Names;
 pub const CANDIDATES: i64 = 40;
 /// How often hits are written, expiry/eviction checked, and a degraded database pinged.
 pub const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
+/// Rows one import transaction writes at most (each row also updates the HNSW index, so a
+/// transaction stays well inside the statement timeout).
+pub const IMPORT_TX_ROWS: usize = 64;
 /// Rows one expiry or eviction statement deletes at most.
 pub const DELETE_BATCH: i64 = 1000;
 /// Distinct entries whose hits wait in memory at most; past it new ones are dropped (counted):
@@ -475,8 +480,9 @@ impl PostgresBackend {
             .connect_timeout(cfg.statement_timeout)
             .options(format!(
                 "-c statement_timeout={} -c hnsw.iterative_scan=relaxed_order \
-                 -c plan_cache_mode=force_custom_plan",
-                cfg.statement_timeout.as_millis().max(1)
+                 -c hnsw.ef_search={} -c plan_cache_mode=force_custom_plan",
+                cfg.statement_timeout.as_millis().max(1),
+                cfg.ef_search
             ));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -599,6 +605,44 @@ impl PostgresBackend {
                 .await
                 .map_err(PgError::db("read"))?;
             Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+        })
+    }
+
+    /// A setting as one of the backend's connections sees it (`current_setting`): diagnostics
+    /// and tests of what every connection runs with.
+    pub fn setting(&self, name: &str) -> Result<String, CacheError> {
+        let s = &self.shared;
+        self.run("read", async {
+            let c = s.client("read").await?;
+            let row = c
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await
+                .map_err(PgError::db("read"))?;
+            Ok(row.get::<_, String>(0))
+        })
+    }
+
+    /// The plan PostgreSQL picks for the in-scope search of `embedding` in `scope` (`EXPLAIN`
+    /// of the very statement [`Backend::nearest`] runs, one line per plan node): which index a
+    /// big and a small scope are read through (benches, diagnostics).
+    pub fn explain_nearest(&self, scope: ScopeId, embedding: &[f32]) -> Result<String, CacheError> {
+        let s = &self.shared;
+        check_vector(embedding, s.dim)?;
+        let v = Vector::from(embedding.to_vec());
+        self.run("search", async {
+            let c = s.client("search").await?;
+            let rows = c
+                .query(
+                    &format!("EXPLAIN {}", s.sql.nearest),
+                    &[&&scope.0[..], &v, &ms(now_ms()), &1i64],
+                )
+                .await
+                .map_err(PgError::db("search"))?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n"))
         })
     }
 
@@ -753,6 +797,64 @@ impl Backend for PostgresBackend {
             }
             Ok(id as u64)
         })
+    }
+
+    /// Imports in transactions of [`IMPORT_TX_ROWS`] rows: one commit (one WAL flush) per
+    /// transaction instead of one per entry, each bounded by the statement timeout.
+    fn import_batch(&self, entries: Vec<NewEntry>) -> (usize, Result<(), CacheError>) {
+        let s = &self.shared;
+        let mut stored = 0;
+        let mut rows = entries.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<NewEntry> = rows.by_ref().take(IMPORT_TX_ROWS).collect();
+            if let Some(bad) = chunk.iter().find_map(|e| {
+                e.embedding
+                    .as_ref()
+                    .and_then(|v| check_vector(v, s.dim).err())
+            }) {
+                return (stored, Err(bad.into()));
+            }
+            let result = self.run("insert", async {
+                let mut c = s.client("insert").await?;
+                let tx = c.transaction().await.map_err(PgError::db("insert"))?;
+                let st = tx
+                    .prepare_cached(&s.sql.insert)
+                    .await
+                    .map_err(PgError::db("insert"))?;
+                let mut inserted = 0;
+                for e in &chunk {
+                    let key = exact_key(e.scope, &e.prompt);
+                    let vector = e.embedding.clone().map(Vector::from);
+                    let row = tx
+                        .query_one(
+                            &st,
+                            &[
+                                &&e.scope.0[..],
+                                &&key[..],
+                                &e.prompt,
+                                &vector,
+                                &Json(&e.response),
+                                &ms(e.created_ms),
+                                &ms(e.expires_ms),
+                                &e.namespace,
+                            ],
+                        )
+                        .await
+                        .map_err(PgError::db("insert"))?;
+                    inserted += row.get::<_, bool>(1) as usize;
+                }
+                tx.commit().await.map_err(PgError::db("insert"))?;
+                Ok(inserted)
+            });
+            match result {
+                Ok(inserted) => {
+                    s.count.fetch_add(inserted, Ordering::Relaxed);
+                    stored += chunk.len();
+                }
+                Err(e) => return (stored, Err(e)),
+            }
+        }
+        (stored, Ok(()))
     }
 
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, CacheError> {

@@ -65,8 +65,7 @@ fn ddl(n: &Names, dim: usize) -> String {
         CREATE INDEX IF NOT EXISTS entries_scope ON {e} (scope);
         CREATE INDEX IF NOT EXISTS entries_expires ON {e} (expires_ms);
         CREATE INDEX IF NOT EXISTS entries_last_hit ON {e} (last_hit_ms);
-        CREATE INDEX IF NOT EXISTS entries_embedding ON {e}
-            USING hnsw (embedding vector_cosine_ops);
+        {hnsw};
         COMMENT ON TABLE {e} IS 'deja cache entries (schema {s}, owned and migrated by deja)';
         CREATE UNLOGGED TABLE IF NOT EXISTS {f} (
             exact_key   bytea  PRIMARY KEY,
@@ -82,9 +81,23 @@ fn ddl(n: &Names, dim: usize) -> String {
         CREATE INDEX IF NOT EXISTS response_chains_expires ON {c} (expires_ms);
         COMMENT ON TABLE {c} IS 'deja: the conversation behind each Responses answer, by response id';",
         f = n.flights,
-        c = n.chains
+        c = n.chains,
+        hnsw = embedding_index(n)
     )
 }
+
+/// The HNSW index of the entries' embeddings (pgvector's build defaults: `m` = 16,
+/// `ef_construction` = 64). Its own statement so that a bulk load (`benches/pg_scale.rs`) can
+/// drop it, load, and build exactly this index afterwards.
+pub fn embedding_index(n: &Names) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {EMBEDDING_INDEX} ON {} USING hnsw (embedding vector_cosine_ops)",
+        n.entries
+    )
+}
+
+/// The name of [`embedding_index`] (in the schema).
+pub const EMBEDDING_INDEX: &str = "entries_embedding";
 
 /// Creates or checks the schema; the caller's client must not be in a transaction.
 pub async fn migrate(
