@@ -1366,6 +1366,17 @@ async fn issue14_every_connection_runs_with_the_search_settings() {
         let plan = b.explain_nearest(scope("any"), &[0.1; DIM]).unwrap();
         assert!(plan.contains("Limit"), "{plan}");
     });
+    // The HNSW index is built with the parameters its recall was measured with.
+    let def = common::postgres::server().unwrap().psql(&format!(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = '{}' AND indexname = 'entries_embedding'",
+        k.schema
+    ));
+    assert!(
+        def.contains("hnsw (embedding vector_cosine_ops)")
+            && def.contains("m='16'")
+            && def.contains("ef_construction='128'"),
+        "{def}"
+    );
 }
 
 /// Two real `deja serve` processes on one database.
