@@ -767,32 +767,15 @@ impl Backend for PostgresBackend {
         if let Some(v) = &e.embedding {
             check_vector(v, s.dim)?;
         }
-        let key = exact_key(e.scope, &e.prompt);
-        let vector = e.embedding.map(Vector::from);
+        let vector = e.embedding.clone().map(Vector::from);
         self.run("insert", async {
             let c = s.client("insert").await?;
             let st = c
                 .prepare_cached(&s.sql.insert)
                 .await
                 .map_err(PgError::db("insert"))?;
-            let row = c
-                .query_one(
-                    &st,
-                    &[
-                        &&e.scope.0[..],
-                        &&key[..],
-                        &e.prompt,
-                        &vector,
-                        &Json(&e.response),
-                        &ms(e.created_ms),
-                        &ms(e.expires_ms),
-                        &e.namespace,
-                    ],
-                )
-                .await
-                .map_err(PgError::db("insert"))?;
-            let id: i64 = row.get(0);
-            if row.get::<_, bool>(1) {
+            let (id, inserted) = insert_row(&c, &st, &e, vector).await?;
+            if inserted {
                 s.count.fetch_add(1, Ordering::Relaxed);
             }
             Ok(id as u64)
@@ -823,25 +806,8 @@ impl Backend for PostgresBackend {
                     .map_err(PgError::db("insert"))?;
                 let mut inserted = 0;
                 for e in &chunk {
-                    let key = exact_key(e.scope, &e.prompt);
                     let vector = e.embedding.clone().map(Vector::from);
-                    let row = tx
-                        .query_one(
-                            &st,
-                            &[
-                                &&e.scope.0[..],
-                                &&key[..],
-                                &e.prompt,
-                                &vector,
-                                &Json(&e.response),
-                                &ms(e.created_ms),
-                                &ms(e.expires_ms),
-                                &e.namespace,
-                            ],
-                        )
-                        .await
-                        .map_err(PgError::db("insert"))?;
-                    inserted += row.get::<_, bool>(1) as usize;
+                    inserted += insert_row(&tx, &st, e, vector).await?.1 as usize;
                 }
                 tx.commit().await.map_err(PgError::db("insert"))?;
                 Ok(inserted)
@@ -912,4 +878,32 @@ impl Backend for PostgresBackend {
             degraded: self.shared.degraded.lock().is_some(),
         }
     }
+}
+
+/// Runs the prepared insert statement for one entry (alone or inside a transaction); returns
+/// its id and whether it is a new row (not a replacement).
+async fn insert_row<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    st: &tokio_postgres::Statement,
+    e: &NewEntry,
+    vector: Option<Vector>,
+) -> Result<(i64, bool), PgError> {
+    let key = exact_key(e.scope, &e.prompt);
+    let row = c
+        .query_one(
+            st,
+            &[
+                &&e.scope.0[..],
+                &&key[..],
+                &e.prompt,
+                &vector,
+                &Json(&e.response),
+                &ms(e.created_ms),
+                &ms(e.expires_ms),
+                &e.namespace,
+            ],
+        )
+        .await
+        .map_err(PgError::db("insert"))?;
+    Ok((row.get(0), row.get(1)))
 }
