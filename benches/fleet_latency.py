@@ -13,7 +13,12 @@ semantic hits (a new paraphrase of a support question each), misses (a new promp
 each (default 300). Prints p50/p90/p99 of the client-side time and of deja's own
 `x-deja-overhead-ms`. TEXTS: a JSONL file of pairs (`a`, `b`) or a stream (`text`) to take the
 filler prompts from (default: the Quora question pairs of ../shared/datasets). The postgres
-run uses (and empties) the schema `deja_fleet_bench`.
+run uses (and empties) the schema `deja_fleet_bench`. Each line also gives the p50 of deja's
+`Server-Timing` phases (exact lookup, embedding, search).
+
+FLEET_PG_EXTRA adds lines to the postgres run's `[cache.postgres]` (e.g. `ef_search = 40`).
+FLEET_WORK=DIR keeps the stores (and the embedded run's export) in DIR: a rerun with as many
+entries there skips both imports (over ten minutes at 100k) and measures the stores as they are.
 """
 import http.client, json, os, subprocess, sys, tempfile, threading, time
 from collections import Counter
@@ -80,7 +85,7 @@ def start(backend, work):
     cfg = os.path.join(work, "config.toml")
     extra = ""
     if backend == "postgres":
-        extra = f'backend = "postgres"\n[cache.postgres]\nschema = "{SCHEMA}"\n'
+        extra = f'backend = "postgres"\n[cache.postgres]\nschema = "{SCHEMA}"\n{os.environ.get("FLEET_PG_EXTRA", "")}\n'
     open(cfg, "w").write(
         f'[server]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\ntoken_env = "FLEET_BENCH_TOKEN"\n'
         f'[cache]\ndir = "{work}/store"\n{extra}'
@@ -120,7 +125,13 @@ def ask(c, text):
     c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", "authorization": "Bearer bench"})
     r = c.getresponse()
     r.read()
-    return (time.perf_counter() - t) * 1e3, r.getheader("x-deja-cache"), float(r.getheader("x-deja-overhead-ms") or "nan")
+    phases = {}
+    for part in (r.getheader("server-timing") or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            phases[name] = float(dur)
+    return ((time.perf_counter() - t) * 1e3, r.getheader("x-deja-cache"),
+            float(r.getheader("x-deja-overhead-ms") or "nan"), phases)
 
 
 def pct(v, q):
@@ -134,6 +145,9 @@ def report(backend, name, rows, want):
     print(f"{backend:<9} {name:<13} n={len(served):<4} client p50 {pct(t, .5):6.2f} p90 {pct(t, .9):6.2f} "
           f"p99 {pct(t, .99):6.2f} ms | overhead p50 {pct(o, .5):6.2f} p99 {pct(o, .99):6.2f} ms  "
           f"{dict(Counter(r[1] for r in rows))}", flush=True)
+    print(" " * 24 + "phases p50: " + ", ".join(
+        f"{k} {pct([r[3][k] for r in served if k in r[3]], .5):.2f}" for k in ("exact", "embed", "search", "deja")
+        if any(k in r[3] for r in served)) + " ms", flush=True)
 
 
 def run(backend, work, source):
@@ -143,6 +157,12 @@ def run(backend, work, source):
         for t in TOPICS:
             ask(c, f"How do I {t}?")
         time.sleep(1.5)  # inserts are off the response path
+        kept, marker = os.path.join(work, "export.jsonl"), os.path.join(work, f"imported-{ENTRIES}")
+        if os.path.exists(marker):
+            held = json.loads(admin_call(admin, "GET", "/admin/stats")).get("entries")
+            print(f"{backend:<9} import      skipped: {held} entries kept in {work}", flush=True)
+            export = open(kept).read() if source is None else None
+            return measure(backend, port, export)
         if source is None:
             head, *lines = admin_call(admin, "GET", "/admin/export").decode().splitlines()
             scope = json.loads(lines[0])["scope"]
@@ -162,29 +182,45 @@ def run(backend, work, source):
         stats = json.loads(admin_call(admin, "GET", "/admin/stats"))
         print(f"{backend:<9} entries     {stats.get('entries')}", flush=True)
         export = admin_call(admin, "GET", "/admin/export").decode() if source is None else None
-        # Measure on a quiet machine: wait while the file FLEET_HOLD names exists.
-        while os.environ.get("FLEET_HOLD") and os.path.exists(os.environ["FLEET_HOLD"]):
-            time.sleep(1)
-        c = http.client.HTTPConnection("127.0.0.1", port)  # the import outlasts keep-alive
-        for i in range(20):
-            ask(c, f"How do I {TOPICS[i % 10]}?")
-        ex = [ask(c, f"How do I {TOPICS[i % 10]}?") for i in range(N)]
-        qs = [f"{o} {t}{cl}" for o in OPENERS for cl in CLOSERS for t in TOPICS][:N]
-        se = [ask(c, q) for q in qs]
-        mi = [ask(c, f"Write a limerick about a purple cat called number {i} in Paris") for i in range(N)]
-        report(backend, "exact hit", ex, "exact-hit")
-        report(backend, "semantic hit", se, "semantic-hit")
-        report(backend, "miss", mi, "miss")
-        return export
+        if export is not None:
+            open(kept, "w").write(export)
+        open(marker, "w").close()
+        return measure(backend, port, export)
     finally:
         p.terminate()
         p.wait()
 
 
-with tempfile.TemporaryDirectory() as d:
+def measure(backend, port, export):
+    run_id = int(time.time())  # a kept store holds an earlier run's misses
+    # Measure on a quiet machine: wait while the file FLEET_HOLD names exists.
+    while os.environ.get("FLEET_HOLD") and os.path.exists(os.environ["FLEET_HOLD"]):
+        time.sleep(1)
+    c = http.client.HTTPConnection("127.0.0.1", port)  # the import outlasts keep-alive
+    for i in range(20):
+        ask(c, f"How do I {TOPICS[i % 10]}?")
+    ex = [ask(c, f"How do I {TOPICS[i % 10]}?") for i in range(N)]
+    qs = [f"{o} {t}{cl}" for o in OPENERS for cl in CLOSERS for t in TOPICS][:N]
+    se = [ask(c, q) for q in qs]
+    mi = [ask(c, f"Write a limerick about a purple cat called number {i} in Paris, run {run_id}") for i in range(N)]
+    report(backend, "exact hit", ex, "exact-hit")
+    report(backend, "semantic hit", se, "semantic-hit")
+    report(backend, "miss", mi, "miss")
+    return export
+
+
+def main(d):
     export = run("embedded", os.path.join(d, "embedded"), None)
     if os.environ.get("DEJA_POSTGRES_URL"):
-        psql = os.environ.get("PSQL", "psql")
-        subprocess.run([psql, os.environ["DEJA_POSTGRES_URL"], "-qc", f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"],
-                       check=True, stderr=subprocess.DEVNULL)
+        if not os.environ.get("FLEET_WORK"):
+            psql = os.environ.get("PSQL", "psql")
+            subprocess.run([psql, os.environ["DEJA_POSTGRES_URL"], "-qc", f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"],
+                           check=True, stderr=subprocess.DEVNULL)
         run("postgres", os.path.join(d, "postgres"), export)
+
+
+if os.environ.get("FLEET_WORK"):
+    main(os.environ["FLEET_WORK"])
+else:
+    with tempfile.TemporaryDirectory() as d:
+        main(d)
