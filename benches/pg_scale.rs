@@ -2,7 +2,11 @@
 //! entries, then in-scope search latency p50/p99 and recall@1 against an exact scan of the
 //! query's scope at each `--ef-search`, which plan PostgreSQL chose, insert throughput through
 //! the backend into a table of that size, and the time a new replica needs to serve its first
-//! hit.
+//! hit. Each search line also says what it decided at `--floor` (the lowest similarity the
+//! decision rule serves): of the queries whose scope holds a servable entry, how often the
+//! search found one and how often the nearest. `--two-pass 40:100` measures lookups that search
+//! at `ef_search` 40 first and at 100 only when the first found nothing at the floor
+//! (`cache.postgres.first_ef_search`, what deja's lookups do).
 //!
 //! ```sh
 //! # one scope of 1M entries, then 10,000 scopes of 100 (real MiniLM vectors)
@@ -81,6 +85,15 @@ struct Args {
     /// `hnsw.ef_search` values searched with (`cache.postgres.ef_search`).
     #[arg(long, default_value = "40,100,200", value_delimiter = ',')]
     ef_search: Vec<usize>,
+    /// Lookups with two searches (`first_ef_search:ef_search` pairs, e.g. `40:100`): the first
+    /// with less effort, the second only when the first found nothing at `--floor` or above
+    /// (`cache.postgres.first_ef_search`).
+    #[arg(long, value_delimiter = ',')]
+    two_pass: Vec<String>,
+    /// Lowest similarity a lookup can serve (the decision rule's floor; deja's default rule
+    /// serves from 0.90 up with the verifier).
+    #[arg(long, default_value_t = 0.90)]
+    floor: f32,
     /// `maintenance_work_mem` for the index build after a `copy` load.
     #[arg(long, default_value = "6GB")]
     build_memory: String,
@@ -182,21 +195,69 @@ fn data(args: &Args) -> anyhow::Result<Data> {
     }
 }
 
-fn config(args: &Args, ef_search: usize) -> PostgresConfig {
+fn config(args: &Args, ef_search: usize, first_ef_search: usize) -> PostgresConfig {
     PostgresConfig {
         url_env: args.url_env.clone(),
         pool_size: (args.writers + 2).max(4),
         schema: args.schema.clone(),
         statement_timeout: Duration::from_secs(60),
         ef_search,
+        first_ef_search,
         ..PostgresConfig::default()
     }
 }
 
+/// A backend whose every search is one at `ef_search`.
 fn open(args: &Args, d: &Data, ef_search: usize) -> PostgresBackend {
+    open_two(args, d, ef_search, 0)
+}
+
+fn open_two(args: &Args, d: &Data, ef_search: usize, first: usize) -> PostgresBackend {
     let env = |name: &str| std::env::var(name).ok();
-    PostgresBackend::open(&config(args, ef_search), &env, &d.model_id, d.dim, 0)
+    PostgresBackend::open(&config(args, ef_search, first), &env, &d.model_id, d.dim, 0)
         .expect("open postgres")
+}
+
+/// What the searches decided against the exact references: recall@1, and for the queries
+/// whose scope holds an entry at the floor or above (a servable neighbour), how often the
+/// search found one (the hit is kept) and how often it found the nearest itself.
+#[derive(Default)]
+struct Decisions {
+    found: usize,
+    servable: usize,
+    kept: usize,
+    nearest: usize,
+    /// Found something at the floor or above although the scope's best is below it: cannot
+    /// happen (a search never invents a neighbour); counted to show it.
+    invented: usize,
+}
+
+impl Decisions {
+    fn add(&mut self, got: Option<f32>, best: f32, floor: f32) {
+        let top = got.is_some_and(|g| g >= best - 1e-4);
+        self.found += top as usize;
+        let hit = got.is_some_and(|g| g >= floor);
+        if best >= floor {
+            self.servable += 1;
+            self.kept += hit as usize;
+            self.nearest += top as usize;
+        } else {
+            self.invented += hit as usize;
+        }
+    }
+
+    fn line(&self, n: usize, floor: f32) -> String {
+        format!(
+            "recall@1 {:.4} ({}/{n}); of {} queries with a neighbour at {floor} or above: \
+             hit kept {:.4}, nearest served {:.4}; hits above the scope's best: {}",
+            self.found as f64 / n as f64,
+            self.found,
+            self.servable,
+            self.kept as f64 / self.servable.max(1) as f64,
+            self.nearest as f64 / self.servable.max(1) as f64,
+            self.invented
+        )
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -469,7 +530,7 @@ fn main() -> anyhow::Result<()> {
         let (s0, q0) = &d.queries[0];
         let plan = backend.explain_nearest(scope(*s0), q0)?;
         let mut times = Vec::with_capacity(d.queries.len());
-        let (mut found, mut foreign) = (0, 0);
+        let (mut decided, mut foreign) = (Decisions::default(), 0);
         for ((s, q), want) in d.queries.iter().zip(&best) {
             let t = Instant::now();
             let got = backend.nearest(scope(*s), q, 1)?;
@@ -480,17 +541,48 @@ fn main() -> anyhow::Result<()> {
                 .count();
             // Found when the returned entry is as similar as the best of the scope (distinct
             // texts can share a vector: MiniLM is uncased).
-            found += got.first().is_some_and(|n| n.similarity >= want - 1e-4) as usize;
+            decided.add(got.first().map(|n| n.similarity), *want, args.floor);
         }
         times.sort();
         println!(
-            "search ef_search={ef}: recall@1 {:.4} ({found}/{}), p50 {:.2} ms, p99 {:.2} ms, \
-             rows of another scope: {foreign}; plan: {}",
-            found as f64 / d.queries.len() as f64,
-            d.queries.len(),
+            "search ef_search={ef}: {}, p50 {:.2} ms, p99 {:.2} ms, rows of another scope: \
+             {foreign}; plan: {}",
+            decided.line(d.queries.len(), args.floor),
             pct(&times, 0.5),
             pct(&times, 0.99),
             plan_nodes(&plan)
+        );
+    }
+
+    for pair in &args.two_pass {
+        let (first, full) = pair
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--two-pass {pair}: expected FIRST:FULL"))?;
+        let backend = open_two(&args, &d, full, first);
+        let mut times = Vec::with_capacity(d.queries.len());
+        let (mut decided, mut foreign) = (Decisions::default(), 0);
+        let before = backend.stats().second_searches;
+        for ((s, q), want) in d.queries.iter().zip(&best) {
+            let t = Instant::now();
+            let got = backend.nearest_reaching(scope(*s), q, 1, args.floor)?;
+            times.push(t.elapsed());
+            foreign += got
+                .iter()
+                .filter(|n| n.entry.as_ref().is_some_and(|e| e.scope != scope(*s)))
+                .count();
+            decided.add(got.first().map(|n| n.similarity), *want, args.floor);
+        }
+        let again = backend.stats().second_searches - before;
+        times.sort();
+        println!(
+            "two searches first_ef_search={first} ef_search={full} floor {}: {}, p50 {:.2} ms, \
+             p99 {:.2} ms, searched again {again}/{}, rows of another scope: {foreign}",
+            args.floor,
+            decided.line(d.queries.len(), args.floor),
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            d.queries.len()
         );
     }
 

@@ -24,6 +24,8 @@ pub struct Kit {
     dir: tempfile::TempDir,
     schema: String,
     url: Option<String>,
+    /// Lines added to `[cache.postgres]`.
+    pg_extra: String,
 }
 
 impl Kit {
@@ -40,6 +42,7 @@ impl Kit {
             dir: tempfile::tempdir().unwrap(),
             schema,
             url,
+            pg_extra: String::new(),
         })
     }
 
@@ -47,8 +50,8 @@ impl Kit {
         let backend = match self.backend {
             "postgres" => format!(
                 "backend = \"postgres\"\n{cache_extra}\n[cache.postgres]\nurl_env = \"{URL_ENV}\"\n\
-                 schema = \"{}\"\npool_size = 4\nstatement_timeout = \"2s\"\n",
-                self.schema
+                 schema = \"{}\"\npool_size = 4\nstatement_timeout = \"2s\"\n{}\n",
+                self.schema, self.pg_extra
             ),
             _ => cache_extra.to_string(),
         };
@@ -192,6 +195,28 @@ mod suite {
             }
         }
         assert_eq!(e.entries(), 1);
+    }
+
+    /// Where the exact lookup is a database round trip, the prompt's embedding is queued
+    /// before it (it runs during the round trip); in process it is queued only after an exact
+    /// miss. Either way an exact hit is what is served, and a semantic hit is the same.
+    pub async fn the_embedding_overlaps_a_remote_exact_lookup(k: &Kit) {
+        let e = k.open();
+        let s = scope("t");
+        put(&e, s, BREAD, "bake", TTL).await;
+        // Every embedding asked for is an LRU hit or miss.
+        let queued = |e: &CacheEngine| {
+            let st = e.embedder().stats();
+            st.lru_hits + st.lru_misses
+        };
+        let before = queued(&e);
+        assert_eq!(seen(&look(&e, s, BREAD).await), ("exact", "bake".into()));
+        let expected = if e.backend().remote() { 1 } else { 0 };
+        assert_eq!(queued(&e) - before, expected, "{}", e.backend().kind());
+        assert_eq!(
+            seen(&look(&e, s, BREAD_NEAR).await),
+            ("semantic", "bake".into())
+        );
     }
 
     /// Issue 17: the admin's scan, remove and purge, on every backend: what is removed leaves
@@ -484,6 +509,7 @@ backend_suite!(embedded:
     issue17_removed_entries_leave_store_and_search_at_once,
     issue15_response_chains_are_bounded_and_outlive_the_engine,
     issue17_entries_keep_their_namespace,
+    the_embedding_overlaps_a_remote_exact_lookup,
 );
 
 backend_suite!(postgres:
@@ -496,6 +522,7 @@ backend_suite!(postgres:
     issue17_removed_entries_leave_store_and_search_at_once,
     issue15_response_chains_are_bounded_and_outlive_the_engine,
     issue17_entries_keep_their_namespace,
+    the_embedding_overlaps_a_remote_exact_lookup,
 );
 
 /// What only a shared database can do: several engines (replicas) on one schema at once.
@@ -675,6 +702,100 @@ mod fleet {
         drop(e);
     }
 
+    /// The lookups' own connections (half of `pool_size`, which is 4 here) are bounded: a
+    /// burst of concurrent lookups past them takes the pool, and every one answers; the
+    /// replica never holds more than `pool_size` connections. Connections the server ends
+    /// (a restart, an administrator) are replaced by the next lookup without failing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_lookup_connections_are_bounded_and_replaced_when_the_server_ends_them() {
+        let Some(pg) = pg_or_skip!() else { return };
+        // A database of its own: the test ends every connection to it.
+        let db = format!("ended_{}", std::process::id());
+        pg.psql(&format!("CREATE DATABASE {db}"));
+        let k = Kit {
+            url: Some(format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port)),
+            ..Kit::new("postgres", "lookup_connections").unwrap()
+        };
+        let e = k.open();
+        let s = scope("t");
+        put(&e, s, BREAD, "x", TTL).await;
+        let burst = |e: &CacheEngine| {
+            let e = e.clone();
+            async move {
+                let asks = (0..12).map(|i| {
+                    let e = e.clone();
+                    tokio::spawn(async move {
+                        let prompt = if i % 2 == 0 { BREAD } else { BREAD_NEAR };
+                        seen(&look(&e, s, prompt).await).1
+                    })
+                });
+                futures::future::join_all(asks).await
+            }
+        };
+        for answer in burst(&e).await {
+            assert_eq!(answer.unwrap(), "x");
+        }
+        let open = e.backend().stats().connections;
+        assert!((1..=4).contains(&open), "{open} connections");
+
+        // Every connection of the replica ends, as in a server restart.
+        let ended = pg.psql(&format!(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+             FROM pg_stat_activity WHERE datname = '{db}'"
+        ));
+        assert_ne!(ended, "0", "{open} connections were open");
+        // The pool's connection tasks notice at once; the lookups' own are not read while
+        // idle, so the next lookup on each finds it closed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for answer in burst(&e).await {
+            assert_eq!(answer.unwrap(), "x");
+        }
+        assert_eq!(e.health(), Health::Ready);
+        assert!(e.backend().stats().connections <= 4);
+    }
+
+    /// A lookup searches first with `first_ef_search` and again with `ef_search` only when
+    /// the first search found nothing the rule could serve: a hit makes one search, a miss two
+    /// (counted), and both decide as one full search would. With `first_ef_search = 0` every
+    /// lookup makes one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_a_lookup_searches_again_only_without_a_servable_neighbour() {
+        let Some(k) = kit("second_search") else {
+            return;
+        };
+        let e = k.open();
+        let s = scope("t");
+        put(&e, s, BREAD, "bake", TTL).await;
+        let again = |e: &CacheEngine| e.backend().stats().second_searches;
+        assert_eq!(
+            seen(&look(&e, s, BREAD_NEAR).await),
+            ("semantic", "bake".into())
+        );
+        assert_eq!(again(&e), 0, "a hit found by the first search");
+        match look(&e, s, OTHER).await {
+            Lookup::Miss { best, .. } => {
+                let want = cosine(BREAD, OTHER);
+                assert!(best.is_some_and(|b| (b - want).abs() < 1e-3), "{best:?}");
+            }
+            other => panic!("expected a miss, got {:?}", seen(&other)),
+        }
+        assert_eq!(again(&e), 1, "a miss searches again");
+        drop(e);
+
+        let one = Kit {
+            pg_extra: "first_ef_search = 0".into(),
+            ..Kit::new("postgres", "one_search").unwrap()
+        };
+        let e = one.open();
+        put(&e, s, BREAD, "bake", TTL).await;
+        assert_eq!(seen(&look(&e, s, OTHER).await).0, "miss");
+        assert_eq!(
+            seen(&look(&e, s, BREAD_NEAR).await),
+            ("semantic", "bake".into())
+        );
+        assert_eq!(again(&e), 0);
+    }
+
     /// Neither the URL nor its password shows in what a failed start reports.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn issue14_the_url_and_its_password_never_appear_in_errors() {
@@ -818,6 +939,28 @@ mod http_suite {
         let m = metrics(f.at(1)).await;
         assert!(
             m.contains(&format!("deja_backend_degraded{{backend=\"{kind}\"}} 0")),
+            "{m}"
+        );
+        // A miss with nothing near: on PostgreSQL its first, cheaper search found nothing
+        // servable and it searched again; the connections it holds are shown.
+        assert_eq!(f.ask(1, OTHER, &[]).await.header("x-deja-cache"), "miss");
+        let m = metrics(f.at(1)).await;
+        let remote = kind == "postgres";
+        let second = metric(
+            &m,
+            &format!("deja_backend_second_searches_total{{backend=\"{kind}\"}}"),
+        );
+        assert_eq!(second, if remote { 1.0 } else { 0.0 }, "{m}");
+        let open = metric(
+            &m,
+            &format!("deja_backend_connections{{backend=\"{kind}\"}}"),
+        );
+        assert!(
+            if remote {
+                (1.0..=16.0).contains(&open)
+            } else {
+                open == 0.0
+            },
             "{m}"
         );
         f.stop().await;
@@ -1365,6 +1508,9 @@ async fn issue14_every_connection_runs_with_the_search_settings() {
         assert_eq!(b.setting("statement_timeout").unwrap(), "2s");
         let plan = b.explain_nearest(scope("any"), &[0.1; DIM]).unwrap();
         assert!(plan.contains("Limit"), "{plan}");
+        // The candidates are ordered exactly after the scan, whose relaxed order PostgreSQL
+        // 17+ would otherwise take for sorted and skip the sort.
+        assert!(plan.contains("Sort Key: ((c.d + "), "{plan}");
     });
     // The HNSW index is built with the parameters its recall was measured with.
     let def = common::postgres::server().unwrap().psql(&format!(

@@ -301,7 +301,11 @@ impl CacheEngine {
         // One blocking task does the exact lookup and, on a miss, queues the embedding itself:
         // the prompt goes from the blocking thread straight to the embedding workers instead of
         // bouncing through the runtime first (each hand-off between idle threads costs tens of
-        // microseconds on a small VM).
+        // microseconds on a small VM). When the exact lookup is a database round trip and an
+        // embedding worker is idle, the embedding is queued first and runs during the round
+        // trip; an exact hit abandons it (a worker that has not started it skips it, one that
+        // has leaves it in the embedding LRU). A busy encoder is not handed work that an exact
+        // hit would waste.
         let started = Instant::now();
         let (exact, pending, exact_time) = {
             let this = self.clone();
@@ -309,12 +313,20 @@ impl CacheEngine {
             self.inner
                 .lookups
                 .run("exact lookup", move || {
+                    let early = semantic
+                        && this.inner.backend.remote()
+                        && this.inner.embed.has_idle_worker();
+                    let mut pending = match early {
+                        true => Some(this.inner.embed.submit(&prompt)?),
+                        false => None,
+                    };
                     let exact = this.exact_blocking(scope, &prompt)?;
                     let exact_time = started.elapsed();
-                    let pending = match (&exact, semantic) {
-                        (None, true) => Some(this.inner.embed.submit(&prompt)?),
-                        _ => None,
-                    };
+                    if exact.is_some() {
+                        pending = None;
+                    } else if semantic && pending.is_none() {
+                        pending = Some(this.inner.embed.submit(&prompt)?);
+                    }
                     Ok((exact, pending, exact_time))
                 })
                 .await?
@@ -516,7 +528,10 @@ impl CacheEngine {
             guards: rule.guards && self.inner.settings.read().guards,
             ..*rule
         };
-        let neighbours = self.nearest_blocking(scope, embedding)?;
+        let neighbours = self
+            .inner
+            .backend
+            .nearest_reaching(scope, embedding, 1, rule.floor())?;
         // Below the rule's floor nothing can be served, so the store read and the guards are
         // skipped: `best` is then the nearest indexed neighbour, not checked for expiry.
         if let Some(top) = neighbours.first().filter(|n| n.similarity < rule.floor()) {

@@ -28,6 +28,10 @@ pub const MAX_SINGLEFLIGHT_TIMEOUT: Duration = Duration::from_secs(600);
 /// on 1M real MiniLM vectors in one scope 40 gives recall@1 below 0.99 and 100 above it
 /// (docs/benchmarks.md §8).
 pub const DEFAULT_EF_SEARCH: usize = 100;
+/// `hnsw.ef_search` of a lookup's first search: a lookup whose first search finds a neighbour
+/// that can be served stops there; one that finds none searches again with `ef_search`
+/// (docs/benchmarks.md §8).
+pub const DEFAULT_FIRST_EF_SEARCH: usize = 40;
 /// pgvector's limit for `hnsw.ef_search`.
 pub const MAX_EF_SEARCH: usize = 1000;
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
@@ -43,6 +47,7 @@ pub struct RawPostgres {
     pub statement_timeout: Option<String>,
     pub singleflight_timeout: Option<String>,
     pub ef_search: Option<u64>,
+    pub first_ef_search: Option<u64>,
 }
 
 /// Where the cache keeps its entries and searches its vectors.
@@ -82,6 +87,18 @@ pub struct PostgresConfig {
     /// `hnsw.ef_search` on every connection: candidates the HNSW scan keeps, the recall/latency
     /// trade-off of a search in a big scope (small scopes are scanned exactly).
     pub ef_search: usize,
+    /// `hnsw.ef_search` of a lookup's first, cheaper search; a lookup that finds nothing it
+    /// could serve searches again with [`Self::ef_search`]. Zero, or not below `ef_search`:
+    /// one search at `ef_search`.
+    pub first_ef_search: usize,
+}
+
+impl PostgresConfig {
+    /// The first search's `hnsw.ef_search`, when a lookup makes two.
+    pub fn first_pass(&self) -> Option<usize> {
+        (self.first_ef_search > 0 && self.first_ef_search < self.ef_search)
+            .then_some(self.first_ef_search)
+    }
 }
 
 impl Default for PostgresConfig {
@@ -93,6 +110,7 @@ impl Default for PostgresConfig {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             singleflight_timeout: DEFAULT_SINGLEFLIGHT_TIMEOUT,
             ef_search: DEFAULT_EF_SEARCH,
+            first_ef_search: DEFAULT_FIRST_EF_SEARCH,
         }
     }
 }
@@ -231,6 +249,17 @@ fn validate_postgres(raw: &RawPostgres, issues: &mut Vec<ConfigIssue>) -> Postgr
             );
         }
     }
+    if let Some(n) = raw.first_ef_search {
+        if n <= MAX_EF_SEARCH as u64 {
+            cfg.first_ef_search = n as usize;
+        } else {
+            issue(
+                issues,
+                "cache.postgres.first_ef_search",
+                format!("{n} is not between 0 (one search) and {MAX_EF_SEARCH}"),
+            );
+        }
+    }
     cfg
 }
 
@@ -293,6 +322,7 @@ mod tests {
                 statement_timeout: Some("250ms".into()),
                 singleflight_timeout: Some("30s".into()),
                 ef_search: Some(200),
+                first_ef_search: Some(0),
             }),
         );
         assert!(issues.is_empty(), "{issues:?}");
@@ -305,8 +335,24 @@ mod tests {
                 statement_timeout: Duration::from_millis(250),
                 singleflight_timeout: Duration::from_secs(30),
                 ef_search: 200,
+                first_ef_search: 0,
             })
         );
+    }
+
+    /// Two searches only when the first is the cheaper one.
+    #[test]
+    fn issue14_a_first_search_below_ef_search_makes_two() {
+        let with = |ef_search, first_ef_search| PostgresConfig {
+            ef_search,
+            first_ef_search,
+            ..PostgresConfig::default()
+        };
+        assert_eq!(PostgresConfig::default().first_pass(), Some(40));
+        assert_eq!(with(100, 0).first_pass(), None);
+        assert_eq!(with(100, 100).first_pass(), None);
+        assert_eq!(with(30, 40).first_pass(), None);
+        assert_eq!(with(200, 60).first_pass(), Some(60));
     }
 
     #[test]
@@ -320,6 +366,7 @@ mod tests {
                 statement_timeout: Some("0s".into()),
                 singleflight_timeout: Some("500ms".into()),
                 ef_search: Some(0),
+                first_ef_search: Some(1001),
             }),
         );
         let joined = issues.join("\n");
@@ -330,6 +377,7 @@ mod tests {
             "statement_timeout",
             "singleflight_timeout",
             "ef_search",
+            "first_ef_search",
         ] {
             assert!(
                 joined.contains(&format!("cache.postgres.{path}")),

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
@@ -41,6 +41,8 @@ struct Shared {
     batches: AtomicU64,
     batched_texts: AtomicU64,
     rejected: AtomicU64,
+    /// Workers embedding right now.
+    busy: AtomicUsize,
 }
 
 /// An embedding on its way: from [`EmbedPool::submit`]. Dropping it abandons the job (a worker
@@ -100,6 +102,7 @@ impl EmbedPool {
             batches: AtomicU64::new(0),
             batched_texts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
         let mut workers = Vec::new();
@@ -169,6 +172,12 @@ impl EmbedPool {
             }
             Err(TrySendError::Disconnected(_)) => Err(EmbedError::ShutDown),
         }
+    }
+
+    /// Whether a job queued now would start at once: nothing waits and a worker is free.
+    pub fn has_idle_worker(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.is_empty())
+            && self.shared.busy.load(Ordering::Relaxed) < self.workers.len()
     }
 
     /// Embeds on the caller's thread in chunks of `max_batch`, bypassing queue and LRU: for
@@ -314,7 +323,9 @@ fn process(shared: &Shared, jobs: Vec<Job>) {
             })
         })
         .collect();
+    shared.busy.fetch_add(1, Ordering::Relaxed);
     let mut results = shared.embed_unique(&unique);
+    shared.busy.fetch_sub(1, Ordering::Relaxed);
     if let Some(lru) = &shared.lru {
         let mut lru = lru.lock();
         for (k, slot) in &index {

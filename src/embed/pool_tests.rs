@@ -234,3 +234,21 @@ fn dropping_the_pool_stops_its_threads() {
     // Each worker held the embedder through the shared state; all are joined and gone.
     assert_eq!(Arc::strong_count(&probe), 1);
 }
+
+/// `has_idle_worker` (the engine's test before it embeds during an exact lookup) is false
+/// while every worker embeds or a job waits, and true again once they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn has_idle_worker_follows_the_workers() {
+    let probe = Probe::new(true);
+    let pool = Arc::new(EmbedPool::new(probe.clone(), &settings(1, 1, 16, 8)));
+    assert!(pool.has_idle_worker());
+    let held = pool.submit("one").unwrap();
+    until(|| probe.waiting.load(Ordering::SeqCst) == 1).await;
+    assert!(!pool.has_idle_worker(), "the only worker is embedding");
+    let queued = pool.submit("two").unwrap();
+    assert!(!pool.has_idle_worker());
+    probe.open();
+    held.wait().await.unwrap();
+    queued.wait().await.unwrap();
+    until(|| pool.has_idle_worker()).await;
+}

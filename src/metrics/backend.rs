@@ -1,6 +1,6 @@
 //! The storage backend's metrics (`cache::backend`, issue 14): failed calls (each forwarded
 //! uncached: the fail-open path), whether it is degraded now, hits not recorded because the
-//! pending batch was full, and how the singleflight across replicas went. The backend counts
+//! pending batch was full, connections open, and how the singleflight across replicas went. The backend counts
 //! with atomics; `/metrics` copies them here at scrape time. The labels are the backend kind
 //! and the singleflight outcome, fixed strings.
 
@@ -15,6 +15,11 @@ pub struct BackendMetrics {
     pub degraded: IntGaugeVec,
     /// `deja_backend_hits_dropped_total{backend}`.
     pub hits_dropped: IntCounterVec,
+    /// `deja_backend_connections{backend}`: connections to the database open now.
+    pub connections: IntGaugeVec,
+    /// `deja_backend_second_searches_total{backend}`: lookups whose first, cheaper search
+    /// found nothing servable and searched again at full effort.
+    pub second_searches: IntCounterVec,
     /// `deja_fleet_singleflight_total{outcome}`: misses that joined the fleet-wide singleflight
     /// (`cache::fleet`), by what came of it: `led` (claimed the upstream call), `served` (waited
     /// and got another replica's answer), `stored` (the answer had just landed), `took_over`
@@ -48,6 +53,21 @@ impl BackendMetrics {
                 ),
                 &["backend"],
             )?,
+            connections: IntGaugeVec::new(
+                Opts::new(
+                    "deja_backend_connections",
+                    "Connections to the cache database open now (at most cache.postgres.pool_size).",
+                ),
+                &["backend"],
+            )?,
+            second_searches: IntCounterVec::new(
+                Opts::new(
+                    "deja_backend_second_searches_total",
+                    "Lookups whose first search (cache.postgres.first_ef_search) found nothing \
+                     servable and searched again with cache.postgres.ef_search.",
+                ),
+                &["backend"],
+            )?,
             fleet_flights: IntCounterVec::new(
                 Opts::new(
                     "deja_fleet_singleflight_total",
@@ -62,6 +82,8 @@ impl BackendMetrics {
         registry.register(Box::new(self.errors.clone()))?;
         registry.register(Box::new(self.degraded.clone()))?;
         registry.register(Box::new(self.hits_dropped.clone()))?;
+        registry.register(Box::new(self.connections.clone()))?;
+        registry.register(Box::new(self.second_searches.clone()))?;
         registry.register(Box::new(self.fleet_flights.clone()))?;
         Ok(())
     }
@@ -76,8 +98,12 @@ impl BackendMetrics {
         };
         forward(&self.errors, stats.errors);
         forward(&self.hits_dropped, stats.hits_dropped);
+        forward(&self.second_searches, stats.second_searches);
         self.degraded
             .with_label_values(&[backend])
             .set(stats.degraded as i64);
+        self.connections
+            .with_label_values(&[backend])
+            .set(stats.connections as i64);
     }
 }

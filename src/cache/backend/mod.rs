@@ -80,6 +80,11 @@ pub struct BackendStats {
     /// Hits not recorded because the pending batch was full.
     pub hits_dropped: u64,
     pub degraded: bool,
+    /// Connections to a database open now (none in process).
+    pub connections: usize,
+    /// Lookups whose first, cheaper search found nothing servable and searched again
+    /// ([`Backend::nearest_reaching`]).
+    pub second_searches: u64,
 }
 
 /// What the cache engine needs from storage. See the module docs.
@@ -97,6 +102,20 @@ pub trait Backend: Send + Sync + 'static {
     /// entry of another scope.
     fn nearest(&self, scope: ScopeId, embedding: &[f32], k: usize)
         -> Result<Vec<Near>, CacheError>;
+
+    /// [`Self::nearest`] for a decision that can only use a neighbour at least `floor`
+    /// similar. A backend whose full search is costly may search with less effort first and
+    /// search fully only when nothing it found reaches `floor`: a cheaper search can miss the
+    /// nearest entry, never invent one, so what it finds at or above `floor` is servable.
+    fn nearest_reaching(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+        k: usize,
+        _floor: f32,
+    ) -> Result<Vec<Near>, CacheError> {
+        self.nearest(scope, embedding, k)
+    }
 
     /// Recency bookkeeping for eviction (may be batched: best effort).
     fn record_hit(&self, id: EntryId, now_ms: u64) -> Result<(), CacheError>;
@@ -159,6 +178,13 @@ pub trait Backend: Send + Sync + 'static {
 
     fn health(&self) -> Health {
         Health::Ready
+    }
+
+    /// Whether an exact lookup is a round trip to another process (a database), not a read
+    /// from memory: the engine then embeds the prompt while the exact lookup runs, instead of
+    /// after it.
+    fn remote(&self) -> bool {
+        false
     }
 
     fn stats(&self) -> BackendStats {

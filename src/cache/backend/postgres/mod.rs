@@ -15,6 +15,14 @@
 //!   switch to a generic plan, which cannot see the scope's size and read a 100k-entry scope
 //!   through the scope's btree with an exact sort (455 ms, measured) instead of the HNSW index
 //!   (1.15 ms); a custom plan per search costs a fraction of a millisecond of planning.
+//! - **Two searches per lookup, at most**: the HNSW scan's cost grows with `ef_search`, so a
+//!   lookup searches first with `cache.postgres.first_ef_search` (40) and again with
+//!   `ef_search` only when nothing found reaches the decision rule's floor
+//!   ([`Backend::nearest_reaching`]). A cheaper search can miss the nearest entry, never invent
+//!   one: on 100k real vectors it found the nearest of every query that had a servable one
+//!   (docs/benchmarks.md §8). Other searches (`explain`, benches) make the full one.
+//! - **The lookups' own connections** ([`direct`]): half of `pool_size`, driven by the calling
+//!   thread itself, for the exact lookup and the first search; the pool has the rest.
 //! - **Durability**: an insert is one autocommitted statement, committed before the engine
 //!   acknowledges it: killing a replica loses nothing it reported as stored (no flush window).
 //! - **Fail open**: every call is bounded by `statement_timeout` (a connection-level setting
@@ -34,6 +42,7 @@
 
 mod admin;
 mod chains;
+mod direct;
 mod flights;
 pub mod schema;
 
@@ -55,8 +64,13 @@ use crate::config::PostgresConfig;
 use crate::store::{exact_key, now_ms, CachedResponse, Entry, EntryId, NewEntry, ScopeId};
 use schema::Names;
 
-/// Rows the in-scope search orders exactly after the index scan.
-pub const CANDIDATES: i64 = 40;
+/// Rows the in-scope search orders exactly after the index scan, at least (a request for more
+/// neighbours orders that many). The first `ef_search` rows of the scan come from one batch
+/// of the graph search, sorted; relaxed order can only misplace rows of later batches.
+/// Measured on 100k real MiniLM vectors: ordering 40 instead of 10 costs 0.05–0.17 ms.
+pub const CANDIDATES: i64 = 10;
+/// Neighbours one search returns at most (`top` of `POST /admin/explain` is at most 50).
+pub const MAX_NEIGHBOURS: usize = 64;
 /// How often hits are written, expiry/eviction checked, and a degraded database pinged.
 pub const MAINTENANCE_EVERY: Duration = Duration::from_millis(500);
 /// Rows one import transaction writes at most (each row also updates the HNSW index, so a
@@ -144,6 +158,9 @@ struct Shared {
     /// Entry id → (hits, latest hit) not yet written.
     hits: Mutex<HashMap<i64, (i64, i64)>>,
     hits_dropped: AtomicU64,
+    /// Whether the lookups' own connections search with the cheaper first `ef_search`.
+    first_pass: bool,
+    second_searches: AtomicU64,
     errors: AtomicU64,
     /// Why the last call failed, until one succeeds.
     degraded: Mutex<Option<String>>,
@@ -153,6 +170,8 @@ struct Shared {
     claims: Mutex<HashMap<ExactKey, i64>>,
     flight_sql: flights::FlightSql,
     chain_sql: chains::ChainSql,
+    /// The lookups' own connections (none with a pool of one).
+    direct: Option<direct::Direct>,
 }
 
 /// Statement texts with the schema's names in them.
@@ -183,16 +202,19 @@ impl Sql {
             get_exact: format!("SELECT {COLUMNS} FROM {e} WHERE exact_key = $1"),
             // The scope filter is inside the index scan's query: no plan can return a row of
             // another scope. Relaxed order may return the candidates slightly out of order,
-            // hence the exact ordering of the few it found.
+            // hence the exact ordering of the few it found. That ordering is `c.d + 0`, an
+            // expression: PostgreSQL 17+ carries the CTE's sort order (the index scan's, which
+            // relaxed order does not keep) to its reader and would skip a plain `ORDER BY c.d`
+            // (pgvector's documentation gives the same remedy).
             nearest: format!(
                 "WITH c AS MATERIALIZED (
                     SELECT id, embedding <=> $2 AS d FROM {e}
                     WHERE scope = $1 AND embedding IS NOT NULL AND expires_ms > $3
-                    ORDER BY embedding <=> $2 LIMIT {CANDIDATES})
+                    ORDER BY embedding <=> $2 LIMIT GREATEST($4::bigint, {CANDIDATES}))
                  SELECT c.d, e.id, e.scope, e.prompt, NULL::vector AS embedding, e.response,
                         e.created_ms, e.expires_ms
                  FROM c JOIN {e} e ON e.id = c.id AND e.scope = $1
-                 ORDER BY c.d LIMIT $4"
+                 ORDER BY c.d + 0 LIMIT $4"
             ),
             // A replacement (same exact key: `no-cache`, or a race between replicas) takes a
             // new id, so a stale id held anywhere never finds the new answer.
@@ -270,6 +292,27 @@ fn entry_from(row: &Row, offset: usize) -> Result<Entry, PgError> {
     })
 }
 
+/// The in-scope search's rows as neighbours (a row of another scope is never one).
+fn neighbours(rows: Vec<Row>, scope: ScopeId) -> Result<Vec<Near>, PgError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let d: f64 = row.try_get(0).map_err(|_| PgError::Db {
+            op: "search",
+            message: "malformed distance in a search result".into(),
+        })?;
+        let entry = entry_from(&row, 1)?;
+        if entry.scope != scope {
+            continue;
+        }
+        out.push(Near {
+            id: entry.id,
+            similarity: (1.0 - d) as f32,
+            entry: Some(entry),
+        });
+    }
+    Ok(out)
+}
+
 fn check_vector(v: &[f32], dim: usize) -> Result<(), PgError> {
     if v.len() != dim {
         return Err(PgError::Invalid(format!(
@@ -307,6 +350,11 @@ impl Shared {
                 ms: self.timeout.as_millis(),
             }),
         };
+        self.note(out)
+    }
+
+    /// Keeps the health state by the outcome of a call.
+    fn note<T>(&self, out: Result<T, PgError>) -> Result<T, PgError> {
         match &out {
             Ok(_) => {
                 if self.degraded.lock().take().is_some() {
@@ -476,14 +524,16 @@ impl PostgresBackend {
             env: cfg.url_env.clone(),
         })?;
         drop(url);
+        let options = |ef_search: usize| {
+            format!(
+                "-c statement_timeout={} -c hnsw.iterative_scan=relaxed_order \
+                 -c hnsw.ef_search={ef_search} -c plan_cache_mode=force_custom_plan",
+                cfg.statement_timeout.as_millis().max(1),
+            )
+        };
         pg.application_name("deja")
             .connect_timeout(cfg.statement_timeout)
-            .options(format!(
-                "-c statement_timeout={} -c hnsw.iterative_scan=relaxed_order \
-                 -c hnsw.ef_search={} -c plan_cache_mode=force_custom_plan",
-                cfg.statement_timeout.as_millis().max(1),
-                cfg.ef_search
-            ));
+            .options(options(cfg.ef_search));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("deja-postgres")
@@ -494,6 +544,17 @@ impl PostgresBackend {
                 message: e.to_string(),
             })?;
         let handle = runtime.handle().clone();
+        // Half the connections (rounded down) are the lookups' own; the pool has the rest.
+        let direct_max = cfg.pool_size / 2;
+        let names = Names::new(&cfg.schema);
+        let sql = Sql::new(&names);
+        // With two searches per lookup, the lookups' own connections make the first.
+        let first_pass = cfg.first_pass().filter(|_| direct_max > 0);
+        let direct = (direct_max > 0).then(|| {
+            let mut own = pg.clone();
+            own.options(options(first_pass.unwrap_or(cfg.ef_search)));
+            direct::Direct::new(own, sql.get_exact.clone(), sql.nearest.clone(), direct_max)
+        });
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -505,7 +566,7 @@ impl PostgresBackend {
         let pool = {
             let _guard = handle.enter();
             Pool::builder(manager)
-                .max_size(cfg.pool_size)
+                .max_size(cfg.pool_size - direct_max)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(timeout))
                 .create_timeout(Some(timeout))
@@ -516,10 +577,10 @@ impl PostgresBackend {
                     message: e.to_string(),
                 })?
         };
-        let names = Names::new(&cfg.schema);
         let shared = Arc::new(Shared {
             pool,
-            sql: Sql::new(&names),
+            sql,
+            direct,
             flight_sql: flights::FlightSql::new(&names),
             chain_sql: chains::ChainSql::new(&names),
             names,
@@ -530,6 +591,8 @@ impl PostgresBackend {
             counted: Mutex::new((0, 0)),
             hits: Mutex::new(HashMap::new()),
             hits_dropped: AtomicU64::new(0),
+            first_pass: first_pass.is_some(),
+            second_searches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             degraded: Mutex::new(None),
             flight_hold: cfg.singleflight_timeout,
@@ -567,6 +630,10 @@ impl PostgresBackend {
             Ok(())
         });
         opened?;
+        if let Some(d) = &shared.direct {
+            // Migrated: the statements can be prepared.
+            d.warm(timeout)?;
+        }
         runtime.spawn(Arc::clone(&shared).maintain());
         tracing::info!(
             schema = %cfg.schema,
@@ -646,6 +713,60 @@ impl PostgresBackend {
         })
     }
 
+    /// The in-scope search on one of the lookups' own connections (with their `ef_search`);
+    /// `None` when there are none or all are busy.
+    fn search_direct(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+        k: usize,
+    ) -> Option<Result<Vec<Near>, CacheError>> {
+        let s = &self.shared;
+        let d = s.direct.as_ref()?;
+        if let Err(e) = check_vector(embedding, s.dim) {
+            return Some(Err(e.into()));
+        }
+        if k == 0 {
+            return Some(Ok(Vec::new()));
+        }
+        let v = Vector::from(embedding.to_vec());
+        let (k, now) = (k.min(MAX_NEIGHBOURS) as i64, ms(now_ms()));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&&scope.0[..], &v, &now, &k];
+        let rows = d.query("search", direct::Stmt::Nearest, &params, s.timeout)?;
+        Some(
+            s.note(rows.and_then(|rows| neighbours(rows, scope)))
+                .map_err(CacheError::from),
+        )
+    }
+
+    /// The in-scope search through the pool, with `ef_search`.
+    fn search_pooled(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+        k: usize,
+    ) -> Result<Vec<Near>, CacheError> {
+        let s = &self.shared;
+        check_vector(embedding, s.dim)?;
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let v = Vector::from(embedding.to_vec());
+        let (k, now) = (k.min(MAX_NEIGHBOURS) as i64, ms(now_ms()));
+        self.run("search", async {
+            let c = s.client("search").await?;
+            let st = c
+                .prepare_cached(&s.sql.nearest)
+                .await
+                .map_err(PgError::db("search"))?;
+            let rows = c
+                .query(&st, &[&&scope.0[..], &v, &now, &k])
+                .await
+                .map_err(PgError::db("search"))?;
+            neighbours(rows, scope)
+        })
+    }
+
     async fn one(&self, op: &'static str, sql: &str, id: &[u8]) -> Result<Option<Entry>, PgError> {
         let c = self.shared.client(op).await?;
         let st = c.prepare_cached(sql).await.map_err(PgError::db(op))?;
@@ -659,6 +780,10 @@ impl PostgresBackend {
 impl Backend for PostgresBackend {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn remote(&self) -> bool {
+        true
     }
 
     fn put_chain(
@@ -682,6 +807,19 @@ impl Backend for PostgresBackend {
 
     fn get_exact(&self, scope: ScopeId, prompt: &str) -> Result<Option<Entry>, CacheError> {
         let key = exact_key(scope, prompt);
+        let s = &self.shared;
+        if let Some(d) = &s.direct {
+            let op = "exact lookup";
+            let key: &[u8] = &key;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+            if let Some(rows) = d.query(op, direct::Stmt::Exact, &params, s.timeout) {
+                let found = rows.and_then(|rows| match rows.first() {
+                    Some(row) => entry_from(row, 0).map(Some),
+                    None => Ok(None),
+                });
+                return Ok(s.note(found)?);
+            }
+        }
         self.run(
             "exact lookup",
             self.one("exact lookup", &self.shared.sql.get_exact, &key),
@@ -714,34 +852,36 @@ impl Backend for PostgresBackend {
         k: usize,
     ) -> Result<Vec<Near>, CacheError> {
         let s = &self.shared;
-        check_vector(embedding, s.dim)?;
-        let v = Vector::from(embedding.to_vec());
-        let k = (k.min(CANDIDATES as usize)) as i64;
-        self.run("search", async {
-            let c = s.client("search").await?;
-            let st = c
-                .prepare_cached(&s.sql.nearest)
-                .await
-                .map_err(PgError::db("search"))?;
-            let rows = c
-                .query(&st, &[&&scope.0[..], &v, &ms(now_ms()), &k])
-                .await
-                .map_err(PgError::db("search"))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let d: f64 = row.get(0);
-                let entry = entry_from(&row, 1)?;
-                if entry.scope != scope {
-                    continue;
-                }
-                out.push(Near {
-                    id: entry.id,
-                    similarity: (1.0 - d) as f32,
-                    entry: Some(entry),
-                });
+        if !s.first_pass {
+            // The lookups' own connections search with `ef_search` itself.
+            if let Some(found) = self.search_direct(scope, embedding, k) {
+                return found;
             }
-            Ok(out)
-        })
+        }
+        self.search_pooled(scope, embedding, k)
+    }
+
+    fn nearest_reaching(
+        &self,
+        scope: ScopeId,
+        embedding: &[f32],
+        k: usize,
+        floor: f32,
+    ) -> Result<Vec<Near>, CacheError> {
+        let s = &self.shared;
+        if !s.first_pass {
+            return self.nearest(scope, embedding, k);
+        }
+        match self.search_direct(scope, embedding, k) {
+            Some(Ok(first)) if first.first().is_some_and(|n| n.similarity >= floor) => Ok(first),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => {
+                s.second_searches.fetch_add(1, Ordering::Relaxed);
+                self.search_pooled(scope, embedding, k)
+            }
+            // Every lookup connection is busy: one full search through the pool.
+            None => self.search_pooled(scope, embedding, k),
+        }
     }
 
     fn record_hit(&self, id: EntryId, now_ms: u64) -> Result<(), CacheError> {
@@ -876,6 +1016,13 @@ impl Backend for PostgresBackend {
             errors: self.shared.errors.load(Ordering::Relaxed),
             hits_dropped: self.shared.hits_dropped.load(Ordering::Relaxed),
             degraded: self.shared.degraded.lock().is_some(),
+            connections: self.shared.pool.status().size
+                + self
+                    .shared
+                    .direct
+                    .as_ref()
+                    .map_or(0, |d| d.open_connections()),
+            second_searches: self.shared.second_searches.load(Ordering::Relaxed),
         }
     }
 }
