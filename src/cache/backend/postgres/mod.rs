@@ -19,8 +19,9 @@
 //!   lookup searches first with `cache.postgres.first_ef_search` (40) and again with
 //!   `ef_search` only when nothing found reaches the decision rule's floor
 //!   ([`Backend::nearest_reaching`]). A cheaper search can miss the nearest entry, never invent
-//!   one: on 100k real vectors it found the nearest of every query that had a servable one
-//!   (docs/benchmarks.md §8). Other searches (`explain`, benches) make the full one.
+//!   one, and a lookup that finds nothing servable searches again, so the two decide as one
+//!   full search does (measured on 100k and 1M real vectors, docs/benchmarks.md §8). Other
+//!   searches (`explain`, benches) make the full one.
 //! - **The lookups' own connections** ([`direct`]): half of `pool_size`, driven by the calling
 //!   thread itself, for the exact lookup and the first search; the pool has the rest.
 //! - **Durability**: an insert is one autocommitted statement, committed before the engine
