@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use deja::bench::embeddings::Vectors;
 use deja::cache::backend::postgres::schema::{self, Names, EMBEDDING_INDEX};
-use deja::cache::backend::{Backend, PostgresBackend};
+use deja::cache::backend::{Backend, Near, PostgresBackend};
 use deja::config::PostgresConfig;
 use deja::index::synth::Synth;
 use deja::store::{exact_key, CachedResponse, FinishReason, NewEntry, ScopeId};
@@ -484,6 +484,32 @@ fn plan_nodes(plan: &str) -> String {
         .join(" / ")
 }
 
+/// Every query through `search`, timed, against the exact references `best`: the sorted
+/// times, the decisions and the rows of another scope returned.
+fn search_all(
+    d: &Data,
+    best: &[f32],
+    floor: f32,
+    search: impl Fn(ScopeId, &[f32]) -> Result<Vec<Near>, deja::cache::CacheError>,
+) -> anyhow::Result<(Vec<Duration>, Decisions, usize)> {
+    let mut times = Vec::with_capacity(d.queries.len());
+    let (mut decided, mut foreign) = (Decisions::default(), 0);
+    for ((s, q), want) in d.queries.iter().zip(best) {
+        let t = Instant::now();
+        let got = search(scope(*s), q)?;
+        times.push(t.elapsed());
+        foreign += got
+            .iter()
+            .filter(|n| n.entry.as_ref().is_some_and(|e| e.scope != scope(*s)))
+            .count();
+        // Found when the returned entry is as similar as the best of the scope (distinct
+        // texts can share a vector: MiniLM is uncased).
+        decided.add(got.first().map(|n| n.similarity), *want, floor);
+    }
+    times.sort();
+    Ok((times, decided, foreign))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let t = Instant::now();
@@ -529,21 +555,8 @@ fn main() -> anyhow::Result<()> {
         let backend = open(&args, &d, ef);
         let (s0, q0) = &d.queries[0];
         let plan = backend.explain_nearest(scope(*s0), q0)?;
-        let mut times = Vec::with_capacity(d.queries.len());
-        let (mut decided, mut foreign) = (Decisions::default(), 0);
-        for ((s, q), want) in d.queries.iter().zip(&best) {
-            let t = Instant::now();
-            let got = backend.nearest(scope(*s), q, 1)?;
-            times.push(t.elapsed());
-            foreign += got
-                .iter()
-                .filter(|n| n.entry.as_ref().is_some_and(|e| e.scope != scope(*s)))
-                .count();
-            // Found when the returned entry is as similar as the best of the scope (distinct
-            // texts can share a vector: MiniLM is uncased).
-            decided.add(got.first().map(|n| n.similarity), *want, args.floor);
-        }
-        times.sort();
+        let (times, decided, foreign) =
+            search_all(&d, &best, args.floor, |s, q| backend.nearest(s, q, 1))?;
         println!(
             "search ef_search={ef}: {}, p50 {:.2} ms, p99 {:.2} ms, rows of another scope: \
              {foreign}; plan: {}",
@@ -560,21 +573,11 @@ fn main() -> anyhow::Result<()> {
             .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("--two-pass {pair}: expected FIRST:FULL"))?;
         let backend = open_two(&args, &d, full, first);
-        let mut times = Vec::with_capacity(d.queries.len());
-        let (mut decided, mut foreign) = (Decisions::default(), 0);
         let before = backend.stats().second_searches;
-        for ((s, q), want) in d.queries.iter().zip(&best) {
-            let t = Instant::now();
-            let got = backend.nearest_reaching(scope(*s), q, 1, args.floor)?;
-            times.push(t.elapsed());
-            foreign += got
-                .iter()
-                .filter(|n| n.entry.as_ref().is_some_and(|e| e.scope != scope(*s)))
-                .count();
-            decided.add(got.first().map(|n| n.similarity), *want, args.floor);
-        }
+        let (times, decided, foreign) = search_all(&d, &best, args.floor, |s, q| {
+            backend.nearest_reaching(s, q, 1, args.floor)
+        })?;
         let again = backend.stats().second_searches - before;
-        times.sort();
         println!(
             "two searches first_ef_search={first} ef_search={full} floor {}: {}, p50 {:.2} ms, \
              p99 {:.2} ms, searched again {again}/{}, rows of another scope: {foreign}",

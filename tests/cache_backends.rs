@@ -534,6 +534,18 @@ mod fleet {
         Kit::new("postgres", test)
     }
 
+    /// A kit on a database of the test's own (which it may make refuse or end connections),
+    /// and that database's name.
+    fn own_database(pg: &common::postgres::PgServer, name: &str) -> (Kit, String) {
+        let db = format!("{name}_{}", std::process::id());
+        pg.psql(&format!("CREATE DATABASE {db}"));
+        let kit = Kit {
+            url: Some(format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port)),
+            ..Kit::new("postgres", name).unwrap()
+        };
+        (kit, db)
+    }
+
     /// An answer stored through one replica is served by another at once, exact and semantic;
     /// a replacement (`no-cache`) on either is what both serve next; scopes stay apart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,12 +670,7 @@ mod fleet {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn issue14_a_database_that_refuses_connections_fails_open_then_recovers() {
         let Some(pg) = pg_or_skip!() else { return };
-        let db = format!("outage_{}", std::process::id());
-        pg.psql(&format!("CREATE DATABASE {db}"));
-        let k = Kit {
-            url: Some(format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port)),
-            ..Kit::new("postgres", "outage").unwrap()
-        };
+        let (k, db) = own_database(pg, "outage");
         let e = k.open_with("", model()).unwrap();
         let s = scope("t");
         put(&e, s, BREAD, "before", TTL).await;
@@ -710,12 +717,7 @@ mod fleet {
     async fn issue14_lookup_connections_are_bounded_and_replaced_when_the_server_ends_them() {
         let Some(pg) = pg_or_skip!() else { return };
         // A database of its own: the test ends every connection to it.
-        let db = format!("ended_{}", std::process::id());
-        pg.psql(&format!("CREATE DATABASE {db}"));
-        let k = Kit {
-            url: Some(format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port)),
-            ..Kit::new("postgres", "lookup_connections").unwrap()
-        };
+        let (k, db) = own_database(pg, "ended");
         let e = k.open();
         let s = scope("t");
         put(&e, s, BREAD, "x", TTL).await;

@@ -354,6 +354,22 @@ impl Shared {
         self.note(out)
     }
 
+    /// The search statement's vector, limit and time (`None`: no neighbour was asked for).
+    fn search_params(
+        &self,
+        embedding: &[f32],
+        k: usize,
+    ) -> Result<Option<(Vector, i64, i64)>, PgError> {
+        check_vector(embedding, self.dim)?;
+        Ok((k > 0).then(|| {
+            (
+                Vector::from(embedding.to_vec()),
+                k.min(MAX_NEIGHBOURS) as i64,
+                ms(now_ms()),
+            )
+        }))
+    }
+
     /// Keeps the health state by the outcome of a call.
     fn note<T>(&self, out: Result<T, PgError>) -> Result<T, PgError> {
         match &out {
@@ -724,14 +740,11 @@ impl PostgresBackend {
     ) -> Option<Result<Vec<Near>, CacheError>> {
         let s = &self.shared;
         let d = s.direct.as_ref()?;
-        if let Err(e) = check_vector(embedding, s.dim) {
-            return Some(Err(e.into()));
-        }
-        if k == 0 {
-            return Some(Ok(Vec::new()));
-        }
-        let v = Vector::from(embedding.to_vec());
-        let (k, now) = (k.min(MAX_NEIGHBOURS) as i64, ms(now_ms()));
+        let (v, k, now) = match s.search_params(embedding, k) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Some(Ok(Vec::new())),
+            Err(e) => return Some(Err(e.into())),
+        };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&&scope.0[..], &v, &now, &k];
         let rows = d.query("search", direct::Stmt::Nearest, &params, s.timeout)?;
         Some(
@@ -748,12 +761,9 @@ impl PostgresBackend {
         k: usize,
     ) -> Result<Vec<Near>, CacheError> {
         let s = &self.shared;
-        check_vector(embedding, s.dim)?;
-        if k == 0 {
+        let Some((v, k, now)) = s.search_params(embedding, k)? else {
             return Ok(Vec::new());
-        }
-        let v = Vector::from(embedding.to_vec());
-        let (k, now) = (k.min(MAX_NEIGHBOURS) as i64, ms(now_ms()));
+        };
         self.run("search", async {
             let c = s.client("search").await?;
             let st = c
