@@ -76,6 +76,12 @@ impl Quality {
         })
     }
 
+    /// Stops the shadow checks and waits for those under way (a shutdown, bounded by its
+    /// grace period).
+    pub async fn stop(&self) {
+        self.auditor.stop().await;
+    }
+
     /// A hit is being served: remembers it for feedback (its response id is returned, for
     /// `x-deja-response-id`) and, for `cache.audit_rate` of semantic hits, offers a shadow
     /// check. Never waits.

@@ -122,17 +122,23 @@ struct Checker {
     tally: Arc<Tally>,
 }
 
-/// The queue and its dispatcher; the dispatcher stops when this is dropped.
+/// The queue and its dispatcher; the dispatcher stops when this is dropped, or by
+/// [`Auditor::stop`], which also waits for it.
 pub struct Auditor {
     tx: mpsc::Sender<ShadowJob>,
     tally: Arc<Tally>,
     metrics: Arc<Metrics>,
-    dispatcher: tokio::task::JoinHandle<()>,
+    dispatcher: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One permit per check that may run at once (`quality.audit_concurrency`).
+    slots: Arc<Semaphore>,
+    concurrency: u32,
 }
 
 impl Drop for Auditor {
     fn drop(&mut self) {
-        self.dispatcher.abort();
+        if let Some(d) = self.dispatcher.get_mut().take() {
+            d.abort();
+        }
     }
 }
 
@@ -153,8 +159,11 @@ impl Auditor {
             ledger,
             tally: Arc::clone(&tally),
         });
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let concurrency = concurrency.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let dispatcher_slots = Arc::clone(&slots);
         let dispatcher = tokio::spawn(async move {
+            let slots = dispatcher_slots;
             loop {
                 // A slot first, then a job: a job waits in the bounded queue, never here.
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -172,8 +181,23 @@ impl Auditor {
             tx,
             tally,
             metrics,
-            dispatcher,
+            dispatcher: parking_lot::Mutex::new(Some(dispatcher)),
+            slots,
+            concurrency: concurrency as u32,
         }
+    }
+
+    /// Stops the dispatcher and waits until it and every check under way are done, so that
+    /// nothing they hold (the engine among it) outlives the server's shutdown. Checks still
+    /// queued are not made.
+    pub async fn stop(&self) {
+        let dispatcher = self.dispatcher.lock().take();
+        if let Some(d) = dispatcher {
+            d.abort();
+            let _ = d.await;
+        }
+        // Every permit back: no check runs.
+        let _ = self.slots.acquire_many(self.concurrency).await;
     }
 
     /// Queues a check; a full queue drops it (counted). Never waits.

@@ -285,6 +285,12 @@ impl Server {
         {
             tracing::warn!("shutdown: pending cache inserts abandoned after {grace:?}");
         }
+        // The shadow checks hold the engine: they end before it is flushed and let go.
+        if let Some(quality) = state.0.quality.get() {
+            if tokio::time::timeout(grace, quality.stop()).await.is_err() {
+                tracing::warn!("shutdown: shadow checks abandoned after {grace:?}");
+            }
+        }
         let ledger = state.0.ledger.clone();
         let _ = tokio::task::spawn_blocking(move || ledger.close_blocking()).await;
         if let Some(audit) = state.audit().cloned() {

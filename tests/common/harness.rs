@@ -131,31 +131,12 @@ impl Deja {
         let addr = server.local_addr().unwrap();
         let admin = server.admin_addr().map(|a| format!("http://{a}"));
         let state = server.state().clone();
-        // A server stopped earlier in this process (a restart test) releases its store when
-        // its last background job lets the engine go, which a loaded machine may delay by a
-        // moment: a store still locked is retried for up to 10 s. (A restart in production is
-        // a new process, whose predecessor's lock went with it.)
         let engine = tokio::task::spawn_blocking(move || {
-            let open = || {
-                if env.is_empty() {
-                    return server::open_engine(&config, embedder.clone());
-                }
-                let lookup =
-                    |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-                server::open_engine_env(&config, embedder.clone(), &lookup)
-            };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                match open() {
-                    Err(e)
-                        if e.to_string().contains("is locked by another process")
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    other => return other,
-                }
+            if env.is_empty() {
+                return server::open_engine(&config, embedder);
             }
+            let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            server::open_engine_env(&config, embedder, &lookup)
         })
         .await
         .unwrap()
