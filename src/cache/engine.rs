@@ -313,20 +313,19 @@ impl CacheEngine {
             self.inner
                 .lookups
                 .run("exact lookup", move || {
-                    let early = semantic
+                    // Best effort: an exact hit must not fail because the encoder did.
+                    let early = (semantic
                         && this.inner.backend.remote()
-                        && this.inner.embed.has_idle_worker();
-                    let mut pending = match early {
-                        true => Some(this.inner.embed.submit(&prompt)?),
-                        false => None,
-                    };
+                        && this.inner.embed.has_idle_worker())
+                    .then(|| this.inner.embed.submit(&prompt).ok())
+                    .flatten();
                     let exact = this.exact_blocking(scope, &prompt)?;
                     let exact_time = started.elapsed();
-                    if exact.is_some() {
-                        pending = None;
-                    } else if semantic && pending.is_none() {
-                        pending = Some(this.inner.embed.submit(&prompt)?);
-                    }
+                    let pending = match (&exact, early) {
+                        (None, Some(early)) => Some(early),
+                        (None, None) if semantic => Some(this.inner.embed.submit(&prompt)?),
+                        _ => None,
+                    };
                     Ok((exact, pending, exact_time))
                 })
                 .await?

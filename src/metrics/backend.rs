@@ -1,8 +1,9 @@
 //! The storage backend's metrics (`cache::backend`, issue 14): failed calls (each forwarded
 //! uncached: the fail-open path), whether it is degraded now, hits not recorded because the
-//! pending batch was full, connections open, and how the singleflight across replicas went. The backend counts
-//! with atomics; `/metrics` copies them here at scrape time. The labels are the backend kind
-//! and the singleflight outcome, fixed strings.
+//! pending batch was full, connections open, lookups that searched twice, and how the
+//! singleflight across replicas went. The backend counts with atomics; `/metrics` copies them
+//! here at scrape time. The labels are the backend kind and the singleflight outcome, fixed
+//! strings.
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 

@@ -30,7 +30,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::PgError;
 
-/// The statements a direct connection prepares when it opens, in [`Direct::new`]'s order.
+/// The statements a direct connection prepares when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stmt {
     Exact = 0,
@@ -43,7 +43,7 @@ struct Conn {
     client: Client,
     /// The connection's I/O: polled only while one of its calls runs.
     driver: Driver,
-    statements: Vec<Statement>,
+    statements: [Statement; 2],
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -98,7 +98,8 @@ async fn drive<T>(
 
 pub(super) struct Direct {
     config: tokio_postgres::Config,
-    sql: Vec<String>,
+    /// Indexed by [`Stmt`].
+    sql: [String; 2],
     idle: Mutex<Vec<Conn>>,
     /// Connections open (idle or in a call).
     open: AtomicUsize,
@@ -106,11 +107,11 @@ pub(super) struct Direct {
 }
 
 impl Direct {
-    /// `sql[Stmt::Exact]` and `sql[Stmt::Nearest]` are prepared on every connection.
+    /// `exact` and `nearest` are prepared on every connection.
     pub fn new(config: tokio_postgres::Config, exact: String, nearest: String, max: usize) -> Self {
         Direct {
             config,
-            sql: vec![exact, nearest],
+            sql: [exact, nearest],
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             max,
@@ -168,13 +169,12 @@ impl Direct {
                 statements,
                 runtime,
             } = &mut conn;
-            let (Some(rt), Some(st)) = (runtime.as_ref(), statements.get(which as usize)) else {
+            // The runtime is taken only by `Drop`.
+            let Some(rt) = runtime.as_ref() else {
                 self.open.fetch_sub(1, Ordering::Relaxed);
-                return Some(Err(PgError::Db {
-                    op,
-                    message: "direct connection without its statements".into(),
-                }));
+                return None;
             };
+            let st = &statements[which as usize];
             let out = rt.block_on(drive(op, driver, deadline, client.query(st, params)));
             match out {
                 Ok(rows) => {
@@ -237,16 +237,15 @@ impl Direct {
                     }
                 };
             let mut driver: Driver = Box::pin(connection);
-            let mut statements = Vec::with_capacity(self.sql.len());
-            for sql in &self.sql {
-                match drive(op, &mut driver, deadline, client.prepare(sql)).await {
-                    Ok(st) => statements.push(st),
-                    Err(Failure::Closed(e) | Failure::Other(e) | Failure::Refused(e)) => {
-                        return Err(e)
-                    }
-                }
+            let [exact, nearest] = &self.sql;
+            let prepared = async {
+                let exact = client.prepare(exact).await?;
+                Ok::<_, tokio_postgres::Error>((exact, client.prepare(nearest).await?))
+            };
+            match drive(op, &mut driver, deadline, prepared).await {
+                Ok((exact, nearest)) => Ok((client, driver, [exact, nearest])),
+                Err(Failure::Closed(e) | Failure::Other(e) | Failure::Refused(e)) => Err(e),
             }
-            Ok((client, driver, statements))
         });
         match opened {
             Ok((client, driver, statements)) => Ok(Conn {

@@ -314,6 +314,11 @@ fn neighbours(rows: Vec<Row>, scope: ScopeId) -> Result<Vec<Near>, PgError> {
     Ok(out)
 }
 
+/// The entry a lookup by key or id found, if any.
+fn entry_of(row: Option<&Row>) -> Result<Option<Entry>, PgError> {
+    row.map(|r| entry_from(r, 0)).transpose()
+}
+
 fn check_vector(v: &[f32], dim: usize) -> Result<(), PgError> {
     if v.len() != dim {
         return Err(PgError::Invalid(format!(
@@ -781,10 +786,12 @@ impl PostgresBackend {
     async fn one(&self, op: &'static str, sql: &str, id: &[u8]) -> Result<Option<Entry>, PgError> {
         let c = self.shared.client(op).await?;
         let st = c.prepare_cached(sql).await.map_err(PgError::db(op))?;
-        match c.query_opt(&st, &[&id]).await.map_err(PgError::db(op))? {
-            Some(row) => Ok(Some(entry_from(&row, 0)?)),
-            None => Ok(None),
-        }
+        entry_of(
+            c.query_opt(&st, &[&id])
+                .await
+                .map_err(PgError::db(op))?
+                .as_ref(),
+        )
     }
 }
 
@@ -824,11 +831,7 @@ impl Backend for PostgresBackend {
             let key: &[u8] = &key;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
             if let Some(rows) = d.query(op, direct::Stmt::Exact, &params, s.timeout) {
-                let found = rows.and_then(|rows| match rows.first() {
-                    Some(row) => entry_from(row, 0).map(Some),
-                    None => Ok(None),
-                });
-                return Ok(s.note(found)?);
+                return Ok(s.note(rows.and_then(|rows| entry_of(rows.first())))?);
             }
         }
         self.run(
@@ -845,14 +848,11 @@ impl Backend for PostgresBackend {
                 .prepare_cached(&s.sql.get)
                 .await
                 .map_err(PgError::db("read"))?;
-            match c
+            let row = c
                 .query_opt(&st, &[&(id as i64)])
                 .await
-                .map_err(PgError::db("read"))?
-            {
-                Some(row) => Ok(Some(entry_from(&row, 0)?)),
-                None => Ok(None),
-            }
+                .map_err(PgError::db("read"))?;
+            entry_of(row.as_ref())
         })
     }
 
